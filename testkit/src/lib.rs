@@ -1,0 +1,164 @@
+//! The integration tests' door to the real stack. `Stack::get()` runs the project's own
+//! `scripts/stack.sh up --no-demo` once per test process (it is idempotent and takes a
+//! lock, so parallel test processes are safe), then reads `.stack/env`. A component that
+//! cannot start fails the test with the script's own message: nothing is ever skipped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+pub mod cdc;
+
+pub struct Stack {
+    root: PathBuf,
+    env: HashMap<String, String>,
+}
+
+static STACK: OnceLock<Stack> = OnceLock::new();
+
+impl Stack {
+    /// The running stack, started if needed. Panics with the failing component's message.
+    pub fn get() -> &'static Stack {
+        STACK.get_or_init(|| {
+            run_script(&workspace_root(), "scripts/stack.sh", &["up", "--no-demo"]);
+            Stack::from_env_file()
+        })
+    }
+
+    /// The stack `make up` already started, as described by `.stack/env`.
+    pub fn from_env_file() -> Stack {
+        let root = workspace_root();
+        let env_file = stack_dir(&root).join("env");
+        let text = std::fs::read_to_string(&env_file).unwrap_or_else(|e| {
+            panic!(
+                "{} is unreadable ({e}): run `make up` first",
+                env_file.display()
+            )
+        });
+        let env = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Stack { root, env }
+    }
+
+    /// A value from `.stack/env`; a missing key is a broken stack, so it panics.
+    pub fn var(&self, key: &str) -> &str {
+        self.env.get(key).unwrap_or_else(|| {
+            panic!("{key} is missing from .stack/env: is `make up` older than this test?")
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Runs one of the project's stack scripts (e.g. `debezium/connect.sh down`), panicking
+    /// with its output if it fails.
+    pub fn script(&self, script: &str, args: &[&str]) {
+        run_script(&self.root, script, args);
+    }
+
+    pub async fn pool(&self, url_key: &str) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(self.var(url_key))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {url_key}: {e}"))
+    }
+
+    pub fn kafka_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.var("KAFKA_BROKERS"));
+        c
+    }
+
+    /// A consumer positioned at the current end of every partition of `topic`, so it
+    /// sees exactly what is produced after this call.
+    pub fn consumer_at_end(&self, topic: &str) -> StreamConsumer {
+        let consumer: StreamConsumer = self
+            .kafka_config()
+            .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
+            .set("enable.auto.commit", "false")
+            // librdkafka's default 500 ms would dominate the latencies tests and the demo show.
+            .set("fetch.wait.max.ms", "20")
+            .create()
+            .expect("kafka consumer");
+        let meta = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("broker metadata for {topic}: {e}"));
+        let partitions = meta
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        assert!(
+            partitions > 0,
+            "topic {topic} has no partitions: was it created by kafka/broker.sh?"
+        );
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"));
+            tpl.add_partition_offset(topic, p, Offset::Offset(high))
+                .expect("offset");
+        }
+        consumer.assign(&tpl).expect("assign");
+        consumer
+    }
+
+    /// Partition count as the broker reports it.
+    pub fn partition_count(&self, topic: &str) -> usize {
+        let c: BaseConsumer = self.kafka_config().create().expect("kafka client");
+        let meta = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        meta.topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0)
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn stack_dir(root: &Path) -> PathBuf {
+    std::env::var_os("STACK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".stack"))
+}
+
+fn run_script(root: &Path, script: &str, args: &[&str]) {
+    let out = Command::new(root.join(script))
+        .args(args)
+        .current_dir(root)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        panic!(
+            "{script} {} failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            tail.join("\n")
+        );
+    }
+}

@@ -1,0 +1,328 @@
+//! The local stack is real: replication, nginx, Debezium and the broker, checked end to end.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use paystream_testkit::Stack;
+use paystream_testkit::cdc::{self, Record};
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+const CLIENT: &str = "00000000-0000-7000-8000-0000000000aa";
+
+async fn insert_payment(db: &PgPool, key: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO payments (id, client_id, idempotency_key, amount, currency) VALUES ($1, $2::uuid, $3, 1250, 'usd')")
+        .bind(id)
+        .bind(CLIENT)
+        .bind(key)
+        .execute(db)
+        .await
+        .expect("insert on the primary");
+    id
+}
+
+async fn wait_visible(replica: &PgPool, id: Uuid) -> bool {
+    for _ in 0..100 {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE id = $1")
+            .bind(id)
+            .fetch_one(replica)
+            .await
+            .expect("query replica");
+        if n == 1 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_row_written_on_the_primary_reaches_both_replicas() {
+    let stack = Stack::get();
+    let primary = stack.pool("DATABASE_URL").await;
+    let id = insert_payment(&primary, &format!("repl-{}", Uuid::now_v7())).await;
+    for key in ["REPLICA_1_URL", "REPLICA_2_URL"] {
+        let replica = stack.pool(key).await;
+        let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&replica)
+            .await
+            .unwrap();
+        assert!(standby, "{key} is not a standby");
+        assert!(
+            wait_visible(&replica, id).await,
+            "payment {id} did not reach {key} within 10 s"
+        );
+    }
+    let streaming: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+            .fetch_one(&stack.pool("DATABASE_ADMIN_URL").await)
+            .await
+            .unwrap();
+    assert!(
+        streaming >= 2,
+        "the primary streams to {streaming} replicas, expected 2"
+    );
+}
+
+#[tokio::test]
+async fn the_nginx_replica_port_serves_standbys_only_and_refuses_writes() {
+    let stack = Stack::get();
+    let primary = stack.pool("DATABASE_URL").await;
+    let id = insert_payment(&primary, &format!("nginx-{}", Uuid::now_v7())).await;
+    let via_nginx = stack.pool("REPLICA_URL").await;
+    // Several connections, so both upstream replicas are exercised.
+    let mut servers = HashSet::new();
+    for _ in 0..6 {
+        let mut conn = sqlx::pool::PoolConnection::detach(
+            via_nginx.acquire().await.expect("connect through nginx"),
+        );
+        let row = sqlx::query("SELECT pg_is_in_recovery() AS standby, inet_server_port() AS port")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            row.get::<bool, _>("standby"),
+            "nginx's replica port reached a primary"
+        );
+        servers.insert(row.get::<i32, _>("port"));
+    }
+    let expected: HashSet<i32> = ["REPLICA_1_URL", "REPLICA_2_URL"]
+        .iter()
+        .map(|k| {
+            stack
+                .var(k)
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        servers, expected,
+        "nginx should balance across both replicas"
+    );
+    assert!(
+        wait_visible(&via_nginx, id).await,
+        "payment not visible through nginx"
+    );
+    let write = sqlx::query("UPDATE payments SET amount = amount WHERE id = $1")
+        .bind(id)
+        .execute(&via_nginx)
+        .await;
+    let err = write
+        .expect_err("a write through the replica port must fail")
+        .to_string();
+    assert!(
+        err.contains("read-only") || err.contains("permission denied"),
+        "unexpected error: {err}"
+    );
+}
+
+#[tokio::test]
+async fn the_debezium_task_is_running() {
+    let stack = Stack::get();
+    let url = format!(
+        "{}/connectors/{}/status",
+        stack.var("KAFKA_CONNECT_URL"),
+        stack.var("DEBEZIUM_CONNECTOR")
+    );
+    let status: Value = reqwest::get(&url)
+        .await
+        .expect("Connect REST")
+        .json()
+        .await
+        .expect("JSON status");
+    assert_eq!(status["connector"]["state"], "RUNNING", "{status}");
+    let tasks = status["tasks"].as_array().expect("tasks");
+    assert!(!tasks.is_empty(), "no tasks: {status}");
+    assert!(
+        tasks.iter().all(|t| t["state"] == "RUNNING"),
+        "a task is not RUNNING: {status}"
+    );
+}
+
+#[tokio::test]
+async fn topics_exist_with_the_designed_partition_counts() {
+    let stack = Stack::get();
+    for topic in [stack.var("CDC_TOPIC"), stack.var("STATUS_TOPIC")] {
+        let n = stack.partition_count(topic);
+        assert!(
+            n > 1,
+            "{topic} has {n} partition(s): reconcilers could not scale out"
+        );
+    }
+}
+
+#[tokio::test]
+async fn insert_update_delete_arrive_as_debezium_envelopes() {
+    let stack = Stack::get();
+    let consumer = stack.consumer_at_end(stack.var("CDC_TOPIC"));
+    let primary = stack.pool("DATABASE_URL").await;
+    let id = insert_payment(&primary, &format!("cdc-{}", Uuid::now_v7())).await;
+    sqlx::query("UPDATE payments SET status = 'succeeded', stripe_status = 'succeeded', resolution_source = 'poll', resolved_at = now(), version = version + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&primary)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM payments WHERE id = $1")
+        .bind(id)
+        .execute(&primary)
+        .await
+        .unwrap();
+
+    let want = id.to_string();
+    let seen = cdc::collect(
+        &consumer,
+        Duration::from_secs(60),
+        |k| k == want,
+        |s| s.get(&want).is_some_and(|r| r.len() >= 4),
+    )
+    .await;
+    let records: &[Record] = seen.get(&want).map(Vec::as_slice).unwrap_or_default();
+    let ops: Vec<Option<&str>> = records.iter().map(Record::op).collect();
+    assert_eq!(
+        ops,
+        [Some("c"), Some("u"), Some("d"), None],
+        "ops for {id} (None = tombstone): {records:?}"
+    );
+    assert!(
+        records.iter().all(|r| r.partition == records[0].partition),
+        "one payment's changes must share a partition"
+    );
+
+    let [create, update, delete, _] = records else {
+        unreachable!()
+    };
+    let env = |r: &Record| r.envelope.clone().unwrap();
+    let (c, u, d) = (env(create), env(update), env(delete));
+    assert_eq!(c["before"], Value::Null);
+    assert_eq!(c["after"]["status"], "pending");
+    assert_eq!(c["after"]["amount"], 1250);
+    assert_eq!(c["after"]["currency"], "usd");
+    // REPLICA IDENTITY FULL: the update carries the whole before-image.
+    assert_eq!(u["before"]["status"], "pending");
+    assert_eq!(u["after"]["status"], "succeeded");
+    assert_eq!(u["after"]["version"], 2);
+    assert_eq!(d["before"]["status"], "succeeded");
+    assert_eq!(d["after"], Value::Null);
+    let lsns: Vec<i64> = [&c, &u, &d]
+        .iter()
+        .map(|e| e["source"]["lsn"].as_i64().expect("source.lsn"))
+        .collect();
+    assert!(
+        lsns.windows(2).all(|w| w[0] < w[1]),
+        "source.lsn must grow: {lsns:?}"
+    );
+    assert!(
+        c["source"]["ts_ms"].as_i64().is_some(),
+        "source.ts_ms (commit time) missing"
+    );
+}
+
+#[tokio::test]
+async fn restarting_kafka_connect_loses_no_change_made_while_it_was_down() {
+    let stack = Stack::get();
+    let consumer = stack.consumer_at_end(stack.var("CDC_TOPIC"));
+    let primary = stack.pool("DATABASE_URL").await;
+
+    let before = insert_payment(&primary, &format!("restart-before-{}", Uuid::now_v7())).await;
+    stack.script("debezium/connect.sh", &["down"]);
+    let mut while_down = Vec::new();
+    for i in 0..50 {
+        while_down.push(insert_payment(&primary, &format!("restart-{i}-{}", Uuid::now_v7())).await);
+    }
+    stack.script("debezium/connect.sh", &["up"]);
+    let after = insert_payment(&primary, &format!("restart-after-{}", Uuid::now_v7())).await;
+
+    let wanted: HashSet<String> = while_down
+        .iter()
+        .chain([&before, &after])
+        .map(Uuid::to_string)
+        .collect();
+    let seen = cdc::collect(
+        &consumer,
+        Duration::from_secs(120),
+        |k| wanted.contains(k),
+        |s| {
+            wanted.iter().all(|id| {
+                s.get(id)
+                    .is_some_and(|r| r.iter().any(|r| r.op() == Some("c")))
+            })
+        },
+    )
+    .await;
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|id| {
+            !seen
+                .get(*id)
+                .is_some_and(|r| r.iter().any(|r| r.op() == Some("c")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} inserts never reached the topic: {missing:?}",
+        missing.len(),
+        wanted.len()
+    );
+}
+
+#[tokio::test]
+async fn nginx_balances_the_api_and_routes_webhooks_to_the_webhook_service() {
+    let stack = Stack::get();
+    let base = stack.var("PAYSTREAM_API_URL");
+    let client = reqwest::Client::new();
+    let mut instances = HashSet::new();
+    for _ in 0..20 {
+        let res = client
+            .get(format!("{base}/health/live"))
+            .send()
+            .await
+            .expect("nginx answers");
+        assert!(res.status().is_success(), "{}", res.status());
+        instances.insert(res.headers()["x-served-by"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        instances,
+        HashSet::from(["api-1".to_owned(), "api-2".to_owned()])
+    );
+    let res = client
+        .post(format!("{base}/webhook/stripe"))
+        .body("{}")
+        .send()
+        .await
+        .expect("nginx answers");
+    assert_eq!(
+        res.headers()["x-served-by"],
+        "webhook",
+        "/webhook/stripe must reach the webhook service"
+    );
+}
+
+#[test]
+fn a_missing_component_fails_loudly_naming_it() {
+    let stack = Stack::get();
+    let scratch = std::env::temp_dir().join(format!("paystream-missing-{}", Uuid::now_v7()));
+    let out = std::process::Command::new(stack.root().join("postgres-replication/cluster.sh"))
+        .arg("up")
+        .env("STACK_DIR", &scratch)
+        .env("PG_BIN", "/nonexistent/postgresql/bin")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(
+        !out.status.success(),
+        "cluster.sh must fail without PostgreSQL binaries"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("PostgreSQL 15 server binaries not found"),
+        "{stderr}"
+    );
+}
