@@ -11,7 +11,18 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 
 HERE=$ROOT/postgres-replication
-PG_DIR=$STACK_DIR/pg
+# The postgres OS user must reach its data and log files. A clone under a directory it
+# cannot traverse (e.g. /root, or a mktemp -d) gets its data dir under postgres's home.
+# The choice sticks once made: a data dir found in either place is used.
+mkdir -p "$STACK_DIR"
+PG_HOME_DIR=/var/lib/postgresql/paystream-$(printf '%s' "$STACK_DIR" | sha1sum | cut -c1-12)
+if [ -d "$PG_HOME_DIR" ] && [ ! -d "$STACK_DIR/pg" ]; then
+    PG_DIR=$PG_HOME_DIR
+elif [ "$(id -u)" = 0 ] && [ ! -d "$STACK_DIR/pg" ] && ! runuser -u postgres -- test -x "$STACK_DIR" 2>/dev/null; then
+    PG_DIR=$PG_HOME_DIR
+else
+    PG_DIR=$STACK_DIR/pg
+fi
 PRIMARY=$PG_DIR/primary
 READY_MARK=.paystream-ready
 # pg_basebackup copies the primary's files, markers included: replicas need their own.
@@ -23,6 +34,20 @@ psql_admin() {
 }
 
 node_dir() { echo "$PG_DIR/$1"; }
+
+# Server logs live beside the data (written by the postgres user) and are linked into
+# $LOG_DIR with the other logs.
+node_log() {
+    mkdir -p "$LOG_DIR"
+    pg_owned_dir "$PG_DIR/logs"
+    local f=$PG_DIR/logs/$1.log
+    as_pg touch "$f"
+    ln -sfn "$f" "$LOG_DIR/pg-$1.log"
+    echo "$f"
+}
+
+# Copies a file the postgres user may not be able to read into its data dir.
+install_as_pg() { as_pg tee "$2" <"$1" >/dev/null; }
 node_port() {
     case $1 in
     primary) echo "$PG_PRIMARY_PORT" ;;
@@ -41,9 +66,8 @@ start_node() {
     if port_open "$port"; then
         die "postgres $name: port $port is taken by another process (set PG_*_PORT to move the stack)"
     fi
-    local logf=$LOG_DIR/pg-$name.log
-    touch "$logf"
-    [ "$(id -u)" != 0 ] || chown postgres "$logf"
+    local logf
+    logf=$(node_log "$name")
     # A crashed server leaves a stale postmaster.pid; pg_ctl copes with that itself.
     as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$logf" -w -t 60 start >/dev/null ||
         die "postgres $name did not start; see $logf: $(tail -n 5 "$logf")"
@@ -69,8 +93,7 @@ init_primary() {
     log "initialising primary in $PRIMARY"
     pg_owned_dir "$PG_DIR"
     local pwfile=$PG_DIR/.pwfile
-    printf '%s\n' "$PG_SUPERUSER_PASSWORD" >"$pwfile"
-    [ "$(id -u)" != 0 ] || chown postgres "$pwfile"
+    (umask 077 && printf '%s\n' "$PG_SUPERUSER_PASSWORD" | as_pg tee "$pwfile" >/dev/null)
     as_pg "$PG_BIN/initdb" -D "$PRIMARY" -U postgres --pwfile="$pwfile" \
         --auth-local=scram-sha-256 --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >"$LOG_DIR/initdb.log" 2>&1 ||
         die "initdb failed: $(tail -n 5 "$LOG_DIR/initdb.log")"
@@ -88,11 +111,11 @@ configure() {
     PG_NAME=$name PG_PORT=$(node_port "$name") render "$template" "$tmp"
     cp "$HERE/pg_hba.conf" "$tmp.hba"
     if ! cmp -s "$tmp" "$dir/paystream.conf" || ! cmp -s "$tmp.hba" "$dir/pg_hba.conf"; then
-        as_pg cp "$tmp" "$dir/paystream.conf"
-        as_pg cp "$tmp.hba" "$dir/pg_hba.conf"
+        install_as_pg "$tmp" "$dir/paystream.conf"
+        install_as_pg "$tmp.hba" "$dir/pg_hba.conf"
         if pg_running "$dir"; then
             log "postgres $name: settings changed, restarting"
-            as_pg "$PG_BIN/pg_ctl" -D "$dir" -m fast -w -t 60 restart -l "$LOG_DIR/pg-$name.log" >/dev/null
+            as_pg "$PG_BIN/pg_ctl" -D "$dir" -m fast -w -t 60 restart -l "$(node_log "$name")" >/dev/null
         fi
     fi
     rm -f "$tmp" "$tmp.hba"
@@ -195,5 +218,9 @@ down) down ;;
 status) status ;;
 stop-primary) stop_node primary ;;
 start-primary) load_secrets && start_node primary ;;
-*) die "usage: $0 up|down|status|stop-primary|start-primary" ;;
+clean)
+    down
+    rm -rf "$PG_DIR"
+    ;;
+*) die "usage: $0 up|down|status|clean|stop-primary|start-primary" ;;
 esac

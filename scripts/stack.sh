@@ -14,17 +14,29 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-SERVICES=(api-1 api-2 webhook reconciler)
+SERVICES=(stripe-sim api-1 api-2 webhook reconciler)
 
 service_port() {
     case $1 in
+    stripe-sim) echo "$STRIPE_SIM_PORT" ;;
     api-1) echo "$API_1_PORT" ;;
     api-2) echo "$API_2_PORT" ;;
     webhook) echo "$WEBHOOK_PORT" ;;
     reconciler) echo "$RECONCILER_PORT" ;;
     esac
 }
-service_bin() { echo "$CARGO_TARGET_DIR/debug/paystream-${1%-[0-9]}"; }
+service_bin() {
+    case $1 in
+    stripe-sim) echo "$CARGO_TARGET_DIR/debug/stripe-sim" ;;
+    *) echo "$CARGO_TARGET_DIR/debug/paystream-${1%-[0-9]}" ;;
+    esac
+}
+health_path() {
+    case $1 in
+    stripe-sim) echo /_sim/health ;;
+    *) echo /health/ready ;;
+    esac
+}
 
 db_url() { echo "postgres://$1:$2@127.0.0.1:$3/$PG_DB"; }
 
@@ -40,7 +52,7 @@ migrate() {
     log "migrations: applied"
 }
 
-healthy() { curl -fsS --max-time 1 "http://127.0.0.1:$1/health/ready" >/dev/null; }
+healthy() { curl -fsS --max-time 1 "http://127.0.0.1:$(service_port "$1")$(health_path "$1")" >/dev/null; }
 
 start_service() {
     local name=$1 port bin
@@ -52,11 +64,17 @@ start_service() {
     fi
     [ -x "$bin" ] || die "$name: binary $bin missing (cargo build failed?)"
     if port_open "$port"; then die "$name: port $port is taken by a process this stack did not start"; fi
-    start_bg "$name" "$ROOT" env \
-        APP_LISTEN_ADDR="127.0.0.1:$port" APP_INSTANCE="$name" APP_LOG_FORMAT=json \
-        APP_DATABASE__URL="$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT")" \
-        "$bin"
-    wait_for "$name on :$port" 30 healthy "$port" || die "$name is not healthy; see $LOG_DIR/$name.log"
+    if [ "$name" = stripe-sim ]; then
+        # Keys come from the environment (STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET), not argv.
+        start_bg "$name" "$ROOT" "$bin" --addr "127.0.0.1:$port" \
+            --webhook-url "http://127.0.0.1:$NGINX_HTTP_PORT/webhook/stripe"
+    else
+        start_bg "$name" "$ROOT" env \
+            APP_LISTEN_ADDR="127.0.0.1:$port" APP_INSTANCE="$name" APP_LOG_FORMAT=json \
+            APP_DATABASE__URL="$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT")" \
+            "$bin"
+    fi
+    wait_for "$name on :$port" 30 healthy "$name" || die "$name is not healthy; see $LOG_DIR/$name.log"
 }
 
 write_env() {
@@ -84,6 +102,7 @@ API_1_URL=http://127.0.0.1:$API_1_PORT
 API_2_URL=http://127.0.0.1:$API_2_PORT
 WEBHOOK_URL=http://127.0.0.1:$WEBHOOK_PORT
 RECONCILER_URL=http://127.0.0.1:$RECONCILER_PORT
+STRIPE_SIM_URL=http://127.0.0.1:$STRIPE_SIM_PORT
 STACK_DIR=$STACK_DIR
 EOF
     mv "$f.tmp" "$f"
@@ -133,7 +152,7 @@ status() {
         local port state
         port=$(service_port "$s")
         if is_running "$s"; then
-            if healthy "$port"; then state=ready; else state="up, not ready"; fi
+            if healthy "$s"; then state=ready; else state="up, not ready"; fi
         else
             state=down
         fi
@@ -161,6 +180,7 @@ up) up "${2:-}" ;;
 down) down ;;
 clean)
     down
+    "$ROOT/postgres-replication/cluster.sh" clean
     rm -rf "$STACK_DIR"
     log "removed $STACK_DIR"
     ;;

@@ -11,6 +11,10 @@ use uuid::Uuid;
 
 const CLIENT: &str = "00000000-0000-7000-8000-0000000000aa";
 
+/// The Connect restart test takes this for writing; tests that need Connect running
+/// take it for reading, so they never see it stopped half-way.
+static CONNECT: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 async fn insert_payment(db: &PgPool, key: &str) -> Uuid {
     let id = Uuid::now_v7();
     sqlx::query("INSERT INTO payments (id, client_id, idempotency_key, amount, currency) VALUES ($1, $2::uuid, $3, 1250, 'usd')")
@@ -127,6 +131,7 @@ async fn the_nginx_replica_port_serves_standbys_only_and_refuses_writes() {
 #[tokio::test]
 async fn the_debezium_task_is_running() {
     let stack = Stack::get();
+    let _running = CONNECT.read().await;
     let url = format!(
         "{}/connectors/{}/status",
         stack.var("KAFKA_CONNECT_URL"),
@@ -162,6 +167,7 @@ async fn topics_exist_with_the_designed_partition_counts() {
 #[tokio::test]
 async fn insert_update_delete_arrive_as_debezium_envelopes() {
     let stack = Stack::get();
+    let _running = CONNECT.read().await;
     let consumer = stack.consumer_at_end(stack.var("CDC_TOPIC"));
     let primary = stack.pool("DATABASE_URL").await;
     let id = insert_payment(&primary, &format!("cdc-{}", Uuid::now_v7())).await;
@@ -228,6 +234,7 @@ async fn insert_update_delete_arrive_as_debezium_envelopes() {
 #[tokio::test]
 async fn restarting_kafka_connect_loses_no_change_made_while_it_was_down() {
     let stack = Stack::get();
+    let _exclusive = CONNECT.write().await;
     let consumer = stack.consumer_at_end(stack.var("CDC_TOPIC"));
     let primary = stack.pool("DATABASE_URL").await;
 
@@ -325,4 +332,118 @@ fn a_missing_component_fails_loudly_naming_it() {
         stderr.contains("PostgreSQL 15 server binaries not found"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn the_stacks_stripe_sim_takes_the_stacks_key_only() {
+    let stack = Stack::get();
+    let base = stack.var("STRIPE_API_BASE");
+    let client = reqwest::Client::new();
+    let create = |key: &str| {
+        client
+            .post(format!("{base}/v1/payment_intents"))
+            .bearer_auth(key)
+            .form(&[("amount", "1250"), ("currency", "usd")])
+            .send()
+    };
+    let ok = create(stack.var("STRIPE_SECRET_KEY"))
+        .await
+        .expect("stripe-sim answers");
+    assert_eq!(ok.status(), 200);
+    let pi: Value = ok.json().await.unwrap();
+    assert_eq!(pi["status"], "requires_payment_method");
+    let wrong = create("sk_test_not_this_stack").await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let endpoints: Value = client
+        .get(format!("{base}/v1/webhook_endpoints"))
+        .bearer_auth(stack.var("STRIPE_SECRET_KEY"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{}/webhook/stripe", stack.var("PAYSTREAM_API_URL"));
+    assert_eq!(
+        endpoints["data"][0]["url"],
+        url.as_str(),
+        "stripe-sim must send webhooks through nginx"
+    );
+}
+
+/// A second, throw-away cluster on other ports (below the ephemeral range): `cluster.sh up` twice is harmless, and a
+/// half-made replica (its base backup never finished) is detected and rebuilt.
+#[test]
+fn cluster_setup_is_idempotent_and_repairs_a_half_made_replica() {
+    let stack = Stack::get();
+    let scratch = std::env::temp_dir().join(format!("paystream-repair-{}", Uuid::now_v7()));
+    // Private, like a clone under /root or in a mktemp -d: the postgres user cannot enter
+    // it, so cluster.sh must keep the data where that user can.
+    std::fs::create_dir(&scratch).unwrap();
+    std::fs::set_permissions(
+        &scratch,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let cluster = |arg: &str| {
+        let out = std::process::Command::new(stack.root().join("postgres-replication/cluster.sh"))
+            .arg(arg)
+            .env("STACK_DIR", &scratch)
+            .env("PG_PRIMARY_PORT", "25433")
+            .env("PG_REPLICA1_PORT", "25434")
+            .env("PG_REPLICA2_PORT", "25435")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let first = cluster("up");
+    let second = cluster("up");
+    // Simulate a base backup that died half-way: the replica's completion marker is gone.
+    // (The log link points into the cluster's data dir, wherever cluster.sh put it.)
+    let pg_dir = std::fs::read_link(scratch.join("logs/pg-replica2.log"))
+        .ok()
+        .and_then(|log| log.parent()?.parent().map(std::path::Path::to_path_buf));
+    let removed = pg_dir
+        .as_ref()
+        .map(|d| std::fs::remove_file(d.join("replica2/.paystream-replica-ready")));
+    let repair = cluster("up");
+    let status = cluster("status");
+    let clean = cluster("clean");
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    assert!(first.0, "first up failed: {}", first.1);
+    assert!(second.0, "second up failed: {}", second.1);
+    assert!(
+        !second.1.contains("rebuilding") && !second.1.contains("initialising"),
+        "a second up must change nothing: {}",
+        second.1
+    );
+    assert!(
+        matches!(removed, Some(Ok(()))),
+        "could not find replica2's marker under {pg_dir:?}"
+    );
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n");
+    if root {
+        assert!(
+            pg_dir.as_ref().is_some_and(|d| !d.starts_with(&scratch)),
+            "the postgres user cannot enter {scratch:?}, yet the data went there: {pg_dir:?}"
+        );
+    }
+    assert!(repair.0, "repairing up failed: {}", repair.1);
+    assert!(repair.1.contains("replica2 is half-made"), "{}", repair.1);
+    assert!(
+        repair.1.contains("replicas streaming: ready"),
+        "{}",
+        repair.1
+    );
+    assert!(status.1.contains("standby=t"), "{}", status.1);
+    assert!(clean.0, "{}", clean.1);
 }

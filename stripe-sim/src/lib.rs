@@ -1,0 +1,126 @@
+//! stripe-sim: a Stripe stand-in for tests, the local stack and benchmarks. See README.md.
+
+pub mod api;
+pub mod clock;
+pub mod control;
+pub mod error;
+pub mod faults;
+pub mod form;
+pub mod ratelimit;
+pub mod state;
+pub mod webhooks;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use tokio::sync::Notify;
+
+use crate::api::Idem;
+use crate::clock::Clock;
+use crate::ratelimit::Limiter;
+use crate::state::{State, World};
+
+#[derive(Debug, Clone, Default)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Accept only this key; `None` accepts any `sk_test_...` key.
+    pub api_key: Option<String>,
+    pub world: World,
+}
+
+#[derive(Clone)]
+pub struct Sim {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    clock: Clock,
+    limiter: Mutex<Limiter>,
+    idem: Mutex<HashMap<(String, String), Idem>>,
+    http: reqwest::Client,
+    api_key: Option<String>,
+    request_seq: AtomicU64,
+    wake: Notify,
+    world: World,
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Sim {
+        Sim {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::new(cfg.seed, cfg.world.clone())),
+                clock: Clock::default(),
+                limiter: Mutex::new(Limiter::default()),
+                idem: Mutex::new(HashMap::new()),
+                http: reqwest::Client::new(),
+                api_key: cfg.api_key,
+                request_seq: AtomicU64::new(0),
+                wake: Notify::new(),
+                world: cfg.world,
+            }),
+        }
+    }
+
+    /// The HTTP app: `/v1/...` (Stripe) and `/_sim/...` (control). Spawns the delivery
+    /// loop, so it must be called inside a Tokio runtime.
+    pub fn router(&self) -> Router {
+        tokio::spawn(webhooks::run(self.clone()));
+        control::routes()
+            .fallback(api::dispatch)
+            .with_state(self.clone())
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        // A panic under the lock must not take the whole simulator down with it.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a webhook endpoint for every event type, with a known secret if given.
+    pub fn add_endpoint(
+        &self,
+        url: &str,
+        secret: Option<String>,
+    ) -> Result<serde_json::Value, error::StripeError> {
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("url", url)
+            .append_pair("enabled_events[]", "*")
+            .finish();
+        let ctx = state::Ctx {
+            now_ms: self.inner.clock.now_ms(),
+            ..state::Ctx::default()
+        };
+        self.state()
+            .create_endpoint(&form::Params::parse(&form), &ctx, secret)
+    }
+
+    fn next_request_id(&self) -> String {
+        format!(
+            "req_{:014}",
+            self.inner.request_seq.fetch_add(1, Ordering::Relaxed) + 1
+        )
+    }
+
+    /// Forgets everything (intents, events, endpoints, idempotency keys, faults, clock).
+    pub fn reset(&self, seed: Option<u64>) {
+        let seed = seed.unwrap_or_else(|| self.state().seed);
+        *self.state() = State::new(seed, self.inner.world.clone());
+        self.inner
+            .idem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        *self.inner.limiter.lock().unwrap_or_else(|p| p.into_inner()) = Limiter::default();
+        self.inner.clock.reset();
+        self.inner.request_seq.store(0, Ordering::Relaxed);
+    }
+}
+
+pub(crate) fn real_now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,612 @@
+//! The simulator behaves as Stripe does: status paths, idempotency, pagination, errors,
+//! rate limits, webhook retries, and fault injection (deterministic under a seed).
+
+mod common;
+
+use common::{KEY, Receiver};
+use serde_json::{Value, json};
+use stripe_webhook::Webhook;
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn every_status_path() {
+    let t = common::start().await;
+    let confirm = |pi: String, pm: &'static str| {
+        let t = &t;
+        async move {
+            t.post(
+                &format!("/v1/payment_intents/{pi}/confirm"),
+                &[("payment_method", pm)],
+                None,
+            )
+            .await
+        }
+    };
+
+    // Succeeds.
+    let pi = id(&t.create("1000", None).await);
+    let (s, _, v) = confirm(pi.clone(), "pm_card_visa").await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("succeeded")));
+
+    // Declines (402), stays open, then a retry with another card succeeds.
+    let pi = id(&t.create("1000", None).await);
+    let (s, _, v) = confirm(pi.clone(), "pm_card_chargeDeclined").await;
+    assert_eq!(s, 402);
+    assert_eq!(v["error"]["type"], "card_error");
+    assert_eq!(v["error"]["code"], "card_declined");
+    assert_eq!(
+        v["error"]["payment_intent"]["status"],
+        "requires_payment_method"
+    );
+    assert_eq!(
+        v["error"]["payment_intent"]["last_payment_error"]["decline_code"],
+        "generic_decline"
+    );
+    let (s, _, v) = confirm(pi.clone(), "pm_card_visa").await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("succeeded")));
+    assert_eq!(v["last_payment_error"], Value::Null);
+
+    // 3D Secure: requires_action, then the customer passes or fails the challenge.
+    for (outcome, expected) in [
+        ("succeed", "succeeded"),
+        ("fail", "requires_payment_method"),
+    ] {
+        let pi = id(&t.create("1000", None).await);
+        let (_, _, v) = confirm(pi.clone(), "pm_card_threeDSecure2Required").await;
+        assert_eq!(v["status"], "requires_action");
+        let v = t
+            .control(
+                reqwest::Method::POST,
+                &format!("/_sim/payment_intents/{pi}/authenticate"),
+                json!({"outcome": outcome}),
+            )
+            .await;
+        assert_eq!(v["status"], expected);
+    }
+
+    // Processing for the configured (simulated) time, then succeeded.
+    let pi = id(&t.create("1000", None).await);
+    let (_, _, v) = confirm(pi.clone(), "pm_sim_processing").await;
+    assert_eq!(v["status"], "processing");
+    let (_, v) = t.get(&format!("/v1/payment_intents/{pi}")).await;
+    assert_eq!(v["status"], "processing");
+    t.advance(6).await;
+    let mut status = String::new();
+    for _ in 0..50 {
+        status = t.get(&format!("/v1/payment_intents/{pi}")).await.1["status"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if status == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "succeeded");
+    // A processing intent cannot be canceled; a succeeded one neither.
+    let (s, _, v) = t
+        .post(&format!("/v1/payment_intents/{pi}/cancel"), &[], None)
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["code"], "payment_intent_unexpected_state");
+
+    // Cancel from requires_payment_method, with a reason; a second confirm is refused.
+    let pi = id(&t.create("1000", None).await);
+    let (s, _, v) = t
+        .post(
+            &format!("/v1/payment_intents/{pi}/cancel"),
+            &[("cancellation_reason", "abandoned")],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str(), v["cancellation_reason"].as_str()),
+        (200, Some("canceled"), Some("abandoned"))
+    );
+    let (s, _, _) = confirm(pi, "pm_card_visa").await;
+    assert_eq!(s, 400);
+
+    // The next N confirms of a payment method decline, then it works again.
+    t.control(
+        reqwest::Method::POST,
+        "/_sim/payment_methods/pm_card_visa/decline_next",
+        json!({"count": 1}),
+    )
+    .await;
+    let pi = id(&t.create("1000", None).await);
+    assert_eq!(confirm(pi.clone(), "pm_card_visa").await.0, 402);
+    assert_eq!(confirm(pi, "pm_card_visa").await.0, 200);
+}
+
+#[tokio::test]
+async fn idempotency_replays_rejects_reuse_and_blocks_concurrency() {
+    let t = common::start().await;
+    let form = [
+        ("amount", "1500"),
+        ("currency", "usd"),
+        ("metadata[payment_id]", "p-1"),
+    ];
+    let (s1, h1, b1) = t.post("/v1/payment_intents", &form, Some("key-1")).await;
+    let (s2, h2, b2) = t.post("/v1/payment_intents", &form, Some("key-1")).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(b1, b2, "a repeat replays the first response");
+    assert!(h1.get("idempotent-replayed").is_none());
+    assert_eq!(h2["idempotent-replayed"], "true");
+    let (_, list) = t.get("/v1/payment_intents?limit=100").await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        1,
+        "only one PaymentIntent exists"
+    );
+
+    let (s, _, v) = t
+        .post(
+            "/v1/payment_intents",
+            &[("amount", "1600"), ("currency", "usd")],
+            Some("key-1"),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["type"], "idempotency_error");
+
+    // An executed error (a decline) is stored and replayed, status and body.
+    let decline = [
+        ("amount", "1500"),
+        ("currency", "usd"),
+        ("payment_method", "pm_card_chargeDeclined"),
+        ("confirm", "true"),
+    ];
+    let (s1, _, b1) = t.post("/v1/payment_intents", &decline, Some("key-2")).await;
+    let (s2, h2, b2) = t.post("/v1/payment_intents", &decline, Some("key-2")).await;
+    assert_eq!((s1, s2), (402, 402));
+    assert_eq!(b1, b2);
+    assert_eq!(h2["idempotent-replayed"], "true");
+
+    // A validation error is not stored: the same key works once the request is right.
+    let (s, _, _) = t
+        .post("/v1/payment_intents", &[("currency", "usd")], Some("key-3"))
+        .await;
+    assert_eq!(s, 400);
+    let (s, _, _) = t
+        .post(
+            "/v1/payment_intents",
+            &[("amount", "1500"), ("currency", "usd")],
+            Some("key-3"),
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    // Concurrent requests with one key: one runs, the others get 409 while it is in flight.
+    t.faults(json!({"api_latency_ms": 300})).await;
+    let form = [("amount", "2500"), ("currency", "usd")];
+    let (a, b, c) = tokio::join!(
+        t.post("/v1/payment_intents", &form, Some("key-4")),
+        t.post("/v1/payment_intents", &form, Some("key-4")),
+        t.post("/v1/payment_intents", &form, Some("key-4")),
+    );
+    let mut statuses = [a.0, b.0, c.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409, 409]);
+    let conflict = [a, b, c].into_iter().find(|r| r.0 == 409).unwrap();
+    assert_eq!(conflict.2["error"]["code"], "idempotency_key_in_use");
+
+    // Keys are scoped to the API key.
+    let other = t
+        .http
+        .post(format!("{}/v1/payment_intents", t.base))
+        .bearer_auth("sk_test_someone_else")
+        .header("Idempotency-Key", "key-1")
+        .form(&[("amount", "9999"), ("currency", "usd")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    assert!(other.headers().get("idempotent-replayed").is_none());
+}
+
+#[tokio::test]
+async fn lists_are_newest_first_with_cursors_and_filters() {
+    let t = common::start().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let amount = (1000 + i).to_string();
+        let (_, _, v) = t
+            .post(
+                "/v1/payment_intents",
+                &[
+                    ("amount", amount.as_str()),
+                    ("currency", "usd"),
+                    ("metadata[n]", &i.to_string()),
+                ],
+                None,
+            )
+            .await;
+        ids.push(id(&v));
+    }
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    let page = |v: &Value| {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(id)
+            .collect::<Vec<_>>()
+    };
+
+    let (_, v) = t.get("/v1/payment_intents?limit=2").await;
+    assert_eq!(page(&v), newest_first[..2]);
+    assert_eq!(v["has_more"], true);
+    let (_, v) = t
+        .get(&format!(
+            "/v1/payment_intents?limit=2&starting_after={}",
+            newest_first[1]
+        ))
+        .await;
+    assert_eq!(page(&v), newest_first[2..4]);
+    let (_, v) = t
+        .get(&format!(
+            "/v1/payment_intents?limit=10&starting_after={}",
+            newest_first[3]
+        ))
+        .await;
+    assert_eq!(page(&v), newest_first[4..]);
+    assert_eq!(v["has_more"], false);
+    let (_, v) = t
+        .get(&format!(
+            "/v1/payment_intents?limit=2&ending_before={}",
+            newest_first[4]
+        ))
+        .await;
+    assert_eq!(page(&v), newest_first[2..4]);
+    let now = v["data"][0]["created"].as_i64().unwrap();
+    let (_, v) = t
+        .get(&format!("/v1/payment_intents?created[gt]={now}"))
+        .await;
+    assert_eq!(page(&v), Vec::<String>::new());
+    let (_, v) = t
+        .get(&format!("/v1/payment_intents?created[lte]={now}&limit=100"))
+        .await;
+    assert_eq!(page(&v).len(), 5);
+
+    let (_, v) = t
+        .get("/v1/payment_intents/search?query=metadata%5B%27n%27%5D%3A%273%27")
+        .await;
+    assert_eq!(page(&v), [ids[3].clone()]);
+    let (s, v) = t.get("/v1/payment_intents/search?query=amount%3E5").await;
+    assert_eq!(s, 400, "{v}");
+
+    let (_, v) = t
+        .get("/v1/events?type=payment_intent.created&limit=100")
+        .await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        v["data"][0]["data"]["object"]["id"],
+        newest_first[0].as_str()
+    );
+    let first_event = id(&v["data"][0]);
+    let (s, e) = t.get(&format!("/v1/events/{first_event}")).await;
+    assert_eq!(
+        (s, e["type"].as_str()),
+        (200, Some("payment_intent.created"))
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_stripes_error_shape() {
+    let t = common::start().await;
+    type Case<'a> = (&'a [(&'a str, &'a str)], u16, &'a str, Option<&'a str>);
+    let cases: [Case; 5] = [
+        (
+            &[("currency", "usd")],
+            400,
+            "parameter_missing",
+            Some("amount"),
+        ),
+        (
+            &[("amount", "100"), ("currency", "xyz")],
+            400,
+            "parameter_invalid",
+            Some("currency"),
+        ),
+        (
+            &[("amount", "10"), ("currency", "usd")],
+            400,
+            "amount_too_small",
+            Some("amount"),
+        ),
+        (
+            &[("amount", "abc"), ("currency", "usd")],
+            400,
+            "parameter_invalid",
+            Some("amount"),
+        ),
+        (
+            &[
+                ("amount", "100"),
+                ("currency", "usd"),
+                ("payment_method", "pm_nope"),
+            ],
+            400,
+            "resource_missing",
+            Some("payment_method"),
+        ),
+    ];
+    for (form, status, code, param) in cases {
+        let (s, _, v) = t.post("/v1/payment_intents", form, None).await;
+        assert_eq!(s, status, "{form:?}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"].as_str(), Some(code), "{form:?}");
+        assert_eq!(v["error"]["param"].as_str(), param);
+    }
+    let (s, v) = t.get("/v1/payment_intents/pi_missing").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("resource_missing"))
+    );
+    let (s, v) = t.get("/v1/nothing_here").await;
+    assert_eq!(s, 404, "{v}");
+    let res = t
+        .http
+        .get(format!("{}/v1/payment_intents", t.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = t
+        .http
+        .get(format!("{}/v1/payment_intents", t.base))
+        .bearer_auth("pk_live_x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.text().await.unwrap().contains("Invalid API Key"));
+    let (_, list) = t.get("/v1/payment_intents").await;
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        0,
+        "no bad request created anything"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_should_retry() {
+    let t = common::start().await;
+    let mut world = t
+        .control(reqwest::Method::GET, "/_sim/world", Value::Null)
+        .await;
+    world["per_endpoint_rate"] = json!(5);
+    t.control(reqwest::Method::PUT, "/_sim/world", world).await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let res = t
+            .http
+            .get(format!("{}/v1/payment_intents", t.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 429 {
+            assert_eq!(res.headers()["stripe-should-retry"], "true");
+            let v: Value = res.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "rate_limit");
+            statuses.push(429);
+        } else {
+            statuses.push(res.status().as_u16());
+        }
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    // Another endpoint has its own budget.
+    let (s, _, _) = t
+        .post(
+            "/v1/payment_intents",
+            &[("amount", "100"), ("currency", "usd")],
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn failed_deliveries_are_retried_until_the_horizon() {
+    let t = common::start().await;
+    let (rx, url) = Receiver::start(2).await;
+    t.control(
+        reqwest::Method::POST,
+        "/_sim/webhook_endpoints",
+        json!({"url": url, "secret": "whsec_r", "enabled_events": ["payment_intent.created"]}),
+    )
+    .await;
+    let pi = id(&t.create("1000", None).await);
+    // Attempt 1 fails at once; retries wait 5 s, then 10 s of simulated time.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(rx.received().is_empty());
+    t.advance(6).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(rx.received().is_empty(), "attempt 2 also fails");
+    t.advance(11).await;
+    let got = rx.wait_for(1).await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].1.contains(&pi));
+    let d = t.deliveries().await;
+    assert_eq!(
+        (d[0]["state"].as_str(), d[0]["attempt"].as_u64()),
+        (Some("delivered"), Some(3))
+    );
+    let (_, events) = t.get("/v1/events?delivery_success=true").await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 1);
+    assert_eq!(events["data"][0]["pending_webhooks"], 0);
+
+    // An endpoint that never answers 2xx is given up after the horizon (3 days).
+    rx.fail_first
+        .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let pi2 = id(&t.create("1000", None).await);
+    for _ in 0..80 {
+        t.advance(3600).await;
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let d = t.deliveries().await;
+    assert_eq!(d[1]["state"], "failed", "{}", d[1]);
+    let (_, pending) = t.get("/v1/events?delivery_success=false").await;
+    let pending = pending["data"].as_array().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["data"]["object"]["id"], pi2.as_str());
+    assert_eq!(pending[0]["pending_webhooks"], 1);
+}
+
+/// Runs a fixed scenario under `seed` with faults on and returns what happened.
+async fn faulty_run(seed: u64) -> (Vec<String>, Vec<(String, String, bool)>) {
+    let t = common::start().await;
+    t.control(reqwest::Method::POST, "/_sim/reset", json!({"seed": seed}))
+        .await;
+    let (_, url) = Receiver::start(0).await;
+    t.control(
+        reqwest::Method::POST,
+        "/_sim/webhook_endpoints",
+        json!({"url": url, "secret": "whsec_d"}),
+    )
+    .await;
+    t.faults(json!({"webhook_drop_rate": 0.3, "webhook_duplicate_rate": 0.3, "webhook_reorder_window_ms": 50,
+                    "webhook_stale_rate": 0.1, "webhook_bad_signature_rate": 0.1}))
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(id(&t.create("1000", Some("pm_card_visa")).await));
+    }
+    let plan = t
+        .deliveries()
+        .await
+        .iter()
+        .map(|d| {
+            (
+                d["event_id"].as_str().unwrap().to_owned(),
+                d["fault"].to_string(),
+                d["state"] == "dropped",
+            )
+        })
+        .collect();
+    (ids, plan)
+}
+
+#[tokio::test]
+async fn fault_injection_is_deterministic_under_a_seed() {
+    let (ids_a, plan_a) = faulty_run(42).await;
+    let (ids_b, plan_b) = faulty_run(42).await;
+    let (ids_c, plan_c) = faulty_run(43).await;
+    assert_eq!(ids_a, ids_b);
+    assert_eq!(plan_a, plan_b, "same seed, same faults");
+    assert_ne!(ids_a, ids_c);
+    assert_ne!(plan_a, plan_c);
+    // The rates do what they say (20 events, 30% dropped, 30% duplicated: loose bounds).
+    let dropped_events: std::collections::HashSet<&String> =
+        plan_a.iter().filter(|p| p.2).map(|p| &p.0).collect();
+    assert!(
+        (2..=12).contains(&dropped_events.len()),
+        "{}",
+        dropped_events.len()
+    );
+    assert!(plan_a.len() > 20 && plan_a.len() < 40, "{}", plan_a.len());
+    assert!(plan_a.iter().any(|p| p.1.contains("stale_timestamp")));
+    assert!(plan_a.iter().any(|p| p.1.contains("bad_signature")));
+}
+
+#[tokio::test]
+async fn injected_deliveries_are_what_receivers_must_reject_or_dedupe() {
+    let t = common::start().await;
+    let (rx, url) = Receiver::start(0).await;
+    let secret = "whsec_faults";
+    t.control(
+        reqwest::Method::POST,
+        "/_sim/webhook_endpoints",
+        json!({"url": url, "secret": secret, "enabled_events": ["payment_intent.created"]}),
+    )
+    .await;
+
+    t.faults(json!({"webhook_duplicate_rate": 1.0})).await;
+    t.create("1000", None).await;
+    let got = rx.wait_for(2).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].1, got[1].1, "a duplicate carries the same event");
+
+    t.faults(json!({"webhook_stale_rate": 1.0})).await;
+    t.create("1000", None).await;
+    let got = rx.wait_for(3).await;
+    assert!(
+        Webhook::construct_event(&got[2].1, &got[2].0, secret).is_err(),
+        "stale timestamps must fail verification"
+    );
+
+    t.faults(json!({"webhook_bad_signature_rate": 1.0})).await;
+    t.create("1000", None).await;
+    let got = rx.wait_for(4).await;
+    assert!(
+        Webhook::construct_event(&got[3].1, &got[3].0, secret).is_err(),
+        "bad signatures must fail verification"
+    );
+
+    t.faults(json!({"webhook_drop_rate": 1.0})).await;
+    t.create("1000", None).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(rx.received().len(), 4, "a dropped delivery never arrives");
+
+    // API faults: injected 500s and 429s say Stripe-Should-Retry and are not stored.
+    t.faults(json!({"api_error_rate": 1.0})).await;
+    let (s, h, v) = t
+        .post(
+            "/v1/payment_intents",
+            &[("amount", "100"), ("currency", "usd")],
+            Some("k-500"),
+        )
+        .await;
+    assert_eq!((s, v["error"]["type"].as_str()), (500, Some("api_error")));
+    assert_eq!(h["stripe-should-retry"], "true");
+    t.faults(json!({})).await;
+    let (s, h, _) = t
+        .post(
+            "/v1/payment_intents",
+            &[("amount", "100"), ("currency", "usd")],
+            Some("k-500"),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert!(h.get("idempotent-replayed").is_none());
+
+    let res = t
+        .http
+        .put(format!("{}/_sim/faults", t.base))
+        .json(&json!({"webhook_drop_rate": 2.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400, "rates outside [0, 1] are refused");
+}
+
+#[tokio::test]
+async fn a_secret_roll_signs_with_both_secrets() {
+    let t = common::start().await;
+    let (rx, url) = Receiver::start(0).await;
+    let ep = t.control(reqwest::Method::POST, "/_sim/webhook_endpoints", json!({"url": url, "secret": "whsec_old", "enabled_events": ["payment_intent.created"]})).await;
+    let rolled = t
+        .control(
+            reqwest::Method::POST,
+            &format!("/_sim/webhook_endpoints/{}/roll_secret", id(&ep)),
+            json!({"secret": "whsec_new"}),
+        )
+        .await;
+    assert_eq!(rolled["secret"], "whsec_new");
+    t.create("1000", None).await;
+    let got = rx.wait_for(1).await;
+    let (sig, body) = &got[0];
+    assert_eq!(sig.matches("v1=").count(), 2, "{sig}");
+    Webhook::construct_event(body, sig, "whsec_old")
+        .expect("old secret still verifies during the roll");
+    Webhook::construct_event(body, sig, "whsec_new").expect("new secret verifies");
+}
