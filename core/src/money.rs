@@ -34,35 +34,28 @@ pub enum MoneyError {
 }
 
 /// A supported ISO 4217 currency, stored as its lower-case code (Stripe's convention).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "String")]
 pub struct Currency {
-    code: [u8; 3],
+    /// Always one of the codes in SUPPORTED.
+    code: &'static str,
     exponent: u8,
 }
 
 impl Currency {
     pub fn parse(code: &str) -> Result<Self, MoneyError> {
-        let bytes: [u8; 3] = code
-            .as_bytes()
-            .try_into()
-            .map_err(|_| MoneyError::MalformedCurrency)?;
-        if !bytes.iter().all(u8::is_ascii_lowercase) {
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_lowercase()) {
             return Err(MoneyError::MalformedCurrency);
         }
         SUPPORTED
             .iter()
-            .find(|(c, _)| c.as_bytes() == bytes)
-            .map(|&(_, exponent)| Currency {
-                code: bytes,
-                exponent,
-            })
+            .find(|(c, _)| *c == code)
+            .map(|&(code, exponent)| Currency { code, exponent })
             .ok_or_else(|| MoneyError::UnsupportedCurrency(code.to_owned()))
     }
 
-    pub fn code(&self) -> &str {
-        // Only ever built from the ASCII codes in SUPPORTED.
-        std::str::from_utf8(&self.code).unwrap_or("???")
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 
     /// Digits after the decimal point in the currency's major unit.
@@ -73,7 +66,7 @@ impl Currency {
     pub fn supported() -> impl Iterator<Item = Currency> {
         SUPPORTED
             .iter()
-            .map(|&(c, _)| Currency::parse(c).unwrap_or_else(|_| unreachable!()))
+            .map(|&(code, exponent)| Currency { code, exponent })
     }
 }
 
@@ -83,10 +76,11 @@ impl fmt::Display for Currency {
     }
 }
 
-impl TryFrom<String> for Currency {
-    type Error = MoneyError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Currency::parse(&s)
+// By hand: a derive would make a `&'static str` field demand 'static input.
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(d)?;
+        Currency::parse(&code).map_err(serde::de::Error::custom)
     }
 }
 

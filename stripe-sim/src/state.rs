@@ -1,7 +1,8 @@
 //! The simulator's in-memory model: PaymentIntents, their status machine, Events and the
 //! webhook deliveries they cause. Every mutation happens under one lock, in `State`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 
 use axum::http::StatusCode;
 use rand::rngs::StdRng;
@@ -267,6 +268,10 @@ pub struct State {
     pub endpoints: Vec<Endpoint>,
     pub deliveries: Vec<Delivery>,
     pub forced_declines: HashMap<String, u32>,
+    /// Timers, so that no periodic work scans all state: processing intents by the time
+    /// they complete, and pending deliveries by their due time.
+    processing: BTreeSet<(i64, String)>,
+    delivery_queue: BinaryHeap<Reverse<(i64, usize)>>,
     /// (event, endpoint) pairs delivered at least once: what `pending_webhooks` counts down.
     pub delivered: HashSet<(String, String)>,
     charges: HashMap<String, Value>,
@@ -286,6 +291,8 @@ impl State {
             endpoints: Vec::new(),
             deliveries: Vec::new(),
             forced_declines: HashMap::new(),
+            processing: BTreeSet::new(),
+            delivery_queue: BinaryHeap::new(),
             delivered: HashSet::new(),
             charges: HashMap::new(),
         }
@@ -486,6 +493,7 @@ impl State {
                 intent.status = "processing";
                 intent.processing_until_ms = Some(until);
                 let snap = intent.to_json();
+                self.processing.insert((until, id.to_owned()));
                 self.emit("payment_intent.processing", snap.clone(), ctx);
                 Ok(snap)
             }
@@ -658,24 +666,45 @@ impl State {
 
     /// Completes `processing` intents whose time has come (simulated clock).
     pub fn tick(&mut self, now_ms: i64) {
-        let due: Vec<String> = self
-            .intent_order
-            .iter()
-            .filter(|id| {
-                self.intents[*id].status == "processing"
-                    && self.intents[*id]
-                        .processing_until_ms
-                        .is_some_and(|t| t <= now_ms)
-            })
-            .cloned()
-            .collect();
         let ctx = Ctx {
             now_ms,
             ..Ctx::default()
         };
-        for id in due {
-            self.charge_succeeds(&id, &ctx);
+        while let Some((until, id)) = self.processing.first().cloned() {
+            if until > now_ms {
+                break;
+            }
+            self.processing.pop_first();
+            if self
+                .intents
+                .get(&id)
+                .is_some_and(|i| i.status == "processing")
+            {
+                self.charge_succeeds(&id, &ctx);
+            }
         }
+    }
+
+    /// Deliveries whose time has come, in due order: popped from the queue, so the
+    /// caller must send them (and `reschedule` the ones that fail).
+    pub fn take_due_deliveries(&mut self, now_ms: i64) -> Vec<usize> {
+        let mut due = Vec::new();
+        while let Some(&Reverse((at, index))) = self.delivery_queue.peek() {
+            if at > now_ms {
+                break;
+            }
+            self.delivery_queue.pop();
+            if self.deliveries[index].state == "pending" {
+                due.push(index);
+            }
+        }
+        due
+    }
+
+    pub fn reschedule(&mut self, index: usize, due_ms: i64) {
+        self.deliveries[index].state = "pending";
+        self.deliveries[index].due_ms = due_ms;
+        self.delivery_queue.push(Reverse((due_ms, index)));
     }
 
     pub fn list_intents(&self, p: &Params) -> Result<Value, StripeError> {
@@ -785,6 +814,10 @@ impl State {
             };
             let due = now_ms + f.webhook_delay_ms as i64 + jitter as i64;
             let id = self.deliveries.len() as u64 + 1;
+            if !dropped {
+                self.delivery_queue
+                    .push(Reverse((due, self.deliveries.len())));
+            }
             self.deliveries.push(Delivery {
                 id,
                 event_id: event_id.to_owned(),

@@ -56,11 +56,8 @@ fn due(sim: &Sim) -> Vec<Send> {
     let mut st = sim.state();
     st.tick(now_ms);
     let mut sends = Vec::new();
-    for index in 0..st.deliveries.len() {
+    for index in st.take_due_deliveries(now_ms) {
         let d = &st.deliveries[index];
-        if d.state != "pending" || d.due_ms > now_ms {
-            continue;
-        }
         let Some(endpoint) = st.endpoints.iter().find(|e| e.id == d.endpoint_id) else {
             continue;
         };
@@ -148,8 +145,7 @@ async fn deliver(sim: Sim, send: Send) {
     if next > d.first_due_ms + world.retry_horizon_ms {
         d.state = "failed";
     } else {
-        d.state = "pending";
-        d.due_ms = next;
+        st.reschedule(send.index, next);
     }
 }
 

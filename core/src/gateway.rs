@@ -1,0 +1,141 @@
+//! The Stripe gateway: the few PaymentIntent operations Paystream needs, as a trait, so
+//! the domain never depends on an HTTP client and tests can run against any Stripe
+//! (the real one, stripe-sim, localstripe).
+
+use std::future::Future;
+
+use crate::money::Money;
+use crate::status::PaymentStatus;
+
+/// A PaymentIntent to create for one of our payments.
+#[derive(Debug, Clone)]
+pub struct NewIntent<'a> {
+    /// Our payment id, stored as `metadata.payment_id` so the intent can be found again.
+    pub payment_id: &'a str,
+    pub money: Money,
+    pub description: Option<&'a str>,
+    pub receipt_email: Option<&'a str>,
+    /// Sent as Stripe's `Idempotency-Key`: a retry can never create a second intent.
+    pub idempotency_key: &'a str,
+}
+
+/// What Paystream reads of a PaymentIntent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentView {
+    pub id: String,
+    /// Stripe's own status (`requires_payment_method`, ..., `succeeded`, `canceled`).
+    pub stripe_status: String,
+    pub amount: i64,
+    pub currency: String,
+    pub payment_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub last_error: Option<String>,
+    pub created: i64,
+}
+
+impl IntentView {
+    /// Our status for it; `None` for a status this code does not know (never guessed).
+    pub fn status(&self) -> Option<PaymentStatus> {
+        PaymentStatus::from_stripe(&self.stripe_status)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// Stripe refused the request for good (4xx): retrying the same request is useless.
+    #[error("stripe rejected the request ({status} {code}): {message}")]
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("the payment intent does not exist at stripe")]
+    NotFound,
+    /// 429: slow down, then retry.
+    #[error("stripe rate limit hit")]
+    RateLimited,
+    /// 409: the same idempotency key is still being processed; retry later.
+    #[error("a request with the same idempotency key is in flight")]
+    InFlight,
+    /// 5xx, timeout, connection failure: the outcome is unknown; retry with the same key.
+    #[error("stripe unavailable: {0}")]
+    Unavailable(String),
+    /// The Stripe peer lacks the endpoint (e.g. localstripe has no search).
+    #[error("not supported by this stripe: {0}")]
+    Unsupported(&'static str),
+}
+
+impl GatewayError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited | Self::InFlight | Self::Unavailable(_)
+        )
+    }
+}
+
+/// `Send` futures, so callers can spawn them on a multi-threaded runtime.
+pub trait StripeGateway: Send + Sync {
+    fn create_intent(
+        &self,
+        req: &NewIntent<'_>,
+    ) -> impl Future<Output = Result<IntentView, GatewayError>> + Send;
+
+    fn retrieve_intent(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<IntentView, GatewayError>> + Send;
+
+    /// `reason` is one of Stripe's cancellation reasons (`abandoned`, `requested_by_customer`, ...).
+    fn cancel_intent(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<IntentView, GatewayError>> + Send;
+
+    /// The intent whose `metadata.payment_id` is ours, if Stripe has one.
+    fn find_by_payment_id(
+        &self,
+        payment_id: &str,
+    ) -> impl Future<Output = Result<Option<IntentView>, GatewayError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_failures_are_retryable() {
+        assert!(GatewayError::RateLimited.is_retryable());
+        assert!(GatewayError::InFlight.is_retryable());
+        assert!(GatewayError::Unavailable("timeout".into()).is_retryable());
+        assert!(!GatewayError::NotFound.is_retryable());
+        assert!(!GatewayError::Unsupported("search").is_retryable());
+        let rejected = GatewayError::Rejected {
+            status: 400,
+            code: "amount_too_small".into(),
+            message: "x".into(),
+        };
+        assert!(!rejected.is_retryable());
+    }
+
+    #[test]
+    fn view_maps_stripe_status_to_ours() {
+        let mut v = IntentView {
+            id: "pi_1".into(),
+            stripe_status: "processing".into(),
+            amount: 100,
+            currency: "usd".into(),
+            payment_id: None,
+            client_secret: None,
+            last_error: None,
+            created: 0,
+        };
+        assert_eq!(v.status(), Some(PaymentStatus::Pending));
+        v.stripe_status = "succeeded".into();
+        assert_eq!(v.status(), Some(PaymentStatus::Succeeded));
+        v.stripe_status = "something_new".into();
+        assert_eq!(v.status(), None);
+    }
+}

@@ -1,0 +1,228 @@
+//! `StripeGateway` over Stripe's HTTP API. Responses are read leniently (only the fields
+//! Paystream uses, unknown ones ignored), so the same code talks to Stripe, stripe-sim
+//! and localstripe, whose objects are incomplete.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use paystream_core::gateway::{GatewayError, IntentView, NewIntent, StripeGateway};
+use serde::Deserialize;
+
+#[derive(Clone)]
+pub struct HttpStripe {
+    http: reqwest::Client,
+    /// Ends without a slash: `https://api.stripe.com`.
+    base: String,
+    secret_key: String,
+}
+
+/// The secret key never reaches logs.
+impl fmt::Debug for HttpStripe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpStripe")
+            .field("base", &self.base)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct IntentJson {
+    id: String,
+    status: String,
+    amount: i64,
+    currency: String,
+    #[serde(default)]
+    metadata: HashMap<String, String>,
+    client_secret: Option<String>,
+    last_payment_error: Option<ErrorJson>,
+    #[serde(default)]
+    created: i64,
+}
+
+#[derive(Deserialize)]
+struct ErrorJson {
+    code: Option<String>,
+    message: Option<String>,
+    decline_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: ErrorJson,
+}
+
+#[derive(Deserialize)]
+struct SearchJson {
+    data: Vec<IntentJson>,
+}
+
+impl From<IntentJson> for IntentView {
+    fn from(j: IntentJson) -> Self {
+        IntentView {
+            id: j.id,
+            stripe_status: j.status,
+            amount: j.amount,
+            currency: j.currency,
+            payment_id: j.metadata.get("payment_id").cloned(),
+            client_secret: j.client_secret,
+            last_error: j.last_payment_error.map(|e| {
+                let code = e.decline_code.or(e.code).unwrap_or_else(|| "error".into());
+                format!("{code}: {}", e.message.unwrap_or_default())
+            }),
+            created: j.created,
+        }
+    }
+}
+
+impl HttpStripe {
+    pub fn new(base: &str, secret_key: &str, timeout: Duration) -> Result<Self, GatewayError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| GatewayError::Unavailable(format!("http client: {e}")))?;
+        Ok(HttpStripe {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            secret_key: secret_key.to_owned(),
+        })
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, GatewayError> {
+        let res = req
+            .bearer_auth(&self.secret_key)
+            .send()
+            .await
+            .map_err(|e| {
+                GatewayError::Unavailable(if e.is_timeout() {
+                    "timeout".into()
+                } else {
+                    "connection failed".into()
+                })
+            })?;
+        let status = res.status().as_u16();
+        match status {
+            200..=299 => Ok(res),
+            404 => Err(GatewayError::NotFound),
+            409 => Err(GatewayError::InFlight),
+            429 => Err(GatewayError::RateLimited),
+            500..=599 => Err(GatewayError::Unavailable(format!(
+                "stripe answered {status}"
+            ))),
+            _ => {
+                let body = res.json::<ErrorEnvelope>().await.ok();
+                let (code, message) = body
+                    .map(|b| {
+                        (
+                            b.error.code.unwrap_or_default(),
+                            b.error.message.unwrap_or_default(),
+                        )
+                    })
+                    .unwrap_or_default();
+                Err(GatewayError::Rejected {
+                    status,
+                    code,
+                    message,
+                })
+            }
+        }
+    }
+
+    async fn intent(&self, req: reqwest::RequestBuilder) -> Result<IntentView, GatewayError> {
+        let res = self.call(req).await?;
+        let json: IntentJson = res
+            .json()
+            .await
+            .map_err(|e| GatewayError::Unavailable(format!("unreadable PaymentIntent: {e}")))?;
+        Ok(json.into())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1{path}", self.base)
+    }
+}
+
+impl StripeGateway for HttpStripe {
+    async fn create_intent(&self, req: &NewIntent<'_>) -> Result<IntentView, GatewayError> {
+        let amount = req.money.amount().to_string();
+        let mut form = vec![
+            ("amount", amount.as_str()),
+            ("currency", req.money.currency().code()),
+            ("metadata[payment_id]", req.payment_id),
+        ];
+        if let Some(d) = req.description {
+            form.push(("description", d));
+        }
+        if let Some(e) = req.receipt_email {
+            form.push(("receipt_email", e));
+        }
+        let http = self
+            .http
+            .post(self.url("/payment_intents"))
+            .header("Idempotency-Key", req.idempotency_key)
+            .form(&form);
+        self.intent(http).await
+    }
+
+    async fn retrieve_intent(&self, id: &str) -> Result<IntentView, GatewayError> {
+        self.intent(
+            self.http
+                .get(self.url(&format!("/payment_intents/{}", encode(id)))),
+        )
+        .await
+    }
+
+    async fn cancel_intent(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        idempotency_key: &str,
+    ) -> Result<IntentView, GatewayError> {
+        let form: Vec<(&str, &str)> = reason
+            .map(|r| ("cancellation_reason", r))
+            .into_iter()
+            .collect();
+        let req = self
+            .http
+            .post(self.url(&format!("/payment_intents/{}/cancel", encode(id))))
+            .header("Idempotency-Key", idempotency_key)
+            .form(&form);
+        self.intent(req).await
+    }
+
+    async fn find_by_payment_id(
+        &self,
+        payment_id: &str,
+    ) -> Result<Option<IntentView>, GatewayError> {
+        // Stripe's search query language quotes values with single quotes.
+        let query = format!(
+            "metadata['payment_id']:'{}'",
+            payment_id.replace('\'', "\\'")
+        );
+        let req = self
+            .http
+            .get(self.url("/payment_intents/search"))
+            .query(&[("query", query)]);
+        let res = match self.call(req).await {
+            Err(GatewayError::NotFound) => {
+                return Err(GatewayError::Unsupported("payment intent search"));
+            }
+            other => other?,
+        };
+        let json: SearchJson = res
+            .json()
+            .await
+            .map_err(|e| GatewayError::Unavailable(format!("unreadable search result: {e}")))?;
+        // Oldest wins if a bug ever made two: it is the one a client could have paid.
+        Ok(json
+            .data
+            .into_iter()
+            .min_by_key(|i| i.created)
+            .map(Into::into))
+    }
+}
+
+fn encode(segment: &str) -> String {
+    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
