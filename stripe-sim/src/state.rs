@@ -1116,6 +1116,30 @@ fn parse_query(q: &str) -> Result<Vec<(Field, String)>, StripeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the form body, every endpoint answers Ok or a Stripe error: no panic.
+        #[test]
+        fn no_form_body_makes_an_endpoint_panic(body in "[a-z_\\[\\]=&%0-9.-]{0,80}") {
+            let mut st = State::new(1, World::default());
+            let ctx = Ctx { now_ms: 1_700_000_000_000, ..Ctx::default() };
+            let p = Params::parse(&body);
+            let created = st.create_intent(&p, &ctx);
+            let id = created.as_ref().ok().and_then(|v| v["id"].as_str()).unwrap_or("pi_x").to_owned();
+            let _ = st.update(&id, &p);
+            let _ = st.confirm(&id, p.string("payment_method"), &ctx);
+            let _ = st.capture(&id, &p, &ctx);
+            let _ = st.cancel(&id, &p, &ctx);
+            let _ = st.list_intents(&p);
+            let _ = st.search_intents(&p);
+            let _ = st.list_events(&p);
+            let _ = st.create_endpoint(&p, &ctx, None);
+            if let Err(e) = created {
+                prop_assert!(e.status.is_client_error(), "{}", e.status);
+            }
+        }
+    }
 
     #[test]
     fn search_queries_parse() {
