@@ -15,7 +15,7 @@ export REPLICA1_ADDR=127.0.0.1:$PG_REPLICA1_PORT REPLICA2_ADDR=127.0.0.1:$PG_REP
 NGINX=${NGINX:-/usr/sbin/nginx}
 CONF=$NGINX_PREFIX/nginx.conf
 
-running() { [ -f "$NGINX_PREFIX/nginx.pid" ] && kill -0 "$(cat "$NGINX_PREFIX/nginx.pid")" 2>/dev/null; }
+running() { kill -0 "$(cat "$NGINX_PREFIX/nginx.pid" 2>/dev/null)" 2>/dev/null; }
 
 up() {
     [ -x "$NGINX" ] || die "nginx not found at $NGINX (apt-get install nginx libnginx-mod-stream)"
