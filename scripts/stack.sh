@@ -50,6 +50,13 @@ migrate() {
         "$CARGO_TARGET_DIR/debug/paystream" migrate 2>>"$LOG_DIR/migrate.log" ||
         die "migrations failed; see $LOG_DIR/migrate.log"
     log "migrations: applied"
+    # The stack's own client and operator keys (generated once in secrets.env).
+    local db
+    db=$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT")
+    PAYSTREAM_KEY=$PAYSTREAM_CLIENT_KEY DATABASE_URL=$db "$CARGO_TARGET_DIR/debug/paystream" keys register \
+        --name stack-client --role client 2>>"$LOG_DIR/migrate.log" || die "registering the stack's client key failed"
+    PAYSTREAM_KEY=$PAYSTREAM_OPERATOR_KEY DATABASE_URL=$db "$CARGO_TARGET_DIR/debug/paystream" keys register \
+        --name stack-operator --role operator 2>>"$LOG_DIR/migrate.log" || die "registering the stack's operator key failed"
 }
 
 healthy() { curl -fsS --max-time 1 "http://127.0.0.1:$(service_port "$1")$(health_path "$1")" >/dev/null; }
@@ -72,6 +79,7 @@ start_service() {
         start_bg "$name" "$ROOT" env \
             APP_LISTEN_ADDR="127.0.0.1:$port" APP_INSTANCE="$name" APP_LOG_FORMAT=json \
             APP_DATABASE__URL="$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT")" \
+            APP_STRIPE__API_BASE="http://127.0.0.1:$STRIPE_SIM_PORT" APP_STRIPE__SECRET_KEY="$STRIPE_SECRET_KEY" \
             "$bin"
     fi
     wait_for "$name on :$port" 30 healthy "$name" || die "$name is not healthy; see $LOG_DIR/$name.log"

@@ -14,8 +14,10 @@ struct Args {
     #[arg(long, env = "STRIPE_SIM_ADDR", default_value = "127.0.0.1:12111")]
     addr: std::net::SocketAddr,
     /// Seeds every id and fault decision: the same seed and requests replay the same run.
-    #[arg(long, env = "STRIPE_SIM_SEED", default_value_t = 1)]
-    seed: u64,
+    /// Default: a fresh seed per start (logged), so a restarted sim never reissues ids
+    /// that a database kept from its previous run.
+    #[arg(long, env = "STRIPE_SIM_SEED")]
+    seed: Option<u64>,
     /// Accept only this secret key (default: any sk_test_ key).
     #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -43,6 +45,12 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
     let world = World {
         per_endpoint_rate: args.per_endpoint_rate,
         global_rate: args.global_rate,
@@ -50,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         ..World::default()
     };
     let sim = Sim::new(SimConfig {
-        seed: args.seed,
+        seed,
         api_key: args.api_key,
         world,
     });
@@ -59,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e.message))?;
     }
     let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    tracing::info!(addr = %args.addr, seed = args.seed, "stripe-sim listening");
+    tracing::info!(addr = %args.addr, seed, "stripe-sim listening");
     axum::serve(listener, sim.router())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

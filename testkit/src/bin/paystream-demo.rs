@@ -1,7 +1,8 @@
-//! `make up`'s demo: sends payments through the running stack and prints what happened
-//! to each. Until the API, webhook and reconciler land (issues 4-6) it writes payments
-//! straight to the primary, as the API will, and follows each one through replication
-//! (both replicas, via nginx) and the CDC pipeline (Debezium -> broker).
+//! `make up`'s demo: a client creates payments through nginx and the API, customers pay
+//! them at Stripe (stripe-sim) with different test cards, and each payment is followed
+//! through replication (both replicas, via nginx) and the CDC pipeline (Debezium ->
+//! broker). Until the webhook receiver and the reconciler land (issues 5 and 6), our
+//! status stays `pending` while Stripe's moves on; the table shows both.
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashSet;
@@ -9,41 +10,69 @@ use std::time::{Duration, Instant};
 
 use paystream_testkit::Stack;
 use paystream_testkit::cdc;
+use serde_json::{Value, json};
 use uuid::Uuid;
-
-const CLIENT: &str = "00000000-0000-7000-8000-00000000de70";
 
 #[tokio::main]
 async fn main() {
     let stack = Stack::from_env_file();
     let consumer = stack.consumer_at_end(stack.var("CDC_TOPIC"));
-    let primary = stack.pool("DATABASE_URL").await;
     let replicas = stack.pool("REPLICA_URL").await;
+    let http = reqwest::Client::new();
+    let api = stack.var("PAYSTREAM_API_URL");
+    let stripe = stack.var("STRIPE_API_BASE");
 
-    let payments: [(i64, &str); 5] = [
-        (1250, "usd"),
-        (9900, "eur"),
-        (500, "jpy"),
-        (4200, "gbp"),
-        (75, "usd"),
+    let orders: [(i64, &str, &str); 5] = [
+        (1250, "usd", "pm_card_visa"),
+        (9900, "eur", "pm_card_chargeDeclined"),
+        (500, "jpy", "pm_card_threeDSecure2Required"),
+        (4200, "gbp", "pm_card_visa"),
+        (7500, "usd", "pm_sim_processing"),
     ];
     let mut sent = Vec::new();
-    for (amount, currency) in payments {
-        let id = Uuid::now_v7();
+    for (amount, currency, card) in orders {
         let started = Instant::now();
-        sqlx::query("INSERT INTO payments (id, client_id, idempotency_key, amount, currency) VALUES ($1, $2::uuid, $3, $4, $5)")
-            .bind(id)
-            .bind(CLIENT)
-            .bind(format!("demo-{id}"))
-            .bind(amount)
-            .bind(currency)
-            .execute(&primary)
+        let res = http
+            .post(format!("{api}/v1/payments"))
+            .bearer_auth(stack.var("PAYSTREAM_CLIENT_KEY"))
+            .header("Idempotency-Key", format!("demo-{}", Uuid::now_v7()))
+            .json(&json!({"amount": amount, "currency": currency, "description": "demo order"}))
+            .send()
             .await
-            .expect("insert on the primary");
-        sent.push((id, amount, currency, started));
+            .expect("the API answers through nginx");
+        let status = res.status();
+        let payment: Value = res.json().await.expect("JSON");
+        assert!(
+            status.is_success(),
+            "creating a payment failed: {status} {payment}"
+        );
+        // The customer pays at Stripe with the PaymentIntent the API created.
+        let pi = payment["stripe_payment_intent_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let confirmed: Value = http
+            .post(format!("{stripe}/v1/payment_intents/{pi}/confirm"))
+            .bearer_auth(stack.var("STRIPE_SECRET_KEY"))
+            .form(&[("payment_method", card)])
+            .send()
+            .await
+            .expect("stripe-sim answers")
+            .json()
+            .await
+            .expect("JSON");
+        let stripe_status = confirmed["status"]
+            .as_str()
+            .or_else(|| confirmed["error"]["payment_intent"]["status"].as_str())
+            .unwrap_or("?")
+            .to_owned();
+        sent.push((payment, card, stripe_status, started));
     }
 
-    let wanted: HashSet<String> = sent.iter().map(|(id, ..)| id.to_string()).collect();
+    let wanted: HashSet<String> = sent
+        .iter()
+        .map(|(p, ..)| p["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
     let seen = cdc::collect(
         &consumer,
         Duration::from_secs(60),
@@ -54,32 +83,30 @@ async fn main() {
 
     println!();
     println!(
-        "{:<38} {:>10} {:<8} {:<8} {:>12} {:>13}",
-        "payment", "amount", "status", "replicas", "cdc partition", "commit->kafka"
+        "{:<38} {:>10} {:<30} {:<8} {:<24} {:<8} {:>12}",
+        "payment", "amount", "card", "ours", "stripe", "replicas", "api->kafka"
     );
     let mut ok = true;
-    for (id, amount, currency, started) in &sent {
-        let on_replica = wait_on_replica(&replicas, *id).await;
-        let record = seen.get(&id.to_string()).and_then(|r| r.first());
-        let status = record
-            .and_then(|r| r.envelope.as_ref())
-            .and_then(|e| e["after"]["status"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "-".into());
-        let (partition, latency) = match record {
-            Some(r) => (
-                r.partition.to_string(),
-                format!("{} ms", r.received_at.duration_since(*started).as_millis()),
-            ),
-            None => ("missing".into(), "-".into()),
-        };
+    for (p, card, stripe_status, started) in &sent {
+        let id = p["id"].as_str().unwrap_or_default();
+        let on_replica = wait_on_replica(&replicas, id).await;
+        let record = seen.get(id).and_then(|r| r.first());
+        let latency = record.map_or("missing".to_owned(), |r| {
+            format!("{} ms", r.received_at.duration_since(*started).as_millis())
+        });
         ok &= on_replica && record.is_some();
         println!(
-            "{:<38} {:>10} {:<8} {:<8} {:>12} {:>13}",
-            id.to_string(),
-            format!("{amount} {currency}"),
-            status,
+            "{:<38} {:>10} {:<30} {:<8} {:<24} {:<8} {:>12}",
+            id,
+            format!(
+                "{} {}",
+                p["amount"],
+                p["currency"].as_str().unwrap_or_default()
+            ),
+            card,
+            p["status"].as_str().unwrap_or_default(),
+            stripe_status,
             if on_replica { "yes" } else { "NO" },
-            partition,
             latency
         );
     }
@@ -90,10 +117,18 @@ async fn main() {
         );
         std::process::exit(1);
     }
-    println!("All payments reached both replicas (via nginx) and the CDC topic.");
+    println!(
+        "All payments were created through nginx and the API, reached both replicas and the CDC topic."
+    );
+    println!(
+        "Our status follows Stripe's once the webhook receiver and reconciler run (issues 5 and 6)."
+    );
 }
 
-async fn wait_on_replica(replicas: &sqlx::PgPool, id: Uuid) -> bool {
+async fn wait_on_replica(replicas: &sqlx::PgPool, id: &str) -> bool {
+    let Ok(id) = Uuid::parse_str(id) else {
+        return false;
+    };
     for _ in 0..100 {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE id = $1")
             .bind(id)

@@ -1,0 +1,70 @@
+//! The API's settings: the service basics plus Stripe, limits and the idempotency lease.
+
+use std::fmt;
+
+use paystream_service::config::{DatabaseConfig, LogFormat};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiConfig {
+    pub listen_addr: std::net::SocketAddr,
+    pub instance: String,
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    pub stripe: StripeConfig,
+    /// Largest amount accepted, in minor units (Stripe's own ceiling is 99,999,999).
+    #[serde(default = "default_max_amount")]
+    pub max_amount: i64,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// How long a request holds its idempotency key before a retry may take it over.
+    #[serde(default = "default_lease_secs")]
+    pub idempotency_lease_secs: u64,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct StripeConfig {
+    pub api_base: String,
+    pub secret_key: String,
+    #[serde(default = "default_stripe_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl fmt::Debug for StripeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeConfig")
+            .field("api_base", &self.api_base)
+            .field("secret_key", &"<redacted>")
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+/// Per API key, per instance: a token bucket of `per_second` with room for `burst`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct RateLimitConfig {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_second: 100,
+            burst: 200,
+        }
+    }
+}
+
+fn default_max_amount() -> i64 {
+    99_999_999
+}
+
+fn default_lease_secs() -> u64 {
+    30
+}
+
+fn default_stripe_timeout_ms() -> u64 {
+    5_000
+}

@@ -1,0 +1,93 @@
+//! The payment API. `router` builds the whole app; `main.rs` only loads config and serves.
+
+pub mod config;
+pub mod error;
+pub mod payments;
+pub mod ratelimit;
+pub mod validation;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use paystream_db::keys::{self, Principal};
+use paystream_stripe::HttpStripe;
+use sqlx::PgPool;
+
+use crate::config::ApiConfig;
+use crate::error::ApiError;
+use crate::ratelimit::RateLimiter;
+
+/// Bodies above this are refused with 413 before they are read.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub stripe: Arc<HttpStripe>,
+    pub max_amount: i64,
+    pub lease: Duration,
+    pub limiter: Arc<RateLimiter>,
+}
+
+impl AppState {
+    pub fn new(db: PgPool, cfg: &ApiConfig) -> Result<Self, paystream_core::GatewayError> {
+        let stripe = HttpStripe::new(
+            &cfg.stripe.api_base,
+            &cfg.stripe.secret_key,
+            Duration::from_millis(cfg.stripe.timeout_ms),
+        )?;
+        Ok(AppState {
+            db,
+            stripe: Arc::new(stripe),
+            max_amount: cfg.max_amount,
+            lease: Duration::from_secs(cfg.idempotency_lease_secs),
+            limiter: Arc::new(RateLimiter::new(cfg.rate_limit)),
+        })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/payments", post(payments::create).get(payments::list))
+        .route("/v1/payments/{id}", get(payments::get))
+        .route("/v1/payments/{id}/events", get(payments::events))
+        .route("/v1/payments/{id}/cancel", post(payments::cancel))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Resolves the API key to a principal and applies its rate limit. The key itself is
+/// never logged.
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let key = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return ApiError::unauthorized().into_response();
+    };
+    let principal = match keys::authenticate(&state.db, key).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return ApiError::unauthorized().into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if let Err(retry_after) = state.limiter.check(principal.client_id, Instant::now()) {
+        let mut err = ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests for this API key",
+        );
+        err.retry_after_secs = Some(retry_after);
+        return err.into_response();
+    }
+    req.extensions_mut().insert::<Principal>(principal);
+    next.run(req).await
+}

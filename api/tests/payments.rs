@@ -1,0 +1,708 @@
+//! The payment API against the real primary (from the local stack) and an in-process
+//! stripe-sim whose faults each test controls.
+
+use std::time::Duration;
+
+use paystream_api::config::RateLimitConfig;
+use paystream_api::ratelimit::RateLimiter;
+use paystream_api::{AppState, router};
+use paystream_db::keys::{self, Role};
+use paystream_stripe::HttpStripe;
+use paystream_testkit::Stack;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+
+struct TestApp {
+    base: String,
+    key: String,
+    db: PgPool,
+    stripe_base: String,
+    http: reqwest::Client,
+}
+
+const STRIPE_KEY: &str = "sk_test_api_tests";
+
+/// zero-to-production's spawn_app: the real router on an ephemeral port, a fresh client
+/// and key, and its own stripe-sim.
+async fn spawn_app_with(limit: RateLimitConfig) -> TestApp {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
+    let stack = Stack::get();
+    let db = stack.pool("DATABASE_URL").await;
+    // A seed of its own: PaymentIntent ids must be unique in the shared database.
+    let sim = stripe_sim::Sim::new(stripe_sim::SimConfig {
+        seed: Uuid::now_v7().as_u128() as u64,
+        ..Default::default()
+    });
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stripe_base = format!("http://{}", sim_listener.local_addr().unwrap());
+    let sim_app = sim.router();
+    tokio::spawn(async move { axum::serve(sim_listener, sim_app).await.unwrap() });
+
+    let state = AppState {
+        db: db.clone(),
+        stripe: Arc::new(
+            HttpStripe::new(&stripe_base, STRIPE_KEY, Duration::from_secs(2)).unwrap(),
+        ),
+        max_amount: 1_000_000,
+        lease: Duration::from_secs(30),
+        limiter: Arc::new(RateLimiter::new(limit)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(state);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (_, key) = keys::create(&db, &format!("test-{}", Uuid::now_v7()), Role::Client)
+        .await
+        .unwrap();
+    TestApp {
+        base,
+        key,
+        db,
+        stripe_base,
+        http: reqwest::Client::new(),
+    }
+}
+
+async fn spawn_app() -> TestApp {
+    spawn_app_with(RateLimitConfig {
+        per_second: 1000,
+        burst: 1000,
+    })
+    .await
+}
+
+impl TestApp {
+    async fn create(
+        &self,
+        idem: &str,
+        body: &Value,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let res = self
+            .http
+            .post(format!("{}/v1/payments", self.base))
+            .bearer_auth(&self.key)
+            .header("Idempotency-Key", idem)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers) = (res.status(), res.headers().clone());
+        (status, headers, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn rows_for_key(&self, idem: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM payments WHERE idempotency_key = $1 AND client_id = (SELECT client_id FROM idempotency_keys WHERE idempotency_key = $1 LIMIT 1)")
+            .bind(idem)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    async fn intents_for(&self, payment_id: &str) -> usize {
+        let res: Value = self
+            .http
+            .get(format!("{}/v1/payment_intents/search", self.stripe_base))
+            .bearer_auth(STRIPE_KEY)
+            .query(&[("query", format!("metadata['payment_id']:'{payment_id}'"))])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        res["data"].as_array().unwrap().len()
+    }
+
+    async fn faults(&self, f: Value) {
+        let res = self
+            .http
+            .put(format!("{}/_sim/faults", self.stripe_base))
+            .json(&f)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+}
+
+fn idem() -> String {
+    format!("test-{}", Uuid::now_v7())
+}
+
+#[tokio::test]
+async fn create_returns_a_pending_payment_with_its_payment_intent() {
+    let app = spawn_app().await;
+    let body = json!({"amount": 1250, "currency": "usd", "description": "tea", "customer_email": "a@example.com", "metadata": {"order": "7"}});
+    let key = idem();
+    let (status, headers, p) = app.create(&key, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_eq!(p["status"], "pending");
+    assert_eq!(
+        (p["amount"].as_i64(), p["currency"].as_str()),
+        (Some(1250), Some("usd"))
+    );
+    assert_eq!(p["idempotency_key"], key.as_str());
+    assert_eq!(p["metadata"]["order"], "7");
+    let pi = p["stripe_payment_intent_id"]
+        .as_str()
+        .expect("PaymentIntent id");
+    assert!(
+        p["client_secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(pi))
+    );
+    let id = p["id"].as_str().unwrap();
+    assert_eq!(Uuid::parse_str(id).unwrap().get_version_num(), 7);
+    assert_eq!(
+        app.intents_for(id).await,
+        1,
+        "the PaymentIntent carries metadata.payment_id"
+    );
+
+    let (status, read) = app.get(&format!("/v1/payments/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read["stripe_payment_intent_id"], pi);
+    assert_eq!(
+        read["client_secret"],
+        Value::Null,
+        "the client secret is only in the creation response"
+    );
+    let (_, events) = app.get(&format!("/v1/payments/{id}/events")).await;
+    assert_eq!(events["data"][0]["to_status"], "pending");
+    assert_eq!(events["data"][0]["source"], "api");
+}
+
+#[tokio::test]
+async fn a_repeat_replays_and_a_different_body_is_refused() {
+    let app = spawn_app().await;
+    let key = idem();
+    let body = json!({"amount": 900, "currency": "eur"});
+    let (s1, _, first) = app.create(&key, &body).await;
+    // Same content, other field order: the same request.
+    let (s2, h2, second) = app
+        .create(&key, &json!({"currency": "eur", "amount": 900}))
+        .await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
+    assert_eq!(first, second);
+    assert_eq!(h2["idempotent-replayed"], "true");
+    let (s3, _, err) = app
+        .create(&key, &json!({"amount": 901, "currency": "eur"}))
+        .await;
+    assert_eq!(s3, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(err["error"]["code"], "idempotency_key_reused");
+    assert_eq!(app.rows_for_key(&key).await, 1);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_identical_requests_make_one_payment_and_one_intent() {
+    let app = spawn_app().await;
+    let key = idem();
+    let body = json!({"amount": 4200, "currency": "gbp"});
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (http, url, api_key, key, body) = (
+            app.http.clone(),
+            format!("{}/v1/payments", app.base),
+            app.key.clone(),
+            key.clone(),
+            body.clone(),
+        );
+        set.spawn(async move {
+            let res = http
+                .post(url)
+                .bearer_auth(api_key)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.json::<Value>().await.unwrap())
+        });
+    }
+    let results: Vec<(StatusCode, Value)> = set.join_all().await;
+    let created: Vec<&Value> = results
+        .iter()
+        .filter(|r| r.0 == StatusCode::CREATED)
+        .map(|r| &r.1)
+        .collect();
+    assert!(!created.is_empty());
+    assert!(
+        results
+            .iter()
+            .all(|r| r.0 == StatusCode::CREATED || r.0 == StatusCode::CONFLICT),
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    for r in results.iter().filter(|r| r.0 == StatusCode::CONFLICT) {
+        assert_eq!(r.1["error"]["code"], "idempotency_key_in_use");
+    }
+    let id = created[0]["id"].as_str().unwrap();
+    assert!(
+        created.iter().all(|c| c["id"] == id),
+        "every success names the same payment"
+    );
+    assert_eq!(app.rows_for_key(&key).await, 1, "exactly one payment row");
+    assert_eq!(app.intents_for(id).await, 1, "exactly one PaymentIntent");
+}
+
+#[tokio::test]
+async fn stripe_down_leaves_the_payment_pending_and_a_retry_completes_it() {
+    let app = spawn_app().await;
+    app.faults(json!({"api_error_rate": 1.0})).await;
+    let key = idem();
+    let body = json!({"amount": 1500, "currency": "usd"});
+    let (status, _, res) = app.create(&key, &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+    assert_eq!(res["error"]["code"], "processor_unavailable");
+    assert_eq!(res["payment"]["status"], "pending");
+    assert_eq!(res["payment"]["stripe_payment_intent_id"], Value::Null);
+    assert_eq!(res["payment"]["client_secret"], Value::Null);
+    let id = res["payment"]["id"].as_str().unwrap().to_owned();
+
+    app.faults(json!({})).await;
+    let (status, headers, done) = app.create(&key, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{done}");
+    assert!(
+        headers.get("idempotent-replayed").is_none(),
+        "an unfinished first attempt is resumed, not replayed"
+    );
+    assert_eq!(done["id"], id.as_str());
+    assert!(done["client_secret"].as_str().is_some());
+    assert_eq!(app.rows_for_key(&key).await, 1);
+    assert_eq!(app.intents_for(&id).await, 1);
+}
+
+#[tokio::test]
+async fn a_stripe_refusal_fails_the_payment_with_the_reason() {
+    let app = spawn_app().await;
+    // Below Stripe's minimum charge for USD (50 cents): Stripe answers 400 amount_too_small.
+    let key = idem();
+    let (status, _, res) = app
+        .create(&key, &json!({"amount": 10, "currency": "usd"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{res}");
+    assert_eq!(res["error"]["code"], "processor_rejected");
+    assert_eq!(res["payment"]["status"], "failed");
+    assert!(
+        res["payment"]["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("amount_too_small")
+    );
+    assert_eq!(res["payment"]["resolution_source"], "api");
+    let id = res["payment"]["id"].as_str().unwrap();
+    let (_, events) = app.get(&format!("/v1/payments/{id}/events")).await;
+    let steps: Vec<(&str, &str)> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["to_status"].as_str().unwrap(),
+                e["source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(steps, [("pending", "api"), ("failed", "api")]);
+    let (status, _, replay) = app
+        .create(&key, &json!({"amount": 10, "currency": "usd"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(replay, res);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_with_a_stable_code_and_writes_nothing() {
+    let app = spawn_app().await;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"amount": 0, "currency": "usd"}), "amount_invalid"),
+        (json!({"amount": 12.5, "currency": "usd"}), "invalid_body"),
+        (
+            json!({"amount": 2_000_000, "currency": "usd"}),
+            "amount_too_large",
+        ),
+        (
+            json!({"amount": 100, "currency": "USD"}),
+            "currency_invalid",
+        ),
+        (
+            json!({"amount": 100, "currency": "xyz"}),
+            "currency_unsupported",
+        ),
+        (
+            json!({"amount": 100, "currency": "usd", "extra": 1}),
+            "invalid_body",
+        ),
+        (
+            json!({"amount": 100, "currency": "usd", "customer_email": "nope"}),
+            "customer_email_invalid",
+        ),
+    ];
+    for (body, code) in cases {
+        let (status, _, res) = app.create(&idem(), &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {res}");
+        assert_eq!(res["error"]["code"], code, "{body}");
+    }
+    let raw = |idem: Option<&str>, body: &'static str| {
+        let mut req = app
+            .http
+            .post(format!("{}/v1/payments", app.base))
+            .bearer_auth(&app.key)
+            .body(body);
+        if let Some(k) = idem {
+            req = req.header("Idempotency-Key", k);
+        }
+        req.send()
+    };
+    let res = raw(None, r#"{"amount":100,"currency":"usd"}"#)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "idempotency_key_missing"
+    );
+    let long = "k".repeat(256);
+    let res = app
+        .http
+        .post(format!("{}/v1/payments", app.base))
+        .bearer_auth(&app.key)
+        .header("Idempotency-Key", long)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "idempotency_key_invalid"
+    );
+    let res = raw(Some("k-json"), "{not json").await.unwrap();
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_body"
+    );
+    let huge = format!(
+        r#"{{"amount":100,"currency":"usd","description":"{}"}}"#,
+        "x".repeat(70_000)
+    );
+    let res = app
+        .http
+        .post(format!("{}/v1/payments", app.base))
+        .bearer_auth(&app.key)
+        .header("Idempotency-Key", "k-huge")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "body_too_large"
+    );
+    let (status, res) = app.get("/v1/payments?colour=red").await;
+    assert_eq!(
+        (status, res["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query"))
+    );
+    let (status, _) = app.get("/v1/payments?limit=1000").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    // Other tests run concurrently on the same database: count only this client's rows.
+    let mine: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys k JOIN api_keys a ON a.client_id = k.client_id WHERE a.key_prefix = $1")
+        .bind(app.key.chars().take(16).collect::<String>())
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(mine, 0, "no bad request wrote anything");
+    assert!(after >= before);
+}
+
+#[tokio::test]
+async fn keys_are_required_and_clients_only_see_their_own_payments() {
+    let app = spawn_app().await;
+    let (_, _, p) = app
+        .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
+        .await;
+    let id = p["id"].as_str().unwrap();
+
+    let res = app
+        .http
+        .get(format!("{}/v1/payments/{id}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "unauthorized"
+    );
+    let res = app
+        .http
+        .get(format!("{}/v1/payments/{id}", app.base))
+        .bearer_auth("psk_client_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    let (_, other_key) = keys::create(&app.db, &format!("other-{}", Uuid::now_v7()), Role::Client)
+        .await
+        .unwrap();
+    let res = app
+        .http
+        .get(format!("{}/v1/payments/{id}", app.base))
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "another client's payment is 404, not 403"
+    );
+    let list: Value = app
+        .http
+        .get(format!("{}/v1/payments", app.base))
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 0);
+
+    let prefix: String = other_key.chars().take(16).collect();
+    assert_eq!(keys::revoke(&app.db, &prefix).await.unwrap(), 1);
+    let res = app
+        .http
+        .get(format!("{}/v1/payments", app.base))
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::UNAUTHORIZED,
+        "a revoked key is refused"
+    );
+    let (status, _) = app.get("/v1/payments/not-a-uuid").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn lists_are_newest_first_filtered_and_paginated() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for amount in [100, 200, 300] {
+        let (_, _, p) = app
+            .create(&idem(), &json!({"amount": amount, "currency": "usd"}))
+            .await;
+        ids.push(p["id"].as_str().unwrap().to_owned());
+    }
+    let (_, _, failed) = app
+        .create(&idem(), &json!({"amount": 1, "currency": "usd"}))
+        .await;
+    let page = |v: &Value| {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let (_, first) = app.get("/v1/payments?status=pending&limit=2").await;
+    assert_eq!(page(&first), [ids[2].clone(), ids[1].clone()]);
+    assert_eq!(first["has_more"], true);
+    let (_, second) = app
+        .get(&format!(
+            "/v1/payments?status=pending&limit=2&starting_after={}",
+            ids[1]
+        ))
+        .await;
+    assert_eq!(page(&second), [ids[0].clone()]);
+    assert_eq!(second["has_more"], false);
+    let (_, f) = app.get("/v1/payments?status=failed").await;
+    assert_eq!(
+        page(&f),
+        [failed["payment"]["id"].as_str().unwrap().to_owned()]
+    );
+    let (_, none) = app
+        .get("/v1/payments?created_lt=2000-01-01T00:00:00Z")
+        .await;
+    assert_eq!(page(&none).len(), 0);
+}
+
+#[tokio::test]
+async fn cancel_cancels_the_intent_first_and_is_idempotent() {
+    let app = spawn_app().await;
+    let (_, _, p) = app
+        .create(&idem(), &json!({"amount": 800, "currency": "usd"}))
+        .await;
+    let id = p["id"].as_str().unwrap();
+    let cancel = || {
+        app.http
+            .post(format!("{}/v1/payments/{id}/cancel", app.base))
+            .bearer_auth(&app.key)
+            .send()
+    };
+    let res = cancel().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        (body["status"].as_str(), body["stripe_status"].as_str()),
+        (Some("canceled"), Some("canceled"))
+    );
+    let again = cancel().await.unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "canceling a canceled payment is a no-op"
+    );
+
+    // A payment the customer already paid cannot be canceled; it becomes succeeded.
+    let (_, _, paid) = app
+        .create(&idem(), &json!({"amount": 800, "currency": "usd"}))
+        .await;
+    let pi = paid["stripe_payment_intent_id"].as_str().unwrap();
+    let confirm = app
+        .http
+        .post(format!(
+            "{}/v1/payment_intents/{pi}/confirm",
+            app.stripe_base
+        ))
+        .bearer_auth(STRIPE_KEY)
+        .form(&[("payment_method", "pm_card_visa")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status(), StatusCode::OK);
+    let id = paid["id"].as_str().unwrap();
+    let res = app
+        .http
+        .post(format!("{}/v1/payments/{id}/cancel", app.base))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payment_not_cancelable");
+    assert_eq!(body["payment"]["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn each_key_is_rate_limited_with_retry_after() {
+    let app = spawn_app_with(RateLimitConfig {
+        per_second: 1,
+        burst: 3,
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let res = app
+            .http
+            .get(format!("{}/v1/payments", app.base))
+            .bearer_auth(&app.key)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(res.headers().contains_key("retry-after"));
+            assert_eq!(
+                res.json::<Value>().await.unwrap()["error"]["code"],
+                "rate_limited"
+            );
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+}
+
+/// The stack's two API instances (and nginx in front of them) share one idempotency
+/// store: the same key sent to both creates one payment.
+#[tokio::test]
+async fn two_instances_behind_nginx_share_idempotency() {
+    let stack = Stack::get();
+    let http = reqwest::Client::new();
+    let key = idem();
+    let body = json!({"amount": 2500, "currency": "usd"});
+    let send = |base: String| {
+        let (http, key, body) = (http.clone(), key.clone(), body.clone());
+        let api_key = stack.var("PAYSTREAM_CLIENT_KEY").to_owned();
+        async move {
+            let res = http
+                .post(format!("{base}/v1/payments"))
+                .bearer_auth(api_key)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let served_by = res
+                .headers()
+                .get("x-served-by")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (res.status(), served_by, res.json::<Value>().await.unwrap())
+        }
+    };
+    let (a, b) = tokio::join!(
+        send(stack.var("API_1_URL").to_owned()),
+        send(stack.var("API_2_URL").to_owned())
+    );
+    assert_eq!(
+        (a.1.as_deref(), b.1.as_deref()),
+        (Some("api-1"), Some("api-2"))
+    );
+    let mut ids = Vec::new();
+    for r in [&a, &b] {
+        assert!(
+            r.0 == StatusCode::CREATED || r.0 == StatusCode::CONFLICT,
+            "{:?}",
+            r
+        );
+        if r.0 == StatusCode::CREATED {
+            ids.push(r.2["id"].as_str().unwrap().to_owned());
+        }
+    }
+    // Through nginx, after both finished: a replay of the one payment.
+    let c = send(stack.var("PAYSTREAM_API_URL").to_owned()).await;
+    assert_eq!(c.0, StatusCode::CREATED, "{}", c.2);
+    ids.push(c.2["id"].as_str().unwrap().to_owned());
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one payment across instances: {ids:?}");
+    let db = stack.pool("DATABASE_URL").await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE idempotency_key = $1")
+        .bind(&key)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}

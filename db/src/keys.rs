@@ -1,0 +1,136 @@
+//! API keys: random, shown once, stored as SHA-256 only.
+
+use rand::Rng;
+use rand::distributions::Alphanumeric;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::DbError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Client,
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Operator => "operator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "client" => Some(Role::Client),
+            "operator" => Some(Role::Operator),
+            _ => None,
+        }
+    }
+}
+
+/// Who a request comes from, once its key checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub client_id: Uuid,
+    pub role: Role,
+}
+
+/// `psk_client_` or `psk_operator_` and 32 alphanumerics (~190 bits).
+pub fn generate(role: Role) -> String {
+    let tail: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    format!("psk_{}_{tail}", role.as_str())
+}
+
+fn hash(key: &str) -> Vec<u8> {
+    Sha256::digest(key.as_bytes()).to_vec()
+}
+
+fn prefix(key: &str) -> String {
+    key.chars().take(16).collect()
+}
+
+/// Registers `key` for the client `name` (created with `role` if new). Idempotent: a key
+/// already registered is left as it is.
+pub async fn register(db: &PgPool, name: &str, role: Role, key: &str) -> Result<Uuid, DbError> {
+    let mut tx = db.begin().await?;
+    let client_id: Uuid = sqlx::query_scalar(
+        "INSERT INTO api_clients (id, name, role) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(name)
+    .bind(role.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO api_keys (id, client_id, key_hash, key_prefix) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (key_hash) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(client_id)
+    .bind(hash(key))
+    .bind(prefix(key))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(client_id)
+}
+
+/// A new key for client `name`; the only time the key exists in clear.
+pub async fn create(db: &PgPool, name: &str, role: Role) -> Result<(Uuid, String), DbError> {
+    let key = generate(role);
+    let client_id = register(db, name, role, &key).await?;
+    Ok((client_id, key))
+}
+
+/// Revokes every key whose prefix starts with `prefix` (at least 12 characters, so a
+/// typo cannot revoke many). Returns how many were revoked.
+pub async fn revoke(db: &PgPool, prefix: &str) -> Result<u64, DbError> {
+    if prefix.len() < 12 {
+        return Ok(0);
+    }
+    let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE starts_with(key_prefix, $1) AND revoked_at IS NULL")
+        .bind(prefix)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+pub async fn authenticate(db: &PgPool, key: &str) -> Result<Option<Principal>, DbError> {
+    let row: Option<(Uuid, String)> = sqlx::query_as(
+        "SELECT c.id, c.role FROM api_keys k JOIN api_clients c ON c.id = k.client_id
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+    )
+    .bind(hash(key))
+    .fetch_optional(db)
+    .await?;
+    row.map(|(client_id, role)| {
+        Role::parse(&role)
+            .map(|role| Principal { client_id, role })
+            .ok_or_else(|| DbError::Corrupt(format!("unknown role {role}")))
+    })
+    .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_long_random_and_say_their_role() {
+        let a = generate(Role::Client);
+        let b = generate(Role::Client);
+        assert_ne!(a, b);
+        assert!(a.starts_with("psk_client_") && a.len() == "psk_client_".len() + 32);
+        assert!(generate(Role::Operator).starts_with("psk_operator_"));
+        assert_eq!(hash(&a).len(), 32);
+        assert_ne!(hash(&a), hash(&b));
+    }
+}

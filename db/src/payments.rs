@@ -1,0 +1,293 @@
+//! Payments and their status history.
+
+use chrono::{DateTime, Utc};
+use paystream_core::status::{Transition, transition};
+use paystream_core::{Money, PaymentStatus};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::DbError;
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct Payment {
+    pub id: Uuid,
+    pub client_id: Uuid,
+    pub idempotency_key: String,
+    pub amount: i64,
+    pub currency: String,
+    pub status: String,
+    pub stripe_payment_intent_id: Option<String>,
+    pub stripe_status: Option<String>,
+    pub last_error: Option<String>,
+    pub description: Option<String>,
+    pub customer_email: Option<String>,
+    pub metadata: Value,
+    pub resolution_source: Option<String>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+impl Payment {
+    pub fn status(&self) -> Result<PaymentStatus, DbError> {
+        self.status
+            .parse()
+            .map_err(|e: paystream_core::StatusError| DbError::Corrupt(e.to_string()))
+    }
+}
+
+/// Who changed a payment's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Api,
+    Webhook,
+    Poll,
+    Expiry,
+    Operator,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Api => "api",
+            Source::Webhook => "webhook",
+            Source::Poll => "poll",
+            Source::Expiry => "expiry",
+            Source::Operator => "operator",
+        }
+    }
+}
+
+pub struct NewPayment<'a> {
+    pub client_id: Uuid,
+    pub idempotency_key: &'a str,
+    pub money: Money,
+    pub description: Option<&'a str>,
+    pub customer_email: Option<&'a str>,
+    pub metadata: &'a Value,
+}
+
+const COLUMNS: &str = "id, client_id, idempotency_key, amount, currency, status, stripe_payment_intent_id, \
+     stripe_status, last_error, description, customer_email, metadata, resolution_source, version, \
+     created_at, updated_at, resolved_at";
+
+/// Inserts a `pending` payment and its first history row, inside the caller's transaction.
+pub async fn insert_pending(
+    conn: &mut PgConnection,
+    id: Uuid,
+    new: &NewPayment<'_>,
+) -> Result<Payment, DbError> {
+    let payment: Payment = sqlx::query_as(&format!(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, description, customer_email, metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(new.client_id)
+    .bind(new.idempotency_key)
+    .bind(new.money.amount())
+    .bind(new.money.currency().code())
+    .bind(new.description)
+    .bind(new.customer_email)
+    .bind(new.metadata)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("INSERT INTO payment_status_history (payment_id, from_status, to_status, source) VALUES ($1, NULL, 'pending', 'api')")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(payment)
+}
+
+/// Records the PaymentIntent created for a payment. Never replaces a different one.
+pub async fn attach_intent(
+    db: &PgPool,
+    id: Uuid,
+    intent_id: &str,
+    stripe_status: &str,
+) -> Result<Option<Payment>, DbError> {
+    Ok(sqlx::query_as(&format!(
+        "UPDATE payments SET stripe_payment_intent_id = $2, stripe_status = $3, version = version + 1, updated_at = now()
+         WHERE id = $1 AND (stripe_payment_intent_id IS NULL OR stripe_payment_intent_id = $2)
+         RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(intent_id)
+    .bind(stripe_status)
+    .fetch_optional(db)
+    .await?)
+}
+
+pub async fn get<'e, E: sqlx::PgExecutor<'e>>(
+    db: E,
+    client_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Payment>, DbError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE id = $1 AND client_id = $2"
+    ))
+    .bind(id)
+    .bind(client_id)
+    .fetch_optional(db)
+    .await?)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<PaymentStatus>,
+    pub created_gte: Option<DateTime<Utc>>,
+    pub created_lt: Option<DateTime<Utc>>,
+    pub starting_after: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// Newest first; `starting_after` is the last id of the previous page (keyset pagination
+/// on (created_at, id), so pages stay stable while payments are added).
+pub async fn list(db: &PgPool, client_id: Uuid, f: &ListFilter) -> Result<Vec<Payment>, DbError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments p
+         WHERE client_id = $1
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::timestamptz IS NULL OR created_at >= $3)
+           AND ($4::timestamptz IS NULL OR created_at < $4)
+           AND ($5::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM payments WHERE id = $5 AND client_id = $1))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $6"
+    ))
+    .bind(client_id)
+    .bind(f.status.map(PaymentStatus::as_str))
+    .bind(f.created_gte)
+    .bind(f.created_lt)
+    .bind(f.starting_after)
+    .bind(f.limit)
+    .fetch_all(db)
+    .await?)
+}
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct HistoryEntry {
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub source: String,
+    pub detail: Option<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The payment's status history, oldest first; `None` if the client has no such payment.
+pub async fn history(
+    db: &PgPool,
+    client_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Vec<HistoryEntry>>, DbError> {
+    if get(db, client_id, id).await?.is_none() {
+        return Ok(None);
+    }
+    let rows = sqlx::query_as(
+        "SELECT from_status, to_status, source, detail, created_at FROM payment_status_history
+         WHERE payment_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    Ok(Some(rows))
+}
+
+/// What someone (Stripe through a webhook or a poll, the API, an operator) says a
+/// payment's status is.
+#[derive(Debug, Clone)]
+pub struct Observation<'a> {
+    pub status: PaymentStatus,
+    pub stripe_status: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub source: Source,
+    pub detail: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The status changed (and a history row was written).
+    Changed(Payment),
+    /// Already in that status; Stripe's finer status and error may have been refreshed.
+    Unchanged(Payment),
+    /// The payment is final and the observation disagrees: nothing written.
+    Conflict(Payment),
+    NotFound,
+}
+
+/// The one function that changes a payment's status. It locks the row, asks the core's
+/// transition table, and writes the change and its history row in one transaction.
+pub async fn apply_status(
+    db: &PgPool,
+    id: Uuid,
+    obs: &Observation<'_>,
+) -> Result<Applied, DbError> {
+    let mut tx = db.begin().await?;
+    let current: Option<Payment> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(current) = current else {
+        return Ok(Applied::NotFound);
+    };
+    let from = current.status()?;
+    let applied = match transition(from, obs.status) {
+        Transition::Conflict => Applied::Conflict(current),
+        Transition::Unchanged => {
+            let refreshed = obs
+                .stripe_status
+                .is_some_and(|s| current.stripe_status.as_deref() != Some(s))
+                || obs
+                    .error
+                    .is_some_and(|e| current.last_error.as_deref() != Some(e));
+            if refreshed && !from.is_final() {
+                let p: Payment = sqlx::query_as(&format!(
+                    "UPDATE payments SET stripe_status = coalesce($2, stripe_status), last_error = coalesce($3, last_error),
+                            version = version + 1, updated_at = now()
+                     WHERE id = $1 RETURNING {COLUMNS}"
+                ))
+                .bind(id)
+                .bind(obs.stripe_status)
+                .bind(obs.error)
+                .fetch_one(&mut *tx)
+                .await?;
+                Applied::Unchanged(p)
+            } else {
+                Applied::Unchanged(current)
+            }
+        }
+        Transition::Apply => {
+            let p: Payment = sqlx::query_as(&format!(
+                "UPDATE payments SET status = $2, stripe_status = coalesce($3, stripe_status),
+                        last_error = coalesce($4, last_error), resolution_source = $5,
+                        resolved_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END,
+                        version = version + 1, updated_at = now()
+                 WHERE id = $1 RETURNING {COLUMNS}"
+            ))
+            .bind(id)
+            .bind(obs.status.as_str())
+            .bind(obs.stripe_status)
+            .bind(obs.error)
+            .bind(obs.source.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO payment_status_history (payment_id, from_status, to_status, source, detail)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(from.as_str())
+            .bind(obs.status.as_str())
+            .bind(obs.source.as_str())
+            .bind(&obs.detail)
+            .execute(&mut *tx)
+            .await?;
+            Applied::Changed(p)
+        }
+    };
+    tx.commit().await?;
+    Ok(applied)
+}
