@@ -96,6 +96,15 @@ impl TestApp {
         (status, headers, res.json().await.unwrap_or(Value::Null))
     }
 
+    /// A GET as some other key (or none), for the auth tests.
+    async fn get_as(&self, path: &str, key: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send().await.unwrap()
+    }
+
     async fn get(&self, path: &str) -> (StatusCode, Value) {
         let res = self
             .http
@@ -449,64 +458,39 @@ async fn keys_are_required_and_clients_only_see_their_own_payments() {
     let (_, _, p) = app
         .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
         .await;
-    let id = p["id"].as_str().unwrap();
+    let path = format!("/v1/payments/{}", p["id"].as_str().unwrap());
 
-    let res = app
-        .http
-        .get(format!("{}/v1/payments/{id}", app.base))
-        .send()
-        .await
-        .unwrap();
+    let res = app.get_as(&path, None).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         res.json::<Value>().await.unwrap()["error"]["code"],
         "unauthorized"
     );
-    let res = app
-        .http
-        .get(format!("{}/v1/payments/{id}", app.base))
-        .bearer_auth("psk_client_wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.get_as(&path, Some("psk_client_wrong")).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 
-    let (_, other_key) = keys::create(&app.db, &format!("other-{}", Uuid::now_v7()), Role::Client)
+    let (_, other) = keys::create(&app.db, &format!("other-{}", Uuid::now_v7()), Role::Client)
         .await
         .unwrap();
-    let res = app
-        .http
-        .get(format!("{}/v1/payments/{id}", app.base))
-        .bearer_auth(&other_key)
-        .send()
-        .await
-        .unwrap();
+    let res = app.get_as(&path, Some(&other)).await;
     assert_eq!(
         res.status(),
         StatusCode::NOT_FOUND,
         "another client's payment is 404, not 403"
     );
     let list: Value = app
-        .http
-        .get(format!("{}/v1/payments", app.base))
-        .bearer_auth(&other_key)
-        .send()
+        .get_as("/v1/payments", Some(&other))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
 
-    let prefix: String = other_key.chars().take(16).collect();
+    let prefix: String = other.chars().take(16).collect();
     assert_eq!(keys::revoke(&app.db, &prefix).await.unwrap(), 1);
-    let res = app
-        .http
-        .get(format!("{}/v1/payments", app.base))
-        .bearer_auth(&other_key)
-        .send()
-        .await
-        .unwrap();
+    let res = app.get_as("/v1/payments", Some(&other)).await;
     assert_eq!(
         res.status(),
         StatusCode::UNAUTHORIZED,
