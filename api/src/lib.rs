@@ -15,6 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use paystream_db::keys::{self, Principal};
+use paystream_service::Metrics;
 use paystream_stripe::HttpStripe;
 use sqlx::PgPool;
 
@@ -32,10 +33,15 @@ pub struct AppState {
     pub max_amount: i64,
     pub lease: Duration,
     pub limiter: Arc<RateLimiter>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    pub fn new(db: PgPool, cfg: &ApiConfig) -> Result<Self, paystream_core::GatewayError> {
+    pub fn new(
+        db: PgPool,
+        cfg: &ApiConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, paystream_core::GatewayError> {
         let stripe = HttpStripe::new(
             &cfg.stripe.api_base,
             &cfg.stripe.secret_key,
@@ -47,6 +53,7 @@ impl AppState {
             max_amount: cfg.max_amount,
             lease: Duration::from_secs(cfg.idempotency_lease_secs),
             limiter: Arc::new(RateLimiter::new(cfg.rate_limit)),
+            metrics,
         })
     }
 }

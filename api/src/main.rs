@@ -18,13 +18,15 @@ async fn main() -> anyhow::Result<()> {
         .max_connections(cfg.database.max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_lazy(&cfg.database.url)?;
-    let state = AppState::new(db.clone(), &cfg)?;
+    let metrics = std::sync::Arc::new(paystream_service::Metrics::default());
+    let state = AppState::new(db.clone(), &cfg, metrics.clone())?;
     let listener = tokio::net::TcpListener::bind(cfg.listen_addr).await?;
     tracing::info!(service = "api", instance = %cfg.instance, addr = %cfg.listen_addr, "listening");
     let health = Health {
         service: "api",
         instance: cfg.instance,
         primary: db,
+        metrics,
     };
     serve(listener, health.wrap(router(state))).await?;
     Ok(())

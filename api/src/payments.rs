@@ -119,6 +119,17 @@ pub async fn create(
             idempotency_key: &intent_key(payment.id),
         })
         .await;
+    let outcome = match &intent {
+        Ok(_) => "created",
+        Err(GatewayError::Rejected { .. }) => "rejected",
+        Err(GatewayError::RateLimited) => "rate_limited",
+        Err(_) => "unavailable",
+    };
+    s.metrics.inc(
+        "stripe_calls_total",
+        "Stripe calls by operation and outcome",
+        &[("operation", "create_intent"), ("outcome", outcome)],
+    );
     let (status, body) = match intent {
         Ok(pi) => {
             let updated =

@@ -52,6 +52,7 @@ async fn spawn_app_with(limit: RateLimitConfig) -> TestApp {
         max_amount: 1_000_000,
         lease: Duration::from_secs(30),
         limiter: Arc::new(RateLimiter::new(limit)),
+        metrics: Arc::new(paystream_service::Metrics::default()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -689,4 +690,42 @@ async fn two_instances_behind_nginx_share_idempotency() {
         .await
         .unwrap();
     assert_eq!(rows, 1);
+}
+
+/// A running instance counts requests by route and status, times them, counts Stripe
+/// calls by outcome, reports its pool, and echoes the request id nginx gave it.
+#[tokio::test]
+async fn an_instance_exposes_prometheus_metrics_and_request_ids() {
+    let stack = Stack::get();
+    let http = reqwest::Client::new();
+    let api1 = stack.var("API_1_URL");
+    let res = http
+        .post(format!("{api1}/v1/payments"))
+        .bearer_auth(stack.var("PAYSTREAM_CLIENT_KEY"))
+        .header("Idempotency-Key", idem())
+        .header("X-Request-Id", "req-metrics-test-1")
+        .json(&json!({"amount": 1500, "currency": "usd"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["x-request-id"], "req-metrics-test-1");
+    let text = http
+        .get(format!("{api1}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "http_requests_total{route=\"/v1/payments\",method=\"POST\",status=\"201\"}",
+        "http_request_duration_seconds_bucket{route=\"/v1/payments\",method=\"POST\",le=\"+Inf\"}",
+        "stripe_calls_total{operation=\"create_intent\",outcome=\"created\"}",
+        "db_pool_connections ",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    // Keys never reach the metrics (nor, by the same code path, the logs).
+    assert!(!text.contains(stack.var("PAYSTREAM_CLIENT_KEY")));
 }

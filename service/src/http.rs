@@ -1,15 +1,20 @@
 //! Health endpoints and the serve loop with graceful shutdown.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use crate::metrics::Metrics;
 
 /// Who answers, and what readiness depends on.
 #[derive(Clone)]
@@ -17,6 +22,7 @@ pub struct Health {
     pub service: &'static str,
     pub instance: String,
     pub primary: PgPool,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Health {
@@ -26,20 +32,98 @@ impl Health {
     pub fn wrap(self, app: Router) -> Router {
         let served_by =
             HeaderValue::from_str(&self.instance).unwrap_or(HeaderValue::from_static("unknown"));
+        let metrics = self.metrics.clone();
         let health = Router::new()
             .route("/health/live", get(live))
             .route("/health/ready", get(ready))
+            .route("/metrics", get(prometheus))
             .with_state(self);
-        app.merge(health).layer(axum::middleware::map_response(
-            move |mut res: axum::response::Response| {
-                let served_by = served_by.clone();
-                async move {
-                    res.headers_mut().insert("x-served-by", served_by);
-                    res
-                }
-            },
-        ))
+        app.merge(health)
+            .layer(axum::middleware::from_fn_with_state(metrics, observe))
+            .layer(axum::middleware::map_response(
+                move |mut res: axum::response::Response| {
+                    let served_by = served_by.clone();
+                    async move {
+                        res.headers_mut().insert("x-served-by", served_by);
+                        res
+                    }
+                },
+            ))
     }
+}
+
+/// One span per request, carrying its request id (nginx's `X-Request-Id`, or a new one),
+/// echoed in the response; one log line and one metrics sample when it ends. Headers
+/// (which carry API keys) are never logged.
+async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid_like());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let method = req.method().as_str().to_owned();
+    let span =
+        tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+    let started = Instant::now();
+    let mut res = next.run(req).instrument(span.clone()).await;
+    let took = started.elapsed();
+    let status = res.status().as_u16().to_string();
+    metrics.inc(
+        "http_requests_total",
+        "HTTP requests by route, method and status",
+        &[("route", &route), ("method", &method), ("status", &status)],
+    );
+    metrics.observe(
+        "http_request_duration_seconds",
+        "HTTP request latency by route",
+        &[("route", &route), ("method", &method)],
+        took,
+    );
+    tracing::info!(parent: &span, status = res.status().as_u16(), latency_us = took.as_micros() as u64, "request");
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}-{:x}", SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn prometheus(State(h): State<Health>) -> impl IntoResponse {
+    let gauges = [
+        (
+            "db_pool_connections",
+            "connections open in the primary's pool",
+            i64::from(h.primary.size()),
+        ),
+        (
+            "db_pool_idle_connections",
+            "idle connections in the primary's pool",
+            h.primary.num_idle() as i64,
+        ),
+    ];
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        h.metrics.render(&gauges),
+    )
 }
 
 async fn live(State(h): State<Health>) -> impl IntoResponse {

@@ -3,10 +3,12 @@
 
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod telemetry;
 
 pub use config::{ConfigError, DatabaseConfig, ServiceConfig};
 pub use http::{Health, serve};
+pub use metrics::Metrics;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,6 +43,7 @@ pub async fn run(service: &'static str, app: Router) -> Result<(), RunError> {
         service,
         instance: cfg.instance,
         primary,
+        metrics: Default::default(),
     };
     serve(listener, health.wrap(app)).await?;
     tracing::info!(service, "stopped");
