@@ -66,7 +66,7 @@ async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) 
                 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid_like());
+        .unwrap_or_else(new_request_id);
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -97,7 +97,7 @@ async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) 
     res
 }
 
-fn uuid_like() -> String {
+fn new_request_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
