@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod error;
+pub mod openapi;
 pub mod payments;
 pub mod ratelimit;
 pub mod validation;
@@ -67,6 +68,9 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+        // Public: the contract is no secret.
+        .route("/openapi.json", get(openapi::spec))
+        .route("/docs", get(openapi::docs))
 }
 
 /// Resolves the API key to a principal and applies its rate limit. The key itself is

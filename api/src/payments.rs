@@ -29,27 +29,70 @@ pub fn intent_key(payment_id: Uuid) -> String {
     format!("paystream-create-{payment_id}")
 }
 
-fn payment_json(p: &Payment, client_secret: Option<&str>) -> Value {
-    json!({
-        "id": p.id,
-        "status": p.status,
-        "amount": p.amount,
-        "currency": p.currency,
-        "idempotency_key": p.idempotency_key,
-        "stripe_payment_intent_id": p.stripe_payment_intent_id,
-        "stripe_status": p.stripe_status,
-        "client_secret": client_secret,
-        "description": p.description,
-        "customer_email": p.customer_email,
-        "metadata": p.metadata,
-        "last_error": p.last_error,
-        "resolution_source": p.resolution_source,
-        "created_at": p.created_at,
-        "updated_at": p.updated_at,
-        "resolved_at": p.resolved_at,
-    })
+/// A payment as clients see it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PaymentView {
+    pub id: Uuid,
+    /// `pending`, `succeeded`, `failed` or `canceled`.
+    pub status: String,
+    /// Integer minor units of `currency`.
+    pub amount: i64,
+    /// ISO 4217, lower case.
+    pub currency: String,
+    pub idempotency_key: String,
+    pub stripe_payment_intent_id: Option<String>,
+    /// Stripe's own PaymentIntent status, finer than ours.
+    pub stripe_status: Option<String>,
+    /// Only in the response that created the PaymentIntent.
+    pub client_secret: Option<String>,
+    pub description: Option<String>,
+    pub customer_email: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub last_error: Option<String>,
+    /// Who resolved it: `api`, `webhook`, `poll`, `expiry` or `operator`.
+    pub resolution_source: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
 }
 
+fn payment_json(p: &Payment, client_secret: Option<&str>) -> Value {
+    let view = PaymentView {
+        id: p.id,
+        status: p.status.clone(),
+        amount: p.amount,
+        currency: p.currency.clone(),
+        idempotency_key: p.idempotency_key.clone(),
+        stripe_payment_intent_id: p.stripe_payment_intent_id.clone(),
+        stripe_status: p.stripe_status.clone(),
+        client_secret: client_secret.map(str::to_owned),
+        description: p.description.clone(),
+        customer_email: p.customer_email.clone(),
+        metadata: p.metadata.clone(),
+        last_error: p.last_error.clone(),
+        resolution_source: p.resolution_source.clone(),
+        created_at: p.created_at,
+        updated_at: p.updated_at,
+        resolved_at: p.resolved_at,
+    };
+    serde_json::to_value(view).unwrap_or(Value::Null)
+}
+
+#[utoipa::path(post, path = "/v1/payments", tag = "payments",
+    request_body = crate::validation::CreatePayment,
+    params(("Idempotency-Key" = String, Header, description = "1-255 printable ASCII; a retry with the same key and body replays the first response")),
+    responses(
+        (status = 201, description = "Created, with its PaymentIntent", body = PaymentView),
+        (status = 202, description = "Recorded, but Stripe was unavailable (`processor_unavailable`); retry with the same key", body = crate::openapi::ErrorBody),
+        (status = 400, description = "Invalid request (see `error.code`)", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = crate::openapi::ErrorBody),
+        (status = 409, description = "`idempotency_key_in_use`", body = crate::openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`", body = crate::openapi::ErrorBody),
+        (status = 422, description = "`idempotency_key_reused` or `processor_rejected`", body = crate::openapi::ErrorBody),
+        (status = 429, description = "`rate_limited`, see Retry-After", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn create(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -193,6 +236,10 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found())
 }
 
+#[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments",
+    params(("id" = Uuid, Path, description = "Payment id")),
+    responses((status = 200, body = PaymentView), (status = 404, description = "`payment_not_found` (also another client's payment)", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn get(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -205,6 +252,10 @@ pub async fn get(
     Ok(Json(payment_json(&p, None)))
 }
 
+#[utoipa::path(get, path = "/v1/payments/{id}/events", tag = "payments",
+    params(("id" = Uuid, Path, description = "Payment id")),
+    responses((status = 200, description = "Status history, oldest first: `{data: [{from_status, to_status, source, detail, created_at}]}`", body = Object), (status = 404, body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn events(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -217,6 +268,16 @@ pub async fn events(
     Ok(Json(json!({"data": history})))
 }
 
+#[utoipa::path(get, path = "/v1/payments", tag = "payments",
+    params(
+        ("status" = Option<String>, Query, description = "pending, succeeded, failed or canceled"),
+        ("created_gte" = Option<String>, Query, description = "RFC 3339"),
+        ("created_lt" = Option<String>, Query, description = "RFC 3339"),
+        ("limit" = Option<i64>, Query, description = "1 to 100, default 20"),
+        ("starting_after" = Option<Uuid>, Query, description = "last id of the previous page"),
+    ),
+    responses((status = 200, description = "Newest first: `{data: [Payment], has_more}`", body = Object), (status = 400, description = "`invalid_query`", body = crate::openapi::ErrorBody)),
+    security(("bearer" = [])))]
 pub async fn list(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -278,6 +339,14 @@ fn timestamp(v: &str) -> Option<DateTime<Utc>> {
 
 /// Cancels a pending payment: its PaymentIntent first (idempotently), then our row. A
 /// payment that Stripe already took stays (and becomes) succeeded.
+#[utoipa::path(post, path = "/v1/payments/{id}/cancel", tag = "payments",
+    params(("id" = Uuid, Path, description = "Payment id")),
+    responses(
+        (status = 200, description = "Canceled (also when it already was)", body = PaymentView),
+        (status = 409, description = "`payment_not_cancelable`: it is final, or Stripe already took it", body = crate::openapi::ErrorBody),
+        (status = 503, description = "`processor_unavailable`", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn cancel(
     State(s): State<AppState>,
     Extension(who): Extension<Principal>,

@@ -9,10 +9,12 @@ use crate::error::ApiError;
 
 /// The body of `POST /v1/payments`. Unknown fields are refused; `amount` must be a JSON
 /// integer (12.5 and "1250" are refused by the parser).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePayment {
+    /// Integer minor units (cents; yen for JPY), greater than 0.
     pub amount: i64,
+    /// ISO 4217, lower case, e.g. "usd".
     pub currency: String,
     pub description: Option<String>,
     pub customer_email: Option<String>,

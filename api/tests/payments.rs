@@ -729,3 +729,65 @@ async fn an_instance_exposes_prometheus_metrics_and_request_ids() {
     // Keys never reach the metrics (nor, by the same code path, the logs).
     assert!(!text.contains(stack.var("PAYSTREAM_CLIENT_KEY")));
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_and_docs_render_it() {
+    let app = spawn_app().await;
+    let spec: Value = app
+        .http
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        spec["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        spec["openapi"]
+    );
+    let expected = [
+        ("/v1/payments", "post"),
+        ("/v1/payments", "get"),
+        ("/v1/payments/{id}", "get"),
+        ("/v1/payments/{id}/events", "get"),
+        ("/v1/payments/{id}/cancel", "post"),
+    ];
+    for (path, method) in expected {
+        let op = &spec["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        assert!(
+            op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+            "{method} {path} has no responses"
+        );
+    }
+    let documented: usize = spec["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        documented,
+        expected.len(),
+        "every documented operation is a route and vice versa"
+    );
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(spec["components"]["schemas"]["PaymentView"]["properties"]["amount"].is_object());
+    let docs = app
+        .http
+        .get(format!("{}/docs", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    let html = docs.text().await.unwrap();
+    assert!(
+        html.contains("fetch(\"/openapi.json\")") && !html.contains("https://"),
+        "the page must work offline"
+    );
+}
