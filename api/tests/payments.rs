@@ -791,3 +791,55 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it() {
         "the page must work offline"
     );
 }
+
+/// With the primary unreachable, requests get 503 `database_unavailable` (so clients and
+/// nginx retry), never a 500, and nothing reaches Stripe.
+#[tokio::test]
+async fn a_dead_database_is_a_503_not_a_500() {
+    let app = spawn_app().await;
+    let dead = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy("postgres://paystream:x@127.0.0.1:1/paystream")
+        .unwrap();
+    let state = AppState {
+        db: dead,
+        stripe: Arc::new(
+            HttpStripe::new(&app.stripe_base, STRIPE_KEY, Duration::from_secs(2)).unwrap(),
+        ),
+        max_amount: 1_000_000,
+        lease: Duration::from_secs(30),
+        limiter: Arc::new(RateLimiter::new(RateLimitConfig {
+            per_second: 100,
+            burst: 100,
+        })),
+        metrics: Arc::new(paystream_service::Metrics::default()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let res = app
+        .http
+        .post(format!("{base}/v1/payments"))
+        .bearer_auth(&app.key)
+        .header("Idempotency-Key", idem())
+        .json(&json!({"amount": 1000, "currency": "usd"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "database_unavailable"
+    );
+    let intents: Value = app
+        .http
+        .get(format!("{}/v1/payment_intents", app.stripe_base))
+        .bearer_auth(STRIPE_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(intents["data"].as_array().unwrap().len(), 0);
+}
