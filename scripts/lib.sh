@@ -118,18 +118,19 @@ load_secrets() {
     local f=$STACK_DIR/secrets.env
     mkdir -p "$STACK_DIR"
     if [ ! -s "$f" ]; then
-        umask 077
-        {
-            for k in PG_SUPERUSER_PASSWORD PG_APP_PASSWORD PG_REPLICATOR_PASSWORD PG_DEBEZIUM_PASSWORD PG_ANALYST_PASSWORD; do
-                echo "$k=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')"
-            done
-            # The API keys of this stack's client and operator.
-            echo "PAYSTREAM_CLIENT_KEY=psk_client_$(head -c 24 /dev/urandom | base64 | tr '+/' 'xy')"
-            echo "PAYSTREAM_OPERATOR_KEY=psk_operator_$(head -c 24 /dev/urandom | base64 | tr '+/' 'xy')"
-            echo "STRIPE_SECRET_KEY=sk_test_$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')"
-            echo "STRIPE_WEBHOOK_SECRET=whsec_$(head -c 24 /dev/urandom | base64 | tr '+/' 'xy')"
-        } >"$f"
-        umask 022
+        (
+            umask 077
+            {
+                for k in PG_SUPERUSER_PASSWORD PG_APP_PASSWORD PG_REPLICATOR_PASSWORD PG_DEBEZIUM_PASSWORD PG_ANALYST_PASSWORD; do
+                    echo "$k=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')"
+                done
+                # The API keys of this stack's client and operator.
+                echo "PAYSTREAM_CLIENT_KEY=psk_client_$(head -c 24 /dev/urandom | base64 | tr '+/' 'xy')"
+                echo "PAYSTREAM_OPERATOR_KEY=psk_operator_$(head -c 24 /dev/urandom | base64 | tr '+/' 'xy')"
+                echo "STRIPE_SECRET_KEY=sk_test_$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')"
+                echo "STRIPE_WEBHOOK_SECRET=whsec_$(head -c 24 /dev/urandom | base64 | tr '+/' 'xy')"
+            } >"$f"
+        )
     fi
     set -a
     # shellcheck disable=SC1090

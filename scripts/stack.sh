@@ -87,7 +87,7 @@ start_service() {
 
 write_env() {
     local f=$STACK_DIR/env
-    umask 077
+    (umask 077 && : >"$f.tmp")
     cat >"$f.tmp" <<EOF
 # Written by \`make up\` ($(date -u +%Y-%m-%dT%H:%M:%SZ)). Everything a client or a test needs.
 PAYSTREAM_API_URL=http://127.0.0.1:$NGINX_HTTP_PORT
@@ -114,7 +114,6 @@ STRIPE_SIM_URL=http://127.0.0.1:$STRIPE_SIM_PORT
 STACK_DIR=$STACK_DIR
 EOF
     mv "$f.tmp" "$f"
-    umask 022
 }
 
 up() {
