@@ -80,6 +80,7 @@ start_service() {
             APP_LISTEN_ADDR="127.0.0.1:$port" APP_INSTANCE="$name" APP_LOG_FORMAT=json \
             APP_DATABASE__URL="$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT")" \
             APP_STRIPE__API_BASE="http://127.0.0.1:$STRIPE_SIM_PORT" APP_STRIPE__SECRET_KEY="$STRIPE_SECRET_KEY" \
+            APP_WEBHOOK__SECRETS="$STRIPE_WEBHOOK_SECRET" APP_CATCHUP_INTERVAL_SECS=15 \
             "$bin"
     fi
     wait_for "$name on :$port" 30 healthy "$name" || die "$name is not healthy; see $LOG_DIR/$name.log"

@@ -216,14 +216,25 @@ pub enum Applied {
     NotFound,
 }
 
-/// The one function that changes a payment's status. It locks the row, asks the core's
-/// transition table, and writes the change and its history row in one transaction.
+/// The one function that changes a payment's status, in its own transaction.
 pub async fn apply_status(
     db: &PgPool,
     id: Uuid,
     obs: &Observation<'_>,
 ) -> Result<Applied, DbError> {
     let mut tx = db.begin().await?;
+    let applied = apply_status_in(&mut tx, id, obs).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// The same inside the caller's transaction (e.g. with a webhook's dedupe insert): locks
+/// the row, asks the core's transition table, writes the change and its history row.
+pub async fn apply_status_in(
+    tx: &mut PgConnection,
+    id: Uuid,
+    obs: &Observation<'_>,
+) -> Result<Applied, DbError> {
     let current: Option<Payment> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
     ))
@@ -288,6 +299,34 @@ pub async fn apply_status(
             Applied::Changed(p)
         }
     };
-    tx.commit().await?;
     Ok(applied)
+}
+
+/// Our payment for a PaymentIntent: by the intent id we stored, else by the
+/// `metadata.payment_id` Stripe echoes (the API may have died before storing the id,
+/// which is then stored now).
+pub async fn find_for_intent(
+    tx: &mut PgConnection,
+    intent_id: &str,
+    payment_id: Option<Uuid>,
+) -> Result<Option<Uuid>, DbError> {
+    let by_intent: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM payments WHERE stripe_payment_intent_id = $1")
+            .bind(intent_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if by_intent.is_some() {
+        return Ok(by_intent);
+    }
+    let Some(pid) = payment_id else {
+        return Ok(None);
+    };
+    Ok(sqlx::query_scalar(
+        "UPDATE payments SET stripe_payment_intent_id = $2, version = version + 1, updated_at = now()
+         WHERE id = $1 AND stripe_payment_intent_id IS NULL RETURNING id",
+    )
+    .bind(pid)
+    .bind(intent_id)
+    .fetch_optional(&mut *tx)
+    .await?)
 }

@@ -1,0 +1,108 @@
+//! Catch-up: reads the PaymentIntent events Stripe did not manage to deliver
+//! (`GET /v1/events?delivery_success=false`) and feeds them through the same path as
+//! webhooks, so a webhook outage heals without waiting for the reconciler's polls.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::events;
+
+#[derive(Clone, Deserialize)]
+pub struct StripeApi {
+    pub api_base: String,
+    pub secret_key: String,
+}
+
+impl std::fmt::Debug for StripeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeApi")
+            .field("api_base", &self.api_base)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatchupError {
+    #[error("stripe: {0}")]
+    Stripe(String),
+    #[error(transparent)]
+    Db(#[from] paystream_db::DbError),
+}
+
+#[derive(Deserialize)]
+struct EventPage {
+    data: Vec<Value>,
+    has_more: bool,
+}
+
+/// One pass over undelivered events created at or after `since` (unix seconds).
+/// Returns how many events were new to us.
+pub async fn run_once(
+    http: &reqwest::Client,
+    api: &StripeApi,
+    db: &PgPool,
+    since: i64,
+) -> Result<usize, CatchupError> {
+    let mut new = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = vec![
+            ("type".to_owned(), "payment_intent.*".to_owned()),
+            ("delivery_success".to_owned(), "false".to_owned()),
+            ("created[gte]".to_owned(), since.to_string()),
+            ("limit".to_owned(), "100".to_owned()),
+        ];
+        if let Some(a) = &after {
+            query.push(("starting_after".to_owned(), a.clone()));
+        }
+        let res = http
+            .get(format!("{}/v1/events", api.api_base.trim_end_matches('/')))
+            .bearer_auth(&api.secret_key)
+            .query(&query)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| CatchupError::Stripe(e.to_string()))?;
+        if !res.status().is_success() {
+            return Err(CatchupError::Stripe(format!(
+                "GET /v1/events answered {}",
+                res.status()
+            )));
+        }
+        let page: EventPage = res
+            .json()
+            .await
+            .map_err(|e| CatchupError::Stripe(e.to_string()))?;
+        for event in &page.data {
+            if events::process(db, event, "catchup").await? != events::Outcome::Duplicate {
+                new += 1;
+            }
+        }
+        match (
+            page.has_more,
+            page.data.last().and_then(|e| e["id"].as_str()),
+        ) {
+            (true, Some(last)) => after = Some(last.to_owned()),
+            _ => return Ok(new),
+        }
+    }
+}
+
+/// On start and then every `every`: looks back `lookback` (Stripe retries deliveries for
+/// 3 days; its event list keeps 30).
+pub async fn run_loop(api: StripeApi, db: PgPool, every: Duration, lookback: Duration) {
+    let http = reqwest::Client::new();
+    loop {
+        let since = crate::now_unix() - lookback.as_secs() as i64;
+        match run_once(&http, &api, &db, since).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "catch-up applied undelivered events"),
+            Err(e) => tracing::warn!(error = %e, "catch-up failed; retrying later"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}

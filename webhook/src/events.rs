@@ -1,0 +1,195 @@
+//! Turning one Stripe event into (at most) one status change, exactly once per event id.
+
+use paystream_core::PaymentStatus;
+use paystream_db::DbError;
+use paystream_db::payments::{self, Applied, Observation, Source};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// What an event says about a PaymentIntent, read leniently: unknown fields and unknown
+/// event types are fine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    pub intent_id: String,
+    pub payment_id: Option<Uuid>,
+    pub stripe_status: String,
+    pub status: PaymentStatus,
+    pub error: Option<String>,
+}
+
+/// Only `payment_intent.*` events carry a PaymentIntent snapshot; its `status` (not the
+/// event type) is what Stripe says, so a duplicate or late event says the same thing as
+/// the object it carried.
+pub fn read(event: &Value) -> Option<Reading> {
+    let kind = event["type"].as_str()?;
+    if !kind.starts_with("payment_intent.") {
+        return None;
+    }
+    let object = &event["data"]["object"];
+    let stripe_status = object["status"].as_str()?.to_owned();
+    let status = PaymentStatus::from_stripe(&stripe_status)?;
+    let error = object["last_payment_error"].as_object().map(|e| {
+        let code = e
+            .get("decline_code")
+            .or_else(|| e.get("code"))
+            .and_then(Value::as_str)
+            .unwrap_or("error");
+        format!(
+            "{code}: {}",
+            e.get("message").and_then(Value::as_str).unwrap_or_default()
+        )
+    });
+    Some(Reading {
+        intent_id: object["id"].as_str()?.to_owned(),
+        payment_id: object["metadata"]["payment_id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok()),
+        stripe_status,
+        status,
+        error,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Seen before (same event id): nothing done.
+    Duplicate,
+    /// Changed our payment's status.
+    Applied,
+    /// Our payment already said so (or only Stripe's finer status was refreshed).
+    Unchanged,
+    /// Our payment is final and this (late) event says otherwise: not written.
+    Stale,
+    /// No payment of ours (yet): stored, retried later.
+    Unmatched,
+    /// Not about a PaymentIntent, or a status we do not know: acknowledged.
+    Ignored,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Duplicate => "duplicate",
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Stale => "stale",
+            Outcome::Unmatched => "unmatched",
+            Outcome::Ignored => "ignored",
+        }
+    }
+}
+
+/// Stores the event (dedupe by id) and applies it, in one transaction.
+pub async fn process(db: &PgPool, event: &Value, source: &str) -> Result<Outcome, DbError> {
+    let Some(id) = event["id"].as_str() else {
+        return Ok(Outcome::Ignored);
+    };
+    let reading = read(event);
+    let mut tx = db.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO stripe_events (id, type, payment_intent_id, payload, source, outcome, stripe_created)
+         VALUES ($1, $2, $3, $4, $5, 'unmatched', $6) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(event["type"].as_str().unwrap_or_default())
+    .bind(reading.as_ref().map(|r| r.intent_id.as_str()))
+    .bind(event)
+    .bind(source)
+    .bind(event["created"].as_i64().unwrap_or_default())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(Outcome::Duplicate);
+    }
+    let outcome = apply(&mut tx, id, reading.as_ref()).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn apply(
+    tx: &mut sqlx::PgConnection,
+    event_id: &str,
+    reading: Option<&Reading>,
+) -> Result<Outcome, DbError> {
+    let (outcome, payment_id) = match reading {
+        None => (Outcome::Ignored, None),
+        Some(r) => match payments::find_for_intent(tx, &r.intent_id, r.payment_id).await? {
+            None => (Outcome::Unmatched, None),
+            Some(pid) => {
+                let obs = Observation {
+                    status: r.status,
+                    stripe_status: Some(&r.stripe_status),
+                    error: r.error.as_deref(),
+                    source: Source::Webhook,
+                    detail: Some(serde_json::json!({"event": event_id})),
+                };
+                let o = match payments::apply_status_in(tx, pid, &obs).await? {
+                    Applied::Changed(_) => Outcome::Applied,
+                    Applied::Unchanged(_) => Outcome::Unchanged,
+                    Applied::Conflict(_) => Outcome::Stale,
+                    Applied::NotFound => Outcome::Unmatched,
+                };
+                (o, Some(pid))
+            }
+        },
+    };
+    sqlx::query("UPDATE stripe_events SET outcome = $2, payment_id = $3, processed_at = now() WHERE id = $1")
+        .bind(event_id)
+        .bind(outcome.as_str())
+        .bind(payment_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(outcome)
+}
+
+/// Retries events that matched no payment (e.g. the webhook beat the API's commit).
+/// Returns how many now matched.
+pub async fn retry_unmatched(db: &PgPool, batch: i64) -> Result<usize, DbError> {
+    let mut tx = db.begin().await?;
+    let rows: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT id, payload FROM stripe_events WHERE outcome = 'unmatched'
+         ORDER BY received_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(batch)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut matched = 0;
+    for (id, payload) in rows {
+        if apply(&mut tx, &id, read(&payload).as_ref()).await? != Outcome::Unmatched {
+            matched += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(matched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_payment_intent_events_leniently() {
+        let pid = Uuid::now_v7();
+        let e = json!({"id": "evt_1", "type": "payment_intent.payment_failed", "unknown": 1, "data": {"object": {
+            "id": "pi_1", "status": "requires_payment_method", "metadata": {"payment_id": pid.to_string()},
+            "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds", "message": "No money."}}}});
+        let r = read(&e).unwrap();
+        assert_eq!(r.intent_id, "pi_1");
+        assert_eq!(r.payment_id, Some(pid));
+        assert_eq!(r.status, PaymentStatus::Pending);
+        assert_eq!(r.error.as_deref(), Some("insufficient_funds: No money."));
+        let ok = json!({"id": "evt_2", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_1", "status": "succeeded", "metadata": {}}}});
+        assert_eq!(read(&ok).map(|r| r.status), Some(PaymentStatus::Succeeded));
+        for ignored in [
+            json!({"id": "evt_3", "type": "charge.succeeded", "data": {"object": {"id": "ch_1", "status": "succeeded"}}}),
+            json!({"id": "evt_4", "type": "customer.created", "data": {"object": {}}}),
+            json!({"id": "evt_5", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_1", "status": "brand_new_status"}}}),
+            json!({"id": "evt_6", "type": "payment_intent.succeeded"}),
+        ] {
+            assert_eq!(read(&ignored), None, "{ignored}");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The Stripe webhook receiver. `POST /webhook/stripe` verifies the signature on the raw
+//! bytes before anything else, then stores and applies the event in one transaction.
+//! Background loops retry events that matched no payment yet and catch up on events
+//! Stripe could not deliver.
+
+pub mod catchup;
+pub mod events;
+pub mod signature;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use paystream_service::Metrics;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+/// Stripe's events are a few KB; anything near this is not one of them.
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+#[derive(Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Endpoint secrets, comma-separated: during a roll, the old and the new.
+    pub secrets: String,
+    #[serde(default = "default_tolerance")]
+    pub tolerance_secs: i64,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("secrets", &"<redacted>")
+            .field("tolerance_secs", &self.tolerance_secs)
+            .finish()
+    }
+}
+
+fn default_tolerance() -> i64 {
+    300
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub secrets: Arc<Vec<String>>,
+    pub tolerance_secs: i64,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(db: PgPool, settings: &WebhookSettings, metrics: Arc<Metrics>) -> Self {
+        let secrets = settings
+            .secrets
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        AppState {
+            db,
+            secrets: Arc::new(secrets),
+            tolerance_secs: settings.tolerance_secs,
+            metrics,
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/webhook/stripe", post(receive))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+fn reject(metrics: &Metrics, status: StatusCode, code: &'static str) -> Response {
+    metrics.inc(
+        "webhook_rejected_total",
+        "Webhook requests refused, by reason",
+        &[("reason", code)],
+    );
+    tracing::warn!(reason = code, "webhook rejected");
+    (status, axum::Json(json!({"error": {"code": code}}))).into_response()
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn receive(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    s.metrics
+        .inc("webhook_received_total", "Webhook requests received", &[]);
+    let Ok(body) = body else {
+        return reject(&s.metrics, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    };
+    let header = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok());
+    if let Err(e) = signature::verify(header, &body, &s.secrets, now_unix(), s.tolerance_secs) {
+        return reject(&s.metrics, StatusCode::BAD_REQUEST, e.code());
+    }
+    s.metrics.inc(
+        "webhook_verified_total",
+        "Webhook requests with a valid signature",
+        &[],
+    );
+    let event: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) if v["id"].is_string() && v["type"].is_string() => v,
+        _ => return reject(&s.metrics, StatusCode::BAD_REQUEST, "event_malformed"),
+    };
+    match events::process(&s.db, &event, "webhook").await {
+        Ok(outcome) => {
+            s.metrics.inc(
+                "webhook_events_total",
+                "Verified events by outcome",
+                &[("outcome", outcome.as_str())],
+            );
+            s.metrics.observe(
+                "webhook_processing_seconds",
+                "From request to commit",
+                &[],
+                started.elapsed(),
+            );
+            tracing::info!(
+                event_id = event["id"].as_str().unwrap_or_default(),
+                kind = event["type"].as_str().unwrap_or_default(),
+                outcome = outcome.as_str(),
+                "event processed"
+            );
+            (
+                StatusCode::OK,
+                axum::Json(json!({"received": true, "outcome": outcome.as_str()})),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            // 5xx: Stripe retries later; nothing was committed.
+            tracing::error!(error = %e, "could not store the event");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({"error": {"code": "database_unavailable"}})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Retries unmatched events every `every` until the process ends.
+pub async fn unmatched_loop(db: PgPool, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match events::retry_unmatched(&db, 500).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(matched = n, "unmatched events now matched"),
+            Err(e) => tracing::warn!(error = %e, "retrying unmatched events failed"),
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The webhook receiver against the real primary and an in-process stripe-sim that
+//! delivers to it, with faults on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use paystream_core::gateway::{NewIntent, StripeGateway};
+use paystream_core::{Currency, Money, PaymentStatus};
+use paystream_db::payments::{self, NewPayment};
+use paystream_service::Metrics;
+use paystream_stripe::HttpStripe;
+use paystream_testkit::Stack;
+use paystream_webhook::catchup::{self, StripeApi};
+use paystream_webhook::{AppState, WebhookSettings, events, router};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const KEY: &str = "sk_test_webhook_tests";
+
+struct Env {
+    db: PgPool,
+    sim: String,
+    hook: String,
+    secret: String,
+    http: reqwest::Client,
+    stripe: HttpStripe,
+}
+
+async fn setup(faults: Value) -> Env {
+    let stack = Stack::get();
+    let db = stack.pool("DATABASE_URL").await;
+    let sim = stripe_sim::Sim::new(stripe_sim::SimConfig {
+        seed: Uuid::now_v7().as_u128() as u64,
+        ..Default::default()
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim_base = format!("http://{}", l.local_addr().unwrap());
+    let app = sim.router();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+
+    let secret = format!("whsec_{}", Uuid::now_v7().simple());
+    let settings = WebhookSettings {
+        secrets: format!("whsec_old_unused,{secret}"),
+        tolerance_secs: 300,
+    };
+    let state = AppState::new(db.clone(), &settings, Arc::new(Metrics::default()));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/webhook/stripe", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, router(state)).await.unwrap() });
+
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("{sim_base}/_sim/webhook_endpoints"))
+        .json(&json!({"url": hook, "secret": secret}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let res = http
+        .put(format!("{sim_base}/_sim/faults"))
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let stripe = HttpStripe::new(&sim_base, KEY, Duration::from_secs(5)).unwrap();
+    Env {
+        db,
+        sim: sim_base,
+        hook,
+        secret,
+        http,
+        stripe,
+    }
+}
+
+impl Env {
+    /// A pending payment with its PaymentIntent, as the API makes them.
+    async fn payment(&self) -> (Uuid, String) {
+        let id = Uuid::now_v7();
+        let mut tx = self.db.begin().await.unwrap();
+        let money = Money::new(2000, Currency::parse("usd").unwrap(), 1_000_000).unwrap();
+        let key = format!("wh-{id}");
+        let new = NewPayment {
+            client_id: Uuid::now_v7(),
+            idempotency_key: &key,
+            money,
+            description: None,
+            customer_email: None,
+            metadata: &json!({}),
+        };
+        payments::insert_pending(&mut tx, id, &new).await.unwrap();
+        tx.commit().await.unwrap();
+        let pi = self.intent_for(id).await;
+        payments::attach_intent(&self.db, id, &pi, "requires_payment_method")
+            .await
+            .unwrap();
+        (id, pi)
+    }
+
+    async fn intent_for(&self, id: Uuid) -> String {
+        let money = Money::new(2000, Currency::parse("usd").unwrap(), 1_000_000).unwrap();
+        let req = NewIntent {
+            payment_id: &id.to_string(),
+            money,
+            description: None,
+            receipt_email: None,
+            idempotency_key: &format!("c-{id}"),
+        };
+        self.stripe.create_intent(&req).await.unwrap().id
+    }
+
+    async fn confirm(&self, pi: &str, pm: &str) {
+        let res = self
+            .http
+            .post(format!("{}/v1/payment_intents/{pi}/confirm", self.sim))
+            .bearer_auth(KEY)
+            .form(&[("payment_method", pm)])
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            res.status().as_u16() == 200 || res.status().as_u16() == 402,
+            "{}",
+            res.status()
+        );
+    }
+
+    async fn authenticate(&self, pi: &str, outcome: &str) {
+        let res = self
+            .http
+            .post(format!(
+                "{}/_sim/payment_intents/{pi}/authenticate",
+                self.sim
+            ))
+            .json(&json!({"outcome": outcome}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+
+    async fn stripe_status(&self, pi: &str) -> String {
+        self.stripe.retrieve_intent(pi).await.unwrap().stripe_status
+    }
+
+    async fn ours(&self, id: Uuid) -> (String, Option<String>) {
+        sqlx::query_as("SELECT status, stripe_payment_intent_id FROM payments WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    async fn deliveries(&self) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!("{}/_sim/deliveries", self.sim))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["data"].as_array().unwrap().clone()
+    }
+
+    /// Until every delivery was attempted at least once (faulted ones keep failing).
+    async fn settle(&self) {
+        for _ in 0..200 {
+            if self
+                .deliveries()
+                .await
+                .iter()
+                .all(|d| d["state"] == "dropped" || d["attempt"].as_u64() > Some(0))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("deliveries did not settle in 10 s");
+    }
+
+    async fn catch_up(&self) -> usize {
+        let api = StripeApi {
+            api_base: self.sim.clone(),
+            secret_key: KEY.into(),
+        };
+        catchup::run_once(&self.http, &api, &self.db, 0)
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn with_faulty_deliveries_the_database_ends_equal_to_stripe() {
+    let env = setup(
+        json!({"webhook_duplicate_rate": 0.3, "webhook_reorder_window_ms": 300,
+                           "webhook_stale_rate": 0.15, "webhook_bad_signature_rate": 0.15}),
+    )
+    .await;
+    let mut payments = Vec::new();
+    for i in 0..25 {
+        let (id, pi) = env.payment().await;
+        match i % 5 {
+            0 => env.confirm(&pi, "pm_card_visa").await,
+            1 => {
+                env.confirm(&pi, "pm_card_chargeDeclined").await;
+                env.confirm(&pi, "pm_card_visa").await;
+            }
+            2 => {
+                env.confirm(&pi, "pm_card_threeDSecure2Required").await;
+                env.authenticate(&pi, "succeed").await;
+            }
+            3 => {
+                env.confirm(&pi, "pm_card_threeDSecure2Required").await;
+                env.authenticate(&pi, "fail").await;
+                env.stripe
+                    .cancel_intent(&pi, Some("abandoned"), &format!("x-{pi}"))
+                    .await
+                    .unwrap();
+            }
+            _ => env.confirm(&pi, "pm_card_chargeDeclined").await,
+        }
+        payments.push((id, pi));
+    }
+    env.settle().await;
+    let ids: Vec<Uuid> = payments.iter().map(|(id, _)| *id).collect();
+    let by_webhook: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE payment_id = ANY($1) AND source = 'webhook' AND outcome = 'applied'")
+        .bind(&ids)
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert!(by_webhook > 0, "webhooks resolved payments");
+    // Deliveries that were forged or stale were refused (and Stripe keeps them pending):
+    // catch-up reads those events from Stripe's list.
+    assert!(
+        env.catch_up().await > 0,
+        "catch-up found the refused deliveries' events"
+    );
+
+    for (id, pi) in &payments {
+        let stripe = env.stripe_status(pi).await;
+        let expected = PaymentStatus::from_stripe(&stripe).unwrap();
+        let (ours, linked) = env.ours(*id).await;
+        assert_eq!(
+            ours,
+            expected.as_str(),
+            "payment {id}: Stripe says {stripe}"
+        );
+        assert_eq!(linked.as_deref(), Some(pi.as_str()));
+        // Exactly one status change at most, never out of a final status.
+        let history: Vec<(Option<String>, String)> = sqlx::query_as("SELECT from_status, to_status FROM payment_status_history WHERE payment_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&env.db)
+            .await
+            .unwrap();
+        let expected_history = if expected.is_final() { 2 } else { 1 };
+        assert_eq!(history.len(), expected_history, "{id}: {history:?}");
+    }
+    let deliveries = env.deliveries().await;
+    for d in deliveries.iter().filter(|d| !d["fault"].is_null()) {
+        assert_eq!(
+            d["last_status"], 400,
+            "a forged or stale delivery must be refused: {d}"
+        );
+    }
+    assert!(
+        deliveries.iter().any(|d| d["duplicate"] == true),
+        "the run had duplicates"
+    );
+}
+
+#[tokio::test]
+async fn forged_stale_and_malformed_requests_change_nothing() {
+    let env = setup(json!({})).await;
+    let (id, pi) = env.payment().await;
+    let event_id = format!("evt_forged_{}", Uuid::now_v7().simple());
+    let event = json!({"id": event_id, "type": "payment_intent.succeeded", "created": 1,
+                       "data": {"object": {"id": pi, "status": "succeeded", "metadata": {"payment_id": id.to_string()}}}})
+    .to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let sign = |secret: &str, t: i64, body: &str| {
+        format!(
+            "t={t},v1={}",
+            stripe_sim::webhooks::signature(secret, t, body)
+        )
+    };
+    let cases = [
+        (None, event.clone(), "signature_missing"),
+        (
+            Some(sign("whsec_attacker", now, &event)),
+            event.clone(),
+            "signature_mismatch",
+        ),
+        (
+            Some(sign(&env.secret, now - 3600, &event)),
+            event.clone(),
+            "signature_stale",
+        ),
+        (
+            Some(sign(&env.secret, now, &event)),
+            event.replace("payment_intent.succeeded", "payment_intent.canceled"),
+            "signature_mismatch",
+        ),
+        (
+            Some("t=abc".to_owned()),
+            event.clone(),
+            "signature_malformed",
+        ),
+        (
+            Some(sign(&env.secret, now, "[1,2]")),
+            "[1,2]".to_owned(),
+            "event_malformed",
+        ),
+    ];
+    for (sig, body, code) in cases {
+        let mut req = env.http.post(&env.hook).body(body);
+        if let Some(s) = sig {
+            req = req.header("Stripe-Signature", s);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 400, "{code}");
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], code);
+    }
+    assert_eq!(
+        env.ours(id).await.0,
+        "pending",
+        "no forged request changed anything"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM stripe_events WHERE id = $1")
+        .bind(&event_id)
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+
+    // The same event, genuinely signed, is applied once; its duplicate does nothing.
+    for expected in ["applied", "duplicate"] {
+        let res = env
+            .http
+            .post(&env.hook)
+            .header("Stripe-Signature", sign(&env.secret, now, &event))
+            .body(event.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.json::<Value>().await.unwrap()["outcome"], expected);
+    }
+    assert_eq!(env.ours(id).await.0, "succeeded");
+}
+
+#[tokio::test]
+async fn a_webhook_before_the_payment_row_commits_is_not_lost() {
+    let env = setup(json!({})).await;
+    // Stripe knows the intent (and our payment id) before our row exists.
+    let id = Uuid::now_v7();
+    let pi = env.intent_for(id).await;
+    env.confirm(&pi, "pm_card_visa").await;
+    env.settle().await;
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM stripe_events WHERE payment_intent_id = $1 AND type = 'payment_intent.succeeded'")
+        .bind(&pi)
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome, "unmatched",
+        "stored and acknowledged, not an error"
+    );
+
+    // Now the row commits (without the intent id: the API died before storing it).
+    let mut tx = env.db.begin().await.unwrap();
+    let money = Money::new(2000, Currency::parse("usd").unwrap(), 1_000_000).unwrap();
+    let key = format!("late-{id}");
+    let new = NewPayment {
+        client_id: Uuid::now_v7(),
+        idempotency_key: &key,
+        money,
+        description: None,
+        customer_email: None,
+        metadata: &json!({}),
+    };
+    payments::insert_pending(&mut tx, id, &new).await.unwrap();
+    tx.commit().await.unwrap();
+    // Other tests' unmatched events may be retried by this call too; ours must match.
+    events::retry_unmatched(&env.db, 10_000).await.unwrap();
+    assert_eq!(env.ours(id).await, ("succeeded".to_owned(), Some(pi)));
+}
+
+#[tokio::test]
+async fn catch_up_heals_a_webhook_outage() {
+    let env = setup(json!({"webhook_drop_rate": 1.0})).await;
+    let (id, pi) = env.payment().await;
+    env.confirm(&pi, "pm_card_visa").await;
+    env.settle().await;
+    assert_eq!(
+        env.ours(id).await.0,
+        "pending",
+        "every delivery was dropped"
+    );
+    assert!(env.catch_up().await >= 1);
+    assert_eq!(env.ours(id).await.0, "succeeded");
+    assert_eq!(env.catch_up().await, 0, "a second pass finds nothing new");
+}
