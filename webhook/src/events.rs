@@ -55,8 +55,9 @@ pub fn read(event: &Value) -> Option<Reading> {
 pub enum Outcome {
     /// Seen before (same event id): nothing done.
     Duplicate,
-    /// Changed our payment's status.
-    Applied,
+    /// Changed our payment's status (always from `pending`: the transition table allows
+    /// no other change).
+    Applied { to: PaymentStatus },
     /// Our payment already said so (or only Stripe's finer status was refreshed).
     Unchanged,
     /// Our payment is final and this (late) event says otherwise: not written.
@@ -71,7 +72,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Duplicate => "duplicate",
-            Outcome::Applied => "applied",
+            Outcome::Applied { .. } => "applied",
             Outcome::Unchanged => "unchanged",
             Outcome::Stale => "stale",
             Outcome::Unmatched => "unmatched",
@@ -126,7 +127,7 @@ async fn apply(
                     detail: Some(serde_json::json!({"event": event_id})),
                 };
                 let o = match payments::apply_status_in(tx, pid, &obs).await? {
-                    Applied::Changed(_) => Outcome::Applied,
+                    Applied::Changed(_) => Outcome::Applied { to: r.status },
                     Applied::Unchanged(_) => Outcome::Unchanged,
                     Applied::Conflict(_) => Outcome::Stale,
                     Applied::NotFound => Outcome::Unmatched,

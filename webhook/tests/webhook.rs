@@ -407,3 +407,57 @@ async fn catch_up_heals_a_webhook_outage() {
     assert_eq!(env.ours(id).await.0, "succeeded");
     assert_eq!(env.catch_up().await, 0, "a second pass finds nothing new");
 }
+
+/// The primary down: 503 so that Stripe retries; the event is not lost (nothing was
+/// committed, so the retry is processed normally). Its metrics count every step.
+#[tokio::test]
+async fn a_dead_database_answers_503_so_stripe_retries() {
+    let env = setup(json!({})).await;
+    let dead = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy("postgres://paystream:x@127.0.0.1:1/paystream")
+        .unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let settings = WebhookSettings {
+        secrets: env.secret.clone(),
+        tolerance_secs: 300,
+    };
+    let state = AppState::new(dead, &settings, metrics.clone());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/webhook/stripe", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, router(state)).await.unwrap() });
+    let body = json!({"id": "evt_db_down", "type": "payment_intent.succeeded", "created": 1, "data": {"object": {"id": "pi_x", "status": "succeeded"}}}).to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let sig = format!(
+        "t={now},v1={}",
+        stripe_sim::webhooks::signature(&env.secret, now, &body)
+    );
+    let res = env
+        .http
+        .post(&hook)
+        .header("Stripe-Signature", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let bad = env
+        .http
+        .post(&hook)
+        .header("Stripe-Signature", "t=1,v1=00")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let text = metrics.render(&[]);
+    assert!(text.contains("webhook_received_total 2"), "{text}");
+    assert!(text.contains("webhook_verified_total 1"), "{text}");
+    assert!(
+        text.contains("webhook_rejected_total{reason=\"signature_stale\"} 1"),
+        "{text}"
+    );
+}
