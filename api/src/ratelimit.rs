@@ -1,16 +1,17 @@
-//! Per-key token buckets. Integer milli-tokens: no floats, exact refills.
+//! Per-key token buckets (per instance).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use paystream_core::TokenBucket;
 use uuid::Uuid;
 
 use crate::config::RateLimitConfig;
 
 pub struct RateLimiter {
     cfg: RateLimitConfig,
-    buckets: Mutex<HashMap<Uuid, (u64, Instant)>>,
+    buckets: Mutex<HashMap<Uuid, TokenBucket>>,
 }
 
 impl RateLimiter {
@@ -21,24 +22,15 @@ impl RateLimiter {
         }
     }
 
-    /// `Ok(())` if `client` may go on, else `Err(seconds until it may)`.
+    /// `Ok(())` if `client` may go on, else `Err(whole seconds until it may)`.
     pub fn check(&self, client: Uuid, now: Instant) -> Result<(), u64> {
-        let rate = u64::from(self.cfg.per_second.max(1));
-        let capacity = u64::from(self.cfg.burst.max(1)) * 1000;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = buckets.entry(client).or_insert((capacity, now));
-        let refill = now.saturating_duration_since(*last).as_micros() as u64 * rate / 1000;
-        if refill > 0 {
-            *tokens = (*tokens + refill).min(capacity);
-            *last = now;
-        }
-        if *tokens >= 1000 {
-            *tokens -= 1000;
-            Ok(())
-        } else {
-            let missing_milli = 1000 - *tokens;
-            Err(missing_milli.div_ceil(rate).div_ceil(1000).max(1))
-        }
+        let bucket = buckets
+            .entry(client)
+            .or_insert_with(|| TokenBucket::new(self.cfg.per_second, self.cfg.burst, now));
+        bucket
+            .take(now)
+            .map_err(|wait| wait.as_micros().div_ceil(1_000_000).max(1) as u64)
     }
 }
 

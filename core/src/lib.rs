@@ -3,8 +3,10 @@
 
 pub mod gateway;
 pub mod money;
+pub mod ratelimit;
 pub mod status;
 
 pub use gateway::{GatewayError, IntentView, NewIntent, StripeGateway};
 pub use money::{Currency, Money, MoneyError};
+pub use ratelimit::TokenBucket;
 pub use status::{PaymentStatus, StatusError, Transition};

@@ -4,41 +4,25 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-#[derive(Debug)]
-struct Bucket {
-    tokens_milli: u64,
-    last: Instant,
-}
+use paystream_core::TokenBucket;
 
 #[derive(Debug, Default)]
 pub struct Limiter {
-    buckets: HashMap<String, Bucket>,
+    buckets: HashMap<String, TokenBucket>,
 }
 
 impl Limiter {
-    /// Takes one token from `key`'s bucket of `rate` per second (burst: one second's worth).
-    /// Integer milli-tokens keep the arithmetic exact.
+    /// Takes one token from `key`'s bucket of `rate` per second (burst: one second's
+    /// worth); a rate of 0 means unlimited.
     pub fn take(&mut self, key: &str, rate: u32, now: Instant) -> bool {
         if rate == 0 {
             return true;
         }
-        let capacity = u64::from(rate) * 1000;
-        let b = self.buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens_milli: capacity,
-            last: now,
-        });
-        let elapsed_us = now.saturating_duration_since(b.last).as_micros() as u64;
-        let refill = elapsed_us * u64::from(rate) / 1000;
-        if refill > 0 {
-            b.tokens_milli = (b.tokens_milli + refill).min(capacity);
-            b.last = now;
-        }
-        if b.tokens_milli >= 1000 {
-            b.tokens_milli -= 1000;
-            true
-        } else {
-            false
-        }
+        self.buckets
+            .entry(key.to_owned())
+            .or_insert_with(|| TokenBucket::new(rate, rate, now))
+            .take(now)
+            .is_ok()
     }
 }
 

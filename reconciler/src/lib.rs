@@ -1,0 +1,7 @@
+//! The reconciler's stream-processing core: decoding Debezium's change events, the keyed
+//! state of pending payments with its poll timers, and the poll schedule. The consumer
+//! loop, the Stripe poller and the status output are built on these (issue 6).
+
+pub mod envelope;
+pub mod schedule;
+pub mod state;

@@ -1,0 +1,83 @@
+//! When a pending payment is polled: first `first` after its creation, then every
+//! `frequent` until `frequent_for` has passed since creation, then every `slow`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub first: Duration,
+    pub frequent: Duration,
+    pub frequent_for: Duration,
+    pub slow: Duration,
+}
+
+impl Default for Schedule {
+    /// 60 s after creation, then every 5 minutes for the first hour, then hourly.
+    fn default() -> Self {
+        Schedule {
+            first: Duration::from_secs(60),
+            frequent: Duration::from_secs(300),
+            frequent_for: Duration::from_secs(3600),
+            slow: Duration::from_secs(3600),
+        }
+    }
+}
+
+fn chrono(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Schedule {
+    /// The poll due after `last` (`None`: the first poll).
+    pub fn next(&self, created_at: DateTime<Utc>, last: Option<DateTime<Utc>>) -> DateTime<Utc> {
+        let Some(last) = last else {
+            return created_at + chrono(self.first);
+        };
+        let step = if last - created_at < chrono(self.frequent_for) {
+            self.frequent
+        } else {
+            self.slow
+        };
+        last + chrono(step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn default_schedule() {
+        let s = Schedule::default();
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let first = s.next(t0, None);
+        assert_eq!((first - t0).num_seconds(), 60);
+        let second = s.next(t0, Some(first));
+        assert_eq!((second - first).num_seconds(), 300);
+        let late = t0 + chrono::Duration::seconds(3600);
+        assert_eq!((s.next(t0, Some(late)) - late).num_seconds(), 3600);
+    }
+
+    proptest! {
+        /// Polls move forward, never closer together than the frequent step, and hourly
+        /// once past the first hour.
+        #[test]
+        fn polls_only_move_forward(created in 0_i64..4_000_000_000, polls in 1_usize..40) {
+            let s = Schedule::default();
+            let t0 = DateTime::from_timestamp(created, 0).unwrap();
+            let mut last = s.next(t0, None);
+            prop_assert!(last > t0);
+            for _ in 0..polls {
+                let next = s.next(t0, Some(last));
+                prop_assert!(next - last >= chrono::Duration::seconds(300));
+                if last - t0 >= chrono::Duration::seconds(3600) {
+                    prop_assert_eq!((next - last).num_seconds(), 3600);
+                }
+                last = next;
+            }
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The reconciler's keyed state: pending payments and their next poll, with a timer queue
+//! so that finding due polls never scans the whole state.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::envelope::{Change, PaymentRow};
+use crate::schedule::Schedule;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub row: PaymentRow,
+    pub lsn: i64,
+    pub next_poll: DateTime<Utc>,
+    pub attempts: u32,
+}
+
+/// What applying a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// A new pending payment.
+    Added,
+    /// A pending payment's row changed (still pending).
+    Updated,
+    /// The payment became final (or was deleted): gone from the state. Carries the final
+    /// status, to publish, when it is a status change.
+    Resolved { published: bool },
+    /// Older than what the state holds (a replay after a Debezium restart): ignored.
+    Stale,
+    /// Not pending and not held: nothing to do.
+    Ignored,
+}
+
+#[derive(Debug, Default)]
+pub struct PendingState {
+    entries: HashMap<Uuid, Pending>,
+    /// (due, id). Entries are not removed when a payment leaves or is rescheduled; a popped
+    /// entry counts only if it still matches the payment's `next_poll`.
+    timers: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
+    /// Highest version seen per id for payments that left the state, so a late replay of
+    /// an older `pending` version cannot bring them back.
+    resolved_versions: HashMap<Uuid, i64>,
+}
+
+impl PendingState {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, id: &Uuid) -> Option<&Pending> {
+        self.entries.get(id)
+    }
+
+    pub fn apply(&mut self, change: &Change, schedule: &Schedule) -> Effect {
+        match change {
+            Change::Tombstone { .. } => Effect::Ignored,
+            Change::Delete { id, .. } => match self.entries.remove(id) {
+                Some(p) => {
+                    self.resolved_versions.insert(*id, p.row.version);
+                    Effect::Resolved { published: false }
+                }
+                None => Effect::Ignored,
+            },
+            Change::Upsert { row, lsn, .. } => {
+                let held = self
+                    .entries
+                    .get(&row.id)
+                    .map(|p| p.row.version)
+                    .or_else(|| self.resolved_versions.get(&row.id).copied());
+                if held.is_some_and(|v| row.version <= v) {
+                    return Effect::Stale;
+                }
+                if row.status != "pending" {
+                    self.resolved_versions.insert(row.id, row.version);
+                    return match self.entries.remove(&row.id) {
+                        Some(_) => Effect::Resolved { published: true },
+                        None => Effect::Ignored,
+                    };
+                }
+                match self.entries.get_mut(&row.id) {
+                    Some(p) => {
+                        p.row = row.clone();
+                        p.lsn = *lsn;
+                        Effect::Updated
+                    }
+                    None => {
+                        let next_poll = schedule.next(row.created_at, None);
+                        self.timers.push(Reverse((next_poll, row.id)));
+                        self.entries.insert(
+                            row.id,
+                            Pending {
+                                row: row.clone(),
+                                lsn: *lsn,
+                                next_poll,
+                                attempts: 0,
+                            },
+                        );
+                        Effect::Added
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pending payments whose poll is due at `now`, at most `max`; each is rescheduled
+    /// for its following poll as it is handed out.
+    pub fn take_due(
+        &mut self,
+        now: DateTime<Utc>,
+        max: usize,
+        schedule: &Schedule,
+    ) -> Vec<Pending> {
+        let mut due = Vec::new();
+        while due.len() < max {
+            let Some(&Reverse((at, id))) = self.timers.peek() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(p) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            if p.next_poll != at {
+                continue;
+            }
+            p.attempts += 1;
+            p.next_poll = schedule.next(p.row.created_at, Some(now.max(at)));
+            self.timers.push(Reverse((p.next_poll, id)));
+            due.push(p.clone());
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn row(id: Uuid, status: &str, version: i64) -> PaymentRow {
+        PaymentRow {
+            id,
+            status: status.into(),
+            stripe_payment_intent_id: Some("pi_1".into()),
+            idempotency_key: "k".into(),
+            amount: 100,
+            currency: "usd".into(),
+            created_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            version,
+        }
+    }
+
+    fn upsert(r: PaymentRow) -> Change {
+        Change::Upsert {
+            lsn: r.version * 10,
+            commit_ts_ms: 0,
+            row: r,
+        }
+    }
+
+    #[test]
+    fn pending_enters_final_leaves_and_replays_are_ignored() {
+        let s = Schedule::default();
+        let mut st = PendingState::default();
+        let id = Uuid::now_v7();
+        assert_eq!(st.apply(&upsert(row(id, "pending", 1)), &s), Effect::Added);
+        assert_eq!(
+            st.apply(&upsert(row(id, "pending", 1)), &s),
+            Effect::Stale,
+            "a duplicate"
+        );
+        assert_eq!(
+            st.apply(&upsert(row(id, "pending", 2)), &s),
+            Effect::Updated
+        );
+        assert_eq!(
+            st.apply(&upsert(row(id, "succeeded", 3)), &s),
+            Effect::Resolved { published: true }
+        );
+        assert!(st.is_empty());
+        assert_eq!(
+            st.apply(&upsert(row(id, "pending", 2)), &s),
+            Effect::Stale,
+            "a replay cannot resurrect it"
+        );
+        assert_eq!(
+            st.apply(&upsert(row(Uuid::now_v7(), "failed", 2)), &s),
+            Effect::Ignored
+        );
+        let other = Uuid::now_v7();
+        st.apply(&upsert(row(other, "pending", 1)), &s);
+        assert_eq!(
+            st.apply(
+                &Change::Delete {
+                    id: other,
+                    lsn: 0,
+                    commit_ts_ms: 0
+                },
+                &s
+            ),
+            Effect::Resolved { published: false }
+        );
+        assert_eq!(
+            st.apply(&Change::Tombstone { id: other }, &s),
+            Effect::Ignored
+        );
+    }
+
+    #[test]
+    fn due_polls_follow_the_schedule() {
+        let s = Schedule::default();
+        let mut st = PendingState::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        st.apply(&upsert(row(a, "pending", 1)), &s);
+        st.apply(&upsert(row(b, "pending", 1)), &s);
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert!(
+            st.take_due(t0 + chrono::Duration::seconds(59), 10, &s)
+                .is_empty()
+        );
+        let due = st.take_due(t0 + chrono::Duration::seconds(60), 1, &s);
+        assert_eq!(due.len(), 1, "bounded by max");
+        assert_eq!(
+            st.take_due(t0 + chrono::Duration::seconds(60), 10, &s)
+                .len(),
+            1
+        );
+        assert!(
+            st.take_due(t0 + chrono::Duration::seconds(61), 10, &s)
+                .is_empty(),
+            "rescheduled"
+        );
+        assert_eq!(
+            st.take_due(t0 + chrono::Duration::seconds(360), 10, &s)
+                .len(),
+            2
+        );
+        st.apply(&upsert(row(a, "canceled", 2)), &s);
+        let due = st.take_due(t0 + chrono::Duration::seconds(660), 10, &s);
+        assert_eq!(
+            due.iter().map(|p| p.row.id).collect::<Vec<_>>(),
+            [b],
+            "a resolved payment is never polled"
+        );
+        assert_eq!(due[0].attempts, 3);
+    }
+
+    proptest! {
+        /// Whatever the order and duplication of a payment's versions (at-least-once CDC),
+        /// the state ends as the highest version says.
+        #[test]
+        fn any_delivery_order_ends_at_the_latest_version(order in proptest::sample::subsequence((1_i64..=6).collect::<Vec<_>>(), 1..=6), dups in proptest::collection::vec(1_i64..=6, 0..6), final_at in 1_i64..=7) {
+            let s = Schedule::default();
+            let mut st = PendingState::default();
+            let id = Uuid::now_v7();
+            let status = |v: i64| if v >= final_at { "succeeded" } else { "pending" };
+            let mut seq: Vec<i64> = order.clone();
+            seq.extend(dups.iter().filter(|d| order.contains(d)));
+            for v in &seq {
+                st.apply(&upsert(row(id, status(*v), *v)), &s);
+            }
+            let max = *order.iter().max().unwrap();
+            prop_assert_eq!(st.get(&id).is_some(), status(max) == "pending");
+            if let Some(p) = st.get(&id) {
+                prop_assert_eq!(p.row.version, max);
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The decoder against what the real Debezium writes to the real broker.
+
+use std::time::Duration;
+
+use paystream_reconciler::envelope::{Change, decode};
+use paystream_reconciler::schedule::Schedule;
+use paystream_reconciler::state::{Effect, PendingState};
+use paystream_testkit::Stack;
+use rdkafka::Message;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn real_debezium_events_decode_and_drive_the_state() {
+    let stack = Stack::get();
+    let consumer = stack.consumer_at_end(stack.var("CDC_TOPIC"));
+    let db = stack.pool("DATABASE_URL").await;
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO payments (id, client_id, idempotency_key, amount, currency, metadata) VALUES ($1, $1, $2, 4200, 'gbp', '{\"order\": \"7\"}')")
+        .bind(id)
+        .bind(format!("cdc-{id}"))
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE payments SET status = 'succeeded', resolved_at = now(), resolution_source = 'poll', version = version + 1 WHERE id = $1")
+        .bind(id)
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM payments WHERE id = $1")
+        .bind(id)
+        .execute(&db)
+        .await
+        .unwrap();
+
+    let (schedule, mut state) = (Schedule::default(), PendingState::default());
+    let mut effects = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while effects.len() < 4 {
+        let msg = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .expect("CDC events within 60 s")
+            .expect("kafka");
+        let change = decode(msg.key(), msg.payload())
+            .unwrap_or_else(|e| panic!("a real Debezium record does not decode: {e}"));
+        if change.id() != id {
+            continue;
+        }
+        if let Change::Upsert { row, lsn, .. } = &change {
+            assert_eq!((row.amount, row.currency.as_str()), (4200, "gbp"));
+            assert!(*lsn > 0);
+        }
+        effects.push(state.apply(&change, &schedule));
+    }
+    assert_eq!(
+        effects,
+        [
+            Effect::Added,
+            Effect::Resolved { published: true },
+            Effect::Ignored,
+            Effect::Ignored
+        ]
+    );
+    assert!(state.is_empty());
+}
