@@ -34,15 +34,7 @@ async fn spawn_app_with(limit: RateLimitConfig) -> TestApp {
         .try_init();
     let stack = Stack::get();
     let db = stack.pool("DATABASE_URL").await;
-    // A seed of its own: PaymentIntent ids must be unique in the shared database.
-    let sim = stripe_sim::Sim::new(stripe_sim::SimConfig {
-        seed: Uuid::now_v7().as_u128() as u64,
-        ..Default::default()
-    });
-    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stripe_base = format!("http://{}", sim_listener.local_addr().unwrap());
-    let sim_app = sim.router();
-    tokio::spawn(async move { axum::serve(sim_listener, sim_app).await.unwrap() });
+    let (_sim, stripe_base) = stripe_sim::spawn_ephemeral().await.unwrap();
 
     let state = AppState {
         db: db.clone(),

@@ -46,11 +46,7 @@ fn free_port() -> u16 {
 
 impl Peer {
     async fn stripe_sim() -> Peer {
-        let sim = stripe_sim::Sim::new(stripe_sim::SimConfig::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let app = sim.router();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let (_sim, base) = stripe_sim::spawn_ephemeral().await.unwrap();
         Peer {
             name: "stripe-sim",
             base,

@@ -118,6 +118,28 @@ impl Sim {
     }
 }
 
+/// A simulator on an ephemeral loopback port with a fresh seed (ids must not collide with
+/// those an earlier run left in a shared database): for tests. Returns it and its base URL.
+pub async fn spawn_ephemeral() -> std::io::Result<(Sim, String)> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let sim = Sim::new(SimConfig {
+        seed,
+        ..SimConfig::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = sim.router();
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "stripe-sim stopped");
+        }
+    });
+    Ok((sim, base))
+}
+
 pub(crate) fn real_now_s() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

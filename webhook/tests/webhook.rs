@@ -30,14 +30,7 @@ struct Env {
 async fn setup(faults: Value) -> Env {
     let stack = Stack::get();
     let db = stack.pool("DATABASE_URL").await;
-    let sim = stripe_sim::Sim::new(stripe_sim::SimConfig {
-        seed: Uuid::now_v7().as_u128() as u64,
-        ..Default::default()
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim_base = format!("http://{}", l.local_addr().unwrap());
-    let app = sim.router();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let (_sim, sim_base) = stripe_sim::spawn_ephemeral().await.unwrap();
 
     let secret = format!("whsec_{}", Uuid::now_v7().simple());
     let settings = WebhookSettings {
@@ -79,6 +72,16 @@ impl Env {
     /// A pending payment with its PaymentIntent, as the API makes them.
     async fn payment(&self) -> (Uuid, String) {
         let id = Uuid::now_v7();
+        self.insert_pending(id).await;
+        let pi = self.intent_for(id).await;
+        payments::attach_intent(&self.db, id, &pi, "requires_payment_method")
+            .await
+            .unwrap();
+        (id, pi)
+    }
+
+    /// A pending row, as the API commits it before calling Stripe.
+    async fn insert_pending(&self, id: Uuid) {
         let mut tx = self.db.begin().await.unwrap();
         let money = Money::new(2000, Currency::parse("usd").unwrap(), 1_000_000).unwrap();
         let key = format!("wh-{id}");
@@ -92,11 +95,6 @@ impl Env {
         };
         payments::insert_pending(&mut tx, id, &new).await.unwrap();
         tx.commit().await.unwrap();
-        let pi = self.intent_for(id).await;
-        payments::attach_intent(&self.db, id, &pi, "requires_payment_method")
-            .await
-            .unwrap();
-        (id, pi)
     }
 
     async fn intent_for(&self, id: Uuid) -> String {
@@ -374,19 +372,7 @@ async fn a_webhook_before_the_payment_row_commits_is_not_lost() {
     );
 
     // Now the row commits (without the intent id: the API died before storing it).
-    let mut tx = env.db.begin().await.unwrap();
-    let money = Money::new(2000, Currency::parse("usd").unwrap(), 1_000_000).unwrap();
-    let key = format!("late-{id}");
-    let new = NewPayment {
-        client_id: Uuid::now_v7(),
-        idempotency_key: &key,
-        money,
-        description: None,
-        customer_email: None,
-        metadata: &json!({}),
-    };
-    payments::insert_pending(&mut tx, id, &new).await.unwrap();
-    tx.commit().await.unwrap();
+    env.insert_pending(id).await;
     // Other tests' unmatched events may be retried by this call too; ours must match.
     events::retry_unmatched(&env.db, 10_000).await.unwrap();
     assert_eq!(env.ours(id).await, ("succeeded".to_owned(), Some(pi)));
