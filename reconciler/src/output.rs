@@ -1,0 +1,184 @@
+//! `payment-status-update` messages: Avro, in the single-object encoding (magic `C3 01`,
+//! the writer schema's 8-byte CRC-64-AVRO fingerprint, then the datum), so a consumer can
+//! tell which schema wrote each message.
+
+use std::sync::LazyLock;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::types::Value;
+use apache_avro::{Schema, from_avro_datum, to_avro_datum};
+use paystream_core::PaymentStatus;
+use uuid::Uuid;
+
+pub const SCHEMA_JSON: &str = include_str!("../../schemas/payment_status_update.avsc");
+const MAGIC: [u8; 2] = [0xC3, 0x01];
+const SYMBOLS: [PaymentStatus; 3] = [
+    PaymentStatus::Succeeded,
+    PaymentStatus::Failed,
+    PaymentStatus::Canceled,
+];
+
+static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
+    Schema::parse_str(SCHEMA_JSON).expect("schemas/payment_status_update.avsc is valid Avro")
+});
+static FINGERPRINT: LazyLock<Vec<u8>> = LazyLock::new(|| SCHEMA.fingerprint::<Rabin>().bytes);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate {
+    pub payment_id: Uuid,
+    pub status: PaymentStatus,
+    pub amount: i64,
+    pub currency: String,
+    pub stripe_payment_intent_id: Option<String>,
+    pub resolution_source: Option<String>,
+    pub version: i64,
+    pub source_lsn: i64,
+    pub committed_at_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{0} is not a final status: only final transitions are published")]
+    NotFinal(PaymentStatus),
+    #[error("not a single-object Avro message of this schema")]
+    WrongHeader,
+    #[error("avro: {0}")]
+    Avro(#[from] apache_avro::Error),
+    #[error("the datum does not have the schema's shape")]
+    Shape,
+}
+
+fn optional(v: &Option<String>) -> Value {
+    match v {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(s) => Value::Union(1, Box::new(Value::String(s.clone()))),
+    }
+}
+
+pub fn fingerprint() -> &'static [u8] {
+    &FINGERPRINT
+}
+
+pub fn encode(u: &StatusUpdate) -> Result<Vec<u8>, OutputError> {
+    let index = SYMBOLS
+        .iter()
+        .position(|s| *s == u.status)
+        .ok_or(OutputError::NotFinal(u.status))?;
+    let record = Value::Record(vec![
+        ("payment_id".into(), Value::Uuid(u.payment_id)),
+        (
+            "status".into(),
+            Value::Enum(index as u32, u.status.as_str().into()),
+        ),
+        ("amount".into(), Value::Long(u.amount)),
+        ("currency".into(), Value::String(u.currency.clone())),
+        (
+            "stripe_payment_intent_id".into(),
+            optional(&u.stripe_payment_intent_id),
+        ),
+        ("resolution_source".into(), optional(&u.resolution_source)),
+        ("version".into(), Value::Long(u.version)),
+        ("source_lsn".into(), Value::Long(u.source_lsn)),
+        (
+            "committed_at".into(),
+            Value::TimestampMillis(u.committed_at_ms),
+        ),
+    ]);
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(fingerprint());
+    out.extend(to_avro_datum(&SCHEMA, record)?);
+    Ok(out)
+}
+
+pub fn decode(bytes: &[u8]) -> Result<StatusUpdate, OutputError> {
+    let header = MAGIC.len() + fingerprint().len();
+    if bytes.len() < header || bytes[..2] != MAGIC || bytes[2..header] != *fingerprint() {
+        return Err(OutputError::WrongHeader);
+    }
+    let Value::Record(fields) = from_avro_datum(&SCHEMA, &mut &bytes[header..], None)? else {
+        return Err(OutputError::Shape);
+    };
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let long = |name: &str| match field(name) {
+        Some(Value::Long(v)) | Some(Value::TimestampMillis(v)) => Ok(v),
+        _ => Err(OutputError::Shape),
+    };
+    let text = |v: Option<Value>| match v {
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Union(_, inner)) => match *inner {
+            Value::String(s) => Ok(Some(s)),
+            Value::Null => Ok(None),
+            _ => Err(OutputError::Shape),
+        },
+        _ => Err(OutputError::Shape),
+    };
+    let payment_id = match field("payment_id") {
+        Some(Value::Uuid(u)) => u,
+        Some(Value::String(s)) => Uuid::parse_str(&s).map_err(|_| OutputError::Shape)?,
+        _ => return Err(OutputError::Shape),
+    };
+    let status = match field("status") {
+        Some(Value::Enum(i, _)) => *SYMBOLS.get(i as usize).ok_or(OutputError::Shape)?,
+        _ => return Err(OutputError::Shape),
+    };
+    Ok(StatusUpdate {
+        payment_id,
+        status,
+        amount: long("amount")?,
+        currency: text(field("currency"))?.ok_or(OutputError::Shape)?,
+        stripe_payment_intent_id: text(field("stripe_payment_intent_id"))?,
+        resolution_source: text(field("resolution_source"))?,
+        version: long("version")?,
+        source_lsn: long("source_lsn")?,
+        committed_at_ms: long("committed_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(status: PaymentStatus) -> StatusUpdate {
+        StatusUpdate {
+            payment_id: Uuid::now_v7(),
+            status,
+            amount: 1250,
+            currency: "usd".into(),
+            stripe_payment_intent_id: Some("pi_1".into()),
+            resolution_source: None,
+            version: 3,
+            source_lsn: 987_654,
+            committed_at_ms: 1_800_000_000_123,
+        }
+    }
+
+    #[test]
+    fn final_updates_round_trip_with_the_schema_fingerprint() {
+        for status in SYMBOLS {
+            let u = update(status);
+            let bytes = encode(&u).unwrap();
+            assert_eq!(&bytes[..2], &MAGIC);
+            assert_eq!(&bytes[2..10], fingerprint());
+            assert_eq!(decode(&bytes).unwrap(), u);
+        }
+        assert_eq!(fingerprint().len(), 8);
+    }
+
+    #[test]
+    fn pending_is_never_published_and_foreign_bytes_are_refused() {
+        assert!(matches!(
+            encode(&update(PaymentStatus::Pending)),
+            Err(OutputError::NotFinal(_))
+        ));
+        let mut bytes = encode(&update(PaymentStatus::Succeeded)).unwrap();
+        bytes[3] ^= 0xff;
+        assert!(matches!(decode(&bytes), Err(OutputError::WrongHeader)));
+        assert!(matches!(decode(b"\xC3\x01"), Err(OutputError::WrongHeader)));
+    }
+}
