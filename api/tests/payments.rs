@@ -25,6 +25,22 @@ struct TestApp {
 
 const STRIPE_KEY: &str = "sk_test_api_tests";
 
+/// The API's router on an ephemeral port, over `db` and the stripe-sim at `stripe_base`.
+async fn serve_api(db: PgPool, stripe_base: &str, limit: RateLimitConfig) -> String {
+    let state = AppState {
+        db,
+        stripe: Arc::new(HttpStripe::new(stripe_base, STRIPE_KEY, Duration::from_secs(2)).unwrap()),
+        max_amount: 1_000_000,
+        lease: Duration::from_secs(30),
+        limiter: Arc::new(RateLimiter::new(limit)),
+        metrics: Arc::new(paystream_service::Metrics::default()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    base
+}
+
 /// zero-to-production's spawn_app: the real router on an ephemeral port, a fresh client
 /// and key, and its own stripe-sim.
 async fn spawn_app_with(limit: RateLimitConfig) -> TestApp {
@@ -36,20 +52,7 @@ async fn spawn_app_with(limit: RateLimitConfig) -> TestApp {
     let db = stack.pool("DATABASE_URL").await;
     let (_sim, stripe_base) = stripe_sim::spawn_ephemeral().await.unwrap();
 
-    let state = AppState {
-        db: db.clone(),
-        stripe: Arc::new(
-            HttpStripe::new(&stripe_base, STRIPE_KEY, Duration::from_secs(2)).unwrap(),
-        ),
-        max_amount: 1_000_000,
-        lease: Duration::from_secs(30),
-        limiter: Arc::new(RateLimiter::new(limit)),
-        metrics: Arc::new(paystream_service::Metrics::default()),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(state);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = serve_api(db.clone(), &stripe_base, limit).await;
     let (_, key) = keys::create(&db, &format!("test-{}", Uuid::now_v7()), Role::Client)
         .await
         .unwrap();
@@ -789,26 +792,16 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it() {
 #[tokio::test]
 async fn a_dead_database_is_a_503_not_a_500() {
     let app = spawn_app().await;
-    let dead = sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(1))
-        .connect_lazy("postgres://paystream:x@127.0.0.1:1/paystream")
-        .unwrap();
-    let state = AppState {
-        db: dead,
-        stripe: Arc::new(
-            HttpStripe::new(&app.stripe_base, STRIPE_KEY, Duration::from_secs(2)).unwrap(),
-        ),
-        max_amount: 1_000_000,
-        lease: Duration::from_secs(30),
-        limiter: Arc::new(RateLimiter::new(RateLimitConfig {
-            per_second: 100,
-            burst: 100,
-        })),
-        metrics: Arc::new(paystream_service::Metrics::default()),
+    let limit = RateLimitConfig {
+        per_second: 100,
+        burst: 100,
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let base = serve_api(
+        paystream_testkit::unreachable_primary(),
+        &app.stripe_base,
+        limit,
+    )
+    .await;
     let res = app
         .http
         .post(format!("{base}/v1/payments"))

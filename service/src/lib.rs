@@ -10,7 +10,9 @@ pub use config::{ConfigError, DatabaseConfig, ServiceConfig};
 pub use http::{Health, serve};
 pub use metrics::Metrics;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -26,26 +28,65 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-/// Loads the service's config (`APP_CONFIG_FILE`, then `APP_*` variables), starts
-/// logging, and serves `app` with the health endpoints until SIGTERM.
-pub async fn run(service: &'static str, app: Router) -> Result<(), RunError> {
+/// Loads a service's typed config: the TOML file named by `APP_CONFIG_FILE` (if any),
+/// then `APP_*` variables.
+pub fn load_config<C: serde::de::DeserializeOwned>() -> Result<C, ConfigError> {
     let path = std::env::var_os("APP_CONFIG_FILE").map(PathBuf::from);
-    let cfg: ServiceConfig = config::load(path.as_deref())?;
-    telemetry::init(cfg.log_format);
-    // Lazy: the process starts (and says it is unready) while the primary is down.
-    let primary = PgPoolOptions::new()
-        .max_connections(cfg.database.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&cfg.database.url)?;
-    let listener = tokio::net::TcpListener::bind(cfg.listen_addr).await?;
-    tracing::info!(service, instance = %cfg.instance, addr = %cfg.listen_addr, "listening");
-    let health = Health {
-        service,
-        instance: cfg.instance,
-        primary,
-        metrics: Default::default(),
-    };
-    serve(listener, health.wrap(app)).await?;
-    tracing::info!(service, "stopped");
-    Ok(())
+    config::load(path.as_deref())
+}
+
+/// What every service runs on: logging, the primary's pool and the metrics registry.
+pub struct Service {
+    pub name: &'static str,
+    pub primary: sqlx::PgPool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Service {
+    /// Starts logging and opens the primary's pool lazily: the process starts (and says
+    /// it is unready) while the primary is down.
+    pub fn start(
+        name: &'static str,
+        database: &DatabaseConfig,
+        log_format: config::LogFormat,
+    ) -> Result<Self, RunError> {
+        telemetry::init(log_format);
+        let primary = PgPoolOptions::new()
+            .max_connections(database.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(&database.url)?;
+        Ok(Service {
+            name,
+            primary,
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+
+    /// Serves `app` with the health and metrics endpoints until SIGTERM.
+    pub async fn serve(
+        self,
+        instance: String,
+        addr: SocketAddr,
+        app: Router,
+    ) -> Result<(), RunError> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(service = self.name, instance = %instance, addr = %addr, "listening");
+        let health = Health {
+            service: self.name,
+            instance,
+            primary: self.primary,
+            metrics: self.metrics,
+        };
+        serve(listener, health.wrap(app)).await?;
+        tracing::info!(service = self.name, "stopped");
+        Ok(())
+    }
+}
+
+/// A service with no settings of its own beyond `ServiceConfig`.
+pub async fn run(name: &'static str, app: Router) -> Result<(), RunError> {
+    let cfg: ServiceConfig = load_config()?;
+    Service::start(name, &cfg.database, cfg.log_format)?
+        .serve(cfg.instance, cfg.listen_addr, app)
+        .await
 }

@@ -118,17 +118,9 @@ impl Sim {
     }
 }
 
-/// A simulator on an ephemeral loopback port with a fresh seed (ids must not collide with
-/// those an earlier run left in a shared database): for tests. Returns it and its base URL.
-pub async fn spawn_ephemeral() -> std::io::Result<(Sim, String)> {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1);
-    let sim = Sim::new(SimConfig {
-        seed,
-        ..SimConfig::default()
-    });
+/// A simulator on an ephemeral loopback port, for tests. Returns it and its base URL.
+pub async fn spawn(cfg: SimConfig) -> std::io::Result<(Sim, String)> {
+    let sim = Sim::new(cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let app = sim.router();
@@ -138,6 +130,20 @@ pub async fn spawn_ephemeral() -> std::io::Result<(Sim, String)> {
         }
     });
     Ok((sim, base))
+}
+
+/// `spawn` with a fresh seed: ids must not collide with those an earlier run left in a
+/// shared database.
+pub async fn spawn_ephemeral() -> std::io::Result<(Sim, String)> {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    spawn(SimConfig {
+        seed,
+        ..SimConfig::default()
+    })
+    .await
 }
 
 pub(crate) fn real_now_s() -> i64 {

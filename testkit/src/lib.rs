@@ -131,6 +131,15 @@ impl Stack {
     }
 }
 
+/// A pool whose primary never answers (nothing listens on port 1): for "the database is
+/// down" tests.
+pub fn unreachable_primary() -> PgPool {
+    PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy("postgres://paystream:x@127.0.0.1:1/paystream")
+        .expect("a well-formed URL")
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -399,10 +399,7 @@ async fn catch_up_heals_a_webhook_outage() {
 #[tokio::test]
 async fn a_dead_database_answers_503_so_stripe_retries() {
     let env = setup(json!({})).await;
-    let dead = sqlx::postgres::PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(1))
-        .connect_lazy("postgres://paystream:x@127.0.0.1:1/paystream")
-        .unwrap();
+    let dead = paystream_testkit::unreachable_primary();
     let metrics = Arc::new(Metrics::default());
     let settings = WebhookSettings {
         secrets: env.secret.clone(),

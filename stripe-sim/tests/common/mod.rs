@@ -29,14 +29,10 @@ pub async fn start() -> TestSim {
 }
 
 pub async fn start_with(cfg: SimConfig) -> TestSim {
-    let sim = Sim::new(cfg);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = sim.router();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (sim, base) = stripe_sim::spawn(cfg).await.unwrap();
     TestSim {
         sim,
-        base: format!("http://{addr}"),
+        base,
         http: reqwest::Client::new(),
     }
 }
