@@ -81,6 +81,9 @@ start_service() {
             APP_DATABASE__URL="$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT")" \
             APP_STRIPE__API_BASE="http://127.0.0.1:$STRIPE_SIM_PORT" APP_STRIPE__SECRET_KEY="$STRIPE_SECRET_KEY" \
             APP_WEBHOOK__SECRETS="$STRIPE_WEBHOOK_SECRET" APP_CATCHUP_INTERVAL_SECS=15 \
+            APP_REPLICA__URL="$(db_url paystream "$PG_APP_PASSWORD" "$NGINX_PG_PORT")" \
+            APP_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT" \
+            APP_POLL__FIRST_MS=5000 APP_POLL__FREQUENT_MS=15000 \
             "$bin"
     fi
     wait_for "$name on :$port" 30 healthy "$name" || die "$name is not healthy; see $LOG_DIR/$name.log"

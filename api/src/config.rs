@@ -1,8 +1,7 @@
 //! The API's settings: the service basics plus Stripe, limits and the idempotency lease.
 
-use std::fmt;
-
 use paystream_service::config::{DatabaseConfig, LogFormat};
+pub use paystream_stripe::StripeConfig;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -21,24 +20,6 @@ pub struct ApiConfig {
     /// How long a request holds its idempotency key before a retry may take it over.
     #[serde(default = "default_lease_secs")]
     pub idempotency_lease_secs: u64,
-}
-
-#[derive(Clone, Deserialize)]
-pub struct StripeConfig {
-    pub api_base: String,
-    pub secret_key: String,
-    #[serde(default = "default_stripe_timeout_ms")]
-    pub timeout_ms: u64,
-}
-
-impl fmt::Debug for StripeConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StripeConfig")
-            .field("api_base", &self.api_base)
-            .field("secret_key", &"<redacted>")
-            .field("timeout_ms", &self.timeout_ms)
-            .finish()
-    }
 }
 
 /// Per API key, per instance: a token bucket of `per_second` with room for `burst`.
@@ -63,8 +44,4 @@ fn default_max_amount() -> i64 {
 
 fn default_lease_secs() -> u64 {
     30
-}
-
-fn default_stripe_timeout_ms() -> u64 {
-    5_000
 }

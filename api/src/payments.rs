@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use paystream_core::PaymentStatus;
-use paystream_core::gateway::{GatewayError, NewIntent, StripeGateway};
+use paystream_core::gateway::{GatewayError, NewIntent, StripeGateway, intent_key};
 use paystream_db::idempotency::{self, Begin};
 use paystream_db::keys::Principal;
 use paystream_db::payments::{self, Applied, ListFilter, NewPayment, Observation, Payment, Source};
@@ -21,13 +21,6 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::error::ApiError;
 use crate::validation;
-
-/// The Stripe idempotency key of a payment's PaymentIntent: derived from our payment id
-/// (itself bound to the client's key), so whoever retries the creation (this API, another
-/// instance, the reconciler) can never make a second intent.
-pub fn intent_key(payment_id: Uuid) -> String {
-    format!("paystream-create-{payment_id}")
-}
 
 /// A payment as clients see it.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -159,7 +152,7 @@ pub async fn create(
             money: valid.money,
             description: payment.description.as_deref(),
             receipt_email: payment.customer_email.as_deref(),
-            idempotency_key: &intent_key(payment.id),
+            idempotency_key: &intent_key(&payment.id),
         })
         .await;
     let outcome = match &intent {

@@ -7,6 +7,13 @@ use std::future::Future;
 use crate::money::Money;
 use crate::status::PaymentStatus;
 
+/// The Stripe idempotency key of a payment's PaymentIntent, derived from our payment id:
+/// the API and the reconciler (creating one the API never managed to) send the same key,
+/// so there is never a second intent for one payment.
+pub fn intent_key(payment_id: &impl std::fmt::Display) -> String {
+    format!("paystream-create-{payment_id}")
+}
+
 /// A PaymentIntent to create for one of our payments.
 #[derive(Debug, Clone)]
 pub struct NewIntent<'a> {

@@ -134,6 +134,19 @@ pub async fn get<'e, E: sqlx::PgExecutor<'e>>(
     .await?)
 }
 
+/// A payment whoever owns it (for the services, never for clients).
+pub async fn by_id<'e, E: sqlx::PgExecutor<'e>>(
+    db: E,
+    id: Uuid,
+) -> Result<Option<Payment>, DbError> {
+    Ok(
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM payments WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+    )
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub status: Option<PaymentStatus>,

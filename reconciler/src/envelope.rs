@@ -3,9 +3,12 @@
 //! "op": "c|u|d|r", "ts_ms"}`, and a null value (tombstone) after each delete.
 
 use chrono::{DateTime, Utc};
+use paystream_core::PaymentStatus;
 use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
+
+use crate::output::StatusUpdate;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentRow {
@@ -17,6 +20,7 @@ pub struct PaymentRow {
     pub currency: String,
     pub created_at: DateTime<Utc>,
     pub version: i64,
+    pub resolution_source: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +28,10 @@ pub enum Change {
     /// `c` (insert), `u` (update) or `r` (snapshot read): the row as it now is.
     Upsert {
         row: PaymentRow,
+        /// The status before this change (`None` for an insert or a snapshot read).
+        before_status: Option<String>,
+        /// An `r` from Debezium's snapshot: the row's state, not a change of it.
+        snapshot: bool,
         lsn: i64,
         commit_ts_ms: i64,
     },
@@ -43,6 +51,51 @@ impl Change {
             Change::Upsert { row, .. } => row.id,
             Change::Delete { id, .. } | Change::Tombstone { id } => *id,
         }
+    }
+
+    /// Debezium's commit time of the change (`source.ts_ms`); none for a tombstone.
+    pub fn commit_ts_ms(&self) -> Option<i64> {
+        match self {
+            Change::Upsert { commit_ts_ms, .. } | Change::Delete { commit_ts_ms, .. } => {
+                Some(*commit_ts_ms)
+            }
+            Change::Tombstone { .. } => None,
+        }
+    }
+
+    /// The `payment-status-update` this change carries: a payment entering a final status.
+    /// Read from the change itself (before and after images), not from the state, so a
+    /// replay after a crash publishes it again (at least once) whatever the state held.
+    pub fn final_transition(&self) -> Option<StatusUpdate> {
+        let Change::Upsert {
+            row,
+            before_status,
+            snapshot: false,
+            lsn,
+            commit_ts_ms,
+        } = self
+        else {
+            return None;
+        };
+        let status = row
+            .status
+            .parse::<PaymentStatus>()
+            .ok()
+            .filter(|s| s.is_final())?;
+        if before_status.as_deref() == Some(row.status.as_str()) {
+            return None;
+        }
+        Some(StatusUpdate {
+            payment_id: row.id,
+            status,
+            amount: row.amount,
+            currency: row.currency.clone(),
+            stripe_payment_intent_id: row.stripe_payment_intent_id.clone(),
+            resolution_source: row.resolution_source.clone(),
+            version: row.version,
+            source_lsn: *lsn,
+            committed_at_ms: *commit_ts_ms,
+        })
     }
 }
 
@@ -71,9 +124,15 @@ struct Source {
 
 #[derive(Deserialize)]
 struct Envelope {
+    before: Option<BeforeJson>,
     after: Option<Value>,
     source: Source,
     op: String,
+}
+
+#[derive(Deserialize)]
+struct BeforeJson {
+    status: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +146,8 @@ struct RowJson {
     /// Debezium renders timestamptz as an ISO-8601 string.
     created_at: DateTime<Utc>,
     version: i64,
+    #[serde(default)]
+    resolution_source: Option<String>,
 }
 
 pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, DecodeError> {
@@ -118,9 +179,12 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, Decode
                 currency: r.currency,
                 created_at: r.created_at,
                 version: r.version,
+                resolution_source: r.resolution_source,
             };
             Ok(Change::Upsert {
                 row,
+                before_status: env.before.and_then(|b| b.status),
+                snapshot: env.op == "r",
                 lsn: env.source.lsn,
                 commit_ts_ms: env.source.ts_ms,
             })
@@ -168,6 +232,7 @@ mod tests {
                 row,
                 lsn,
                 commit_ts_ms,
+                ..
             } = c
             else {
                 panic!("{op}")
@@ -195,6 +260,47 @@ mod tests {
             Change::Tombstone {
                 id: Uuid::parse_str(ID).unwrap()
             }
+        );
+    }
+
+    #[test]
+    fn only_a_change_into_a_final_status_is_published() {
+        let transition = |op: &str, before: Value, after: Value| {
+            decode(Some(&key()), Some(&env(op, before, after)))
+                .unwrap()
+                .final_transition()
+        };
+        let u = transition("u", row("pending", 2), row("succeeded", 3)).expect("u to final");
+        assert_eq!(
+            (u.status, u.version, u.source_lsn, u.committed_at_ms),
+            (PaymentStatus::Succeeded, 3, 42, 1)
+        );
+        assert!(
+            transition("c", Value::Null, row("failed", 1)).is_some(),
+            "inserted final"
+        );
+        assert!(
+            transition("u", row("pending", 1), row("pending", 2)).is_none(),
+            "still pending"
+        );
+        assert!(
+            transition("u", row("succeeded", 3), row("succeeded", 4)).is_none(),
+            "final already"
+        );
+        assert!(
+            transition("r", Value::Null, row("canceled", 4)).is_none(),
+            "a snapshot read is no change"
+        );
+        let d = decode(
+            Some(&key()),
+            Some(&env("d", row("pending", 1), Value::Null)),
+        )
+        .unwrap();
+        assert!(d.final_transition().is_none());
+        assert!(
+            Change::Tombstone { id: Uuid::nil() }
+                .final_transition()
+                .is_none()
         );
     }
 

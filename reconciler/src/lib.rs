@@ -1,9 +1,20 @@
-//! The reconciler's stream-processing core: decoding Debezium's change events, the keyed
-//! state of pending payments with its poll timers, the poll schedule, and the Avro
-//! encoding of `payment-status-update`. The consumer
-//! loop, the Stripe poller and the status output are built on these (issue 6).
+//! The reconciler: a stream worker over the Debezium change stream of `payments`.
+//!
+//! - `source`: the Kafka consumer group (rebalances, offsets stored after the work);
+//! - `envelope`: Debezium's change events, decoded;
+//! - `state`: pending payments per partition, with a timer queue of next polls;
+//! - `recovery`: state of newly assigned partitions, rebuilt from a replica;
+//! - `schedule` and `poll`: when and how a pending payment is polled at Stripe, expired;
+//! - `output`: `payment-status-update` in Avro;
+//! - `worker`: the loop that ties them together.
 
+pub mod config;
 pub mod envelope;
 pub mod output;
+pub mod partition;
+pub mod poll;
+pub mod recovery;
 pub mod schedule;
+pub mod source;
 pub mod state;
+pub mod worker;

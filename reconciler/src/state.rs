@@ -2,7 +2,7 @@
 //! so that finding due polls never scans the whole state.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -41,9 +41,15 @@ pub struct PendingState {
     /// entry counts only if it still matches the payment's `next_poll`.
     timers: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
     /// Highest version seen per id for payments that left the state, so a late replay of
-    /// an older `pending` version cannot bring them back.
+    /// an older `pending` version cannot bring them back. Bounded (oldest forgotten first):
+    /// a replay comes in order, so a forgotten payment's final version follows its stale
+    /// pending one and removes it again.
     resolved_versions: HashMap<Uuid, i64>,
+    resolved_order: VecDeque<Uuid>,
 }
+
+/// How many resolved payments a partition's state remembers.
+const RESOLVED_MEMORY: usize = 65_536;
 
 impl PendingState {
     pub fn len(&self) -> usize {
@@ -58,12 +64,68 @@ impl PendingState {
         self.entries.get(id)
     }
 
+    fn remember_resolved(&mut self, id: Uuid, version: i64) {
+        if self.resolved_versions.insert(id, version).is_none() {
+            self.resolved_order.push_back(id);
+            if self.resolved_order.len() > RESOLVED_MEMORY
+                && let Some(old) = self.resolved_order.pop_front()
+            {
+                self.resolved_versions.remove(&old);
+            }
+        }
+    }
+
+    /// When the earliest poll is due; stale timer entries are dropped on the way.
+    pub fn next_due(&mut self) -> Option<DateTime<Utc>> {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if self.entries.get(&id).is_some_and(|p| p.next_poll == at) {
+                return Some(at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Moves a payment's next poll, e.g. sooner than its schedule after Stripe said 429.
+    pub fn reschedule(&mut self, id: Uuid, at: DateTime<Utc>) {
+        if let Some(p) = self.entries.get_mut(&id) {
+            p.next_poll = at;
+            self.timers.push(Reverse((at, id)));
+        }
+    }
+
+    /// Heap bytes the state holds, from the collections' capacities and the strings'
+    /// lengths: what the `reconciler_state_bytes` gauge reports.
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        // hashbrown stores one control byte per bucket beside each slot.
+        let strings: usize = self
+            .entries
+            .values()
+            .map(|p| {
+                p.row.status.capacity()
+                    + p.row.idempotency_key.capacity()
+                    + p.row.currency.capacity()
+                    + p.row
+                        .stripe_payment_intent_id
+                        .as_ref()
+                        .map_or(0, String::capacity)
+                    + p.row.resolution_source.as_ref().map_or(0, String::capacity)
+            })
+            .sum();
+        self.entries.capacity() * (size_of::<(Uuid, Pending)>() + 1)
+            + strings
+            + self.timers.capacity() * size_of::<Reverse<(DateTime<Utc>, Uuid)>>()
+            + self.resolved_versions.capacity() * (size_of::<(Uuid, i64)>() + 1)
+            + self.resolved_order.capacity() * size_of::<Uuid>()
+    }
+
     pub fn apply(&mut self, change: &Change, schedule: &Schedule) -> Effect {
         match change {
             Change::Tombstone { .. } => Effect::Ignored,
             Change::Delete { id, .. } => match self.entries.remove(id) {
                 Some(p) => {
-                    self.resolved_versions.insert(*id, p.row.version);
+                    self.remember_resolved(*id, p.row.version);
                     Effect::Resolved { published: false }
                 }
                 None => Effect::Ignored,
@@ -78,7 +140,7 @@ impl PendingState {
                     return Effect::Stale;
                 }
                 if row.status != "pending" {
-                    self.resolved_versions.insert(row.id, row.version);
+                    self.remember_resolved(row.id, row.version);
                     return match self.entries.remove(&row.id) {
                         Some(_) => Effect::Resolved { published: true },
                         None => Effect::Ignored,
@@ -156,6 +218,7 @@ mod tests {
             currency: "usd".into(),
             created_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             version,
+            resolution_source: None,
         }
     }
 
@@ -163,6 +226,8 @@ mod tests {
         Change::Upsert {
             lsn: r.version * 10,
             commit_ts_ms: 0,
+            before_status: None,
+            snapshot: false,
             row: r,
         }
     }
@@ -252,6 +317,32 @@ mod tests {
             "a resolved payment is never polled"
         );
         assert_eq!(due[0].attempts, 3);
+    }
+
+    #[test]
+    fn next_due_skips_stale_timers_and_reschedule_moves_a_poll() {
+        let s = Schedule::default();
+        let mut st = PendingState::default();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        st.apply(&upsert(row(a, "pending", 1)), &s);
+        st.apply(&upsert(row(b, "pending", 1)), &s);
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(st.next_due(), Some(t0 + chrono::Duration::seconds(60)));
+        st.reschedule(a, t0 + chrono::Duration::seconds(5));
+        assert_eq!(st.next_due(), Some(t0 + chrono::Duration::seconds(5)));
+        st.apply(&upsert(row(a, "succeeded", 2)), &s);
+        assert_eq!(
+            st.next_due(),
+            Some(t0 + chrono::Duration::seconds(60)),
+            "a's timer is stale"
+        );
+        st.reschedule(Uuid::now_v7(), t0);
+        assert_eq!(
+            st.next_due(),
+            Some(t0 + chrono::Duration::seconds(60)),
+            "unknown ids are not scheduled"
+        );
+        assert!(st.approx_bytes() > std::mem::size_of::<Pending>());
     }
 
     proptest! {

@@ -37,6 +37,7 @@ type Labels = Vec<(&'static str, String)>;
 struct Inner {
     counters: BTreeMap<(&'static str, Labels), u64>,
     histograms: BTreeMap<(&'static str, Labels), Histogram>,
+    gauges: BTreeMap<(&'static str, Labels), i64>,
     help: BTreeMap<&'static str, (&'static str, &'static str)>,
 }
 
@@ -83,6 +84,28 @@ impl Metrics {
         let mut m = self.lock();
         m.help.entry(name).or_insert((help, "counter"));
         *m.counters.entry((name, owned(labels))).or_default() += 1;
+    }
+
+    /// Sets a gauge that the service updates itself (e.g. per Kafka partition).
+    pub fn set_gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        value: i64,
+    ) {
+        let mut m = self.lock();
+        m.help.entry(name).or_insert((help, "gauge"));
+        m.gauges.insert((name, owned(labels)), value);
+    }
+
+    /// Drops every series of a gauge whose labels match `labels` (e.g. a partition that
+    /// moved to another instance).
+    pub fn remove_gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) {
+        let labels = owned(labels);
+        self.lock()
+            .gauges
+            .retain(|(n, l), _| *n != name || !labels.iter().all(|kv| l.contains(kv)));
     }
 
     pub fn observe(
@@ -146,6 +169,14 @@ impl Metrics {
                 "{name}_count{} {cumulative}",
                 render_labels(labels, None)
             );
+        }
+        for ((name, labels), v) in &m.gauges {
+            if *name != last {
+                let (help, kind) = m.help[name];
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                last = name;
+            }
+            let _ = writeln!(out, "{name}{} {v}", render_labels(labels, None));
         }
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -211,5 +242,22 @@ mod tests {
             text.contains("# TYPE pool_size gauge\npool_size 4"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn labelled_gauges_are_set_replaced_and_removed() {
+        let m = Metrics::default();
+        m.set_gauge("lag", "behind", &[("partition", "0")], 5);
+        m.set_gauge("lag", "behind", &[("partition", "1")], 7);
+        m.set_gauge("lag", "behind", &[("partition", "0")], 2);
+        let text = m.render(&[]);
+        assert!(
+            text.contains("# TYPE lag gauge\nlag{partition=\"0\"} 2\nlag{partition=\"1\"} 7"),
+            "{text}"
+        );
+        m.remove_gauge("lag", &[("partition", "1")]);
+        let text = m.render(&[]);
+        assert!(!text.contains("partition=\"1\""), "{text}");
+        assert!(text.contains("lag{partition=\"0\"} 2"), "{text}");
     }
 }

@@ -76,6 +76,39 @@ impl From<IntentJson> for IntentView {
     }
 }
 
+/// Where and how to reach Stripe; every service that calls Stripe reads this.
+#[derive(Clone, serde::Deserialize)]
+pub struct StripeConfig {
+    pub api_base: String,
+    pub secret_key: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+
+impl std::fmt::Debug for StripeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeConfig")
+            .field("api_base", &self.api_base)
+            .field("secret_key", &"<redacted>")
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
+}
+
+impl StripeConfig {
+    pub fn gateway(&self) -> Result<HttpStripe, GatewayError> {
+        HttpStripe::new(
+            &self.api_base,
+            &self.secret_key,
+            Duration::from_millis(self.timeout_ms),
+        )
+    }
+}
+
 impl HttpStripe {
     pub fn new(base: &str, secret_key: &str, timeout: Duration) -> Result<Self, GatewayError> {
         let http = reqwest::Client::builder()
@@ -102,12 +135,23 @@ impl HttpStripe {
                 })
             })?;
         let status = res.status().as_u16();
-        match status {
-            200..=299 => Ok(res),
-            404 => Err(GatewayError::NotFound),
-            409 => Err(GatewayError::InFlight),
-            429 => Err(GatewayError::RateLimited),
-            500..=599 => Err(GatewayError::Unavailable(format!(
+        // Stripe's own verdict on retrying overrides the status code's usual meaning.
+        let should_retry = res
+            .headers()
+            .get("stripe-should-retry")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v == "true");
+        match (status, should_retry) {
+            (200..=299, _) => Ok(res),
+            (404, _) => Err(GatewayError::NotFound),
+            (429, _) => Err(GatewayError::RateLimited),
+            (409 | 500..=599, Some(false)) => Err(GatewayError::Rejected {
+                status,
+                code: "should_not_retry".into(),
+                message: format!("stripe answered {status} and asked not to retry"),
+            }),
+            (409, _) => Err(GatewayError::InFlight),
+            (500..=599, _) | (_, Some(true)) => Err(GatewayError::Unavailable(format!(
                 "stripe answered {status}"
             ))),
             _ => {

@@ -15,6 +15,10 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 pub mod cdc;
+pub mod sim;
+
+/// A Kafka record as tests read it: key and value.
+pub type Record = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 pub struct Stack {
     root: PathBuf,
@@ -116,6 +120,58 @@ impl Stack {
         }
         consumer.assign(&tpl).expect("assign");
         consumer
+    }
+
+    /// Creates a topic (tests give their reconcilers their own output topic).
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            self.kafka_config().create().expect("kafka admin client");
+        let results = admin
+            .create_topics(
+                &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create topic {name}: {e}"));
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("create topic {t}: {e}"));
+        }
+    }
+
+    /// Every message of `topic` from the beginning, until `enough` says so or nothing
+    /// new came for `quiet`.
+    pub async fn read_topic(
+        &self,
+        topic: &str,
+        quiet: Duration,
+        enough: impl Fn(&[Record]) -> bool,
+    ) -> Vec<Record> {
+        use rdkafka::Message;
+        let consumer: StreamConsumer = self
+            .kafka_config()
+            .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "20")
+            .create()
+            .expect("kafka consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partition_count(topic) as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("offset");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        while !enough(&out) {
+            match tokio::time::timeout(quiet, consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    out.push((m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)))
+                }
+                Ok(Err(e)) => panic!("reading {topic}: {e}"),
+                Err(_) => break,
+            }
+        }
+        out
     }
 
     /// Partition count as the broker reports it.

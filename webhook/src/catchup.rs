@@ -10,20 +10,7 @@ use sqlx::PgPool;
 
 use crate::events;
 
-#[derive(Clone, Deserialize)]
-pub struct StripeApi {
-    pub api_base: String,
-    pub secret_key: String,
-}
-
-impl std::fmt::Debug for StripeApi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StripeApi")
-            .field("api_base", &self.api_base)
-            .field("secret_key", &"<redacted>")
-            .finish()
-    }
-}
+pub use paystream_stripe::StripeConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchupError {
@@ -43,7 +30,7 @@ struct EventPage {
 /// Returns how many events were new to us.
 pub async fn run_once(
     http: &reqwest::Client,
-    api: &StripeApi,
+    api: &StripeConfig,
     db: &PgPool,
     since: i64,
 ) -> Result<usize, CatchupError> {
@@ -94,7 +81,7 @@ pub async fn run_once(
 
 /// On start and then every `every`: looks back `lookback` (Stripe retries deliveries for
 /// 3 days; its event list keeps 30).
-pub async fn run_loop(api: StripeApi, db: PgPool, every: Duration, lookback: Duration) {
+pub async fn run_loop(api: StripeConfig, db: PgPool, every: Duration, lookback: Duration) {
     let http = reqwest::Client::new();
     loop {
         let since = crate::now_unix() - lookback.as_secs() as i64;

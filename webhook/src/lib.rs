@@ -71,6 +71,19 @@ impl AppState {
     }
 }
 
+/// Serves the receiver on an ephemeral loopback port, for tests: its `/webhook/stripe` URL.
+pub async fn spawn(db: PgPool, settings: &WebhookSettings) -> std::io::Result<String> {
+    let state = AppState::new(db, settings, Arc::new(Metrics::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/webhook/stripe", listener.local_addr()?);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(state)).await {
+            tracing::error!(error = %e, "webhook receiver stopped");
+        }
+    });
+    Ok(url)
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/webhook/stripe", post(receive))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use paystream_service::config::{DatabaseConfig, LogFormat};
 use paystream_service::{Service, load_config};
-use paystream_webhook::catchup::{self, StripeApi};
+use paystream_webhook::catchup::{self, StripeConfig};
 use paystream_webhook::{AppState, WebhookSettings, router, unmatched_loop};
 use serde::Deserialize;
 
@@ -17,7 +17,7 @@ struct Config {
     #[serde(default)]
     log_format: LogFormat,
     webhook: WebhookSettings,
-    stripe: StripeApi,
+    stripe: StripeConfig,
     #[serde(default = "default_catchup_secs")]
     catchup_interval_secs: u64,
 }

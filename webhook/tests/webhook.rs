@@ -4,166 +4,48 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use paystream_core::gateway::{NewIntent, StripeGateway};
-use paystream_core::{Currency, Money, PaymentStatus};
-use paystream_db::payments::{self, NewPayment};
+use paystream_core::PaymentStatus;
+use paystream_core::gateway::StripeGateway;
 use paystream_service::Metrics;
-use paystream_stripe::HttpStripe;
 use paystream_testkit::Stack;
-use paystream_webhook::catchup::{self, StripeApi};
+use paystream_testkit::sim::{SIM_KEY, SimWorld};
+use paystream_webhook::catchup::{self, StripeConfig};
 use paystream_webhook::{AppState, WebhookSettings, events, router};
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-const KEY: &str = "sk_test_webhook_tests";
-
 struct Env {
-    db: PgPool,
-    sim: String,
+    world: SimWorld,
     hook: String,
     secret: String,
-    http: reqwest::Client,
-    stripe: HttpStripe,
+}
+
+impl std::ops::Deref for Env {
+    type Target = SimWorld;
+    fn deref(&self) -> &SimWorld {
+        &self.world
+    }
 }
 
 async fn setup(faults: Value) -> Env {
-    let stack = Stack::get();
-    let db = stack.pool("DATABASE_URL").await;
-    let (_sim, sim_base) = stripe_sim::spawn_ephemeral().await.unwrap();
-
+    let db = Stack::get().pool("DATABASE_URL").await;
+    let world = SimWorld::start(db.clone()).await;
     let secret = format!("whsec_{}", Uuid::now_v7().simple());
     let settings = WebhookSettings {
         secrets: format!("whsec_old_unused,{secret}"),
         tolerance_secs: 300,
     };
-    let state = AppState::new(db.clone(), &settings, Arc::new(Metrics::default()));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/webhook/stripe", l.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(l, router(state)).await.unwrap() });
-
-    let http = reqwest::Client::new();
-    let res = http
-        .post(format!("{sim_base}/_sim/webhook_endpoints"))
-        .json(&json!({"url": hook, "secret": secret}))
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success());
-    let res = http
-        .put(format!("{sim_base}/_sim/faults"))
-        .json(&faults)
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success());
-    let stripe = HttpStripe::new(&sim_base, KEY, Duration::from_secs(5)).unwrap();
+    let hook = paystream_webhook::spawn(db, &settings).await.unwrap();
+    world.add_webhook_endpoint(&hook, &secret).await;
+    world.set_faults(faults).await;
     Env {
-        db,
-        sim: sim_base,
+        world,
         hook,
         secret,
-        http,
-        stripe,
     }
 }
 
 impl Env {
-    /// A pending payment with its PaymentIntent, as the API makes them.
-    async fn payment(&self) -> (Uuid, String) {
-        let id = Uuid::now_v7();
-        self.insert_pending(id).await;
-        let pi = self.intent_for(id).await;
-        payments::attach_intent(&self.db, id, &pi, "requires_payment_method")
-            .await
-            .unwrap();
-        (id, pi)
-    }
-
-    /// A pending row, as the API commits it before calling Stripe.
-    async fn insert_pending(&self, id: Uuid) {
-        let mut tx = self.db.begin().await.unwrap();
-        let money = Money::new(2000, Currency::parse("usd").unwrap(), 1_000_000).unwrap();
-        let key = format!("wh-{id}");
-        let new = NewPayment {
-            client_id: Uuid::now_v7(),
-            idempotency_key: &key,
-            money,
-            description: None,
-            customer_email: None,
-            metadata: &json!({}),
-        };
-        payments::insert_pending(&mut tx, id, &new).await.unwrap();
-        tx.commit().await.unwrap();
-    }
-
-    async fn intent_for(&self, id: Uuid) -> String {
-        let money = Money::new(2000, Currency::parse("usd").unwrap(), 1_000_000).unwrap();
-        let req = NewIntent {
-            payment_id: &id.to_string(),
-            money,
-            description: None,
-            receipt_email: None,
-            idempotency_key: &format!("c-{id}"),
-        };
-        self.stripe.create_intent(&req).await.unwrap().id
-    }
-
-    async fn confirm(&self, pi: &str, pm: &str) {
-        let res = self
-            .http
-            .post(format!("{}/v1/payment_intents/{pi}/confirm", self.sim))
-            .bearer_auth(KEY)
-            .form(&[("payment_method", pm)])
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            res.status().as_u16() == 200 || res.status().as_u16() == 402,
-            "{}",
-            res.status()
-        );
-    }
-
-    async fn authenticate(&self, pi: &str, outcome: &str) {
-        let res = self
-            .http
-            .post(format!(
-                "{}/_sim/payment_intents/{pi}/authenticate",
-                self.sim
-            ))
-            .json(&json!({"outcome": outcome}))
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success());
-    }
-
-    async fn stripe_status(&self, pi: &str) -> String {
-        self.stripe.retrieve_intent(pi).await.unwrap().stripe_status
-    }
-
-    async fn ours(&self, id: Uuid) -> (String, Option<String>) {
-        sqlx::query_as("SELECT status, stripe_payment_intent_id FROM payments WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.db)
-            .await
-            .unwrap()
-    }
-
-    async fn deliveries(&self) -> Vec<Value> {
-        let v: Value = self
-            .http
-            .get(format!("{}/_sim/deliveries", self.sim))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["data"].as_array().unwrap().clone()
-    }
-
     /// Until every delivery was attempted at least once (faulted ones keep failing).
     async fn settle(&self) {
         for _ in 0..200 {
@@ -181,9 +63,10 @@ impl Env {
     }
 
     async fn catch_up(&self) -> usize {
-        let api = StripeApi {
+        let api = StripeConfig {
             api_base: self.sim.clone(),
-            secret_key: KEY.into(),
+            secret_key: SIM_KEY.into(),
+            timeout_ms: 5_000,
         };
         catchup::run_once(&self.http, &api, &self.db, 0)
             .await

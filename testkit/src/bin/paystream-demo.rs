@@ -2,6 +2,7 @@
 //! them at Stripe (stripe-sim) with different test cards, Stripe's webhooks come back
 //! through nginx to the webhook receiver, and each payment is followed through
 //! replication (both replicas, via nginx) and the CDC pipeline (Debezium -> broker).
+//! The last payment's webhooks are dropped at Stripe: the reconciler's poll resolves it.
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashSet;
@@ -21,15 +22,22 @@ async fn main() {
     let api = stack.var("PAYSTREAM_API_URL");
     let stripe = stack.var("STRIPE_API_BASE");
 
-    let orders: [(i64, &str, &str); 5] = [
-        (1250, "usd", "pm_card_visa"),
-        (9900, "eur", "pm_card_chargeDeclined"),
-        (500, "jpy", "pm_card_threeDSecure2Required"),
-        (4200, "gbp", "pm_card_visa"),
-        (7500, "usd", "pm_sim_processing"),
+    // (amount, currency, card, whether Stripe's webhooks for it are dropped)
+    let orders: [(i64, &str, &str, bool); 6] = [
+        (1250, "usd", "pm_card_visa", false),
+        (9900, "eur", "pm_card_chargeDeclined", false),
+        (500, "jpy", "pm_card_threeDSecure2Required", false),
+        (4200, "gbp", "pm_card_visa", false),
+        (7500, "usd", "pm_sim_processing", false),
+        (3100, "usd", "pm_card_visa", true),
     ];
+    let faults = |drop: f64| {
+        http.put(format!("{stripe}/_sim/faults"))
+            .json(&json!({"webhook_drop_rate": drop}))
+            .send()
+    };
     let mut sent = Vec::new();
-    for (amount, currency, card) in orders {
+    for (amount, currency, card, dropped) in orders {
         let started = Instant::now();
         let res = http
             .post(format!("{api}/v1/payments"))
@@ -50,6 +58,9 @@ async fn main() {
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        if dropped {
+            faults(1.0).await.expect("stripe-sim faults");
+        }
         let confirmed: Value = http
             .post(format!("{stripe}/v1/payment_intents/{pi}/confirm"))
             .bearer_auth(stack.var("STRIPE_SECRET_KEY"))
@@ -65,6 +76,11 @@ async fn main() {
             .or_else(|| confirmed["error"]["payment_intent"]["status"].as_str())
             .unwrap_or("?")
             .to_owned();
+        let card = if dropped {
+            "pm_card_visa, webhook dropped"
+        } else {
+            card
+        };
         sent.push((payment, card, stripe_status, started));
     }
 
@@ -80,7 +96,8 @@ async fn main() {
     )
     .await;
 
-    // Our status follows Stripe's through the webhooks (a few hundred ms).
+    // Our status follows Stripe's through the webhooks (a few hundred ms), or the
+    // reconciler's poll (5 s after creation in the local stack) when a webhook is lost.
     let mut finals = Vec::new();
     for (p, _, stripe_status, _) in &sent {
         let id = p["id"].as_str().unwrap_or_default();
@@ -89,8 +106,8 @@ async fn main() {
             "canceled" => "canceled",
             _ => "pending",
         };
-        let mut ours = String::from("?");
-        for _ in 0..100 {
+        let mut ours = (String::from("?"), String::new());
+        for _ in 0..300 {
             let v: Value = http
                 .get(format!("{api}/v1/payments/{id}"))
                 .bearer_auth(stack.var("PAYSTREAM_CLIENT_KEY"))
@@ -100,8 +117,11 @@ async fn main() {
                 .json()
                 .await
                 .expect("JSON");
-            ours = v["status"].as_str().unwrap_or("?").to_owned();
-            if ours == want {
+            ours = (
+                v["status"].as_str().unwrap_or("?").to_owned(),
+                v["resolution_source"].as_str().unwrap_or("-").to_owned(),
+            );
+            if ours.0 == want {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -109,13 +129,17 @@ async fn main() {
         finals.push(ours);
     }
 
+    // Stripe decides a delivery's fate when it sends it, so the drop stays on until the
+    // poll has done its work.
+    faults(0.0).await.expect("stripe-sim faults");
+
     println!();
     println!(
-        "{:<38} {:>10} {:<30} {:<10} {:<24} {:<8} {:>12}",
-        "payment", "amount", "card", "ours", "stripe", "replicas", "api->kafka"
+        "{:<38} {:>10} {:<30} {:<10} {:<8} {:<24} {:<8} {:>12}",
+        "payment", "amount", "card", "ours", "by", "stripe", "replicas", "api->kafka"
     );
     let mut ok = true;
-    for ((p, card, stripe_status, started), ours) in sent.iter().zip(&finals) {
+    for ((p, card, stripe_status, started), (ours, by)) in sent.iter().zip(&finals) {
         let id = p["id"].as_str().unwrap_or_default();
         let on_replica = wait_on_replica(&replicas, id).await;
         let record = seen.get(id).and_then(|r| r.first());
@@ -123,8 +147,9 @@ async fn main() {
             format!("{} ms", r.received_at.duration_since(*started).as_millis())
         });
         ok &= on_replica && record.is_some();
+        ok &= stripe_status != "succeeded" || ours == "succeeded";
         println!(
-            "{:<38} {:>10} {:<30} {:<10} {:<24} {:<8} {:>12}",
+            "{:<38} {:>10} {:<30} {:<10} {:<8} {:<24} {:<8} {:>12}",
             id,
             format!(
                 "{} {}",
@@ -133,6 +158,7 @@ async fn main() {
             ),
             card,
             ours,
+            by,
             stripe_status,
             if on_replica { "yes" } else { "NO" },
             latency
@@ -149,7 +175,10 @@ async fn main() {
         "All payments were created through nginx and the API and reached both replicas and the CDC"
     );
     println!(
-        "topic; our status followed Stripe's through its webhooks (states Stripe has not finished stay pending)."
+        "topic; our status followed Stripe's through its webhooks, or through the reconciler's poll when"
+    );
+    println!(
+        "the webhook was dropped (states Stripe has not finished stay pending and are polled on)."
     );
 }
 

@@ -1,0 +1,100 @@
+//! The reconciler's settings: the service basics, the replica it rebuilds state from,
+//! Kafka, Stripe and the poll rules. Durations are milliseconds so that tests and the
+//! local stack can shorten them.
+
+use std::time::Duration;
+
+use paystream_service::config::{DatabaseConfig, LogFormat};
+use paystream_stripe::StripeConfig;
+use serde::Deserialize;
+
+use crate::poll::Rules;
+use crate::schedule::Schedule;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReconcilerConfig {
+    pub listen_addr: std::net::SocketAddr,
+    pub instance: String,
+    pub database: DatabaseConfig,
+    /// A read replica (or several behind nginx): state is rebuilt from it, not the primary.
+    pub replica: DatabaseConfig,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    pub kafka: KafkaConfig,
+    pub stripe: StripeConfig,
+    #[serde(default)]
+    pub poll: PollConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    #[serde(default = "default_cdc_topic")]
+    pub cdc_topic: String,
+    #[serde(default = "default_status_topic")]
+    pub status_topic: String,
+}
+
+fn default_group() -> String {
+    "paystream-reconciler".into()
+}
+
+fn default_cdc_topic() -> String {
+    "dbserver1.public.payments".into()
+}
+
+fn default_status_topic() -> String {
+    "payment-status-update".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct PollConfig {
+    pub first_ms: u64,
+    pub frequent_ms: u64,
+    pub frequent_for_ms: u64,
+    pub slow_ms: u64,
+    pub expire_after_ms: u64,
+    pub create_after_ms: u64,
+    /// Stripe calls per second for the whole group: each instance takes the share of it
+    /// that its share of the partitions is.
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    pub max_in_flight: usize,
+}
+
+impl Default for PollConfig {
+    /// 20 calls/s stays under Stripe's 25/s test-mode limit per endpoint.
+    fn default() -> Self {
+        PollConfig {
+            first_ms: 60_000,
+            frequent_ms: 300_000,
+            frequent_for_ms: 3_600_000,
+            slow_ms: 3_600_000,
+            expire_after_ms: 24 * 3_600_000,
+            create_after_ms: 300_000,
+            rate_per_sec: 20,
+            burst: 20,
+            max_in_flight: 8,
+        }
+    }
+}
+
+impl PollConfig {
+    pub fn rules(&self) -> Rules {
+        Rules {
+            schedule: Schedule {
+                first: Duration::from_millis(self.first_ms),
+                frequent: Duration::from_millis(self.frequent_ms),
+                frequent_for: Duration::from_millis(self.frequent_for_ms),
+                slow: Duration::from_millis(self.slow_ms),
+                expire_after: Duration::from_millis(self.expire_after_ms),
+            },
+            create_after: chrono::Duration::milliseconds(
+                i64::try_from(self.create_after_ms).unwrap_or(i64::MAX),
+            ),
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The CDC source: an rdkafka consumer in the reconciler's consumer group. Offsets are
+//! stored by the worker only once a message's work is done and committed from there
+//! (periodically and when partitions are revoked), never on receipt.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use paystream_service::Metrics;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+
+/// A rebalance as the worker sees it, in the order the group produced them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebalanced {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Runs inside the consumer's `recv`: it records rebalances for the worker (which loads
+/// and drops state in its own loop) and reports consumer lag from librdkafka's stats.
+pub struct SourceContext {
+    topic: String,
+    metrics: Arc<Metrics>,
+    rebalances: Mutex<Vec<Rebalanced>>,
+}
+
+impl SourceContext {
+    /// Rebalances since the last call, oldest first.
+    pub fn take_rebalances(&self) -> Vec<Rebalanced> {
+        std::mem::take(&mut *self.rebalances.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn record(&self, r: Rebalanced) {
+        self.rebalances
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(r);
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect()
+}
+
+impl ClientContext for SourceContext {
+    fn stats(&self, stats: Statistics) {
+        let Some(topic) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        for (p, s) in &topic.partitions {
+            // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown yet.
+            if *p >= 0 && s.consumer_lag >= 0 {
+                self.metrics.set_gauge(
+                    "reconciler_consumer_lag",
+                    "messages of the CDC topic not yet consumed, per partition",
+                    &[("partition", &p.to_string())],
+                    s.consumer_lag,
+                );
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                // Hand over what is done before the partitions go to another instance.
+                if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                    tracing::debug!(error = %e, "nothing to commit on revoke");
+                }
+                let ps = partitions(tpl, &self.topic);
+                tracing::info!(partitions = ?ps, "partitions revoked");
+                for p in &ps {
+                    self.metrics
+                        .remove_gauge("reconciler_consumer_lag", &[("partition", &p.to_string())]);
+                }
+                self.record(Rebalanced::Revoked(ps));
+            }
+            Rebalance::Assign(tpl) => {
+                let ps = partitions(tpl, &self.topic);
+                tracing::info!(partitions = ?ps, "partitions assigned");
+                self.record(Rebalanced::Assigned(ps));
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+pub type CdcConsumer = rdkafka::consumer::StreamConsumer<SourceContext>;
+
+pub fn consumer(
+    cfg: &KafkaConfig,
+    metrics: Arc<Metrics>,
+) -> rdkafka::error::KafkaResult<CdcConsumer> {
+    let ctx = SourceContext {
+        topic: cfg.cdc_topic.clone(),
+        metrics,
+        rebalances: Mutex::new(Vec::new()),
+    };
+    let consumer: CdcConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("group.id", &cfg.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        // A brand-new group is positioned by the worker (at the end, with state from the
+        // replica); earliest is only the safe fallback should that fail.
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20")
+        // A killed instance's partitions move after this long.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("statistics.interval.ms", "2000")
+        .create_with_context(ctx)?;
+    consumer.subscribe(&[&cfg.cdc_topic])?;
+    Ok(consumer)
+}
+
+/// Blocking broker lookups, run off the async loop's thread budget.
+pub fn committed_and_ends(
+    consumer: &CdcConsumer,
+    topic: &str,
+    ps: &[i32],
+) -> rdkafka::error::KafkaResult<Vec<(i32, Option<i64>, i64)>> {
+    let timeout = Duration::from_secs(10);
+    let mut tpl = TopicPartitionList::new();
+    for p in ps {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = tokio::task::block_in_place(|| consumer.committed_offsets(tpl, timeout))?;
+    let mut out = Vec::new();
+    for e in committed.elements_for_topic(topic) {
+        let (_, high) = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(topic, e.partition(), timeout)
+        })?;
+        let committed = match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        };
+        out.push((e.partition(), committed, high));
+    }
+    Ok(out)
+}

@@ -1,0 +1,708 @@
+//! The reconciler on the real stack: real primary and replicas, Debezium, the broker, and
+//! a Stripe stand-in of each test's own. Reconcilers run as real processes (the built
+//! binary), in a consumer group and with an output topic of each test's own, on a short
+//! poll schedule, so they can be killed with SIGKILL and rebalanced.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use paystream_core::PaymentStatus;
+use paystream_core::gateway::StripeGateway;
+use paystream_db::payments::Source;
+use paystream_reconciler::output;
+use paystream_reconciler::poll::{self, Outcome, Rules, Target};
+use paystream_reconciler::schedule::Schedule;
+use paystream_testkit::sim::{SIM_KEY, SimWorld};
+use paystream_testkit::{Record, Stack};
+use paystream_webhook::WebhookSettings;
+use serde_json::json;
+use uuid::Uuid;
+
+/// The big runs share two cores with the whole stack: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const EXPIRE_AFTER_MS: u64 = 25_000;
+
+/// One reconciler process.
+struct Reconciler {
+    name: String,
+    child: Child,
+    port: u16,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Reconciler {
+    fn start(name: &str, env: Vec<(String, String)>) -> Reconciler {
+        let port = free_port();
+        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_paystream-reconciler"))
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("APP_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("APP_INSTANCE", name)
+            .env("APP_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the reconciler binary");
+        Reconciler {
+            name: name.into(),
+            child,
+            port,
+            env,
+            log,
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    fn restart(&mut self) {
+        *self = Reconciler::start(&self.name, self.env.clone());
+    }
+
+    fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                assert!(
+                    s.success(),
+                    "{} exited {s} on SIGTERM; see {}",
+                    self.name,
+                    self.log.display()
+                );
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} did not stop within 30 s of SIGTERM", self.name);
+    }
+
+    async fn metrics(&self) -> String {
+        match reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port)).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Until it holds state for at least one partition (a group join plus a state load).
+    async fn wait_loaded(&mut self) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                panic!("{} exited {s}; see {}", self.name, self.log.display());
+            }
+            if self.metrics().await.contains("reconciler_pending{") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{} loaded no partition in 60 s; see {}",
+            self.name,
+            self.log.display()
+        );
+    }
+}
+
+impl Drop for Reconciler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A reconciler group of a test's own: its consumer group, output topic and Stripe.
+struct Group {
+    env: Vec<(String, String)>,
+    status_topic: String,
+}
+
+async fn group(stack: &Stack, world: &SimWorld) -> Group {
+    let tag = Uuid::now_v7().simple().to_string();
+    let status_topic = format!("payment-status-update-test-{tag}");
+    stack.create_topic(&status_topic, 4).await;
+    let env = [
+        ("APP_DATABASE__URL", stack.var("DATABASE_URL")),
+        ("APP_REPLICA__URL", stack.var("REPLICA_URL")),
+        ("APP_KAFKA__BROKERS", stack.var("KAFKA_BROKERS")),
+        ("APP_KAFKA__GROUP_ID", &format!("reconciler-test-{tag}")),
+        ("APP_KAFKA__STATUS_TOPIC", &status_topic),
+        ("APP_STRIPE__API_BASE", &world.sim),
+        ("APP_STRIPE__SECRET_KEY", SIM_KEY),
+        ("APP_POLL__FIRST_MS", "1000"),
+        ("APP_POLL__FREQUENT_MS", "3000"),
+        ("APP_POLL__FREQUENT_FOR_MS", "60000"),
+        ("APP_POLL__SLOW_MS", "5000"),
+        ("APP_POLL__EXPIRE_AFTER_MS", &EXPIRE_AFTER_MS.to_string()),
+        ("APP_POLL__CREATE_AFTER_MS", "3000"),
+        ("APP_POLL__RATE_PER_SEC", "400"),
+        ("APP_POLL__BURST", "100"),
+        ("APP_POLL__MAX_IN_FLIGHT", "16"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    Group { env, status_topic }
+}
+
+/// The kinds of payment a run mixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Success,
+    DeclineThenSuccess,
+    ThreeDs,
+    ThreeDsFailedThenAbandoned,
+    Abandoned,
+}
+
+const KINDS: [Kind; 5] = [
+    Kind::Success,
+    Kind::DeclineThenSuccess,
+    Kind::ThreeDs,
+    Kind::ThreeDsFailedThenAbandoned,
+    Kind::Abandoned,
+];
+
+async fn act(world: &SimWorld, pi: &str, kind: Kind) {
+    match kind {
+        Kind::Success => world.confirm(pi, "pm_card_visa").await,
+        Kind::DeclineThenSuccess => {
+            world.confirm(pi, "pm_card_chargeDeclined").await;
+            world.confirm(pi, "pm_card_visa").await;
+        }
+        Kind::ThreeDs => {
+            world.confirm(pi, "pm_card_threeDSecure2Required").await;
+            world.authenticate(pi, "succeed").await;
+        }
+        Kind::ThreeDsFailedThenAbandoned => {
+            world.confirm(pi, "pm_card_threeDSecure2Required").await;
+            world.authenticate(pi, "fail").await;
+        }
+        Kind::Abandoned => {}
+    }
+}
+
+/// Creates payments number `range` of a run (the API's way) and drives each at Stripe,
+/// 50 at a time; the kind of each follows its number.
+async fn run_payments(
+    world: &SimWorld,
+    range: std::ops::Range<usize>,
+) -> Vec<(Uuid, String, Kind)> {
+    let mut out = Vec::with_capacity(range.len());
+    for start in range.clone().step_by(50) {
+        let made = futures_util::future::join_all((start..range.end.min(start + 50)).map(
+            |i| async move {
+                let kind = KINDS[i % KINDS.len()];
+                let (id, pi) = world.payment().await;
+                act(world, &pi, kind).await;
+                (id, pi, kind)
+            },
+        ))
+        .await;
+        out.extend(made);
+    }
+    out
+}
+
+/// Waits until every payment is final in our database and equal to Stripe's status,
+/// then checks the histories and the published updates.
+async fn assert_converged(
+    stack: &Stack,
+    world: &SimWorld,
+    status_topic: &str,
+    payments: &[(Uuid, String, Kind)],
+    limit: Duration,
+) {
+    let started = Instant::now();
+    let ids: Vec<Uuid> = payments.iter().map(|(id, _, _)| *id).collect();
+    let mut mismatched = Vec::new();
+    loop {
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, status FROM payments WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&world.db)
+                .await
+                .unwrap();
+        let ours: HashMap<Uuid, String> = rows.into_iter().collect();
+        mismatched.clear();
+        for (id, pi, kind) in payments {
+            let stripe = world.stripe_status(pi).await;
+            let want = PaymentStatus::from_stripe(&stripe).expect("known status");
+            let have = ours.get(id).map(String::as_str).unwrap_or("missing");
+            if !want.is_final() || have != want.as_str() {
+                mismatched.push(format!("{id} {kind:?}: stripe {stripe}, ours {have}"));
+            }
+        }
+        if mismatched.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{} of {} payments not final and equal to Stripe after {limit:?}, e.g. {:?}",
+            mismatched.len(),
+            payments.len(),
+            &mismatched[..mismatched.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Histories: created pending, then exactly one change, to a final status.
+    let bad: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT payment_id, count(*) FILTER (WHERE from_status IS NOT NULL),
+                count(*) FILTER (WHERE from_status IS NOT NULL AND from_status <> 'pending')
+         FROM payment_status_history WHERE payment_id = ANY($1)
+         GROUP BY payment_id
+         HAVING count(*) FILTER (WHERE from_status IS NOT NULL) <> 1
+             OR count(*) FILTER (WHERE from_status IS NOT NULL AND from_status <> 'pending') > 0",
+    )
+    .bind(&ids)
+    .fetch_all(&world.db)
+    .await
+    .unwrap();
+    assert!(bad.is_empty(), "illegal or repeated transitions: {bad:?}");
+    // Published updates, deduplicated by payment id: one final status each, ours.
+    let wanted: HashSet<Uuid> = ids.iter().copied().collect();
+    let seen = |msgs: &[Record]| {
+        msgs.iter()
+            .filter_map(|(_, v)| v.as_deref().and_then(|v| output::decode(v).ok()))
+            .filter(|u| wanted.contains(&u.payment_id))
+            .map(|u| u.payment_id)
+            .collect::<HashSet<_>>()
+            .len()
+            == wanted.len()
+    };
+    let msgs = stack
+        .read_topic(status_topic, Duration::from_secs(15), seen)
+        .await;
+    let mut published: HashMap<Uuid, HashSet<PaymentStatus>> = HashMap::new();
+    for (key, value) in &msgs {
+        let u = output::decode(value.as_deref().expect("no tombstones")).expect("avro");
+        assert_eq!(
+            key.as_deref(),
+            Some(u.payment_id.to_string().as_bytes()),
+            "keyed by payment id"
+        );
+        if wanted.contains(&u.payment_id) {
+            published.entry(u.payment_id).or_default().insert(u.status);
+        }
+    }
+    for (id, _, kind) in payments {
+        let (ours, _) = world.ours(*id).await;
+        let statuses = published.get(id).cloned().unwrap_or_default();
+        assert_eq!(
+            statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            [ours.as_str()],
+            "{id} ({kind:?}): published {statuses:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_webhooks_off_polling_alone_reaches_stripes_final_status() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::get();
+    let world = SimWorld::start(stack.pool("DATABASE_URL").await).await;
+    let g = group(stack, &world).await;
+    let mut r = Reconciler::start("rec-nowebhooks", g.env.clone());
+    r.wait_loaded().await;
+
+    let mut payments = run_payments(&world, 0..20).await;
+    // One whose PaymentIntent the API never managed to create: the reconciler creates it
+    // (same idempotency key) once it is older than create_after; then the customer pays.
+    let orphan = Uuid::now_v7();
+    world.insert_pending(orphan).await;
+    let started = Instant::now();
+    let pi = loop {
+        if let (_, Some(pi)) = world.ours(orphan).await {
+            break pi;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no intent created for the orphan"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        world
+            .stripe
+            .retrieve_intent(&pi)
+            .await
+            .unwrap()
+            .payment_id
+            .as_deref(),
+        Some(orphan.to_string().as_str())
+    );
+    world.confirm(&pi, "pm_card_visa").await;
+    payments.push((orphan, pi, Kind::Success));
+
+    assert_converged(
+        stack,
+        &world,
+        &g.status_topic,
+        &payments,
+        Duration::from_secs(90),
+    )
+    .await;
+    for (id, _, kind) in &payments {
+        let source: Option<String> =
+            sqlx::query_scalar("SELECT resolution_source FROM payments WHERE id = $1")
+                .bind(id)
+                .fetch_one(&world.db)
+                .await
+                .unwrap();
+        let want = match kind {
+            Kind::Abandoned | Kind::ThreeDsFailedThenAbandoned => "expiry",
+            _ => "poll",
+        };
+        assert_eq!(source.as_deref(), Some(want), "{id} {kind:?}");
+    }
+    let m = r.metrics().await;
+    assert!(
+        m.contains("reconciler_polls_total{outcome=\"resolved\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("reconciler_polls_total{outcome=\"expired\"}"),
+        "{m}"
+    );
+    r.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_payments_survive_faulty_webhooks_and_two_sigkills() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::get();
+    let db = stack.pool("DATABASE_URL").await;
+    let world = SimWorld::start(db.clone()).await;
+    let secret = format!("whsec_{}", Uuid::now_v7().simple());
+    let hook = paystream_webhook::spawn(
+        db,
+        &WebhookSettings {
+            secrets: secret.clone(),
+            tolerance_secs: 300,
+        },
+    )
+    .await
+    .unwrap();
+    world.add_webhook_endpoint(&hook, &secret).await;
+    world
+        .set_faults(json!({"webhook_drop_rate": 0.3, "webhook_duplicate_rate": 0.2, "webhook_reorder_window_ms": 500}))
+        .await;
+    let g = group(stack, &world).await;
+    let mut r = Reconciler::start("rec-sigkill", g.env.clone());
+    r.wait_loaded().await;
+
+    // SIGKILL in the middle of the run, twice; each time the replacement starts at once
+    // and payments keep coming while it rejoins the group and rebuilds its state.
+    let mut payments = run_payments(&world, 0..300).await;
+    r.kill9();
+    r.restart();
+    payments.extend(run_payments(&world, 300..650).await);
+    r.wait_loaded().await;
+    r.kill9();
+    r.restart();
+    payments.extend(run_payments(&world, 650..1000).await);
+    assert_converged(
+        stack,
+        &world,
+        &g.status_topic,
+        &payments,
+        Duration::from_secs(240),
+    )
+    .await;
+    let deliveries = world.deliveries().await;
+    assert!(
+        deliveries.iter().any(|d| d["state"] == "dropped"),
+        "the run dropped webhooks"
+    );
+    assert!(
+        deliveries.iter().any(|d| d["duplicate"] == true),
+        "the run duplicated webhooks"
+    );
+    let by_poll: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payments WHERE id = ANY($1) AND resolution_source = 'poll'",
+    )
+    .bind(payments.iter().map(|p| p.0).collect::<Vec<_>>())
+    .fetch_one(&world.db)
+    .await
+    .unwrap();
+    assert!(
+        by_poll > 0,
+        "polls resolved the payments whose webhooks were dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_the_partitions_through_rebalances() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::get();
+    let db = stack.pool("DATABASE_URL").await;
+    let world = SimWorld::start(db.clone()).await;
+    let secret = format!("whsec_{}", Uuid::now_v7().simple());
+    let hook = paystream_webhook::spawn(
+        db,
+        &WebhookSettings {
+            secrets: secret.clone(),
+            tolerance_secs: 300,
+        },
+    )
+    .await
+    .unwrap();
+    world.add_webhook_endpoint(&hook, &secret).await;
+    world.set_faults(json!({"webhook_drop_rate": 0.5})).await;
+    let g = group(stack, &world).await;
+    let mut a = Reconciler::start("rec-a", g.env.clone());
+    a.wait_loaded().await;
+    let mut payments = run_payments(&world, 0..100).await;
+    let mut b = Reconciler::start("rec-b", g.env.clone());
+    payments.extend(run_payments(&world, 100..300).await);
+    b.wait_loaded().await;
+    // Both hold partitions, and none twice.
+    let held = |m: &str| -> HashSet<String> {
+        m.lines()
+            .filter(|l| l.starts_with("reconciler_pending{"))
+            .filter_map(|l| l.split('"').nth(1).map(str::to_owned))
+            .collect()
+    };
+    let started = Instant::now();
+    loop {
+        let (ha, hb) = (held(&a.metrics().await), held(&b.metrics().await));
+        if !ha.is_empty() && !hb.is_empty() && ha.is_disjoint(&hb) && ha.len() + hb.len() == 4 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "partitions not shared: a {ha:?}, b {hb:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // b leaves gracefully in the middle of the resolutions: a takes its partitions back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    b.terminate();
+    assert_converged(
+        stack,
+        &world,
+        &g.status_topic,
+        &payments,
+        Duration::from_secs(180),
+    )
+    .await;
+    assert_eq!(
+        held(&a.metrics().await).len(),
+        4,
+        "a holds every partition after b left"
+    );
+}
+
+// The poll itself, called directly against the real primary and a stripe-sim.
+
+fn rules() -> Rules {
+    Rules {
+        schedule: Schedule {
+            expire_after: Duration::from_secs(3600),
+            ..Schedule::default()
+        },
+        create_after: chrono::Duration::seconds(60),
+    }
+}
+
+#[tokio::test]
+async fn a_poll_applies_stripes_final_status_and_expiry_cancels_at_stripe_first() {
+    let stack = Stack::get();
+    let world = SimWorld::start(stack.pool("DATABASE_URL").await).await;
+    let rules = rules();
+    let now = Utc::now();
+    let old = now - chrono::Duration::hours(2);
+
+    let (paid, pi) = world.payment().await;
+    world.confirm(&pi, "pm_card_visa").await;
+    let target = |id, pi: &str, created_at| Target {
+        id,
+        intent: Some(pi.to_owned()),
+        created_at,
+    };
+    let out = poll::poll(
+        &world.stripe,
+        &world.db,
+        &target(paid, &pi, now),
+        &rules,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        Outcome::Resolved {
+            to: PaymentStatus::Succeeded,
+            source: Source::Poll
+        }
+    );
+    let again = poll::poll(
+        &world.stripe,
+        &world.db,
+        &target(paid, &pi, now),
+        &rules,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again,
+        Outcome::AlreadyFinal,
+        "a second poll changes nothing"
+    );
+
+    let (open, pi) = world.payment().await;
+    let young = poll::poll(
+        &world.stripe,
+        &world.db,
+        &target(open, &pi, now),
+        &rules,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(young, Outcome::Pending);
+    let expired = poll::poll(
+        &world.stripe,
+        &world.db,
+        &target(open, &pi, old),
+        &rules,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        expired,
+        Outcome::Resolved {
+            to: PaymentStatus::Canceled,
+            source: Source::Expiry
+        }
+    );
+    assert_eq!(
+        world.stripe_status(&pi).await,
+        "canceled",
+        "canceled at Stripe too"
+    );
+
+    // The customer pays just before the expiry's cancel: the success wins.
+    let (raced, pi) = world.payment().await;
+    world.confirm(&pi, "pm_card_visa").await;
+    let out = poll::poll(
+        &world.stripe,
+        &world.db,
+        &target(raced, &pi, old),
+        &rules,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        Outcome::Resolved {
+            to: PaymentStatus::Succeeded,
+            source: Source::Poll
+        }
+    );
+
+    let ghost = Uuid::now_v7();
+    world.insert_pending(ghost).await;
+    let out = poll::poll(
+        &world.stripe,
+        &world.db,
+        &target(ghost, "pi_unknown_to_stripe", now),
+        &rules,
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        Outcome::NotFound,
+        "a report's missing_at_stripe, never guessed"
+    );
+}
+
+#[tokio::test]
+async fn an_orphan_gets_the_apis_intent_or_is_expired_without_one() {
+    let stack = Stack::get();
+    let world = SimWorld::start(stack.pool("DATABASE_URL").await).await;
+    let rules = rules();
+    let now = Utc::now();
+    let orphan = |id| Target {
+        id,
+        intent: None,
+        created_at: now - chrono::Duration::minutes(5),
+    };
+
+    // The API created the intent at Stripe but died before storing its id.
+    let id = Uuid::now_v7();
+    world.insert_pending(id).await;
+    let pi = world.intent_for(id).await;
+    let out = poll::poll(&world.stripe, &world.db, &orphan(id), &rules, now)
+        .await
+        .unwrap();
+    assert_eq!(out, Outcome::Pending);
+    assert_eq!(
+        world.ours(id).await.1.as_deref(),
+        Some(pi.as_str()),
+        "the same intent, not a second one"
+    );
+
+    // Younger than create_after: the API may still be at it, so nothing is created.
+    let young = Uuid::now_v7();
+    world.insert_pending(young).await;
+    let t = Target {
+        created_at: now,
+        ..orphan(young)
+    };
+    assert_eq!(
+        poll::poll(&world.stripe, &world.db, &t, &rules, now)
+            .await
+            .unwrap(),
+        Outcome::Pending
+    );
+    assert_eq!(world.ours(young).await.1, None);
+
+    // Past the age limit with no intent anywhere: canceled on our side alone.
+    let lost = Uuid::now_v7();
+    world.insert_pending(lost).await;
+    let t = Target {
+        created_at: now - chrono::Duration::hours(2),
+        ..orphan(lost)
+    };
+    let out = poll::poll(&world.stripe, &world.db, &t, &rules, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        Outcome::Resolved {
+            to: PaymentStatus::Canceled,
+            source: Source::Expiry
+        }
+    );
+}
