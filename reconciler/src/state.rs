@@ -10,12 +10,52 @@ use uuid::Uuid;
 use crate::envelope::{Change, PaymentRow};
 use crate::schedule::Schedule;
 
+/// A pending payment as the state keeps it: only what a poll needs, compactly (the id
+/// is the map's key; strings are boxed, the currency is its three ASCII letters).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
-    pub row: PaymentRow,
-    pub lsn: i64,
+    pub intent: Option<Box<str>>,
+    pub idempotency_key: Box<str>,
+    pub amount: i64,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
     pub next_poll: DateTime<Utc>,
+    currency: [u8; 3],
     pub attempts: u32,
+}
+
+impl Pending {
+    fn new(row: &PaymentRow, next_poll: DateTime<Utc>) -> Self {
+        let mut p = Pending {
+            intent: None,
+            idempotency_key: Box::from(""),
+            amount: 0,
+            version: 0,
+            created_at: row.created_at,
+            next_poll,
+            currency: [b' '; 3],
+            attempts: 0,
+        };
+        p.update(row);
+        p
+    }
+
+    /// Takes a newer version of the row; the poll timer and count stay.
+    fn update(&mut self, row: &PaymentRow) {
+        self.intent = row.stripe_payment_intent_id.as_deref().map(Box::from);
+        self.idempotency_key = Box::from(row.idempotency_key.as_str());
+        self.amount = row.amount;
+        self.version = row.version;
+        let c = row.currency.as_bytes();
+        // ISO 4217 codes are three ASCII letters (the database checks it).
+        if c.len() == 3 {
+            self.currency.copy_from_slice(c);
+        }
+    }
+
+    pub fn currency(&self) -> &str {
+        std::str::from_utf8(&self.currency).unwrap_or("???")
+    }
 }
 
 /// What applying a change did.
@@ -102,16 +142,7 @@ impl PendingState {
         let strings: usize = self
             .entries
             .values()
-            .map(|p| {
-                p.row.status.capacity()
-                    + p.row.idempotency_key.capacity()
-                    + p.row.currency.capacity()
-                    + p.row
-                        .stripe_payment_intent_id
-                        .as_ref()
-                        .map_or(0, String::capacity)
-                    + p.row.resolution_source.as_ref().map_or(0, String::capacity)
-            })
+            .map(|p| p.idempotency_key.len() + p.intent.as_ref().map_or(0, |i| i.len()))
             .sum();
         self.entries.capacity() * (size_of::<(Uuid, Pending)>() + 1)
             + strings
@@ -125,16 +156,16 @@ impl PendingState {
             Change::Tombstone { .. } => Effect::Ignored,
             Change::Delete { id, .. } => match self.entries.remove(id) {
                 Some(p) => {
-                    self.remember_resolved(*id, p.row.version);
+                    self.remember_resolved(*id, p.version);
                     Effect::Resolved { published: false }
                 }
                 None => Effect::Ignored,
             },
-            Change::Upsert { row, lsn, .. } => {
+            Change::Upsert { row, .. } => {
                 let held = self
                     .entries
                     .get(&row.id)
-                    .map(|p| p.row.version)
+                    .map(|p| p.version)
                     .or_else(|| self.resolved_versions.get(&row.id).copied());
                 if held.is_some_and(|v| row.version <= v) {
                     return Effect::Stale;
@@ -148,22 +179,13 @@ impl PendingState {
                 }
                 match self.entries.get_mut(&row.id) {
                     Some(p) => {
-                        p.row = row.clone();
-                        p.lsn = *lsn;
+                        p.update(row);
                         Effect::Updated
                     }
                     None => {
                         let next_poll = schedule.next(row.created_at, None);
                         self.timers.push(Reverse((next_poll, row.id)));
-                        self.entries.insert(
-                            row.id,
-                            Pending {
-                                row: row.clone(),
-                                lsn: *lsn,
-                                next_poll,
-                                attempts: 0,
-                            },
-                        );
+                        self.entries.insert(row.id, Pending::new(row, next_poll));
                         Effect::Added
                     }
                 }
@@ -178,7 +200,7 @@ impl PendingState {
         now: DateTime<Utc>,
         max: usize,
         schedule: &Schedule,
-    ) -> Vec<Pending> {
+    ) -> Vec<(Uuid, Pending)> {
         let mut due = Vec::new();
         while due.len() < max {
             let Some(&Reverse((at, id))) = self.timers.peek() else {
@@ -195,9 +217,9 @@ impl PendingState {
                 continue;
             }
             p.attempts += 1;
-            p.next_poll = schedule.next(p.row.created_at, Some(now.max(at)));
+            p.next_poll = schedule.next(p.created_at, Some(now.max(at)));
             self.timers.push(Reverse((p.next_poll, id)));
-            due.push(p.clone());
+            due.push((id, p.clone()));
         }
         due
     }
@@ -312,11 +334,16 @@ mod tests {
         st.apply(&upsert(row(a, "canceled", 2)), &s);
         let due = st.take_due(t0 + chrono::Duration::seconds(660), 10, &s);
         assert_eq!(
-            due.iter().map(|p| p.row.id).collect::<Vec<_>>(),
+            due.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
             [b],
             "a resolved payment is never polled"
         );
-        assert_eq!(due[0].attempts, 3);
+        assert_eq!(due[0].1.attempts, 3);
+        let kept = st.get(&b).unwrap();
+        assert_eq!(
+            (kept.currency(), kept.amount, kept.intent.as_deref()),
+            ("usd", 100, Some("pi_1"))
+        );
     }
 
     #[test]
@@ -362,7 +389,7 @@ mod tests {
             let max = *order.iter().max().unwrap();
             prop_assert_eq!(st.get(&id).is_some(), status(max) == "pending");
             if let Some(p) = st.get(&id) {
-                prop_assert_eq!(p.row.version, max);
+                prop_assert_eq!(p.version, max);
             }
         }
     }

@@ -447,7 +447,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
                 );
                 return;
             }
-            let Some(p) = self
+            let Some((id, p)) = self
                 .states
                 .get_mut(&partition)
                 .and_then(|s| s.take_due(wall, 1, &self.rules.schedule).pop())
@@ -455,9 +455,9 @@ impl<G: StripeGateway + 'static> Worker<G> {
                 return;
             };
             let target = Target {
-                id: p.row.id,
-                intent: p.row.stripe_payment_intent_id,
-                created_at: p.row.created_at,
+                id,
+                intent: p.intent.map(String::from),
+                created_at: p.created_at,
             };
             let (stripe, db, rules) = (self.stripe.clone(), self.primary.clone(), self.rules);
             self.polls.spawn(async move {

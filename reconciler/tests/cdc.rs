@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use paystream_reconciler::envelope::{Change, decode};
+use paystream_reconciler::partition::{cdc_key, partition_for};
 use paystream_reconciler::schedule::Schedule;
 use paystream_reconciler::state::{Effect, PendingState};
-use paystream_testkit::Stack;
+use paystream_testkit::{Stack, cdc};
 use rdkafka::Message;
 use uuid::Uuid;
 
@@ -45,9 +46,18 @@ async fn real_debezium_events_decode_and_drive_the_state() {
         if change.id() != id {
             continue;
         }
+        assert_eq!(
+            msg.key(),
+            Some(cdc_key(id).as_bytes()),
+            "the key bytes recovery hashes"
+        );
         if let Change::Upsert { row, lsn, .. } = &change {
             assert_eq!((row.amount, row.currency.as_str()), (4200, "gbp"));
             assert!(*lsn > 0);
+            if row.status == "succeeded" {
+                let u = change.final_transition().expect("a final transition");
+                assert_eq!(u.resolution_source.as_deref(), Some("poll"));
+            }
         }
         effects.push(state.apply(&change, &schedule));
     }
@@ -61,4 +71,42 @@ async fn real_debezium_events_decode_and_drive_the_state() {
         ]
     );
     assert!(state.is_empty());
+}
+
+/// Recovery splits the replica's rows by partition with Kafka's partitioner: it must put
+/// each payment where Debezium's producer did.
+#[tokio::test]
+async fn recovery_partitions_rows_as_debezium_does() {
+    let stack = Stack::get();
+    let topic = stack.var("CDC_TOPIC");
+    let partitions = stack.partition_count(topic) as i32;
+    let consumer = stack.consumer_at_end(topic);
+    let db = stack.pool("DATABASE_URL").await;
+    let ids: Vec<Uuid> = (0..40).map(|_| Uuid::now_v7()).collect();
+    for id in &ids {
+        sqlx::query("INSERT INTO payments (id, client_id, idempotency_key, amount, currency, metadata) VALUES ($1, $1, $2, 100, 'usd', '{}')")
+            .bind(id)
+            .bind(format!("part-{id}"))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    let wanted: std::collections::HashSet<String> = ids.iter().map(Uuid::to_string).collect();
+    let seen = cdc::collect(
+        &consumer,
+        Duration::from_secs(60),
+        |k| wanted.contains(k),
+        |s| s.len() == wanted.len(),
+    )
+    .await;
+    assert_eq!(seen.len(), ids.len(), "every insert reached the topic");
+    let used: std::collections::HashSet<i32> = seen.values().map(|r| r[0].partition).collect();
+    assert!(used.len() > 1, "40 ids spread over several partitions");
+    for id in &ids {
+        assert_eq!(
+            seen[&id.to_string()][0].partition,
+            partition_for(*id, partitions),
+            "{id}"
+        );
+    }
 }
