@@ -76,8 +76,10 @@ async fn the_nginx_replica_port_serves_standbys_only_and_refuses_writes() {
     let primary = stack.pool("DATABASE_URL").await;
     let id = insert_payment(&primary, &format!("nginx-{}", Uuid::now_v7())).await;
     let via_nginx = stack.pool("REPLICA_URL").await;
-    // Several connections, so both upstream replicas are exercised.
+    // Several connections held open at once: nginx balances by least connections, and
+    // other services (the reconciler) hold connections of their own to one replica.
     let mut servers = HashSet::new();
+    let mut held = Vec::new();
     for _ in 0..6 {
         let mut conn = sqlx::pool::PoolConnection::detach(
             via_nginx.acquire().await.expect("connect through nginx"),
@@ -91,6 +93,7 @@ async fn the_nginx_replica_port_serves_standbys_only_and_refuses_writes() {
             "nginx's replica port reached a primary"
         );
         servers.insert(row.get::<i32, _>("port"));
+        held.push(conn);
     }
     let expected: HashSet<i32> = ["REPLICA_1_URL", "REPLICA_2_URL"]
         .iter()
