@@ -23,6 +23,9 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
+    /// Reconcile our payments (read from a replica) with Stripe for a time window. Exits 2
+    /// when there are discrepancies, so cron can alert on it.
+    Report(ReportArgs),
     /// Create, register and revoke API keys.
     Keys {
         #[command(subcommand)]
@@ -30,6 +33,111 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
         database_url: Option<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Start of the window: a duration back from now (`24h`, `30m`, `7d`) or RFC 3339.
+    #[arg(long, default_value = "24h")]
+    since: String,
+    /// End of the window (same forms); now by default.
+    #[arg(long)]
+    until: Option<String>,
+    #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+    format: String,
+    /// Write the report here instead of stdout.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// A payment pending longer than this is `stuck_pending`.
+    #[arg(long, default_value = "1h")]
+    stuck_after: String,
+    /// Stripe calls per second.
+    #[arg(long, default_value_t = 20)]
+    stripe_rate: u32,
+    /// A read replica (never the primary), e.g. nginx's replica port.
+    #[arg(long, env = "REPLICA_URL", hide_env_values = true)]
+    replica_url: String,
+    #[arg(long, env = "STRIPE_API_BASE")]
+    stripe_api_base: String,
+    #[arg(long, env = "STRIPE_SECRET_KEY", hide_env_values = true)]
+    stripe_secret_key: String,
+}
+
+/// `24h`, `30m`, `90s`, `7d`.
+fn duration(s: &str) -> anyhow::Result<chrono::Duration> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = n
+        .parse()
+        .with_context(|| format!("{s:?} is not a duration like 24h"))?;
+    Ok(match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => anyhow::bail!("{s:?}: the unit is s, m, h or d"),
+    })
+}
+
+/// A duration back from `now`, or an RFC 3339 time.
+fn instant(
+    s: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    match chrono::DateTime::parse_from_rfc3339(s) {
+        Ok(t) => Ok(t.to_utc()),
+        Err(_) => Ok(now - duration(s)?),
+    }
+}
+
+async fn report(args: ReportArgs) -> anyhow::Result<bool> {
+    use std::io::IsTerminal;
+    let now = chrono::Utc::now();
+    let settings = paystream_report::Settings {
+        since: instant(&args.since, now)?,
+        until: args.until.as_deref().map_or(Ok(now), |u| instant(u, now))?,
+        stuck_after: duration(&args.stuck_after)?,
+        stripe_rate: args.stripe_rate,
+    };
+    anyhow::ensure!(
+        settings.since < settings.until,
+        "--since must be before --until"
+    );
+    let format: paystream_report::render::Format =
+        args.format.parse().map_err(anyhow::Error::msg)?;
+    let pg: tokio_postgres::Config = args.replica_url.parse().context("--replica-url")?;
+    let replica = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+        pg,
+        tokio_postgres::NoTls,
+    ))
+    .max_size(2)
+    .build()
+    .context("replica pool")?;
+    let stripe = paystream_stripe::HttpStripe::new(
+        &args.stripe_api_base,
+        &args.stripe_secret_key,
+        Duration::from_secs(10),
+    )?;
+    let tty = std::io::stderr().is_terminal();
+    let report = paystream_report::run(&replica, &stripe, &settings, |n| {
+        if tty {
+            eprint!("\rStripe intents fetched: {n}");
+        }
+    })
+    .await?;
+    if tty {
+        eprintln!();
+    }
+    let text = paystream_report::render::render(&report, format);
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(text.as_bytes())?;
+        }
+    }
+    Ok(report.classified.discrepancies() == 0)
 }
 
 #[derive(Subcommand)]
@@ -70,6 +178,11 @@ fn role(s: &str) -> Role {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Report(args) => {
+            if !report(args).await? {
+                std::process::exit(2);
+            }
+        }
         Command::Migrate { database_url } => {
             let pool = connect(&database_url).await?;
             // The same migrator `sqlx migrate run` uses, embedded so no extra tool is needed.

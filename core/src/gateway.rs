@@ -47,6 +47,13 @@ impl IntentView {
     }
 }
 
+/// A page of Stripe's intent list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentPage {
+    pub data: Vec<IntentView>,
+    pub has_more: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
     /// Stripe refused the request for good (4xx): retrying the same request is useless.
@@ -100,6 +107,15 @@ pub trait StripeGateway: Send + Sync {
         reason: Option<&str>,
         idempotency_key: &str,
     ) -> impl Future<Output = Result<IntentView, GatewayError>> + Send;
+
+    /// One page (up to 100, newest first) of the intents created in
+    /// `[created_gte, created_lt)` (unix seconds), after `starting_after`.
+    fn list_intents(
+        &self,
+        created_gte: i64,
+        created_lt: i64,
+        starting_after: Option<&str>,
+    ) -> impl Future<Output = Result<IntentPage, GatewayError>> + Send;
 
     /// The intent whose `metadata.payment_id` is ours, if Stripe has one.
     fn find_by_payment_id(

@@ -6,7 +6,7 @@ pub mod money;
 pub mod ratelimit;
 pub mod status;
 
-pub use gateway::{GatewayError, IntentView, NewIntent, StripeGateway};
+pub use gateway::{GatewayError, IntentPage, IntentView, NewIntent, StripeGateway};
 pub use money::{Currency, Money, MoneyError};
 pub use ratelimit::TokenBucket;
 pub use status::{PaymentStatus, StatusError, Transition};

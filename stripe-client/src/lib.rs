@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use paystream_core::gateway::{GatewayError, IntentView, NewIntent, StripeGateway};
+use paystream_core::gateway::{GatewayError, IntentPage, IntentView, NewIntent, StripeGateway};
 use serde::Deserialize;
 
 #[derive(Clone)]
@@ -56,6 +56,8 @@ struct ErrorEnvelope {
 #[derive(Deserialize)]
 struct SearchJson {
     data: Vec<IntentJson>,
+    #[serde(default)]
+    has_more: bool,
 }
 
 impl From<IntentJson> for IntentView {
@@ -233,6 +235,33 @@ impl StripeGateway for HttpStripe {
             .header("Idempotency-Key", idempotency_key)
             .form(&form);
         self.intent(req).await
+    }
+
+    async fn list_intents(
+        &self,
+        created_gte: i64,
+        created_lt: i64,
+        starting_after: Option<&str>,
+    ) -> Result<IntentPage, GatewayError> {
+        let mut query = vec![
+            ("created[gte]", created_gte.to_string()),
+            ("created[lt]", created_lt.to_string()),
+            ("limit", "100".to_owned()),
+        ];
+        if let Some(after) = starting_after {
+            query.push(("starting_after", after.to_owned()));
+        }
+        let res = self
+            .call(self.http.get(self.url("/payment_intents")).query(&query))
+            .await?;
+        let json: SearchJson = res
+            .json()
+            .await
+            .map_err(|e| GatewayError::Unavailable(format!("unreadable intent list: {e}")))?;
+        Ok(IntentPage {
+            data: json.data.into_iter().map(Into::into).collect(),
+            has_more: json.has_more,
+        })
     }
 
     async fn find_by_payment_id(

@@ -1,0 +1,218 @@
+//! `paystream report` on the real replicas and a stripe-sim of its own, seeded with one
+//! payment of every class by editing rows and Stripe's state behind the system's back.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use paystream_core::PaymentStatus;
+use paystream_db::payments::{self, Observation, Source};
+use paystream_testkit::Stack;
+use paystream_testkit::sim::{SIM_KEY, SimWorld};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Runs the CLI without blocking the runtime: the test's stripe-sim is served by it.
+async fn report(stack: &Stack, world: &SimWorld, format: &str) -> (i32, String) {
+    let started = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_paystream"))
+        .args([
+            "report",
+            "--since",
+            "3h",
+            "--format",
+            format,
+            "--stripe-rate",
+            "2000",
+        ])
+        .env("REPLICA_URL", stack.var("REPLICA_URL"))
+        .env("STRIPE_API_BASE", &world.sim)
+        .env("STRIPE_SECRET_KEY", SIM_KEY)
+        .output()
+        .await
+        .expect("run paystream report");
+    assert!(
+        out.status.code().is_some(),
+        "killed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = out.status.code().unwrap_or(-1);
+    assert!(
+        code != 1,
+        "the report failed after {:?}: {}",
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, String::from_utf8(out.stdout).expect("utf-8"))
+}
+
+async fn edit(world: &SimWorld, sql: &str, id: Uuid) {
+    sqlx::query(sql)
+        .bind(id)
+        .execute(&world.db)
+        .await
+        .expect(sql);
+}
+
+#[tokio::test]
+async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
+    let stack = Stack::get();
+    let world = SimWorld::start(stack.pool("DATABASE_URL").await).await;
+
+    let (matched, pi) = world.payment().await;
+    world.confirm(&pi, "pm_card_visa").await;
+    let obs = Observation {
+        status: PaymentStatus::Succeeded,
+        stripe_status: Some("succeeded"),
+        error: None,
+        source: Source::Webhook,
+        detail: None,
+    };
+    payments::apply_status(&world.db, matched, &obs)
+        .await
+        .unwrap();
+    // Paid at Stripe; we never heard of it.
+    let (status, pi) = world.payment().await;
+    world.confirm(&pi, "pm_card_visa").await;
+    let (amount, _) = world.payment().await;
+    edit(
+        &world,
+        "UPDATE payments SET amount = amount + 1, version = version + 1 WHERE id = $1",
+        amount,
+    )
+    .await;
+    let (currency, _) = world.payment().await;
+    edit(
+        &world,
+        "UPDATE payments SET currency = 'eur', version = version + 1 WHERE id = $1",
+        currency,
+    )
+    .await;
+    let missing = Uuid::now_v7();
+    world.insert_pending(missing).await;
+    payments::attach_intent(
+        &world.db,
+        missing,
+        &format!("pi_unknown_{}", missing.simple()),
+        "requires_payment_method",
+    )
+    .await
+    .unwrap();
+    // Created at Stripe for a payment id that has no row.
+    let orphan = Uuid::now_v7();
+    let orphan_pi = world.intent_for(orphan).await;
+    let (stuck, _) = world.payment().await;
+    edit(&world, "UPDATE payments SET created_at = now() - interval '2 hours', version = version + 1 WHERE id = $1", stuck).await;
+
+    // The report reads the replicas: wait until the last edit is there.
+    let replica = stack.pool("REPLICA_URL").await;
+    let started = Instant::now();
+    loop {
+        let moved: Option<bool> = sqlx::query_scalar(
+            "SELECT created_at < now() - interval '1 hour' FROM payments WHERE id = $1",
+        )
+        .bind(stuck)
+        .fetch_optional(&replica)
+        .await
+        .unwrap();
+        if moved == Some(true) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "replicas did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let want: HashMap<String, &str> = [
+        (status, "status_mismatch"),
+        (amount, "amount_mismatch"),
+        (currency, "currency_mismatch"),
+        (missing, "missing_at_stripe"),
+        (orphan, "orphan_at_stripe"),
+        (stuck, "stuck_pending"),
+    ]
+    .into_iter()
+    .map(|(id, c)| (id.to_string(), c))
+    .collect();
+    let ours = |id: &str| want.contains_key(id) || id == matched.to_string();
+
+    let (code, json) = report(stack, &world, "json").await;
+    assert_eq!(
+        code, 2,
+        "discrepancies make the exit code non-zero:\n{json}"
+    );
+    let v: Value = serde_json::from_str(&json).expect("json report");
+    let found: HashMap<String, String> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["payment_id"].as_str().is_some_and(ours))
+        .map(|f| {
+            (
+                f["payment_id"].as_str().unwrap().to_owned(),
+                f["class"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let found: HashMap<String, &str> = found.iter().map(|(k, v)| (k.clone(), v.as_str())).collect();
+    assert_eq!(
+        found, want,
+        "exactly the seeded classes, and the matched payment in none"
+    );
+    let orphan_finding = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["class"] == "orphan_at_stripe" && f["payment_id"] == orphan.to_string())
+        .unwrap();
+    assert_eq!(orphan_finding["intent_id"], orphan_pi.as_str());
+    assert!(
+        v["data_as_of"].is_string(),
+        "the report says how fresh it is"
+    );
+    assert!(v["resolved_by"]["webhook"].as_u64() >= Some(1));
+
+    let (code, csv) = report(stack, &world, "csv").await;
+    assert_eq!(code, 2);
+    for (id, class) in &want {
+        assert!(
+            csv.lines()
+                .any(|l| l.starts_with(&format!("{class},{id},"))),
+            "{class} {id} in CSV"
+        );
+    }
+    assert!(!csv.contains(&matched.to_string()));
+    let (code, table) = report(stack, &world, "table").await;
+    assert_eq!(code, 2);
+    for (id, class) in &want {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(class) && l.contains(id.as_str())),
+            "{class} {id} in the table"
+        );
+    }
+    assert!(table.contains("matched"), "{table}");
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_paystream"))
+        .args([
+            "report",
+            "--since",
+            "yesterday",
+            "--replica-url",
+            "postgres://x@127.0.0.1:1/x",
+            "--stripe-api-base",
+            "http://127.0.0.1:1",
+            "--stripe-secret-key",
+            "sk_test_x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a duration like 24h"));
+}

@@ -1,0 +1,196 @@
+//! A report as text for a terminal, JSON for machines, CSV for spreadsheets.
+
+use std::fmt::Write as _;
+
+use crate::{Class, Report};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "table" => Ok(Format::Table),
+            "json" => Ok(Format::Json),
+            "csv" => Ok(Format::Csv),
+            other => Err(format!("unknown format {other:?}: table, json or csv")),
+        }
+    }
+}
+
+pub fn render(r: &Report, format: Format) -> String {
+    match format {
+        Format::Table => table(r),
+        Format::Json => serde_json::to_string_pretty(r).unwrap_or_default() + "\n",
+        Format::Csv => csv(r),
+    }
+}
+
+fn seconds(ms: i64) -> String {
+    format!("{}.{:03} s", ms / 1000, ms % 1000)
+}
+
+fn table(r: &Report) -> String {
+    let c = &r.classified;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Reconciliation {} .. {}",
+        r.since.to_rfc3339(),
+        r.until.to_rfc3339()
+    );
+    let _ = writeln!(
+        out,
+        "generated {}, replica data as of {}",
+        r.generated_at.to_rfc3339(),
+        r.data_as_of.map_or("unknown".into(), |t| t.to_rfc3339())
+    );
+    let _ = writeln!(
+        out,
+        "{} payments, {} Stripe intents, stuck after {} s\n",
+        r.payments, r.stripe_intents, r.stuck_after_secs
+    );
+    let _ = writeln!(out, "{:<20} {:>8}", "class", "count");
+    for class in Class::ALL {
+        let _ = writeln!(
+            out,
+            "{:<20} {:>8}",
+            class.as_str(),
+            c.counts.get(&class).copied().unwrap_or(0)
+        );
+    }
+    let by: Vec<String> = c
+        .resolved_by
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nresolved by: {}",
+        if by.is_empty() {
+            "-".into()
+        } else {
+            by.join(", ")
+        }
+    );
+    if let Some(t) = c.time_to_resolution {
+        let _ = writeln!(
+            out,
+            "time to resolution: p50 {}, p95 {}, max {}",
+            seconds(t.p50_ms),
+            seconds(t.p95_ms),
+            seconds(t.max_ms)
+        );
+    }
+    if c.findings.is_empty() {
+        let _ = writeln!(out, "\nno discrepancies");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<18} {:<36} {:<30} {:<24} {:<24}",
+        "class", "payment", "intent", "ours", "stripe"
+    );
+    for f in &c.findings {
+        let _ = writeln!(
+            out,
+            "{:<18} {:<36} {:<30} {:<24} {:<24}",
+            f.class.as_str(),
+            f.payment_id.map_or("-".into(), |p| p.to_string()),
+            f.intent_id.as_deref().unwrap_or("-"),
+            f.ours.as_deref().unwrap_or("-"),
+            f.stripe.as_deref().unwrap_or("-"),
+        );
+    }
+    out
+}
+
+fn field(v: &str) -> String {
+    if v.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
+    } else {
+        v.to_owned()
+    }
+}
+
+fn csv(r: &Report) -> String {
+    let mut out = String::from("class,payment_id,intent_id,ours,stripe,created_at\n");
+    for f in &r.classified.findings {
+        let cells = [
+            f.class.as_str().to_owned(),
+            f.payment_id.map(|p| p.to_string()).unwrap_or_default(),
+            f.intent_id.clone().unwrap_or_default(),
+            f.ours.clone().unwrap_or_default(),
+            f.stripe.clone().unwrap_or_default(),
+            f.created_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        ];
+        let line: Vec<String> = cells.iter().map(|c| field(c)).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Classified, Finding, Latency};
+    use chrono::DateTime;
+    use std::collections::BTreeMap;
+
+    fn report() -> Report {
+        let t = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let mut counts: BTreeMap<Class, u64> = Class::ALL.iter().map(|c| (*c, 0)).collect();
+        counts.insert(Class::Matched, 3);
+        counts.insert(Class::AmountMismatch, 1);
+        Report {
+            since: t,
+            until: t,
+            generated_at: t,
+            data_as_of: Some(t),
+            stuck_after_secs: 3600,
+            payments: 4,
+            stripe_intents: 4,
+            classified: Classified {
+                counts,
+                findings: vec![Finding {
+                    class: Class::AmountMismatch,
+                    payment_id: Some(uuid::Uuid::nil()),
+                    intent_id: Some("pi_1".into()),
+                    ours: Some("1,000".into()),
+                    stripe: Some("999".into()),
+                    created_at: Some(t),
+                }],
+                resolved_by: [("webhook".to_owned(), 3)].into(),
+                time_to_resolution: Some(Latency {
+                    p50_ms: 1500,
+                    p95_ms: 2250,
+                    max_ms: 3001,
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn every_format_carries_the_discrepancy() {
+        let r = report();
+        let t = render(&r, Format::Table);
+        assert!(t.contains("amount_mismatch             1"), "{t}");
+        assert!(t.contains("p50 1.500 s, p95 2.250 s, max 3.001 s"), "{t}");
+        assert!(t.contains("resolved by: webhook 3"), "{t}");
+        let j: serde_json::Value = serde_json::from_str(&render(&r, Format::Json)).unwrap();
+        assert_eq!(j["counts"]["amount_mismatch"], 1);
+        assert_eq!(j["findings"][0]["intent_id"], "pi_1");
+        let c = render(&r, Format::Csv);
+        assert_eq!(
+            c.lines().nth(1).unwrap(),
+            "amount_mismatch,00000000-0000-0000-0000-000000000000,pi_1,\"1,000\",999,2027-01-15T08:00:00+00:00"
+        );
+        assert!("html".parse::<Format>().is_err());
+    }
+}
