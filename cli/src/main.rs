@@ -54,6 +54,13 @@ struct ReportArgs {
     /// Stripe calls per second.
     #[arg(long, default_value_t = 20)]
     stripe_rate: u32,
+    /// Give `status_mismatch` payments Stripe's final status (source `operator`) on the
+    /// primary, printing each change; nothing else is touched.
+    #[arg(long)]
+    repair: bool,
+    /// The primary, for --repair only.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// A read replica (never the primary), e.g. nginx's replica port.
     #[arg(long, env = "REPLICA_URL", hide_env_values = true)]
     replica_url: String,
@@ -126,6 +133,23 @@ async fn report(args: ReportArgs) -> anyhow::Result<bool> {
     .await?;
     if tty {
         eprintln!();
+    }
+    if args.repair {
+        let url = args
+            .database_url
+            .as_deref()
+            .context("--repair writes to the primary: set DATABASE_URL or --database-url")?;
+        let primary = connect(url).await?;
+        for r in paystream_report::repair::repair(&primary, &report.classified.findings).await? {
+            match r {
+                paystream_report::repair::Repair::Changed { id, from, to } => {
+                    eprintln!("repaired {id}: {from} -> {}", to.as_str());
+                }
+                paystream_report::repair::Repair::Refused { id, reason } => {
+                    eprintln!("not repaired {id}: {reason}");
+                }
+            }
+        }
     }
     let text = paystream_report::render::render(&report, format);
     match &args.out {

@@ -195,6 +195,63 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
         );
     }
     assert!(table.contains("matched"), "{table}");
+
+    // --repair fixes exactly the status mismatch, as an operator change.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_paystream"))
+        .args([
+            "report",
+            "--since",
+            "3h",
+            "--format",
+            "json",
+            "--stripe-rate",
+            "2000",
+            "--repair",
+        ])
+        .env("REPLICA_URL", stack.var("REPLICA_URL"))
+        .env("DATABASE_URL", stack.var("DATABASE_URL"))
+        .env("STRIPE_API_BASE", &world.sim)
+        .env("STRIPE_SECRET_KEY", SIM_KEY)
+        .output()
+        .await
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(&format!("repaired {status}: pending -> succeeded")),
+        "{log}"
+    );
+    for id in [amount, currency, missing, stuck] {
+        assert!(
+            !log.contains(&format!("repaired {id}")),
+            "{id} is not a status mismatch: {log}"
+        );
+    }
+    let after: (String, Option<String>) =
+        sqlx::query_as("SELECT status, resolution_source FROM payments WHERE id = $1")
+            .bind(status)
+            .fetch_one(&world.db)
+            .await
+            .unwrap();
+    assert_eq!(after, ("succeeded".to_owned(), Some("operator".to_owned())));
+    // Once the replicas have the repair, the next run no longer reports it.
+    let started = Instant::now();
+    loop {
+        let (_, json) = report(stack, &world, "json").await;
+        let v: Value = serde_json::from_str(&json).unwrap();
+        let still = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["payment_id"] == status.to_string());
+        if !still {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the repaired payment is still reported"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod render;
+pub mod repair;
 pub mod source;
 
 use chrono::{DateTime, Utc};

@@ -1,0 +1,62 @@
+//! `--repair`: gives `status_mismatch` payments Stripe's final status through the core's
+//! one status function (source `operator`). Nothing else is ever touched.
+
+use paystream_core::PaymentStatus;
+use paystream_db::DbError;
+use paystream_db::payments::{self, Applied, Observation, Source};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{Class, Finding};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repair {
+    Changed {
+        id: Uuid,
+        from: String,
+        to: PaymentStatus,
+    },
+    /// Stripe's status is not final, or ours is final and disagrees: left for a human.
+    Refused { id: Uuid, reason: String },
+}
+
+pub async fn repair(primary: &PgPool, findings: &[Finding]) -> Result<Vec<Repair>, DbError> {
+    let mut out = Vec::new();
+    for f in findings.iter().filter(|f| f.class == Class::StatusMismatch) {
+        let (Some(id), Some(stripe)) = (f.payment_id, f.stripe.as_deref()) else {
+            continue;
+        };
+        let Some(to) = PaymentStatus::from_stripe(stripe).filter(|s| s.is_final()) else {
+            out.push(Repair::Refused {
+                id,
+                reason: format!("stripe says {stripe}, which is not final"),
+            });
+            continue;
+        };
+        let obs = Observation {
+            status: to,
+            stripe_status: Some(stripe),
+            error: None,
+            source: Source::Operator,
+            detail: Some(json!({"repair": "reconciliation report", "intent": f.intent_id})),
+        };
+        out.push(match payments::apply_status(primary, id, &obs).await? {
+            Applied::Changed(_) => Repair::Changed {
+                id,
+                from: f.ours.clone().unwrap_or_default(),
+                to,
+            },
+            Applied::Unchanged(_) => continue,
+            Applied::Conflict(p) => Repair::Refused {
+                id,
+                reason: format!("ours is final ({}) and stripe says {stripe}", p.status),
+            },
+            Applied::NotFound => Repair::Refused {
+                id,
+                reason: "the payment row is gone".into(),
+            },
+        });
+    }
+    Ok(out)
+}
