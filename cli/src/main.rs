@@ -26,6 +26,13 @@ enum Command {
     /// Reconcile our payments (read from a replica) with Stripe for a time window. Exits 2
     /// when there are discrepancies, so cron can alert on it.
     Report(ReportArgs),
+    /// Stored report runs, read from a replica: list them, re-render one, diff two.
+    Reports {
+        #[command(subcommand)]
+        action: RunsAction,
+        #[arg(long, env = "REPLICA_URL", hide_env_values = true, global = true)]
+        replica_url: Option<String>,
+    },
     /// Create, register and revoke API keys.
     Keys {
         #[command(subcommand)]
@@ -58,7 +65,7 @@ struct ReportArgs {
     /// primary, printing each change; nothing else is touched.
     #[arg(long)]
     repair: bool,
-    /// The primary, for --repair only.
+    /// The primary: where the run is stored, and what --repair writes to.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// A read replica (never the primary), e.g. nginx's replica port.
@@ -111,14 +118,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<bool> {
     );
     let format: paystream_report::render::Format =
         args.format.parse().map_err(anyhow::Error::msg)?;
-    let pg: tokio_postgres::Config = args.replica_url.parse().context("--replica-url")?;
-    let replica = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
-        pg,
-        tokio_postgres::NoTls,
-    ))
-    .max_size(2)
-    .build()
-    .context("replica pool")?;
+    let replica = replica_pool(&args.replica_url)?;
     let stripe = paystream_stripe::HttpStripe::new(
         &args.stripe_api_base,
         &args.stripe_secret_key,
@@ -134,13 +134,23 @@ async fn report(args: ReportArgs) -> anyhow::Result<bool> {
     if tty {
         eprintln!();
     }
+    // Runs are stored on the primary (the one write a report makes), when it is given.
+    let primary = match args.database_url.as_deref() {
+        Some(url) => Some(connect(url).await?),
+        None => None,
+    };
+    match &primary {
+        Some(db) => {
+            let id = paystream_report::runs::store(db, &report).await?;
+            eprintln!("run {id} stored");
+        }
+        None => eprintln!("run not stored: set DATABASE_URL (the primary) to keep it"),
+    }
     if args.repair {
-        let url = args
-            .database_url
-            .as_deref()
+        let primary = primary
+            .as_ref()
             .context("--repair writes to the primary: set DATABASE_URL or --database-url")?;
-        let primary = connect(url).await?;
-        for r in paystream_report::repair::repair(&primary, &report.classified.findings).await? {
+        for r in paystream_report::repair::repair(primary, &report.classified.findings).await? {
             match r {
                 paystream_report::repair::Repair::Changed { id, from, to } => {
                     eprintln!("repaired {id}: {from} -> {}", to.as_str());
@@ -162,6 +172,72 @@ async fn report(args: ReportArgs) -> anyhow::Result<bool> {
         }
     }
     Ok(report.classified.discrepancies() == 0)
+}
+
+#[derive(Subcommand)]
+enum RunsAction {
+    /// The latest runs, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// A stored run, rendered again.
+    Show {
+        id: uuid::Uuid,
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+        format: String,
+    },
+    /// Which payments changed class from run A to run B.
+    Diff { a: uuid::Uuid, b: uuid::Uuid },
+}
+
+fn replica_pool(url: &str) -> anyhow::Result<deadpool_postgres::Pool> {
+    let pg: tokio_postgres::Config = url.parse().context("replica url")?;
+    deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls))
+        .max_size(2)
+        .build()
+        .context("replica pool")
+}
+
+async fn runs(action: RunsAction, replica_url: Option<String>) -> anyhow::Result<()> {
+    use paystream_report::runs;
+    let replica = replica_pool(&replica_url.context("--replica-url or REPLICA_URL is required")?)?;
+    let load = |id| {
+        let replica = &replica;
+        async move {
+            runs::load(replica, id)
+                .await?
+                .with_context(|| format!("no stored run {id} on the replica"))
+        }
+    };
+    let text = match action {
+        RunsAction::List { limit } => {
+            let mut out = format!(
+                "{:<36}  {:<25} {:<25} {:>13}\n",
+                "run", "since", "until", "discrepancies"
+            );
+            for r in runs::list(&replica, limit).await? {
+                out.push_str(&format!(
+                    "{:<36}  {:<25} {:<25} {:>13}\n",
+                    r.id,
+                    r.since.format("%Y-%m-%dT%H:%M:%SZ"),
+                    r.until.format("%Y-%m-%dT%H:%M:%SZ"),
+                    r.discrepancies
+                ));
+            }
+            out
+        }
+        RunsAction::Show { id, format } => paystream_report::render::render(
+            &load(id).await?,
+            format.parse().map_err(anyhow::Error::msg)?,
+        ),
+        RunsAction::Diff { a, b } => {
+            runs::render_diff(&runs::diff(&load(a).await?, &load(b).await?))
+        }
+    };
+    use std::io::Write;
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -202,6 +278,10 @@ fn role(s: &str) -> Role {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Reports {
+            action,
+            replica_url,
+        } => runs(action, replica_url).await?,
         Command::Report(args) => {
             if !report(args).await? {
                 std::process::exit(2);

@@ -13,7 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 /// Runs the CLI without blocking the runtime: the test's stripe-sim is served by it.
-async fn report(stack: &Stack, world: &SimWorld, format: &str) -> (i32, String) {
+async fn report(stack: &Stack, world: &SimWorld, format: &str) -> (i32, String, Uuid) {
     let started = Instant::now();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_paystream"))
         .args([
@@ -26,11 +26,17 @@ async fn report(stack: &Stack, world: &SimWorld, format: &str) -> (i32, String) 
             "2000",
         ])
         .env("REPLICA_URL", stack.var("REPLICA_URL"))
+        .env("DATABASE_URL", stack.var("DATABASE_URL"))
         .env("STRIPE_API_BASE", &world.sim)
         .env("STRIPE_SECRET_KEY", SIM_KEY)
         .output()
         .await
         .expect("run paystream report");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let run = log
+        .lines()
+        .find_map(|l| l.strip_prefix("run ")?.strip_suffix(" stored"))
+        .and_then(|id| Uuid::parse_str(id).ok());
     assert!(
         out.status.code().is_some(),
         "killed: {}",
@@ -43,7 +49,8 @@ async fn report(stack: &Stack, world: &SimWorld, format: &str) -> (i32, String) 
         started.elapsed(),
         String::from_utf8_lossy(&out.stderr)
     );
-    (code, String::from_utf8(out.stdout).expect("utf-8"))
+    let run = run.unwrap_or_else(|| panic!("no stored run id in: {log}"));
+    (code, String::from_utf8(out.stdout).expect("utf-8"), run)
 }
 
 async fn edit(world: &SimWorld, sql: &str, id: Uuid) {
@@ -138,7 +145,7 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     .collect();
     let ours = |id: &str| want.contains_key(id) || id == matched.to_string();
 
-    let (code, json) = report(stack, &world, "json").await;
+    let (code, json, first_run) = report(stack, &world, "json").await;
     assert_eq!(
         code, 2,
         "discrepancies make the exit code non-zero:\n{json}"
@@ -174,7 +181,7 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     );
     assert!(v["resolved_by"]["webhook"].as_u64() >= Some(1));
 
-    let (code, csv) = report(stack, &world, "csv").await;
+    let (code, csv, csv_run) = report(stack, &world, "csv").await;
     assert_eq!(code, 2);
     for (id, class) in &want {
         assert!(
@@ -184,7 +191,7 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
         );
     }
     assert!(!csv.contains(&matched.to_string()));
-    let (code, table) = report(stack, &world, "table").await;
+    let (code, table, _) = report(stack, &world, "table").await;
     assert_eq!(code, 2);
     for (id, class) in &want {
         assert!(
@@ -235,8 +242,8 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     assert_eq!(after, ("succeeded".to_owned(), Some("operator".to_owned())));
     // Once the replicas have the repair, the next run no longer reports it.
     let started = Instant::now();
-    loop {
-        let (_, json) = report(stack, &world, "json").await;
+    let last_run = loop {
+        let (_, json, run) = report(stack, &world, "json").await;
         let v: Value = serde_json::from_str(&json).unwrap();
         let still = v["findings"]
             .as_array()
@@ -244,14 +251,69 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
             .iter()
             .any(|f| f["payment_id"] == status.to_string());
         if !still {
-            break;
+            break run;
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the repaired payment is still reported"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // Every run was stored: listed, re-rendered identically, and diffed.
+    let reports = |args: Vec<String>| {
+        let replica = stack.var("REPLICA_URL").to_owned();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_paystream"))
+                .arg("reports")
+                .args(&args)
+                .env("REPLICA_URL", replica)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "reports {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let started = Instant::now();
+    let listed = loop {
+        let listed = reports(vec!["list".into(), "--limit".into(), "50".into()]).await;
+        if listed.contains(&last_run.to_string()) || started.elapsed() > Duration::from_secs(30) {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for run in [first_run, csv_run, last_run] {
+        assert!(listed.contains(&run.to_string()), "{run} listed:\n{listed}");
     }
+    let again = reports(vec![
+        "show".into(),
+        csv_run.to_string(),
+        "--format".into(),
+        "csv".into(),
+    ])
+    .await;
+    assert_eq!(again, csv, "a stored run renders as it did");
+    let diff = reports(vec![
+        "diff".into(),
+        first_run.to_string(),
+        last_run.to_string(),
+    ])
+    .await;
+    assert!(
+        diff.lines().any(|l| l.starts_with(&status.to_string())
+            && l.contains("status_mismatch")
+            && l.ends_with("(none)")),
+        "{diff}"
+    );
+    assert!(
+        !diff.contains(&amount.to_string()),
+        "unchanged findings are not in the diff: {diff}"
+    );
 }
 
 #[test]

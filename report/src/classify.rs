@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use paystream_core::{IntentView, PaymentStatus};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Our side of a payment, as the replica has it.
@@ -21,7 +21,7 @@ pub struct Ours {
     pub resolution_source: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Class {
     Matched,
@@ -61,7 +61,7 @@ impl Class {
 }
 
 /// One discrepancy: what we say and what Stripe says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub class: Class,
     pub payment_id: Option<Uuid>,
@@ -72,14 +72,14 @@ pub struct Finding {
 }
 
 /// Nearest-rank percentiles of time from creation to resolution, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Latency {
     pub p50_ms: i64,
     pub p95_ms: i64,
     pub max_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Classified {
     pub counts: BTreeMap<Class, u64>,
     /// Every payment not `matched`, ordered by class then creation.

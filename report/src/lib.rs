@@ -5,16 +5,17 @@
 pub mod classify;
 pub mod render;
 pub mod repair;
+pub mod runs;
 pub mod source;
 
 use chrono::{DateTime, Utc};
 use paystream_core::StripeGateway;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use classify::{Class, Classified, Finding, Ours, classify};
 pub use source::SourceError;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,
