@@ -50,7 +50,7 @@ struct ReportArgs {
     /// End of the window (same forms); now by default.
     #[arg(long)]
     until: Option<String>,
-    #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+    #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "html"])]
     format: String,
     /// Write the report here instead of stdout.
     #[arg(long)]
@@ -184,7 +184,7 @@ enum RunsAction {
     /// A stored run, rendered again.
     Show {
         id: uuid::Uuid,
-        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv"])]
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "html"])]
         format: String,
     },
     /// Which payments changed class from run A to run B.

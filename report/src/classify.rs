@@ -217,6 +217,48 @@ pub fn classify(
     }
 }
 
+/// Payments created and resolved in one slice of the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub start: DateTime<Utc>,
+    pub created: u64,
+    pub resolved: u64,
+}
+
+/// The window cut into `n` equal slices, with how many payments were created and
+/// resolved in each: what the HTML report charts.
+pub fn timeline(
+    ours: &[Ours],
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    n: usize,
+) -> Vec<Bucket> {
+    let n = n.max(1);
+    let span_ms = (until - since).num_milliseconds().max(1);
+    let slice = |t: DateTime<Utc>| -> Option<usize> {
+        let off = (t - since).num_milliseconds();
+        (0..span_ms).contains(&off).then(|| {
+            usize::try_from(i128::from(off) * n as i128 / i128::from(span_ms)).unwrap_or(0)
+        })
+    };
+    let mut buckets: Vec<Bucket> = (0..n)
+        .map(|i| Bucket {
+            start: since + chrono::Duration::milliseconds(span_ms * i as i64 / n as i64),
+            created: 0,
+            resolved: 0,
+        })
+        .collect();
+    for p in ours {
+        if let Some(i) = slice(p.created_at) {
+            buckets[i].created += 1;
+        }
+        if let Some(i) = p.resolved_at.and_then(slice) {
+            buckets[i].resolved += 1;
+        }
+    }
+    buckets
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,6 +376,29 @@ mod tests {
             })
         );
         assert_eq!(c.discrepancies(), 0);
+    }
+
+    #[test]
+    fn the_timeline_slices_the_window() {
+        let mut early = ours("succeeded", None);
+        early.resolved_at = Some(t0() + chrono::Duration::minutes(90));
+        let mut late = ours("pending", None);
+        late.created_at = t0() + chrono::Duration::minutes(179);
+        let mut outside = ours("pending", None);
+        outside.created_at = t0() + chrono::Duration::hours(5);
+        let b = timeline(
+            &[early, late, outside],
+            t0(),
+            t0() + chrono::Duration::hours(3),
+            3,
+        );
+        assert_eq!(
+            b.iter()
+                .map(|b| (b.created, b.resolved))
+                .collect::<Vec<_>>(),
+            [(1, 0), (0, 1), (1, 0)]
+        );
+        assert_eq!(b[1].start, t0() + chrono::Duration::hours(1));
     }
 
     proptest! {

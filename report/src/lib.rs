@@ -3,6 +3,7 @@
 //! was resolved and how long it took.
 
 pub mod classify;
+pub mod html;
 pub mod render;
 pub mod repair;
 pub mod runs;
@@ -27,6 +28,9 @@ pub struct Report {
     pub stripe_intents: usize,
     #[serde(flatten)]
     pub classified: Classified,
+    /// Payments created and resolved per slice of the window (24 slices).
+    #[serde(default)]
+    pub timeline: Vec<classify::Bucket>,
 }
 
 pub struct Settings {
@@ -56,5 +60,6 @@ pub async fn run<G: StripeGateway>(
         payments: ours.len(),
         stripe_intents: theirs.len(),
         classified: classify(&ours, &theirs, now, s.stuck_after),
+        timeline: classify::timeline(&ours, s.since, s.until, 24),
     })
 }

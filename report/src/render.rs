@@ -9,6 +9,8 @@ pub enum Format {
     Table,
     Json,
     Csv,
+    /// A self-contained page (see `html.rs`).
+    Html,
 }
 
 impl std::str::FromStr for Format {
@@ -18,7 +20,10 @@ impl std::str::FromStr for Format {
             "table" => Ok(Format::Table),
             "json" => Ok(Format::Json),
             "csv" => Ok(Format::Csv),
-            other => Err(format!("unknown format {other:?}: table, json or csv")),
+            "html" => Ok(Format::Html),
+            other => Err(format!(
+                "unknown format {other:?}: table, json, csv or html"
+            )),
         }
     }
 }
@@ -28,6 +33,7 @@ pub fn render(r: &Report, format: Format) -> String {
         Format::Table => table(r),
         Format::Json => serde_json::to_string_pretty(r).unwrap_or_default() + "\n",
         Format::Csv => csv(r),
+        Format::Html => crate::html::html(r),
     }
 }
 
@@ -156,6 +162,7 @@ mod tests {
             stuck_after_secs: 3600,
             payments: 4,
             stripe_intents: 4,
+            timeline: Vec::new(),
             classified: Classified {
                 counts,
                 findings: vec![Finding {
@@ -191,6 +198,17 @@ mod tests {
             c.lines().nth(1).unwrap(),
             "amount_mismatch,00000000-0000-0000-0000-000000000000,pi_1,\"1,000\",999,2027-01-15T08:00:00+00:00"
         );
-        assert!("html".parse::<Format>().is_err());
+        assert!("xml".parse::<Format>().is_err());
+        let h = render(&r, Format::Html);
+        assert!(h.starts_with("<!doctype html>") && h.ends_with("</html>\n"));
+        assert!(
+            h.contains("<div class=\"n\">1</div><div class=\"l\">amount mismatch</div>"),
+            "{h}"
+        );
+        assert!(h.contains("1,000"), "the finding's values");
+        assert!(
+            !h.contains("http") && !h.contains("<script"),
+            "works offline: nothing fetched"
+        );
     }
 }

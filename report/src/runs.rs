@@ -159,6 +159,7 @@ mod tests {
             payments: 0,
             stripe_intents: 0,
             classified: c,
+            timeline: Vec::new(),
         }
     }
 
