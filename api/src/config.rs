@@ -12,6 +12,9 @@ pub struct ApiConfig {
     #[serde(default)]
     pub log_format: LogFormat,
     pub stripe: StripeConfig,
+    /// The replicas (e.g. nginx's replica port), for operator reports.
+    #[serde(default)]
+    pub replica: Option<DatabaseConfig>,
     /// Largest amount accepted, in minor units (Stripe's own ceiling is 99,999,999).
     #[serde(default = "default_max_amount")]
     pub max_amount: i64,

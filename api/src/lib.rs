@@ -5,6 +5,7 @@ pub mod error;
 pub mod openapi;
 pub mod payments;
 pub mod ratelimit;
+pub mod reports;
 pub mod validation;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub lease: Duration,
     pub limiter: Arc<RateLimiter>,
     pub metrics: Arc<Metrics>,
+    /// The replicas, for operator reports (never the primary); `None` disables them.
+    pub replica: Option<deadpool_postgres::Pool>,
 }
 
 impl AppState {
@@ -55,8 +58,25 @@ impl AppState {
             lease: Duration::from_secs(cfg.idempotency_lease_secs),
             limiter: Arc::new(RateLimiter::new(cfg.rate_limit)),
             metrics,
+            replica: cfg.replica.as_ref().map(replica_pool).transpose()?,
         })
     }
+}
+
+/// A small pool on the replicas; connections open on first use.
+pub fn replica_pool(
+    db: &paystream_service::DatabaseConfig,
+) -> Result<deadpool_postgres::Pool, paystream_core::GatewayError> {
+    let invalid =
+        |e: String| paystream_core::GatewayError::Unavailable(format!("replica settings: {e}"));
+    let pg: tokio_postgres::Config = db
+        .url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| invalid(e.to_string()))?;
+    deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls))
+        .max_size(2)
+        .build()
+        .map_err(|e| invalid(e.to_string()))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -65,6 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/payments/{id}", get(payments::get))
         .route("/v1/payments/{id}/events", get(payments::events))
         .route("/v1/payments/{id}/cancel", post(payments::cancel))
+        .route("/v1/reports/reconciliation", get(reports::reconciliation))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)

@@ -34,6 +34,13 @@ async fn serve_api(db: PgPool, stripe_base: &str, limit: RateLimitConfig) -> Str
         lease: Duration::from_secs(30),
         limiter: Arc::new(RateLimiter::new(limit)),
         metrics: Arc::new(paystream_service::Metrics::default()),
+        replica: Some(
+            paystream_api::replica_pool(&paystream_service::DatabaseConfig {
+                url: Stack::get().var("REPLICA_URL").to_owned(),
+                max_connections: 2,
+            })
+            .unwrap(),
+        ),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -748,6 +755,7 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it() {
         ("/v1/payments/{id}", "get"),
         ("/v1/payments/{id}/events", "get"),
         ("/v1/payments/{id}/cancel", "post"),
+        ("/v1/reports/reconciliation", "get"),
     ];
     for (path, method) in expected {
         let op = &spec["paths"][path][method];
@@ -827,4 +835,47 @@ async fn a_dead_database_is_a_503_not_a_500() {
         .await
         .unwrap();
     assert_eq!(intents["data"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn reconciliation_reports_are_for_operator_keys_only() {
+    let app = spawn_app().await;
+    let since = (chrono::Utc::now() - chrono::Duration::seconds(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let report = |key: &str, since: &str, format: &str| {
+        app.http
+            .get(format!("{}/v1/reports/reconciliation", app.base))
+            .query(&[("since", since), ("format", format)])
+            .bearer_auth(key)
+            .send()
+    };
+    let res = report(&app.key, &since, "json").await.unwrap();
+    assert_eq!(res.status(), 403);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "operator_only");
+
+    let (_, operator) = keys::create(&app.db, &format!("op-{}", Uuid::now_v7()), Role::Operator)
+        .await
+        .unwrap();
+    let res = report(&operator, &since, "json").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("x-discrepancies").is_some());
+    let body: Value = res.json().await.unwrap();
+    assert!(body["counts"]["matched"].is_u64(), "{body}");
+    assert!(body["data_as_of"].is_string(), "{body}");
+    let res = report(&operator, &since, "html").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(res.text().await.unwrap().starts_with("<!doctype html>"));
+    for (since, format) in [("yesterday", "json"), ("40d", "json"), ("1h", "xml")] {
+        let res = report(&operator, since, format).await.unwrap();
+        assert_eq!(res.status(), 400, "{since} {format}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_request", "{since} {format}");
+    }
 }

@@ -77,31 +77,7 @@ struct ReportArgs {
     stripe_secret_key: String,
 }
 
-/// `24h`, `30m`, `90s`, `7d`.
-fn duration(s: &str) -> anyhow::Result<chrono::Duration> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = n
-        .parse()
-        .with_context(|| format!("{s:?} is not a duration like 24h"))?;
-    Ok(match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
-        _ => anyhow::bail!("{s:?}: the unit is s, m, h or d"),
-    })
-}
-
-/// A duration back from `now`, or an RFC 3339 time.
-fn instant(
-    s: &str,
-    now: chrono::DateTime<chrono::Utc>,
-) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-    match chrono::DateTime::parse_from_rfc3339(s) {
-        Ok(t) => Ok(t.to_utc()),
-        Err(_) => Ok(now - duration(s)?),
-    }
-}
+use paystream_report::window::{duration, instant};
 
 async fn report(args: ReportArgs) -> anyhow::Result<bool> {
     use std::io::IsTerminal;

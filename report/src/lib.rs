@@ -8,6 +8,7 @@ pub mod render;
 pub mod repair;
 pub mod runs;
 pub mod source;
+pub mod window;
 
 use chrono::{DateTime, Utc};
 use paystream_core::StripeGateway;
