@@ -12,8 +12,16 @@ use paystream_testkit::sim::{SIM_KEY, SimWorld};
 use serde_json::Value;
 use uuid::Uuid;
 
+/// One `paystream report` run: exit code, output, log and the stored run's id.
+struct Run {
+    code: i32,
+    stdout: String,
+    log: String,
+    id: Uuid,
+}
+
 /// Runs the CLI without blocking the runtime: the test's stripe-sim is served by it.
-async fn report(stack: &Stack, world: &SimWorld, format: &str) -> (i32, String, Uuid) {
+async fn report(stack: &Stack, world: &SimWorld, format: &str, extra: &[&str]) -> Run {
     let started = Instant::now();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_paystream"))
         .args([
@@ -25,6 +33,7 @@ async fn report(stack: &Stack, world: &SimWorld, format: &str) -> (i32, String, 
             "--stripe-rate",
             "2000",
         ])
+        .args(extra)
         .env("REPLICA_URL", stack.var("REPLICA_URL"))
         .env("DATABASE_URL", stack.var("DATABASE_URL"))
         .env("STRIPE_API_BASE", &world.sim)
@@ -32,25 +41,24 @@ async fn report(stack: &Stack, world: &SimWorld, format: &str) -> (i32, String, 
         .output()
         .await
         .expect("run paystream report");
-    let log = String::from_utf8_lossy(&out.stderr);
-    let run = log
-        .lines()
-        .find_map(|l| l.strip_prefix("run ")?.strip_suffix(" stored"))
-        .and_then(|id| Uuid::parse_str(id).ok());
-    assert!(
-        out.status.code().is_some(),
-        "killed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let code = out.status.code().unwrap_or(-1);
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let code = out.status.code().unwrap_or_else(|| panic!("killed: {log}"));
     assert!(
         code != 1,
-        "the report failed after {:?}: {}",
-        started.elapsed(),
-        String::from_utf8_lossy(&out.stderr)
+        "the report failed after {:?}: {log}",
+        started.elapsed()
     );
-    let run = run.unwrap_or_else(|| panic!("no stored run id in: {log}"));
-    (code, String::from_utf8(out.stdout).expect("utf-8"), run)
+    let id = log
+        .lines()
+        .find_map(|l| l.strip_prefix("run ")?.strip_suffix(" stored"))
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .unwrap_or_else(|| panic!("no stored run id in: {log}"));
+    Run {
+        code,
+        stdout: String::from_utf8(out.stdout).expect("utf-8"),
+        log,
+        id,
+    }
 }
 
 async fn edit(world: &SimWorld, sql: &str, id: Uuid) {
@@ -145,7 +153,12 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     .collect();
     let ours = |id: &str| want.contains_key(id) || id == matched.to_string();
 
-    let (code, json, first_run) = report(stack, &world, "json").await;
+    let Run {
+        code,
+        stdout: json,
+        id: first_run,
+        ..
+    } = report(stack, &world, "json", &[]).await;
     assert_eq!(
         code, 2,
         "discrepancies make the exit code non-zero:\n{json}"
@@ -181,7 +194,12 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     );
     assert!(v["resolved_by"]["webhook"].as_u64() >= Some(1));
 
-    let (code, csv, csv_run) = report(stack, &world, "csv").await;
+    let Run {
+        code,
+        stdout: csv,
+        id: csv_run,
+        ..
+    } = report(stack, &world, "csv", &[]).await;
     assert_eq!(code, 2);
     for (id, class) in &want {
         assert!(
@@ -191,7 +209,11 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
         );
     }
     assert!(!csv.contains(&matched.to_string()));
-    let (code, table, _) = report(stack, &world, "table").await;
+    let Run {
+        code,
+        stdout: table,
+        ..
+    } = report(stack, &world, "table", &[]).await;
     assert_eq!(code, 2);
     for (id, class) in &want {
         assert!(
@@ -204,25 +226,7 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     assert!(table.contains("matched"), "{table}");
 
     // --repair fixes exactly the status mismatch, as an operator change.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_paystream"))
-        .args([
-            "report",
-            "--since",
-            "3h",
-            "--format",
-            "json",
-            "--stripe-rate",
-            "2000",
-            "--repair",
-        ])
-        .env("REPLICA_URL", stack.var("REPLICA_URL"))
-        .env("DATABASE_URL", stack.var("DATABASE_URL"))
-        .env("STRIPE_API_BASE", &world.sim)
-        .env("STRIPE_SECRET_KEY", SIM_KEY)
-        .output()
-        .await
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = report(stack, &world, "json", &["--repair"]).await.log;
     assert!(
         log.contains(&format!("repaired {status}: pending -> succeeded")),
         "{log}"
@@ -243,7 +247,11 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     // Once the replicas have the repair, the next run no longer reports it.
     let started = Instant::now();
     let last_run = loop {
-        let (_, json, run) = report(stack, &world, "json").await;
+        let Run {
+            stdout: json,
+            id: run,
+            ..
+        } = report(stack, &world, "json", &[]).await;
         let v: Value = serde_json::from_str(&json).unwrap();
         let still = v["findings"]
             .as_array()

@@ -69,7 +69,8 @@ struct Delivered {
     result: Result<(), String>,
 }
 
-type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// A delivery confirmation waiting in line.
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 pub struct Worker<G> {
     kafka: KafkaConfig,
@@ -90,7 +91,7 @@ pub struct Worker<G> {
     epoch: u64,
     limiter: TokenBucket,
     polls: JoinSet<PollDone>,
-    deliveries: FuturesOrdered<Pending<Delivered>>,
+    deliveries: FuturesOrdered<Boxed<Delivered>>,
     backoff: Duration,
     paused_until: Option<Instant>,
 }

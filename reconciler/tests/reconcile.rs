@@ -170,6 +170,22 @@ async fn group(stack: &Stack, world: &SimWorld) -> Group {
     Group { env, status_topic }
 }
 
+/// A stripe-sim that delivers its webhooks, with `faults`, to a receiver of its own on
+/// the real primary.
+async fn world_with_webhooks(stack: &Stack, faults: serde_json::Value) -> SimWorld {
+    let db = stack.pool("DATABASE_URL").await;
+    let world = SimWorld::start(db.clone()).await;
+    let secret = format!("whsec_{}", Uuid::now_v7().simple());
+    let settings = WebhookSettings {
+        secrets: secret.clone(),
+        tolerance_secs: 300,
+    };
+    let hook = paystream_webhook::spawn(db, &settings).await.unwrap();
+    world.add_webhook_endpoint(&hook, &secret).await;
+    world.set_faults(faults).await;
+    world
+}
+
 /// The kinds of payment a run mixes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -396,22 +412,11 @@ async fn with_webhooks_off_polling_alone_reaches_stripes_final_status() {
 async fn a_thousand_payments_survive_faulty_webhooks_and_two_sigkills() {
     let _serial = SERIAL.lock().await;
     let stack = Stack::get();
-    let db = stack.pool("DATABASE_URL").await;
-    let world = SimWorld::start(db.clone()).await;
-    let secret = format!("whsec_{}", Uuid::now_v7().simple());
-    let hook = paystream_webhook::spawn(
-        db,
-        &WebhookSettings {
-            secrets: secret.clone(),
-            tolerance_secs: 300,
-        },
+    let world = world_with_webhooks(
+        stack,
+        json!({"webhook_drop_rate": 0.3, "webhook_duplicate_rate": 0.2, "webhook_reorder_window_ms": 500}),
     )
-    .await
-    .unwrap();
-    world.add_webhook_endpoint(&hook, &secret).await;
-    world
-        .set_faults(json!({"webhook_drop_rate": 0.3, "webhook_duplicate_rate": 0.2, "webhook_reorder_window_ms": 500}))
-        .await;
+    .await;
     let g = group(stack, &world).await;
     let mut r = Reconciler::start("rec-sigkill", g.env.clone());
     r.wait_loaded().await;
@@ -460,20 +465,7 @@ async fn a_thousand_payments_survive_faulty_webhooks_and_two_sigkills() {
 async fn two_instances_share_the_partitions_through_rebalances() {
     let _serial = SERIAL.lock().await;
     let stack = Stack::get();
-    let db = stack.pool("DATABASE_URL").await;
-    let world = SimWorld::start(db.clone()).await;
-    let secret = format!("whsec_{}", Uuid::now_v7().simple());
-    let hook = paystream_webhook::spawn(
-        db,
-        &WebhookSettings {
-            secrets: secret.clone(),
-            tolerance_secs: 300,
-        },
-    )
-    .await
-    .unwrap();
-    world.add_webhook_endpoint(&hook, &secret).await;
-    world.set_faults(json!({"webhook_drop_rate": 0.5})).await;
+    let world = world_with_webhooks(stack, json!({"webhook_drop_rate": 0.5})).await;
     let g = group(stack, &world).await;
     let mut a = Reconciler::start("rec-a", g.env.clone());
     a.wait_loaded().await;

@@ -87,17 +87,21 @@ impl Stack {
         c
     }
 
-    /// A consumer positioned at the current end of every partition of `topic`, so it
-    /// sees exactly what is produced after this call.
-    pub fn consumer_at_end(&self, topic: &str) -> StreamConsumer {
-        let consumer: StreamConsumer = self
-            .kafka_config()
+    /// A consumer in a group of its own that commits nothing: the caller assigns it.
+    fn own_consumer(&self) -> StreamConsumer {
+        self.kafka_config()
             .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
             .set("enable.auto.commit", "false")
             // librdkafka's default 500 ms would dominate the latencies tests and the demo show.
             .set("fetch.wait.max.ms", "20")
             .create()
-            .expect("kafka consumer");
+            .expect("kafka consumer")
+    }
+
+    /// A consumer positioned at the current end of every partition of `topic`, so it
+    /// sees exactly what is produced after this call.
+    pub fn consumer_at_end(&self, topic: &str) -> StreamConsumer {
+        let consumer = self.own_consumer();
         let meta = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("broker metadata for {topic}: {e}"));
@@ -148,13 +152,7 @@ impl Stack {
         enough: impl Fn(&[Record]) -> bool,
     ) -> Vec<Record> {
         use rdkafka::Message;
-        let consumer: StreamConsumer = self
-            .kafka_config()
-            .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "20")
-            .create()
-            .expect("kafka consumer");
+        let consumer = self.own_consumer();
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.partition_count(topic) as i32 {
             tpl.add_partition_offset(topic, p, Offset::Beginning)
