@@ -180,10 +180,26 @@ logs() {
     fi
 }
 
+# The reconciler holds CDC partitions (it has joined its group and loaded its state).
+reconciler_owns_partitions() {
+    curl -fsS --max-time 1 "http://127.0.0.1:$RECONCILER_PORT/metrics" | grep -Eq '^reconciler_partitions [1-9]'
+}
+
 demo() {
     [ -f "$STACK_DIR/env" ] || die "no $STACK_DIR/env: run \`make up\` first"
+    # Its polls are what the demo's dropped webhook waits for.
+    wait_for "reconciler in its consumer group" 60 reconciler_owns_partitions ||
+        die "the reconciler holds no CDC partition; see $LOG_DIR/reconciler.log"
     log "demo: sending payments through the stack"
+    local since
+    since=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
     "$CARGO_TARGET_DIR/debug/paystream-demo" || die "demo failed"
+    log "reconciliation report of the demo's payments (replicas against stripe-sim)"
+    # Exit 2 means discrepancies: shown, not fatal (a payment Stripe has not finished is
+    # not one; a webhook still in flight can be).
+    local rc=0
+    (set -a && . "$STACK_DIR/env" && "$CARGO_TARGET_DIR/debug/paystream" report --since "$since") || rc=$?
+    [ "$rc" -le 2 ] || die "the reconciliation report failed"
 }
 
 case ${1:-} in
