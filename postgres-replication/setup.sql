@@ -15,6 +15,9 @@ ALTER ROLE replicator PASSWORD :'replicator_password';
 ALTER ROLE paystream PASSWORD :'app_password';
 ALTER ROLE debezium PASSWORD :'debezium_password';
 ALTER ROLE analyst PASSWORD :'analyst_password';
+-- Analytics say whether the replica they read is streaming from the primary, which
+-- pg_stat_wal_receiver only shows to members of this role.
+GRANT pg_read_all_stats TO paystream, analyst;
 SELECT format('CREATE DATABASE %I OWNER paystream', :'db')
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
 GRANT CREATE, CONNECT ON DATABASE :"db" TO debezium;

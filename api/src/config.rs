@@ -23,6 +23,28 @@ pub struct ApiConfig {
     /// How long a request holds its idempotency key before a retry may take it over.
     #[serde(default = "default_lease_secs")]
     pub idempotency_lease_secs: u64,
+    #[serde(default)]
+    pub analytics: AnalyticsConfig,
+}
+
+/// Analytics read the replicas: how much lag they accept, what they do beyond it, and how
+/// often this instance refreshes the hourly rollups on the primary (0: never).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct AnalyticsConfig {
+    pub max_lag_ms: u64,
+    pub on_lag: paystream_analytics::OnLag,
+    pub refresh_ms: u64,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        AnalyticsConfig {
+            max_lag_ms: 10_000,
+            on_lag: paystream_analytics::OnLag::Refuse,
+            refresh_ms: 10_000,
+        }
+    }
 }
 
 /// Per API key, per instance: a token bucket of `per_second` with room for `burst`.

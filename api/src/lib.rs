@@ -1,5 +1,6 @@
 //! The payment API. `router` builds the whole app; `main.rs` only loads config and serves.
 
+pub mod analytics;
 pub mod config;
 pub mod error;
 pub mod openapi;
@@ -36,8 +37,11 @@ pub struct AppState {
     pub lease: Duration,
     pub limiter: Arc<RateLimiter>,
     pub metrics: Arc<Metrics>,
-    /// The replicas, for operator reports (never the primary); `None` disables them.
+    /// The replicas, for operator reports and analytics (never the primary); `None`
+    /// disables both.
     pub replica: Option<deadpool_postgres::Pool>,
+    /// The replica lag analytics accept, and what they do beyond it.
+    pub analytics: paystream_analytics::Guard,
 }
 
 impl AppState {
@@ -59,6 +63,10 @@ impl AppState {
             limiter: Arc::new(RateLimiter::new(cfg.rate_limit)),
             metrics,
             replica: cfg.replica.as_ref().map(replica_pool).transpose()?,
+            analytics: paystream_analytics::Guard {
+                max_lag: Duration::from_millis(cfg.analytics.max_lag_ms),
+                on_lag: cfg.analytics.on_lag,
+            },
         })
     }
 }
@@ -80,6 +88,13 @@ pub fn replica_pool(
 }
 
 pub fn router(state: AppState) -> Router {
+    let analytics = Router::new()
+        .route("/v1/analytics/summary", get(analytics::summary))
+        .route("/v1/analytics/timeseries", get(analytics::timeseries))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            analytics::authenticate_on_replica,
+        ));
     Router::new()
         .route("/v1/payments", post(payments::create).get(payments::list))
         .route("/v1/payments/{id}", get(payments::get))
@@ -87,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/payments/{id}/cancel", post(payments::cancel))
         .route("/v1/reports/reconciliation", get(reports::reconciliation))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .merge(analytics)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
         // Public: the contract is no secret.
@@ -94,31 +110,54 @@ pub fn router(state: AppState) -> Router {
         .route("/docs", get(openapi::docs))
 }
 
-/// Resolves the API key to a principal and applies its rate limit. The key itself is
-/// never logged.
-async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let key = req
-        .headers()
+/// The bearer key of a request, if any.
+fn bearer(req: &Request) -> Option<String> {
+    req.headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+}
+
+/// The key's rate limit.
+fn admit(state: &AppState, principal: Principal, now: Instant) -> Result<(), ApiError> {
+    state
+        .limiter
+        .check(principal.client_id, now)
+        .map_err(|retry_after| {
+            let mut err = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests for this API key",
+            );
+            err.retry_after_secs = Some(retry_after);
+            err
+        })
+}
+
+/// Resolves the API key to a principal on the primary and applies its rate limit. The key
+/// itself is never logged. Analyst keys read analytics only, which have their own check.
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(key) = bearer(&req) else {
         return ApiError::unauthorized().into_response();
     };
-    let principal = match keys::authenticate(&state.db, key).await {
+    let principal = match keys::authenticate(&state.db, &key).await {
         Ok(Some(p)) => p,
         Ok(None) => return ApiError::unauthorized().into_response(),
         Err(e) => return ApiError::from(e).into_response(),
     };
-    if let Err(retry_after) = state.limiter.check(principal.client_id, Instant::now()) {
-        let mut err = ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests for this API key",
-        );
-        err.retry_after_secs = Some(retry_after);
-        return err.into_response();
+    if principal.role == keys::Role::Analyst {
+        return ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "analytics_only",
+            "analyst keys read /v1/analytics only",
+        )
+        .into_response();
+    }
+    if let Err(e) = admit(&state, principal, Instant::now()) {
+        return e.into_response();
     }
     req.extensions_mut().insert::<Principal>(principal);
     next.run(req).await

@@ -10,6 +10,12 @@ async fn main() -> anyhow::Result<()> {
     let cfg: ApiConfig = load_config()?;
     let service = Service::start("api", &cfg.database, cfg.log_format)?;
     let state = AppState::new(service.primary.clone(), &cfg, service.metrics.clone())?;
+    if cfg.analytics.refresh_ms > 0 {
+        tokio::spawn(paystream_analytics::refresh::refresh_loop(
+            service.primary.clone(),
+            std::time::Duration::from_millis(cfg.analytics.refresh_ms),
+        ));
+    }
     service
         .serve(cfg.instance, cfg.listen_addr, router(state))
         .await?;

@@ -38,7 +38,7 @@ impl Modify for Bearer {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Paystream API", version = "1", description = "Idempotent payment initiation and reads. Amounts are integer minor units."),
-    paths(payments::create, payments::list, payments::get, payments::events, payments::cancel, crate::reports::reconciliation),
+    paths(payments::create, payments::list, payments::get, payments::events, payments::cancel, crate::reports::reconciliation, crate::analytics::summary, crate::analytics::timeseries),
     components(schemas(crate::validation::CreatePayment, payments::PaymentView, ErrorBody, ErrorDetail)),
     modifiers(&Bearer)
 )]

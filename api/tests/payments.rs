@@ -41,6 +41,10 @@ async fn serve_api(db: PgPool, stripe_base: &str, limit: RateLimitConfig) -> Str
             })
             .unwrap(),
         ),
+        analytics: paystream_analytics::Guard {
+            max_lag: Duration::from_secs(10),
+            on_lag: paystream_analytics::OnLag::Refuse,
+        },
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -756,6 +760,8 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it() {
         ("/v1/payments/{id}/events", "get"),
         ("/v1/payments/{id}/cancel", "post"),
         ("/v1/reports/reconciliation", "get"),
+        ("/v1/analytics/summary", "get"),
+        ("/v1/analytics/timeseries", "get"),
     ];
     for (path, method) in expected {
         let op = &spec["paths"][path][method];

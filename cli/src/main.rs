@@ -222,14 +222,14 @@ enum KeysAction {
     Create {
         #[arg(long)]
         name: String,
-        #[arg(long, value_parser = ["client", "operator"])]
+        #[arg(long, value_parser = ["client", "operator", "analyst"])]
         role: String,
     },
     /// Registers a key you already hold (read from PAYSTREAM_KEY), e.g. the local stack's.
     Register {
         #[arg(long)]
         name: String,
-        #[arg(long, value_parser = ["client", "operator"])]
+        #[arg(long, value_parser = ["client", "operator", "analyst"])]
         role: String,
         #[arg(long, env = "PAYSTREAM_KEY", hide_env_values = true)]
         key: String,

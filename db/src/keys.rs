@@ -12,6 +12,8 @@ use crate::DbError;
 pub enum Role {
     Client,
     Operator,
+    /// Reads analytics only.
+    Analyst,
 }
 
 impl Role {
@@ -19,6 +21,7 @@ impl Role {
         match self {
             Role::Client => "client",
             Role::Operator => "operator",
+            Role::Analyst => "analyst",
         }
     }
 
@@ -26,6 +29,7 @@ impl Role {
         match s {
             "client" => Some(Role::Client),
             "operator" => Some(Role::Operator),
+            "analyst" => Some(Role::Analyst),
             _ => None,
         }
     }
@@ -38,7 +42,7 @@ pub struct Principal {
     pub role: Role,
 }
 
-/// `psk_client_` or `psk_operator_` and 32 alphanumerics (~190 bits).
+/// `psk_<role>_` and 32 alphanumerics (~190 bits).
 pub fn generate(role: Role) -> String {
     let tail: String = rand::thread_rng()
         .sample_iter(&Alphanumeric)
@@ -48,7 +52,7 @@ pub fn generate(role: Role) -> String {
     format!("psk_{}_{tail}", role.as_str())
 }
 
-fn hash(key: &str) -> Vec<u8> {
+pub fn hash(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
 }
 

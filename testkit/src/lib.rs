@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 pub mod cdc;
+pub mod cluster;
 pub mod sim;
 
 /// A Kafka record as tests read it: key and value.

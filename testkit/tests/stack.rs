@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use paystream_testkit::Stack;
 use paystream_testkit::cdc::{self, Record};
+use paystream_testkit::cluster::ScratchCluster;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -378,37 +379,13 @@ async fn the_stacks_stripe_sim_takes_the_stacks_key_only() {
 /// half-made replica (its base backup never finished) is detected and rebuilt.
 #[test]
 fn cluster_setup_is_idempotent_and_repairs_a_half_made_replica() {
-    let stack = Stack::get();
-    let scratch = std::env::temp_dir().join(format!("paystream-repair-{}", Uuid::now_v7()));
-    // Private, like a clone under /root or in a mktemp -d: the postgres user cannot enter
-    // it, so cluster.sh must keep the data where that user can.
-    std::fs::create_dir(&scratch).unwrap();
-    std::fs::set_permissions(
-        &scratch,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
-    let cluster = |arg: &str| {
-        let out = std::process::Command::new(stack.root().join("postgres-replication/cluster.sh"))
-            .arg(arg)
-            .env("STACK_DIR", &scratch)
-            .env("PG_PRIMARY_PORT", "25433")
-            .env("PG_REPLICA1_PORT", "25434")
-            .env("PG_REPLICA2_PORT", "25435")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let scratch = ScratchCluster::new("repair", 25433);
+    let cluster = |arg: &str| scratch.run(arg);
     let first = cluster("up");
     let second = cluster("up");
     // Simulate a base backup that died half-way: the replica's completion marker is gone.
     // (The log link points into the cluster's data dir, wherever cluster.sh put it.)
-    let pg_dir = std::fs::read_link(scratch.join("logs/pg-replica2.log"))
+    let pg_dir = std::fs::read_link(scratch.dir().join("logs/pg-replica2.log"))
         .ok()
         .and_then(|log| log.parent()?.parent().map(std::path::Path::to_path_buf));
     let removed = pg_dir
@@ -417,7 +394,6 @@ fn cluster_setup_is_idempotent_and_repairs_a_half_made_replica() {
     let repair = cluster("up");
     let status = cluster("status");
     let clean = cluster("clean");
-    let _ = std::fs::remove_dir_all(&scratch);
 
     assert!(first.0, "first up failed: {}", first.1);
     assert!(second.0, "second up failed: {}", second.1);
@@ -436,8 +412,11 @@ fn cluster_setup_is_idempotent_and_repairs_a_half_made_replica() {
         .is_ok_and(|o| o.stdout == b"0\n");
     if root {
         assert!(
-            pg_dir.as_ref().is_some_and(|d| !d.starts_with(&scratch)),
-            "the postgres user cannot enter {scratch:?}, yet the data went there: {pg_dir:?}"
+            pg_dir
+                .as_ref()
+                .is_some_and(|d| !d.starts_with(scratch.dir())),
+            "the postgres user cannot enter {:?}, yet the data went there: {pg_dir:?}",
+            scratch.dir()
         );
     }
     assert!(repair.0, "repairing up failed: {}", repair.1);

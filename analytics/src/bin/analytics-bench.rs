@@ -1,0 +1,302 @@
+//! Analytics at 10 million payments: refresh costs, query times through the replicas
+//! against the naive GROUP BY over the raw rows (the baseline, same run), and the query
+//! plans, checked: no answer may scan the payments table.
+//!
+//!   analytics-bench <admin url of the primary> [payments, default 10000000] [runs, default 5]
+//!
+//! It works in its own database (`paystream_analytics_bench`) on the stack's cluster,
+//! filled once and kept, and reads the replicas through nginx's replica port (6432).
+#![allow(clippy::print_stdout, clippy::float_arithmetic)]
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use paystream_analytics::{Bucket, Guard, Metric, OnLag, Window};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+
+const DB: &str = "paystream_analytics_bench";
+const DAYS: i64 = 30;
+
+fn with_db(url: &str, port: Option<u16>) -> anyhow::Result<String> {
+    let mut u = url::Url::parse(url).context("admin url")?;
+    u.set_path(DB);
+    if let Some(p) = port {
+        u.set_port(Some(p)).ok().context("port")?;
+    }
+    Ok(u.to_string())
+}
+
+/// Payments spread evenly over the last `DAYS` days (UTC midnight to midnight), shaped like
+/// production: time-ordered ids, three currencies, every status and resolution source.
+async fn fill(primary: &PgPool, n: i64, start: DateTime<Utc>) -> anyhow::Result<()> {
+    sqlx::migrate!("../migrations").run(primary).await?;
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
+        .fetch_one(primary)
+        .await?;
+    if have >= n {
+        return Ok(());
+    }
+    let step_us = DAYS * 86_400_000_000 / n;
+    let chunk = 1_000_000;
+    let mut from = have + 1;
+    while from <= n {
+        let to = (from + chunk - 1).min(n);
+        let started = Instant::now();
+        sqlx::query(
+            "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, status,
+                                   resolution_source, created_at, updated_at, resolved_at)
+             SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(g), 12, '0'))::uuid,
+                    ('00000000-0000-4000-8000-' || lpad(to_hex(g % 1000), 12, '0'))::uuid,
+                    'order-' || g, 100 + abs(hashtext('a' || g)) % 100000,
+                    (ARRAY['usd', 'eur', 'jpy'])[1 + abs(hashtext('c' || g)) % 3],
+                    s.status,
+                    CASE WHEN s.status <> 'pending' THEN
+                        (ARRAY['api', 'webhook', 'webhook', 'webhook', 'poll', 'expiry', 'operator'])
+                        [1 + abs(hashtext('r' || g)) % 7] END,
+                    c.at, c.at,
+                    CASE WHEN s.status <> 'pending' THEN c.at
+                        + (abs(hashtext('t' || g)) % (10 ^ (1 + abs(hashtext('d' || g)) % 7))::int)
+                          * interval '1 millisecond' END
+             FROM generate_series($1::bigint, $2::bigint) g,
+             LATERAL (SELECT $3 + (g - 1) * $4 * interval '1 microsecond' AS at) c,
+             LATERAL (SELECT CASE WHEN c.at > now() - interval '1 day' AND g % 50 = 0 THEN 'pending'
+                                  ELSE (ARRAY['succeeded', 'succeeded', 'succeeded', 'succeeded',
+                                              'succeeded', 'failed', 'canceled'])
+                                       [1 + abs(hashtext('s' || g)) % 7] END AS status) s",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(start)
+        .bind(step_us)
+        .execute(primary)
+        .await?;
+        println!(
+            "filled payments {from}..={to} in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        from = to + 1;
+    }
+    // Index-only scans need the visibility map, and the planner needs statistics.
+    sqlx::query("VACUUM (ANALYZE) payments")
+        .execute(primary)
+        .await?;
+    Ok(())
+}
+
+async fn caught_up(primary: &PgPool, replica: &deadpool_postgres::Pool) -> anyhow::Result<()> {
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(primary)
+        .await?;
+    let client = replica.get().await?;
+    for _ in 0..6000 {
+        let row = client
+            .query_one(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .await?;
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the replica did not replay {lsn} in 10 minutes")
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// The query an analyst would write without the rollups: the whole window, raw.
+const NAIVE_SQL: &str = "
+SELECT currency, status, resolution_source, count(*), sum(amount)::bigint,
+       percentile_disc(ARRAY[0.5, 0.95, 0.99, 1.0]) WITHIN GROUP
+           (ORDER BY analytics_resolution_ms(created_at, resolved_at))
+FROM payments WHERE created_at >= $1 AND created_at < $2 GROUP BY 1, 2, 3";
+
+/// Node types and relations of a JSON plan, depth first.
+fn plan_nodes(plan: &serde_json::Value, out: &mut Vec<String>) {
+    let node = plan["Node Type"].as_str().unwrap_or("?");
+    let rel = plan["Relation Name"].as_str().unwrap_or("");
+    let index = plan["Index Name"].as_str().unwrap_or("");
+    out.push(format!("{node} {rel} {index}").trim().to_owned());
+    for child in plan["Plans"].as_array().into_iter().flatten() {
+        plan_nodes(child, out);
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let admin = args
+        .get(1)
+        .context("usage: analytics-bench ADMIN_URL [N] [RUNS]")?;
+    let n: i64 = args.get(2).map_or(Ok(10_000_000), |s| s.parse())?;
+    let runs: usize = args.get(3).map_or(Ok(5), |s| s.parse())?;
+
+    let mut conn = PgConnection::connect(admin).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(DB)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        sqlx::query(&format!("CREATE DATABASE {DB}"))
+            .execute(&mut conn)
+            .await?;
+    }
+    let primary = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&with_db(admin, None)?)
+        .await?;
+    // The data's days are fixed once filled: read them back rather than from the clock.
+    let today = Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .context("midnight")?
+        .and_utc();
+    fill(&primary, n, today - chrono::Duration::days(DAYS)).await?;
+    let (first, last): (DateTime<Utc>, DateTime<Utc>) =
+        sqlx::query_as("SELECT min(created_at), max(created_at) FROM payments")
+            .fetch_one(&primary)
+            .await?;
+
+    let started = Instant::now();
+    let full = paystream_analytics::refresh::refresh(&primary, true)
+        .await?
+        .context("another refresh holds the lock")?;
+    let full_took = started.elapsed();
+    // A realistic increment: 1,000 late resolutions spread over the last day.
+    sqlx::query(
+        "UPDATE payments SET status = 'succeeded', resolution_source = 'poll',
+                resolved_at = created_at + interval '10 minutes', updated_at = now(),
+                version = version + 1
+         WHERE id IN (SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at DESC LIMIT 1000)",
+    )
+    .execute(&primary)
+    .await?;
+    let started = Instant::now();
+    let inc = paystream_analytics::refresh::refresh(&primary, false)
+        .await?
+        .context("another refresh holds the lock")?;
+    let inc_took = started.elapsed();
+
+    let pg: tokio_postgres::Config = with_db(admin, Some(6432))?.parse()?;
+    let replica = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+        pg,
+        tokio_postgres::NoTls,
+    ))
+    // One connection for the answers, one for the naive baseline and the plans.
+    .max_size(2)
+    .build()?;
+    caught_up(&primary, &replica).await?;
+    let guard = Guard {
+        max_lag: Duration::from_secs(3600),
+        on_lag: OnLag::Flag,
+    };
+
+    println!(
+        "\nanalytics over {n} payments ({first} .. {last}), replicas via nginx, {runs} runs each"
+    );
+    println!(
+        "rollup refresh: full {} hours in {} ms; incremental after 1,000 updates: {} hours in {} ms",
+        full.hours,
+        ms(full_took),
+        inc.hours,
+        ms(inc_took)
+    );
+    // Windows start off the hour, so every answer reads raw edges as well as rollups.
+    let end = last + chrono::Duration::seconds(1);
+    let windows = [
+        (
+            "30 days",
+            end - chrono::Duration::days(DAYS) + chrono::Duration::minutes(7),
+            end,
+        ),
+        ("24 hours", end - chrono::Duration::hours(24), end),
+        ("1 hour", end - chrono::Duration::minutes(60), end),
+    ];
+    println!(
+        "\n{:<34} {:>12} {:>16} {:>8}",
+        "query", "median ms", "naive GROUP BY", "speedup"
+    );
+    let client = replica.get().await?;
+    for (name, from, to) in windows {
+        let w = Window::new(from, to, None)?;
+        let mut ours = Vec::new();
+        let mut naive = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            let s = paystream_analytics::summary(&replica, guard, &w).await?;
+            ours.push(t.elapsed());
+            if s.payments == 0 {
+                bail!("empty window {name}");
+            }
+            // The baseline takes seconds per run at 30 days: three runs give its median.
+            if naive.len() < 3 {
+                let t = Instant::now();
+                client.query(NAIVE_SQL, &[&from, &to]).await?;
+                naive.push(t.elapsed());
+            }
+        }
+        let (ours, naive) = (median(ours), median(naive));
+        println!(
+            "{:<34} {:>12} {:>16} {:>7.0}x",
+            format!("summary, {name}"),
+            ms(ours),
+            ms(naive),
+            naive.as_secs_f64() / ours.as_secs_f64()
+        );
+    }
+    for (bucket, metric) in [
+        (Bucket::Hour, Metric::Count),
+        (Bucket::Day, Metric::SuccessRate),
+    ] {
+        let w = Window::new(windows[0].1, windows[0].2, None)?;
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            paystream_analytics::timeseries(&replica, guard, &w, bucket, metric).await?;
+            times.push(t.elapsed());
+        }
+        println!(
+            "{:<34} {:>12}",
+            format!("timeseries {bucket:?}/{metric:?}, 30 days"),
+            ms(median(times))
+        );
+    }
+
+    // The plans, on the replica, with the 30-day window's parameters.
+    let w = Window::new(windows[0].1, windows[0].2, None)?;
+    let (a, b) = w.split(true);
+    println!("\nplans (30-day window):");
+    let mut violations = Vec::new();
+    for (name, sql) in paystream_analytics::query::sql_for_explain() {
+        let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}");
+        let row = client
+            .query_one(&explain, &[&w.from, &a, &b, &w.to, &None::<String>])
+            .await?;
+        let json: serde_json::Value = row.get(0);
+        let mut nodes = Vec::new();
+        plan_nodes(&json[0]["Plan"], &mut nodes);
+        let took = json[0]["Execution Time"].as_f64().unwrap_or(0.0);
+        println!("  {name} ({took:.1} ms): {}", nodes.join(" > "));
+        for n in &nodes {
+            if n.starts_with("Seq Scan payments") || n.starts_with("Parallel Seq Scan payments") {
+                violations.push(format!("{name}: {n}"));
+            }
+        }
+    }
+    if !violations.is_empty() {
+        bail!("analytics plans scan the payments table: {violations:?}");
+    }
+    println!("  no plan scans the payments table");
+    Ok(())
+}

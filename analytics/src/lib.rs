@@ -1,0 +1,30 @@
+//! Analytics for analysts, read from the replicas (never the primary).
+//!
+//! At 10 million payments a GROUP BY over the raw table takes seconds, so whole UTC hours
+//! are read from rollup tables (`analytics_hourly`, `analytics_resolution_hourly`) and only
+//! a window's partial edge hours from the raw rows, through a covering index. The rollups
+//! are refreshed on the primary by [`refresh::refresh`] and replicate like any table.
+//! Every answer says how fresh it is ([`query::Freshness`]).
+
+pub mod histogram;
+pub mod plan;
+pub mod query;
+pub mod refresh;
+
+pub use plan::{Bucket, Metric, QueryError, Window};
+pub use query::{Freshness, Guard, OnLag, Point, Series, Summary, summary, timeseries};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyticsError {
+    #[error("replica: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("replica: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// Analytics must never load the primary: a misconfigured URL is refused.
+    #[error("the analytics database is not a replica (pg_is_in_recovery() is false)")]
+    NotReplica,
+    #[error(transparent)]
+    Query(#[from] crate::plan::QueryError),
+    #[error("the replica lags {lag_ms:?} ms behind the primary (bound {max_ms} ms)")]
+    Lagging { lag_ms: Option<i64>, max_ms: i64 },
+}

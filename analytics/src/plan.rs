@@ -1,0 +1,235 @@
+//! The pure part of a query: its window, checked, and which parts of it come from the
+//! hourly rollups and which from raw rows.
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use serde::Serialize;
+
+/// Longest window served: a year of hourly points is 8,784 of them.
+pub const MAX_WINDOW_DAYS: i64 = 366;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("the window must run forward (from < to) and span at most {MAX_WINDOW_DAYS} days")]
+    Window,
+    #[error("{0:?} is not a supported ISO 4217 currency (lowercase, e.g. usd)")]
+    Currency(String),
+    #[error("unknown bucket {0:?}: hour or day")]
+    Bucket(String),
+    #[error("unknown metric {0:?}: count, volume or success_rate")]
+    Metric(String),
+    #[error("metric volume needs a currency: amounts in different currencies do not add up")]
+    VolumeNeedsCurrency,
+}
+
+/// `[from, to)` over payments' `created_at`, optionally one currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub currency: Option<String>,
+}
+
+impl Window {
+    pub fn new(
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        currency: Option<&str>,
+    ) -> Result<Window, QueryError> {
+        if from >= to || to - from > Duration::days(MAX_WINDOW_DAYS) {
+            return Err(QueryError::Window);
+        }
+        let currency = currency
+            .map(|c| {
+                paystream_core::Currency::parse(c)
+                    .map(|cur| cur.code().to_owned())
+                    .map_err(|_| QueryError::Currency(c.to_owned()))
+            })
+            .transpose()?;
+        Ok(Window { from, to, currency })
+    }
+
+    /// Raw rows for `[from, rollup.0)` and `[rollup.1, to)`, rollups for the whole hours
+    /// in between. Without rollups (never refreshed) or without a whole hour, everything
+    /// is raw: `rollup` is then the empty `[to, to)`.
+    pub fn split(&self, have_rollups: bool) -> (DateTime<Utc>, DateTime<Utc>) {
+        let hour = Duration::hours(1);
+        let floor = |t: DateTime<Utc>| t.duration_trunc(hour).unwrap_or(t);
+        let first = if floor(self.from) == self.from {
+            self.from
+        } else {
+            floor(self.from) + hour
+        };
+        let last = floor(self.to);
+        if have_rollups && first < last {
+            (first, last)
+        } else {
+            (self.to, self.to)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucket {
+    Hour,
+    Day,
+}
+
+impl Bucket {
+    pub fn parse(s: &str) -> Result<Bucket, QueryError> {
+        match s {
+            "hour" => Ok(Bucket::Hour),
+            "day" => Ok(Bucket::Day),
+            _ => Err(QueryError::Bucket(s.to_owned())),
+        }
+    }
+
+    /// The unit for SQL's `date_trunc(unit, t, 'UTC')`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Bucket::Hour => "hour",
+            Bucket::Day => "day",
+        }
+    }
+
+    fn length(self) -> Duration {
+        match self {
+            Bucket::Hour => Duration::hours(1),
+            Bucket::Day => Duration::days(1),
+        }
+    }
+
+    /// The starts of the buckets that overlap `[from, to)`, in UTC like SQL's.
+    pub fn starts(self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let step = self.length();
+        let mut t = from.duration_trunc(step).unwrap_or(from);
+        let mut out = Vec::new();
+        while t < to {
+            out.push(t);
+            t += step;
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Payments created in the bucket.
+    Count,
+    /// Minor units of the bucket's payments that succeeded (one currency).
+    Volume,
+    /// Succeeded / (succeeded + failed + canceled) of the bucket's final payments.
+    SuccessRate,
+}
+
+impl Metric {
+    pub fn parse(s: &str) -> Result<Metric, QueryError> {
+        match s {
+            "count" => Ok(Metric::Count),
+            "volume" => Ok(Metric::Volume),
+            "success_rate" => Ok(Metric::SuccessRate),
+            _ => Err(QueryError::Metric(s.to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    #[test]
+    fn windows_are_checked() {
+        let (a, b) = (t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z"));
+        assert!(Window::new(a, b, None).is_ok());
+        assert_eq!(Window::new(b, a, None), Err(QueryError::Window));
+        assert_eq!(Window::new(a, a, None), Err(QueryError::Window));
+        assert_eq!(
+            Window::new(a, a + Duration::days(367), None),
+            Err(QueryError::Window)
+        );
+        assert_eq!(
+            Window::new(a, b, Some("usd")).unwrap().currency.as_deref(),
+            Some("usd")
+        );
+        for bad in ["USD", "xx", "zzz", "", "us d"] {
+            assert_eq!(
+                Window::new(a, b, Some(bad)),
+                Err(QueryError::Currency(bad.into()))
+            );
+        }
+    }
+
+    #[test]
+    fn whole_hours_come_from_rollups_and_edges_from_rows() {
+        let w = Window::new(t("2026-01-01T10:20:00Z"), t("2026-01-01T15:05:00Z"), None).unwrap();
+        assert_eq!(
+            w.split(true),
+            (t("2026-01-01T11:00:00Z"), t("2026-01-01T15:00:00Z"))
+        );
+        assert_eq!(w.split(false), (w.to, w.to));
+        let aligned =
+            Window::new(t("2026-01-01T10:00:00Z"), t("2026-01-01T12:00:00Z"), None).unwrap();
+        assert_eq!(aligned.split(true), (aligned.from, aligned.to));
+        let inside =
+            Window::new(t("2026-01-01T10:10:00Z"), t("2026-01-01T10:50:00Z"), None).unwrap();
+        assert_eq!(inside.split(true), (inside.to, inside.to));
+        let across =
+            Window::new(t("2026-01-01T10:10:00Z"), t("2026-01-01T11:50:00Z"), None).unwrap();
+        assert_eq!(across.split(true), (across.to, across.to));
+    }
+
+    #[test]
+    fn bucket_starts_cover_the_window() {
+        let starts = Bucket::Day.starts(t("2026-01-01T10:00:00Z"), t("2026-01-03T00:00:01Z"));
+        assert_eq!(
+            starts,
+            vec![
+                t("2026-01-01T00:00:00Z"),
+                t("2026-01-02T00:00:00Z"),
+                t("2026-01-03T00:00:00Z")
+            ]
+        );
+        assert_eq!(
+            Bucket::Hour
+                .starts(t("2026-01-01T10:00:00Z"), t("2026-01-01T12:00:00Z"))
+                .len(),
+            2
+        );
+        assert_eq!(
+            Bucket::parse("week"),
+            Err(QueryError::Bucket("week".into()))
+        );
+        assert_eq!(Metric::parse("success_rate"), Ok(Metric::SuccessRate));
+        assert_eq!(Metric::parse("avg"), Err(QueryError::Metric("avg".into())));
+    }
+
+    proptest! {
+        /// Raw head + rollup hours + raw tail is exactly the window, with no overlap, and the
+        /// rollup part is whole hours.
+        #[test]
+        fn the_split_partitions_the_window(from in 0i64..10_000_000, len in 1i64..1_000_000, rollups: bool) {
+            let base = 1_800_000_000i64;
+            let w = Window::new(
+                DateTime::from_timestamp(base + from, 0).unwrap(),
+                DateTime::from_timestamp(base + from + len, 0).unwrap(),
+                None,
+            ).unwrap();
+            let (a, b) = w.split(rollups);
+            prop_assert!(w.from <= a && a <= b && b <= w.to);
+            if a < b {
+                prop_assert!(rollups);
+                prop_assert_eq!(a.timestamp() % 3600, 0);
+                prop_assert_eq!(b.timestamp() % 3600, 0);
+                prop_assert!(a - w.from < Duration::hours(1) && w.to - b < Duration::hours(1));
+            } else {
+                prop_assert_eq!((a, b), (w.to, w.to));
+            }
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! Analytics on a cluster of its own (cluster.sh on ports 25533-25535), because this test
+//! pauses a replica's replay and stops the primary. Seeded rows are checked against
+//! independent SQL on the primary: totals, volumes, sources, success rates, percentiles,
+//! for whole-hour (rollup) and partial-hour (raw) windows, after an incremental refresh.
+
+// Success rates are ratios, compared to the ratio of the counts.
+#![allow(clippy::float_arithmetic, clippy::cast_precision_loss)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use paystream_analytics::histogram::{bucket_lo, bucket_width};
+use paystream_analytics::{Guard, OnLag};
+use paystream_api::config::RateLimitConfig;
+use paystream_api::ratelimit::RateLimiter;
+use paystream_api::{AppState, router};
+use paystream_db::keys::{self, Role};
+use paystream_stripe::HttpStripe;
+use paystream_testkit::cluster::{Node, ScratchCluster};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+const MAX_LAG: Duration = Duration::from_millis(1500);
+
+async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect: {e}"))
+}
+
+async fn serve(primary: PgPool, replica_url: &str, on_lag: OnLag) -> String {
+    let state = AppState {
+        db: primary,
+        // Never called: analytics do not talk to Stripe, and nothing here creates payments.
+        stripe: Arc::new(
+            HttpStripe::new(
+                "http://127.0.0.1:1",
+                "sk_test_unused",
+                Duration::from_secs(1),
+            )
+            .unwrap(),
+        ),
+        max_amount: 1_000_000,
+        lease: Duration::from_secs(30),
+        limiter: Arc::new(RateLimiter::new(RateLimitConfig {
+            per_second: 1000,
+            burst: 1000,
+        })),
+        metrics: Arc::new(paystream_service::Metrics::default()),
+        replica: Some(
+            paystream_api::replica_pool(&paystream_service::DatabaseConfig {
+                url: replica_url.to_owned(),
+                max_connections: 2,
+            })
+            .unwrap(),
+        ),
+        analytics: Guard {
+            max_lag: MAX_LAG,
+            on_lag,
+        },
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    base
+}
+
+/// Waits until `replica` has replayed everything the primary has written so far.
+async fn caught_up(primary: &PgPool, replica: &PgPool) {
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(primary)
+        .await
+        .unwrap();
+    for _ in 0..300 {
+        let done: bool = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(&lsn)
+            .fetch_one(replica)
+            .await
+            .unwrap();
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the replica never replayed {lsn}");
+}
+
+async fn get(http: &reqwest::Client, url: &str, key: &str) -> (StatusCode, Value) {
+    let r = http.get(url).bearer_auth(key).send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// 3,000 payments over ~51 hours from `t0`, in three currencies, every status and source,
+/// resolution times spread over 1 ms to ~3 h. Deterministic: derived from hashes of g.
+async fn seed(primary: &PgPool, t0: DateTime<Utc>) {
+    sqlx::query(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, status,
+                               resolution_source, created_at, resolved_at, updated_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'seed-' || g,
+                100 + abs(hashtext('a' || g)) % 100000,
+                (ARRAY['usd', 'eur', 'jpy'])[1 + abs(hashtext('c' || g)) % 3],
+                s.status,
+                CASE WHEN s.status <> 'pending' THEN
+                    (ARRAY['api', 'webhook', 'poll', 'expiry', 'operator'])[1 + abs(hashtext('r' || g)) % 5] END,
+                $1 + g * interval '61 seconds',
+                CASE WHEN s.status <> 'pending' THEN $1 + g * interval '61 seconds'
+                    + (abs(hashtext('t' || g)) % (10 ^ (1 + abs(hashtext('d' || g)) % 7))::int)
+                      * interval '1 millisecond' END,
+                -- Long settled: only what changes later is dirty for the next refresh.
+                now() - interval '1 day'
+         FROM generate_series(1, 3000) g,
+         LATERAL (SELECT (ARRAY['pending', 'succeeded', 'succeeded', 'succeeded', 'failed', 'canceled'])
+                         [1 + abs(hashtext('s' || g)) % 6] AS status) s",
+    )
+    .bind(t0)
+    .execute(primary)
+    .await
+    .unwrap();
+}
+
+/// The window's truth, straight from the raw rows on the primary.
+async fn expected_summary(
+    primary: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    currency: Option<&str>,
+) -> Value {
+    let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT status, coalesce(resolution_source, ''), currency, count(*), sum(amount)::bigint
+         FROM payments WHERE created_at >= $1 AND created_at < $2 AND ($3::text IS NULL OR currency = $3)
+         GROUP BY 1, 2, 3",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(currency)
+    .fetch_all(primary)
+    .await
+    .unwrap();
+    let mut by_status = serde_json::Map::new();
+    for s in ["pending", "succeeded", "failed", "canceled"] {
+        by_status.insert(s.into(), serde_json::json!({"count": 0, "volume": {}}));
+    }
+    let mut sources = serde_json::Map::new();
+    for (status, source, cur, n, vol) in rows {
+        let t = &mut by_status[&status];
+        t["count"] = (t["count"].as_i64().unwrap() + n).into();
+        let v = t["volume"][&cur].as_i64().unwrap_or(0) + vol;
+        t["volume"][&cur] = v.into();
+        if !source.is_empty() {
+            let n = sources.get(&source).and_then(Value::as_i64).unwrap_or(0) + n;
+            sources.insert(source, n.into());
+        }
+    }
+    serde_json::json!({"by_status": by_status, "resolution_sources": sources})
+}
+
+async fn exact_percentiles(
+    primary: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    currency: Option<&str>,
+) -> (i64, Vec<i64>) {
+    sqlx::query_as(
+        "SELECT count(*), percentile_disc(ARRAY[0.5, 0.95, 0.99, 1.0]) WITHIN GROUP
+                (ORDER BY floor(extract(epoch FROM resolved_at - created_at) * 1000)::bigint)
+         FROM payments WHERE created_at >= $1 AND created_at < $2 AND resolved_at IS NOT NULL
+           AND ($3::text IS NULL OR currency = $3)",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(currency)
+    .fetch_one(primary)
+    .await
+    .unwrap()
+}
+
+fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+async fn check_summary(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    primary: &PgPool,
+    (from, to, currency): (DateTime<Utc>, DateTime<Utc>, Option<&str>),
+) -> Value {
+    let mut url = format!(
+        "{base}/v1/analytics/summary?from={}&to={}",
+        rfc(from).replace('+', "%2B"),
+        rfc(to).replace('+', "%2B")
+    );
+    if let Some(c) = currency {
+        url.push_str(&format!("&currency={c}"));
+    }
+    let (status, got) = get(http, &url, key).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    let want = expected_summary(primary, from, to, currency).await;
+    assert_eq!(
+        got["by_status"], want["by_status"],
+        "{from}..{to} {currency:?}"
+    );
+    assert_eq!(got["resolution_sources"], want["resolution_sources"]);
+    let count = |s: &str| want["by_status"][s]["count"].as_i64().unwrap();
+    let total: i64 = ["pending", "succeeded", "failed", "canceled"]
+        .iter()
+        .map(|s| count(s))
+        .sum();
+    assert_eq!(got["payments"], total);
+    assert!(total > 0, "the window {from}..{to} must hold payments");
+    let fin = count("succeeded") + count("failed") + count("canceled");
+    let rate = got["success_rate"].as_f64().unwrap();
+    assert!((rate * fin as f64 - count("succeeded") as f64).abs() < 1e-6);
+
+    let (resolved, exact) = exact_percentiles(primary, from, to, currency).await;
+    let t = &got["time_to_resolution"];
+    assert_eq!(t["resolved"], resolved);
+    for (field, exact) in ["p50_ms", "p95_ms", "p99_ms", "max_ms"].iter().zip(exact) {
+        let reported = t[field].as_i64().unwrap();
+        assert!(
+            reported >= exact && reported < bucket_lo(exact) + bucket_width(exact),
+            "{field}: reported {reported}, exact {exact}"
+        );
+    }
+    got
+}
+
+async fn check_series(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    primary: &PgPool,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    bucket: &str,
+) {
+    let rows: Vec<(DateTime<Utc>, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT date_trunc($3, created_at, 'UTC'), count(*),
+                count(*) FILTER (WHERE status = 'succeeded'),
+                count(*) FILTER (WHERE status <> 'pending'),
+                coalesce(sum(amount) FILTER (WHERE status = 'succeeded' AND currency = 'usd'), 0)::bigint
+         FROM payments WHERE created_at >= $1 AND created_at < $2 GROUP BY 1",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(bucket)
+    .fetch_all(primary)
+    .await
+    .unwrap();
+    let truth: std::collections::HashMap<DateTime<Utc>, (i64, i64, i64, i64)> = rows
+        .into_iter()
+        .map(|(t, a, b, c, d)| (t, (a, b, c, d)))
+        .collect();
+    let url = |metric: &str, cur: &str| {
+        format!(
+            "{base}/v1/analytics/timeseries?from={}&to={}&bucket={bucket}&metric={metric}{cur}",
+            rfc(from),
+            rfc(to)
+        )
+    };
+    let (_, count) = get(http, &url("count", ""), key).await;
+    let (_, rate) = get(http, &url("success_rate", ""), key).await;
+    let (status, volume) = get(http, &url("volume", "&currency=usd"), key).await;
+    assert_eq!(status, StatusCode::OK, "{volume}");
+    let points = count["points"].as_array().unwrap();
+    assert!(points.len() >= truth.len() && !truth.is_empty());
+    let mut nonzero = 0;
+    for (i, p) in points.iter().enumerate() {
+        let start: DateTime<Utc> = p["start"].as_str().unwrap().parse().unwrap();
+        let (n, ok, fin, vol) = truth.get(&start).copied().unwrap_or_default();
+        assert_eq!(p["value"], n, "{bucket} count at {start}");
+        assert_eq!(
+            volume["points"][i]["value"], vol,
+            "{bucket} usd volume at {start}"
+        );
+        match rate["points"][i]["value"].as_f64() {
+            Some(r) => assert!((r * fin as f64 - ok as f64).abs() < 1e-6),
+            None => assert_eq!(fin, 0),
+        }
+        nonzero += usize::from(n > 0);
+    }
+    assert_eq!(
+        nonzero,
+        truth.len(),
+        "every bucket with payments is reported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
+    let cluster = ScratchCluster::new("analytics", 25533);
+    cluster.must("up");
+    let primary = pool(&cluster.url("paystream", Node::Primary)).await;
+    sqlx::migrate!("../migrations").run(&primary).await.unwrap();
+    // The API reads keys on the replica too, so it uses the app's role there.
+    let replica_url = cluster.url("paystream", Node::Replica1);
+    let replica = pool(&replica_url).await;
+    let replica_admin = pool(&cluster.url("postgres", Node::Replica1)).await;
+    let base = serve(primary.clone(), &replica_url, OnLag::Refuse).await;
+    let flagging = serve(primary.clone(), &replica_url, OnLag::Flag).await;
+    let http = reqwest::Client::new();
+
+    let (_, analyst) = keys::create(&primary, "analyst", Role::Analyst)
+        .await
+        .unwrap();
+    let (_, client) = keys::create(&primary, "client", Role::Client)
+        .await
+        .unwrap();
+    let t0: DateTime<Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
+    seed(&primary, t0).await;
+    let first = paystream_analytics::refresh::refresh(&primary, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.full && first.hours >= 51, "{first:?}");
+    // Changes after the refresh: late resolutions and new payments in old hours. The next
+    // (incremental) refresh must find exactly those hours.
+    sqlx::query(
+        "UPDATE payments SET status = 'succeeded', resolution_source = 'poll', updated_at = now(),
+                resolved_at = created_at + interval '2 hours 3 minutes'
+         WHERE status = 'pending' AND idempotency_key LIKE 'seed-1%'",
+    )
+    .execute(&primary)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, status,
+                               resolution_source, created_at, resolved_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'late-' || g, 5000, 'usd', 'failed', 'webhook',
+                $1 + g * interval '17 minutes', $1 + g * interval '17 minutes' + interval '250 ms'
+         FROM generate_series(1, 40) g",
+    )
+    .bind(t0)
+    .execute(&primary)
+    .await
+    .unwrap();
+    let second = paystream_analytics::refresh::refresh(&primary, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !second.full && second.hours > 0 && second.hours < first.hours,
+        "{second:?}"
+    );
+    caught_up(&primary, &replica).await;
+
+    // The SQL bucket function and its Rust twin agree.
+    let probes: Vec<i64> = (0..64).map(|i| (1i64 << i.min(40)) + i * 7).collect();
+    let sql: Vec<i64> =
+        sqlx::query_scalar("SELECT analytics_ms_bucket(v) FROM unnest($1::bigint[]) v")
+            .bind(&probes)
+            .fetch_all(&primary)
+            .await
+            .unwrap();
+    assert_eq!(
+        sql,
+        probes.iter().map(|&v| bucket_lo(v)).collect::<Vec<_>>()
+    );
+
+    // Access: analysts and operators read analytics; clients may not; analyst keys do
+    // nothing else.
+    let summary =
+        format!("{base}/v1/analytics/summary?from=2026-03-01T00:00:00Z&to=2026-03-04T00:00:00Z");
+    let (status, body) = get(&http, &summary, &client).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("analytics_forbidden"))
+    );
+    let (status, _) = get(&http, &summary, "psk_analyst_unknown").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let r = http
+        .get(format!("{base}/v1/payments"))
+        .bearer_auth(&analyst)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "analytics_only"
+    );
+
+    // Results: mixed windows (partial edge hours + whole hours), a window inside one hour
+    // (raw only), one currency, and the hourly and daily series.
+    let h = |hours: i64, secs: i64| {
+        t0 + chrono::Duration::hours(hours) + chrono::Duration::seconds(secs)
+    };
+    let whole = check_summary(
+        &http,
+        &base,
+        &analyst,
+        &primary,
+        (h(0, 1817), h(40, 301), None),
+    )
+    .await;
+    assert!(whole["rollups_as_of"].is_string(), "{whole}");
+    check_summary(
+        &http,
+        &base,
+        &analyst,
+        &primary,
+        (h(3, 0), h(27, 0), Some("eur")),
+    )
+    .await;
+    let inside = check_summary(
+        &http,
+        &base,
+        &analyst,
+        &primary,
+        (h(5, 60), h(5, 3000), Some("usd")),
+    )
+    .await;
+    assert!(
+        inside["rollups_as_of"].is_null(),
+        "one partial hour is read raw: {inside}"
+    );
+    check_series(
+        &http,
+        &base,
+        &analyst,
+        &primary,
+        (h(0, 1817), h(40, 301)),
+        "hour",
+    )
+    .await;
+    check_series(
+        &http,
+        &base,
+        &analyst,
+        &primary,
+        (h(-3, 0), h(60, 7)),
+        "day",
+    )
+    .await;
+
+    // Freshness: the replica's replay time, and the rollups' refresh when older.
+    let replayed: DateTime<Utc> = whole["replica_replayed_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let data_as_of: DateTime<Utc> = whole["data_as_of"].as_str().unwrap().parse().unwrap();
+    let rollups: DateTime<Utc> = whole["rollups_as_of"].as_str().unwrap().parse().unwrap();
+    assert_eq!(data_as_of, replayed.min(rollups));
+    assert!(
+        replayed <= Utc::now() && whole["stale"] == false && whole["replica_streaming"] == true,
+        "{whole}"
+    );
+
+    // Bad input: a clear 400 with a stable code, for each way to get it wrong.
+    for q in [
+        "summary?from=yesterday",
+        "summary?from=2026-03-02T00:00:00Z&to=2026-03-01T00:00:00Z",
+        "summary?from=800d",
+        "summary?currency=USD",
+        "summary?currency=xyz",
+        "summary?limit=5",
+        "timeseries?bucket=week",
+        "timeseries?metric=avg",
+        "timeseries?metric=volume",
+    ] {
+        let (status, body) = get(&http, &format!("{base}/v1/analytics/{q}"), &analyst).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{q}: {body}"
+        );
+    }
+
+    // The lag bound: with replay paused and new WAL arriving, the replica falls behind.
+    // Refusing instances answer 503 replica_lagging; flagging ones answer, marked stale.
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&replica_admin)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, created_at)
+                 VALUES ($1, $1, 'lag', 100, 'usd', $2)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(t0)
+    .execute(&primary)
+    .await
+    .unwrap();
+    tokio::time::sleep(MAX_LAG + Duration::from_millis(500)).await;
+    let r = http
+        .get(&summary)
+        .bearer_auth(&analyst)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "replica_lagging"
+    );
+    let (status, stale) = get(&http, &summary.replace(&base, &flagging), &analyst).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        stale["stale"] == true && stale["replica_lag_ms"].as_i64().unwrap() > 1500,
+        "{stale}"
+    );
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&replica_admin)
+        .await
+        .unwrap();
+    // The new row's hour is read from the rollups: counted once they are refreshed.
+    paystream_analytics::refresh::refresh(&primary, false)
+        .await
+        .unwrap();
+    caught_up(&primary, &replica).await;
+    let (status, fresh) = get(&http, &summary, &analyst).await;
+    assert_eq!(status, StatusCode::OK, "{fresh}");
+    assert_eq!(fresh["stale"], false);
+    assert_eq!(
+        fresh["by_status"]["pending"]["count"],
+        stale["by_status"]["pending"]["count"].as_i64().unwrap() + 1
+    );
+
+    // The primary stopped: analytics answer the same, from the replica alone (their key
+    // check included), while payments get 503.
+    cluster.must("stop-primary");
+    let mut streaming = true;
+    for _ in 0..100 {
+        let (status, body) = get(&http, &summary, &analyst).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["by_status"], fresh["by_status"]);
+        streaming = body["replica_streaming"] == true;
+        if !streaming {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!streaming, "the replica should notice its primary is gone");
+    let (status, series) = get(&http, &format!("{base}/v1/analytics/timeseries?from=2026-03-01T00:00:00Z&to=2026-03-03T00:00:00Z&bucket=day"), &analyst).await;
+    assert_eq!(status, StatusCode::OK, "{series}");
+    let r = http
+        .get(format!("{base}/v1/payments"))
+        .bearer_auth(&client)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
