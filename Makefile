@@ -7,7 +7,7 @@ PAYSTREAM_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/paystream
 export PAYSTREAM_CACHE
 export CARGO_TARGET_DIR ?= $(PAYSTREAM_CACHE)/target
 
-.PHONY: help up down status logs clean demo test lint
+.PHONY: help up down status logs clean demo test lint bench
 
 help:
 	@echo "make up      start the whole local stack and run the demo (writes .stack/env)"
@@ -16,6 +16,7 @@ help:
 	@echo "make logs    follow every log in .stack/logs (make logs NAME=connect for one)"
 	@echo "make clean   stop and delete all local data"
 	@echo "make test    lint, then every test against the real stack"
+	@echo "make bench   every stage against its floor on the local stack (BENCHMARKS.md)"
 
 up:
 	@scripts/stack.sh up
@@ -44,3 +45,8 @@ lint:
 test: lint
 	@scripts/stack.sh up --no-demo
 	cargo test --workspace --no-fail-fast
+
+# The services as release builds, then each benchmark (scripts/bench.sh). The stack's
+# table is also written to .stack/bench/latest.md. BENCH_ARGS=--quick for a smoke run.
+bench:
+	@scripts/bench.sh $(BENCH_ARGS)

@@ -11,6 +11,8 @@ export RUN_DIR=$STACK_DIR/run
 # Installed tools and downloads live outside the clone so a fresh clone (CI) reuses them.
 export PAYSTREAM_CACHE=${PAYSTREAM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/paystream}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PAYSTREAM_CACHE/target}
+# debug for development and tests; `make bench` runs the services as release builds.
+export PAYSTREAM_PROFILE=${PAYSTREAM_PROFILE:-debug}
 
 export PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 export PG_PRIMARY_PORT=${PG_PRIMARY_PORT:-5433}

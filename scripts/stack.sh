@@ -27,8 +27,8 @@ service_port() {
 }
 service_bin() {
     case $1 in
-    stripe-sim) echo "$CARGO_TARGET_DIR/debug/stripe-sim" ;;
-    *) echo "$CARGO_TARGET_DIR/debug/paystream-${1%-[0-9]}" ;;
+    stripe-sim) echo "$CARGO_TARGET_DIR/$PAYSTREAM_PROFILE/stripe-sim" ;;
+    *) echo "$CARGO_TARGET_DIR/$PAYSTREAM_PROFILE/paystream-${1%-[0-9]}" ;;
     esac
 }
 health_path() {
@@ -41,21 +41,23 @@ health_path() {
 db_url() { echo "postgres://$1:$2@127.0.0.1:$3/$PG_DB"; }
 
 build() {
-    log "building the workspace binaries (cargo build --bins)"
-    (cd "$ROOT" && cargo build --quiet --bins) || die "cargo build failed"
+    local flags=(--quiet --bins)
+    if [ "$PAYSTREAM_PROFILE" = release ]; then flags+=(--release); fi
+    log "building the workspace binaries (cargo build ${flags[*]})"
+    (cd "$ROOT" && cargo build "${flags[@]}") || die "cargo build failed"
 }
 
 migrate() {
     DATABASE_URL=$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT") \
-        "$CARGO_TARGET_DIR/debug/paystream" migrate 2>>"$LOG_DIR/migrate.log" ||
+        "$CARGO_TARGET_DIR/$PAYSTREAM_PROFILE/paystream" migrate 2>>"$LOG_DIR/migrate.log" ||
         die "migrations failed; see $LOG_DIR/migrate.log"
     log "migrations: applied"
     # The stack's own client and operator keys (generated once in secrets.env).
     local db
     db=$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT")
-    PAYSTREAM_KEY=$PAYSTREAM_CLIENT_KEY DATABASE_URL=$db "$CARGO_TARGET_DIR/debug/paystream" keys register \
+    PAYSTREAM_KEY=$PAYSTREAM_CLIENT_KEY DATABASE_URL=$db "$CARGO_TARGET_DIR/$PAYSTREAM_PROFILE/paystream" keys register \
         --name stack-client --role client 2>>"$LOG_DIR/migrate.log" || die "registering the stack's client key failed"
-    PAYSTREAM_KEY=$PAYSTREAM_OPERATOR_KEY DATABASE_URL=$db "$CARGO_TARGET_DIR/debug/paystream" keys register \
+    PAYSTREAM_KEY=$PAYSTREAM_OPERATOR_KEY DATABASE_URL=$db "$CARGO_TARGET_DIR/$PAYSTREAM_PROFILE/paystream" keys register \
         --name stack-operator --role operator 2>>"$LOG_DIR/migrate.log" || die "registering the stack's operator key failed"
 }
 
@@ -66,8 +68,12 @@ start_service() {
     port=$(service_port "$name")
     bin=$(service_bin "$name")
     if is_running "$name"; then
-        # A process from an older build keeps running old code: restart it.
-        if [ "$bin" -nt "$(pid_file "$name")" ]; then stop_pid "$name"; else return 0; fi
+        # A process from an older build, or another profile's, keeps running old code.
+        if [ "$bin" -nt "$(pid_file "$name")" ] || [ "$(cat "$RUN_DIR/$name.bin" 2>/dev/null)" != "$bin" ]; then
+            stop_pid "$name"
+        else
+            return 0
+        fi
     fi
     [ -x "$bin" ] || die "$name: binary $bin missing (cargo build failed?)"
     if port_open "$port"; then die "$name: port $port is taken by a process this stack did not start"; fi
@@ -86,6 +92,7 @@ start_service() {
             APP_POLL__FIRST_MS=5000 APP_POLL__FREQUENT_MS=15000 \
             "$bin"
     fi
+    echo "$bin" >"$RUN_DIR/$name.bin"
     wait_for "$name on :$port" 30 healthy "$name" || die "$name is not healthy; see $LOG_DIR/$name.log"
 }
 
@@ -193,12 +200,12 @@ demo() {
     log "demo: sending payments through the stack"
     local since
     since=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
-    "$CARGO_TARGET_DIR/debug/paystream-demo" || die "demo failed"
+    "$CARGO_TARGET_DIR/$PAYSTREAM_PROFILE/paystream-demo" || die "demo failed"
     log "reconciliation report of the demo's payments (replicas against stripe-sim)"
     # Exit 2 means discrepancies: shown, not fatal (a payment Stripe has not finished is
     # not one; a webhook still in flight can be).
     local rc=0
-    (set -a && . "$STACK_DIR/env" && "$CARGO_TARGET_DIR/debug/paystream" report --since "$since") || rc=$?
+    (set -a && . "$STACK_DIR/env" && "$CARGO_TARGET_DIR/$PAYSTREAM_PROFILE/paystream" report --since "$since") || rc=$?
     [ "$rc" -le 2 ] || die "the reconciliation report failed"
 }
 

@@ -4,8 +4,10 @@
 //!
 //!   analytics-bench <admin url of the primary> [payments, default 10000000] [runs, default 5]
 //!
-//! It works in its own database (`paystream_analytics_bench`) on the stack's cluster,
-//! filled once and kept, and reads the replicas through nginx's replica port (6432).
+//! It works in its own database (`paystream_analytics_bench`),
+//! filled once and kept, and reads a replica on `REPLICA_PORT` (default 6432, the stack's
+//! nginx); `make bench` runs it on a cluster of its own, so the fill's WAL never reaches
+//! the stack's Debezium slot.
 #![allow(clippy::print_stdout, clippy::float_arithmetic)]
 
 use std::time::{Duration, Instant};
@@ -18,6 +20,11 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 const DB: &str = "paystream_analytics_bench";
 const DAYS: i64 = 30;
+
+/// The replica's port: `REPLICA_PORT`, or nginx's replica port of the local stack.
+fn replica_port() -> anyhow::Result<u16> {
+    std::env::var("REPLICA_PORT").map_or(Ok(6432), |p| p.parse().context("REPLICA_PORT"))
+}
 
 fn with_db(url: &str, port: Option<u16>) -> anyhow::Result<String> {
     let mut u = url::Url::parse(url).context("admin url")?;
@@ -188,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
         .context("another refresh holds the lock")?;
     let inc_took = started.elapsed();
 
-    let pg: tokio_postgres::Config = with_db(admin, Some(6432))?.parse()?;
+    let pg: tokio_postgres::Config = with_db(admin, Some(replica_port()?))?.parse()?;
     let replica = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
         pg,
         tokio_postgres::NoTls,
@@ -203,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
     };
 
     println!(
-        "\nanalytics over {n} payments ({first} .. {last}), replicas via nginx, {runs} runs each"
+        "\nanalytics over {n} payments ({first} .. {last}), read on a replica, {runs} runs each"
     );
     println!(
         "rollup refresh: full {} hours in {} ms; incremental after 1,000 updates: {} hours in {} ms",

@@ -1,10 +1,12 @@
 //! Measures what a restart costs the reconciler: rebuilding the pending state of every
 //! partition from a replica, with N pending payments, and the state's size.
 //!
-//! It works in its own database (`paystream_bench`) on the stack's cluster, so Debezium
-//! (which captures only `paystream`) and the running services never see these rows:
+//! It works in its own database (`paystream_bench`), so Debezium (which captures only
+//! `paystream`) and the running services never see these rows:
 //!   recovery-bench <admin url of the primary> <pending count> [runs]
-//! The replica is reached through nginx's replica port (6432) with the same credentials.
+//! The replica is reached with the same credentials on `REPLICA_PORT` (default 6432, the
+//! stack's nginx). `make bench` runs it on a cluster of its own: a bulk fill's WAL on the
+//! stack's primary can outgrow what the Debezium slot may hold back.
 #![allow(clippy::print_stdout)]
 
 use std::time::{Duration, Instant};
@@ -22,6 +24,11 @@ fn rss_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096)
+}
+
+/// The replica's port: `REPLICA_PORT`, or nginx's replica port of the local stack.
+fn replica_port() -> anyhow::Result<u16> {
+    std::env::var("REPLICA_PORT").map_or(Ok(6432), |p| p.parse().context("REPLICA_PORT"))
 }
 
 fn with_db(url: &str, port: Option<u16>) -> anyhow::Result<String> {
@@ -87,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let replica = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(30))
-        .connect(&with_db(admin, Some(6432))?)
+        .connect(&with_db(admin, Some(replica_port()?))?)
         .await?;
 
     let partitions = [0, 1, 2, 3];

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# make bench: the services as release builds on the local stack, then every benchmark.
+#   scripts/bench.sh [--quick]     (--quick: short runs of the stack benchmark only)
+# Bulk fills (1 M and 10 M payments) go to a cluster of their own (ports 25633-25635,
+# kept in .stack/bench-cluster between runs): on the stack's primary their WAL would
+# outgrow max_slot_wal_keep_size and invalidate Debezium's replication slot.
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PAYSTREAM_PROFILE=release "$ROOT/scripts/stack.sh" up --no-demo
+bin=$CARGO_TARGET_DIR/release
+set -a
+# shellcheck disable=SC1091
+. "$STACK_DIR/env"
+set +a
+
+"$bin/paystream-bench" "$@"
+if [ "${1:-}" = --quick ]; then exit 0; fi
+
+bench_cluster() {
+    STACK_DIR=$STACK_DIR/bench-cluster PG_PRIMARY_PORT=25633 PG_REPLICA1_PORT=25634 \
+        PG_REPLICA2_PORT=25635 "$ROOT/postgres-replication/cluster.sh" "$@"
+}
+bench_cluster up
+pw=$(sed -n 's/^PG_SUPERUSER_PASSWORD=//p' "$STACK_DIR/bench-cluster/secrets.env")
+admin=postgres://postgres:$pw@127.0.0.1:25633/postgres
+log "recovery: 1,000,000 pending payments (reconciler state rebuilt from a replica)"
+REPLICA_PORT=25634 "$bin/recovery-bench" "$admin" 1000000 3
+log "analytics: 10,000,000 payments (the first run fills them: about 5 minutes)"
+REPLICA_PORT=25634 "$bin/analytics-bench" "$admin" 10000000 5
