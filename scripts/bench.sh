@@ -18,6 +18,9 @@ set +a
 "$bin/paystream-bench" "$@"
 if [ "${1:-}" = --quick ]; then exit 0; fi
 
+log "reconciler throughput: 1,000,000 changes (the first run fills the topic)"
+"$bin/throughput-bench" "$KAFKA_BROKERS" 1000000 3 20
+
 bench_cluster() {
     STACK_DIR=$STACK_DIR/bench-cluster PG_PRIMARY_PORT=25633 PG_REPLICA1_PORT=25634 \
         PG_REPLICA2_PORT=25635 "$ROOT/postgres-replication/cluster.sh" "$@"

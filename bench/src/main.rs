@@ -3,6 +3,7 @@
 //! `.stack/bench/latest.md`. Every figure is the median of several runs.
 //!
 //!   paystream-bench [--quick]     (--quick: one short run each, a smoke test)
+//!   paystream-bench --load SECS   (only payment initiation at 32 clients, to profile)
 #![allow(
     clippy::print_stdout,
     clippy::float_arithmetic,
@@ -44,12 +45,15 @@ fn row(
     floor: impl Into<String>,
     ratio: impl Into<String>,
 ) -> Row {
-    Row {
+    let r = Row {
         figure: figure.into(),
         measured: measured.into(),
         floor: floor.into(),
         ratio: ratio.into(),
-    }
+    };
+    // Each figure as soon as it is measured, so a failing later stage loses nothing.
+    println!("  {}: {} | {} | {}", r.figure, r.measured, r.floor, r.ratio);
+    r
 }
 
 fn ms(d: Duration) -> String {
@@ -121,12 +125,7 @@ fn webhook_event(event_id: &str, pi: &str, payment: Uuid) -> String {
 
 /// Cumulative buckets `(le, count)` of the reconciler's CDC latency histogram.
 async fn cdc_histogram(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec<(f64, u64)>> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = metrics(http, base).await?;
     let buckets: Vec<(f64, u64)> = text
         .lines()
         .filter_map(|l| l.strip_prefix("reconciler_cdc_latency_seconds_bucket{le=\""))
@@ -152,18 +151,8 @@ async fn cdc_histogram(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec
 async fn drained(http: &reqwest::Client, base: &str) -> anyhow::Result<Duration> {
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(300) {
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let lag: f64 = text
-            .lines()
-            .filter(|l| l.starts_with("reconciler_consumer_lag{"))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum();
-        if lag == 0.0 {
+        let text = metrics(http, base).await?;
+        if sum_series(&text, "reconciler_consumer_lag{") == 0.0 {
             return Ok(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -224,6 +213,23 @@ async fn write_at(
     Ok((written, started.elapsed()))
 }
 
+/// One new payment through the API, with key number `k` (mod the keys): whether it was
+/// created (201).
+async fn create_payment(
+    http: reqwest::Client,
+    api: String,
+    keys: Arc<Vec<String>>,
+    k: usize,
+) -> bool {
+    http.post(format!("{api}/v1/payments"))
+        .bearer_auth(&keys[k % keys.len()])
+        .header("Idempotency-Key", Uuid::now_v7().to_string())
+        .json(&create_body())
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED)
+}
+
 fn create_body() -> serde_json::Value {
     json!({"amount": 1250, "currency": "usd", "description": "bench"})
 }
@@ -265,13 +271,27 @@ async fn main() -> anyhow::Result<()> {
         .send()
         .await?
         .error_for_status()?;
-    let result = stages(&stack, &http, &s).await;
+    // `--load SECS`: only POST /v1/payments at 32 clients, for a profiler to watch.
+    let load_only = std::env::args()
+        .skip_while(|a| a != "--load")
+        .nth(1)
+        .map(|v| v.parse::<u64>())
+        .transpose()?;
+    let result = match load_only {
+        Some(secs) => initiation_load(&stack, &http, Duration::from_secs(secs))
+            .await
+            .map(|()| (Vec::new(), Vec::new(), Vec::new())),
+        None => stages(&stack, &http, &s).await,
+    };
     http.put(format!("{sim}/_sim/world"))
         .json(&world)
         .send()
         .await?
         .error_for_status()?;
     let (rows, idle, peak) = result?;
+    if load_only.is_some() {
+        return Ok(());
+    }
 
     let text = table(&rows, &idle, &peak);
     println!("\n{text}");
@@ -283,6 +303,29 @@ async fn main() -> anyhow::Result<()> {
 }
 
 type Usage = Vec<(String, f64, f64)>;
+
+async fn initiation_load(
+    stack: &Stack,
+    http: &reqwest::Client,
+    length: Duration,
+) -> anyhow::Result<()> {
+    let primary = stack.pool("DATABASE_URL").await;
+    let (_, keys) = bench_keys(&primary, 32).await?;
+    let (keys, api) = (Arc::new(keys), stack.var("PAYSTREAM_API_URL").to_owned());
+    let http = http.clone();
+    let r = load::closed_loop(32, length, move |c, n| {
+        create_payment(http.clone(), api.clone(), keys.clone(), c + n as usize)
+    })
+    .await;
+    println!(
+        "{:.0}/s, p50 {}, p99 {}{}",
+        r.per_sec,
+        ms(r.p50),
+        ms(r.p99),
+        errors(r.errors)
+    );
+    Ok(())
+}
 
 /// Every stage in turn: the table's rows, and resource use at idle and at peak.
 async fn stages(
@@ -346,16 +389,7 @@ async fn stages(
             let (http, api, keys) = (http.clone(), api.clone(), keys.clone());
             runs.push(
                 load::closed_loop(clients, s.length, move |c, n| {
-                    let (http, api, keys) = (http.clone(), api.clone(), keys.clone());
-                    async move {
-                        http.post(format!("{api}/v1/payments"))
-                            .bearer_auth(&keys[(c + n as usize) % keys.len()])
-                            .header("Idempotency-Key", Uuid::now_v7().to_string())
-                            .json(&create_body())
-                            .send()
-                            .await
-                            .is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED)
-                    }
+                    create_payment(http.clone(), api.clone(), keys.clone(), c + n as usize)
                 })
                 .await,
             );
@@ -598,7 +632,85 @@ async fn stages(
         ));
     }
 
+    // 5. The poller: with 100,000 payments due at once, the Stripe call rate the
+    // reconciler achieves against its limit (the stack runs the default, 20/s).
+    println!("poller, 100,000 due ...");
+    let reconciler = stack.var("RECONCILER_URL");
+    let run = Uuid::now_v7().simple().to_string();
+    sqlx::query(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, stripe_payment_intent_id,
+                               stripe_status, created_at)
+         SELECT gen_random_uuid(), $1, 'due-' || $2 || '-' || g, 1250, 'usd', 'pi_due_' || $2 || '_' || g,
+                'requires_payment_method', now() - interval '10 minutes'
+         FROM generate_series(1, 100000) g",
+    )
+    .bind(client_id)
+    .bind(&run)
+    .execute(&primary)
+    .await?;
+    drained(http, reconciler).await?;
+    // The first second may spend the bucket's burst; the steady rate is what is bounded.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let window = if s.runs == 1 { 10 } else { 30 };
+    // Rates over the samples' real spacing: a scrape takes time, so "1 s" is a bit more.
+    let mut samples = vec![(
+        std::time::Instant::now(),
+        polls_total(http, reconciler).await?,
+    )];
+    for _ in 0..window {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        samples.push((
+            std::time::Instant::now(),
+            polls_total(http, reconciler).await?,
+        ));
+    }
+    let rate = |a: &(std::time::Instant, u64), b: &(std::time::Instant, u64)| {
+        (b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64()
+    };
+    let achieved = rate(&samples[0], &samples[window]);
+    let max = samples
+        .windows(2)
+        .map(|w| rate(&w[0], &w[1]))
+        .fold(0.0, f64::max);
+    sqlx::query("DELETE FROM payments WHERE idempotency_key LIKE 'due-' || $1 || '-%'")
+        .bind(&run)
+        .execute(&primary)
+        .await?;
+    rows.push(row(
+        format!("5. Poller, 100,000 due, limit {POLL_RATE}/s"),
+        format!("{achieved:.2} calls/s over {window} s; busiest second {max:.1}/s"),
+        format!("limit {POLL_RATE}/s"),
+        format!("{:.3}", achieved / f64::from(POLL_RATE)),
+    ));
+
     Ok((rows, idle, peak.unwrap_or_default()))
+}
+
+/// The stack's reconciler runs with the default poll rate (`APP_POLL__RATE_PER_SEC`).
+const POLL_RATE: u32 = 20;
+
+/// Stripe polls the reconciler has made, all outcomes.
+async fn polls_total(http: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    let text = metrics(http, base).await?;
+    Ok(sum_series(&text, "reconciler_polls_total{") as u64)
+}
+
+/// A service's Prometheus exposition.
+async fn metrics(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+/// The sum of every series whose line starts with `prefix` (a metric over its labels).
+fn sum_series(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 fn table(rows: &[Row], idle: &[(String, f64, f64)], peak: &[(String, f64, f64)]) -> String {

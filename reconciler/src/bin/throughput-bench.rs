@@ -1,0 +1,227 @@
+//! Reconciler throughput: a pre-filled CDC topic of N changes (default 1,000,000: half
+//! inserts of pending payments, half their final updates, Debezium's JSON shape) read
+//! from the beginning by a consumer that decodes each change and applies it to the
+//! per-partition state, against the floor of a consumer that only counts the same
+//! messages. Same broker, same run, median of several runs.
+//!
+//!   throughput-bench <brokers> [changes] [runs] [seconds per pass, default 20]
+//!
+//! The topic (`bench-cdc-<changes>`) is filled once and kept.
+#![allow(
+    clippy::print_stdout,
+    clippy::float_arithmetic,
+    clippy::cast_precision_loss
+)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use paystream_reconciler::envelope;
+use paystream_reconciler::schedule::Schedule;
+use paystream_reconciler::state::PendingState;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::json;
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 4;
+
+fn row(id: Uuid, status: &str, version: i64, source: Option<&str>) -> serde_json::Value {
+    json!({"id": id, "client_id": id, "idempotency_key": format!("order-{id}"), "amount": 1250,
+           "currency": "usd", "status": status, "stripe_payment_intent_id": format!("pi_{}", id.simple()),
+           "stripe_status": null, "last_error": null, "description": null, "customer_email": null,
+           "metadata": "{}", "resolution_source": source, "version": version,
+           "created_at": "2026-11-24T10:59:21.123456Z", "updated_at": "2026-11-24T10:59:21.123456Z",
+           "resolved_at": null})
+}
+
+fn envelope(op: &str, before: serde_json::Value, after: serde_json::Value, lsn: i64) -> String {
+    let now = chrono::Utc::now().timestamp_millis();
+    json!({"before": before, "after": after, "op": op, "ts_ms": now,
+           "source": {"version": "3.1.1.Final", "connector": "postgresql", "name": "dbserver1",
+                      "ts_ms": now, "snapshot": "false", "db": "paystream", "schema": "public",
+                      "table": "payments", "txId": lsn, "lsn": lsn, "xmin": null}})
+    .to_string()
+}
+
+/// Messages in the topic now (sum of high watermarks).
+fn size(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<i64> {
+    let mut total = 0;
+    for p in 0..PARTITIONS {
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+        total += high;
+    }
+    Ok(total)
+}
+
+async fn fill(config: &ClientConfig, topic: &str, n: i64) -> anyhow::Result<()> {
+    let admin: AdminClient<_> = config.create()?;
+    let _ = admin
+        .create_topics(
+            &[NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await?;
+    let probe: BaseConsumer = config
+        .clone()
+        .set("group.id", "throughput-bench-probe")
+        .create()?;
+    let have = size(&probe, topic).unwrap_or(0);
+    if have >= n {
+        return Ok(());
+    }
+    println!("filling {topic} with {} changes", n - have);
+    let producer: FutureProducer = config
+        .clone()
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for i in 0..(n - have) / 2 {
+        let id = Uuid::now_v7();
+        let key = json!({"id": id}).to_string();
+        let insert = envelope(
+            "c",
+            serde_json::Value::Null,
+            row(id, "pending", 1, None),
+            2 * i,
+        );
+        let update = envelope(
+            "u",
+            row(id, "pending", 1, None),
+            row(id, "succeeded", 2, Some("webhook")),
+            2 * i + 1,
+        );
+        for value in [insert, update] {
+            let record = FutureRecord::to(topic).key(&key).payload(&value);
+            pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        if pending.len() >= 50_000 {
+            for f in pending.drain(..) {
+                f.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for f in pending {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    println!("filled in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One pass over the topic from its beginning, for `window` at most (the broker delivers
+/// about 12,000 messages a second, so a whole 1 M pass takes over a minute); with `apply`,
+/// decodes each change and applies it to its partition's state.
+struct Pass {
+    per_sec: f64,
+    /// Time spent decoding and applying, per message.
+    work_us: f64,
+}
+
+fn read_all(
+    config: &ClientConfig,
+    topic: &str,
+    total: i64,
+    apply: bool,
+    window: Duration,
+) -> anyhow::Result<Pass> {
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", format!("throughput-bench-{}", Uuid::now_v7()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let schedule = Schedule::default();
+    let mut states: HashMap<i32, PendingState> = HashMap::new();
+    let mut seen = 0i64;
+    let mut work = Duration::ZERO;
+    let started = Instant::now();
+    while seen < total && started.elapsed() < window {
+        let Some(msg) = consumer.poll(Duration::from_secs(5)) else {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(900),
+                "stalled at {seen}"
+            );
+            continue;
+        };
+        let msg = msg?;
+        if apply {
+            let t = Instant::now();
+            let change = envelope::decode(msg.key(), msg.payload())?;
+            states
+                .entry(msg.partition())
+                .or_default()
+                .apply(&change, &schedule);
+            work += t.elapsed();
+        }
+        seen += 1;
+    }
+    let per_sec = seen as f64 / started.elapsed().as_secs_f64();
+    if apply && seen == total {
+        let left: usize = states.values().map(PendingState::len).sum();
+        anyhow::ensure!(
+            left == 0,
+            "{left} payments still pending after their final updates"
+        );
+    }
+    Ok(Pass {
+        per_sec,
+        work_us: work.as_secs_f64() * 1e6 / seen.max(1) as f64,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let brokers = args
+        .get(1)
+        .context("usage: throughput-bench BROKERS [N] [RUNS] [SECS]")?;
+    let n: i64 = args.get(2).map_or(Ok(1_000_000), |s| s.parse())?;
+    let runs: usize = args.get(3).map_or(Ok(3), |s| s.parse())?;
+    let window_secs: u64 = args.get(4).map_or(Ok(20), |s| s.parse())?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    let topic = format!("bench-cdc-{n}");
+    fill(&config, &topic, n).await?;
+    let probe: BaseConsumer = config
+        .clone()
+        .set("group.id", "throughput-bench-probe")
+        .create()?;
+    let total = size(&probe, &topic)?;
+
+    let window = Duration::from_secs(window_secs);
+    let mut counting = Vec::new();
+    let mut applying = Vec::new();
+    let mut work = Vec::new();
+    for run in 0..runs {
+        let c = read_all(&config, &topic, total, false, window)?;
+        let a = read_all(&config, &topic, total, true, window)?;
+        println!(
+            "run {run}: counting consumer {:.0} msg/s, decode + apply {:.0} msg/s ({:.1} us of work per message)",
+            c.per_sec, a.per_sec, a.work_us
+        );
+        counting.push(c.per_sec);
+        applying.push(a.per_sec);
+        work.push(a.work_us);
+    }
+    for v in [&mut counting, &mut applying, &mut work] {
+        v.sort_by(f64::total_cmp);
+    }
+    let (c, a, w) = (counting[runs / 2], applying[runs / 2], work[runs / 2]);
+    println!(
+        "reconciler throughput on a {total}-change topic ({window_secs} s passes): decode + apply {a:.0} msg/s; \
+         counting consumer {c:.0} msg/s; ratio {:.2}; decode + apply alone {w:.1} us/message (= {:.0} msg/s of one core)",
+        a / c,
+        1e6 / w
+    );
+    Ok(())
+}
