@@ -63,15 +63,18 @@ task_trace() {
 # Debezium was down during a bulk load) cannot stream again: Debezium would retry it for
 # half an hour. Drop it with the offsets that point into it; the connector then takes a
 # new initial snapshot, which the reconciler reads like any change.
+primary_sql() {
+    PGPASSWORD=$PG_SUPERUSER_PASSWORD "$PG_BIN/psql" -X -Atq -h 127.0.0.1 -p "$PG_PRIMARY_PORT" \
+        -U postgres -d "$PG_DB" -c "$1"
+}
+
 recover_lost_slot() {
     local status
-    status=$(PGPASSWORD=$PG_SUPERUSER_PASSWORD "$PG_BIN/psql" -X -Atq -h 127.0.0.1 -p "$PG_PRIMARY_PORT" \
-        -U postgres -d "$PG_DB" -c "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'paystream_debezium'" 2>/dev/null || true)
+    status=$(primary_sql "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'paystream_debezium'" 2>/dev/null || true)
     [ "$status" = lost ] || return 0
     warn "Debezium's replication slot was invalidated (wal_status=lost); dropping it and re-snapshotting"
     stop_pid connect TERM
-    PGPASSWORD=$PG_SUPERUSER_PASSWORD "$PG_BIN/psql" -X -Atq -h 127.0.0.1 -p "$PG_PRIMARY_PORT" \
-        -U postgres -d "$PG_DB" -c "SELECT pg_drop_replication_slot('paystream_debezium')" >/dev/null ||
+    primary_sql "SELECT pg_drop_replication_slot('paystream_debezium')" >/dev/null ||
         die "cannot drop the lost slot paystream_debezium"
     rm -f "$CONNECT_DATA_DIR/offsets.dat"
 }

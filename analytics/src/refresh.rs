@@ -11,6 +11,9 @@ use sqlx::PgPool;
 /// still picked up by the next run. Longer ones need a full refresh.
 pub const GRACE: Duration = Duration::from_secs(60);
 
+/// The tables a refresh rewrites, hour by hour.
+const ROLLUPS: [&str; 2] = ["analytics_hourly", "analytics_resolution_hourly"];
+
 /// One instance refreshes at a time; the others skip their turn.
 const LOCK_KEY: i64 = 0x7073_5f61_6e61_6c79; // "ps_analy"
 
@@ -38,22 +41,28 @@ pub async fn refresh(primary: &PgPool, full: bool) -> Result<Option<Refreshed>, 
     let since = last.filter(|_| !full);
     let hours: Vec<DateTime<Utc>> = match since {
         Some(since) => {
-            sqlx::query_scalar(
+            let hours = sqlx::query_scalar(
                 "SELECT DISTINCT date_trunc('hour', created_at, 'UTC') FROM payments
                  WHERE updated_at >= $1 - make_interval(secs => $2)",
             )
             .bind(since)
             .bind(GRACE.as_secs_f64())
             .fetch_all(&mut *tx)
-            .await?
+            .await?;
+            for table in ROLLUPS.iter().filter(|_| !hours.is_empty()) {
+                sqlx::query(&format!("DELETE FROM {table} WHERE hour = ANY($1)"))
+                    .bind(&hours)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            hours
         }
         None => {
-            sqlx::query("DELETE FROM analytics_hourly")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM analytics_resolution_hourly")
-                .execute(&mut *tx)
-                .await?;
+            for table in ROLLUPS {
+                sqlx::query(&format!("DELETE FROM {table}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             sqlx::query_scalar(
                 "SELECT DISTINCT date_trunc('hour', created_at, 'UTC') FROM payments",
             )
@@ -62,12 +71,6 @@ pub async fn refresh(primary: &PgPool, full: bool) -> Result<Option<Refreshed>, 
         }
     };
     if !hours.is_empty() {
-        for table in ["analytics_hourly", "analytics_resolution_hourly"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE hour = ANY($1)"))
-                .bind(&hours)
-                .execute(&mut *tx)
-                .await?;
-        }
         sqlx::query(
             "INSERT INTO analytics_hourly (hour, currency, status, resolution_source, payments, volume)
              SELECT h, p.currency, p.status, coalesce(p.resolution_source, ''), count(*), sum(p.amount)

@@ -179,17 +179,10 @@ async fn principal_on_replica(s: &AppState, key: &str) -> Result<Option<Principa
         .await
         .map_err(|e| unavailable(format!("replica: {e}")))?;
     let row = client
-        .query_opt(
-            "SELECT c.id, c.role FROM api_keys k JOIN api_clients c ON c.id = k.client_id
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-            &[&keys::hash(key)],
-        )
+        .query_opt(keys::AUTHENTICATE_SQL, &[&keys::hash(key)])
         .await
         .map_err(|e| unavailable(format!("replica: {e}")))?;
-    Ok(row.and_then(|r| {
-        Role::parse(r.get(1)).map(|role| Principal {
-            client_id: r.get(0),
-            role,
-        })
-    }))
+    row.map(|r| keys::principal(r.get(0), r.get(1)))
+        .transpose()
+        .map_err(ApiError::from)
 }

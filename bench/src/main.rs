@@ -56,6 +56,22 @@ fn row(
     r
 }
 
+/// A load stage's row: rate, latencies and errors, against its pgbench floor.
+fn against_floor(figure: impl Into<String>, r: &load::Run, unit: &str, floor: f64) -> Row {
+    row(
+        figure,
+        format!(
+            "{:.0}/s{unit}, p50 {}, p99 {}{}",
+            r.per_sec,
+            ms(r.p50),
+            ms(r.p99),
+            errors(r.errors)
+        ),
+        format!("pgbench {floor:.0} tps"),
+        format!("{:.2}", r.per_sec / floor),
+    )
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -399,21 +415,11 @@ async fn stages(
         }
         let r = load::median(runs);
         let floor = median_tps(&db_url, "create_payment.sql", clients, s, &floor_vars).await?;
-        rows.push(row(
+        rows.push(against_floor(
             format!("1. POST /v1/payments, {clients} clients"),
-            format!(
-                "{:.0}/s, p50 {}, p99 {}{}",
-                r.per_sec,
-                ms(r.p50),
-                ms(r.p99),
-                if r.errors > 0 {
-                    format!(", {} errors", r.errors)
-                } else {
-                    String::new()
-                }
-            ),
-            format!("pgbench {floor:.0} tps"),
-            format!("{:.2}", r.per_sec / floor),
+            &r,
+            "",
+            floor,
         ));
     }
 
@@ -472,17 +478,11 @@ async fn stages(
         ],
     )
     .await?;
-    rows.push(row(
+    rows.push(against_floor(
         "2. Idempotent replay, 32 clients",
-        format!(
-            "{:.0}/s, p50 {}, p99 {}{}",
-            r.per_sec,
-            ms(r.p50),
-            ms(r.p99),
-            errors(r.errors)
-        ),
-        format!("pgbench {floor:.0} tps"),
-        format!("{:.2}", r.per_sec / floor),
+        &r,
+        "",
+        floor,
     ));
 
     // 6. Webhook ingest through nginx: signed payment_intent.succeeded events, each for its
@@ -580,17 +580,11 @@ async fn stages(
     .execute(&primary)
     .await?;
     let floor = median_tps(&db_url, "webhook.sql", 32, s, &[("n", "500".into())]).await?;
-    rows.push(row(
+    rows.push(against_floor(
         "6. Webhook ingest, 32 senders",
-        format!(
-            "{:.0}/s applied, p50 {}, p99 {}{}",
-            r.per_sec,
-            ms(r.p50),
-            ms(r.p99),
-            errors(r.errors)
-        ),
-        format!("pgbench {floor:.0} tps"),
-        format!("{:.2}", r.per_sec / floor),
+        &r,
+        " applied",
+        floor,
     ));
 
     // 3. CDC latency: commit on the primary (source.ts_ms) to the change in the

@@ -107,20 +107,26 @@ pub async fn revoke(db: &PgPool, prefix: &str) -> Result<u64, DbError> {
     Ok(done.rows_affected())
 }
 
+/// The lookup behind every key check, `$1` being the key's hash. Public so that a check
+/// on a replica, through another driver, runs this very query.
+pub const AUTHENTICATE_SQL: &str =
+    "SELECT c.id, c.role FROM api_keys k JOIN api_clients c ON c.id = k.client_id
+     WHERE k.key_hash = $1 AND k.revoked_at IS NULL";
+
+/// The principal of a row `AUTHENTICATE_SQL` returned.
+pub fn principal(client_id: Uuid, role: &str) -> Result<Principal, DbError> {
+    Role::parse(role)
+        .map(|role| Principal { client_id, role })
+        .ok_or_else(|| DbError::Corrupt(format!("unknown role {role}")))
+}
+
 pub async fn authenticate(db: &PgPool, key: &str) -> Result<Option<Principal>, DbError> {
-    let row: Option<(Uuid, String)> = sqlx::query_as(
-        "SELECT c.id, c.role FROM api_keys k JOIN api_clients c ON c.id = k.client_id
-         WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-    )
-    .bind(hash(key))
-    .fetch_optional(db)
-    .await?;
-    row.map(|(client_id, role)| {
-        Role::parse(&role)
-            .map(|role| Principal { client_id, role })
-            .ok_or_else(|| DbError::Corrupt(format!("unknown role {role}")))
-    })
-    .transpose()
+    let row: Option<(Uuid, String)> = sqlx::query_as(AUTHENTICATE_SQL)
+        .bind(hash(key))
+        .fetch_optional(db)
+        .await?;
+    row.map(|(client_id, role)| principal(client_id, &role))
+        .transpose()
 }
 
 #[cfg(test)]

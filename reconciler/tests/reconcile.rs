@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use paystream_core::PaymentStatus;
 use paystream_core::gateway::StripeGateway;
 use paystream_db::payments::Source;
@@ -522,11 +522,17 @@ fn rules() -> Rules {
     }
 }
 
+/// One poll of `t` at `now` under the tests' rules.
+async fn poll_at(world: &SimWorld, t: &Target, now: DateTime<Utc>) -> Outcome {
+    poll::poll(&world.stripe, &world.db, t, &rules(), now)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_poll_applies_stripes_final_status_and_expiry_cancels_at_stripe_first() {
     let stack = Stack::get();
     let world = SimWorld::start(stack.pool("DATABASE_URL").await).await;
-    let rules = rules();
     let now = Utc::now();
     let old = now - chrono::Duration::hours(2);
 
@@ -537,15 +543,7 @@ async fn a_poll_applies_stripes_final_status_and_expiry_cancels_at_stripe_first(
         intent: Some(pi.to_owned()),
         created_at,
     };
-    let out = poll::poll(
-        &world.stripe,
-        &world.db,
-        &target(paid, &pi, now),
-        &rules,
-        now,
-    )
-    .await
-    .unwrap();
+    let out = poll_at(&world, &target(paid, &pi, now), now).await;
     assert_eq!(
         out,
         Outcome::Resolved {
@@ -553,15 +551,7 @@ async fn a_poll_applies_stripes_final_status_and_expiry_cancels_at_stripe_first(
             source: Source::Poll
         }
     );
-    let again = poll::poll(
-        &world.stripe,
-        &world.db,
-        &target(paid, &pi, now),
-        &rules,
-        now,
-    )
-    .await
-    .unwrap();
+    let again = poll_at(&world, &target(paid, &pi, now), now).await;
     assert_eq!(
         again,
         Outcome::AlreadyFinal,
@@ -569,25 +559,9 @@ async fn a_poll_applies_stripes_final_status_and_expiry_cancels_at_stripe_first(
     );
 
     let (open, pi) = world.payment().await;
-    let young = poll::poll(
-        &world.stripe,
-        &world.db,
-        &target(open, &pi, now),
-        &rules,
-        now,
-    )
-    .await
-    .unwrap();
+    let young = poll_at(&world, &target(open, &pi, now), now).await;
     assert_eq!(young, Outcome::Pending);
-    let expired = poll::poll(
-        &world.stripe,
-        &world.db,
-        &target(open, &pi, old),
-        &rules,
-        now,
-    )
-    .await
-    .unwrap();
+    let expired = poll_at(&world, &target(open, &pi, old), now).await;
     assert_eq!(
         expired,
         Outcome::Resolved {
@@ -604,15 +578,7 @@ async fn a_poll_applies_stripes_final_status_and_expiry_cancels_at_stripe_first(
     // The customer pays just before the expiry's cancel: the success wins.
     let (raced, pi) = world.payment().await;
     world.confirm(&pi, "pm_card_visa").await;
-    let out = poll::poll(
-        &world.stripe,
-        &world.db,
-        &target(raced, &pi, old),
-        &rules,
-        now,
-    )
-    .await
-    .unwrap();
+    let out = poll_at(&world, &target(raced, &pi, old), now).await;
     assert_eq!(
         out,
         Outcome::Resolved {
@@ -623,15 +589,7 @@ async fn a_poll_applies_stripes_final_status_and_expiry_cancels_at_stripe_first(
 
     let ghost = Uuid::now_v7();
     world.insert_pending(ghost).await;
-    let out = poll::poll(
-        &world.stripe,
-        &world.db,
-        &target(ghost, "pi_unknown_to_stripe", now),
-        &rules,
-        now,
-    )
-    .await
-    .unwrap();
+    let out = poll_at(&world, &target(ghost, "pi_unknown_to_stripe", now), now).await;
     assert_eq!(
         out,
         Outcome::NotFound,
@@ -643,7 +601,6 @@ async fn a_poll_applies_stripes_final_status_and_expiry_cancels_at_stripe_first(
 async fn an_orphan_gets_the_apis_intent_or_is_expired_without_one() {
     let stack = Stack::get();
     let world = SimWorld::start(stack.pool("DATABASE_URL").await).await;
-    let rules = rules();
     let now = Utc::now();
     let orphan = |id| Target {
         id,
@@ -655,9 +612,7 @@ async fn an_orphan_gets_the_apis_intent_or_is_expired_without_one() {
     let id = Uuid::now_v7();
     world.insert_pending(id).await;
     let pi = world.intent_for(id).await;
-    let out = poll::poll(&world.stripe, &world.db, &orphan(id), &rules, now)
-        .await
-        .unwrap();
+    let out = poll_at(&world, &orphan(id), now).await;
     assert_eq!(out, Outcome::Pending);
     assert_eq!(
         world.ours(id).await.1.as_deref(),
@@ -672,12 +627,7 @@ async fn an_orphan_gets_the_apis_intent_or_is_expired_without_one() {
         created_at: now,
         ..orphan(young)
     };
-    assert_eq!(
-        poll::poll(&world.stripe, &world.db, &t, &rules, now)
-            .await
-            .unwrap(),
-        Outcome::Pending
-    );
+    assert_eq!(poll_at(&world, &t, now).await, Outcome::Pending);
     assert_eq!(world.ours(young).await.1, None);
 
     // Past the age limit with no intent anywhere: canceled on our side alone.
@@ -687,9 +637,7 @@ async fn an_orphan_gets_the_apis_intent_or_is_expired_without_one() {
         created_at: now - chrono::Duration::hours(2),
         ..orphan(lost)
     };
-    let out = poll::poll(&world.stripe, &world.db, &t, &rules, now)
-        .await
-        .unwrap();
+    let out = poll_at(&world, &t, now).await;
     assert_eq!(
         out,
         Outcome::Resolved {

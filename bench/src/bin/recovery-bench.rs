@@ -12,10 +12,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use paystream_bench::db;
 use paystream_reconciler::recovery;
 use paystream_reconciler::schedule::Schedule;
+use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool};
 
 const DB: &str = "paystream_bench";
 
@@ -24,20 +25,6 @@ fn rss_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096)
-}
-
-/// The replica's port: `REPLICA_PORT`, or nginx's replica port of the local stack.
-fn replica_port() -> anyhow::Result<u16> {
-    std::env::var("REPLICA_PORT").map_or(Ok(6432), |p| p.parse().context("REPLICA_PORT"))
-}
-
-fn with_db(url: &str, port: Option<u16>) -> anyhow::Result<String> {
-    let mut u = url::Url::parse(url).context("admin url")?;
-    u.set_path(DB);
-    if let Some(p) = port {
-        u.set_port(Some(p)).ok().context("port")?;
-    }
-    Ok(u.to_string())
 }
 
 async fn fill(primary: &PgPool, n: i64) -> anyhow::Result<()> {
@@ -75,26 +62,12 @@ async fn main() -> anyhow::Result<()> {
     let n: i64 = args.get(2).context("pending count")?.parse()?;
     let runs: usize = args.get(3).map_or(Ok(3), |s| s.parse())?;
 
-    let mut conn = PgConnection::connect(admin).await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
-            .bind(DB)
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
-        sqlx::query(&format!("CREATE DATABASE {DB}"))
-            .execute(&mut conn)
-            .await?;
-    }
-    let primary = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&with_db(admin, None)?)
-        .await?;
+    let primary = db::primary(admin, DB).await?;
     fill(&primary, n).await?;
     let replica = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(30))
-        .connect(&with_db(admin, Some(replica_port()?))?)
+        .connect(&db::url(admin, DB, Some(db::replica_port()?))?)
         .await?;
 
     let partitions = [0, 1, 2, 3];

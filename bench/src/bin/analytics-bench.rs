@@ -15,25 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use paystream_analytics::{Bucket, Guard, Metric, OnLag, Window};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use paystream_bench::db;
+use sqlx::PgPool;
 
 const DB: &str = "paystream_analytics_bench";
 const DAYS: i64 = 30;
-
-/// The replica's port: `REPLICA_PORT`, or nginx's replica port of the local stack.
-fn replica_port() -> anyhow::Result<u16> {
-    std::env::var("REPLICA_PORT").map_or(Ok(6432), |p| p.parse().context("REPLICA_PORT"))
-}
-
-fn with_db(url: &str, port: Option<u16>) -> anyhow::Result<String> {
-    let mut u = url::Url::parse(url).context("admin url")?;
-    u.set_path(DB);
-    if let Some(p) = port {
-        u.set_port(Some(p)).ok().context("port")?;
-    }
-    Ok(u.to_string())
-}
 
 /// Payments spread evenly over the last `DAYS` days (UTC midnight to midnight), shaped like
 /// production: time-ordered ids, three currencies, every status and resolution source.
@@ -148,21 +134,7 @@ async fn main() -> anyhow::Result<()> {
     let n: i64 = args.get(2).map_or(Ok(10_000_000), |s| s.parse())?;
     let runs: usize = args.get(3).map_or(Ok(5), |s| s.parse())?;
 
-    let mut conn = PgConnection::connect(admin).await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
-            .bind(DB)
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
-        sqlx::query(&format!("CREATE DATABASE {DB}"))
-            .execute(&mut conn)
-            .await?;
-    }
-    let primary = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&with_db(admin, None)?)
-        .await?;
+    let primary = db::primary(admin, DB).await?;
     // The data's days are fixed once filled: read them back rather than from the clock.
     let today = Utc::now()
         .date_naive()
@@ -195,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
         .context("another refresh holds the lock")?;
     let inc_took = started.elapsed();
 
-    let pg: tokio_postgres::Config = with_db(admin, Some(replica_port()?))?.parse()?;
+    let pg: tokio_postgres::Config = db::url(admin, DB, Some(db::replica_port()?))?.parse()?;
     let replica = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
         pg,
         tokio_postgres::NoTls,
