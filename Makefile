@@ -7,7 +7,7 @@ PAYSTREAM_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/paystream
 export PAYSTREAM_CACHE
 export CARGO_TARGET_DIR ?= $(PAYSTREAM_CACHE)/target
 
-.PHONY: help up down status logs clean demo test lint bench
+.PHONY: help up down status logs clean demo test lint bench chaos
 
 help:
 	@echo "make up      start the whole local stack and run the demo (writes .stack/env)"
@@ -17,6 +17,7 @@ help:
 	@echo "make clean   stop and delete all local data"
 	@echo "make test    lint, then every test against the real stack"
 	@echo "make bench   every stage against its floor on the local stack (BENCHMARKS.md)"
+	@echo "make chaos   the adversarial suite on a stack of its own (SEED=... replays one)"
 
 up:
 	@scripts/stack.sh up
@@ -50,3 +51,9 @@ test: lint
 # table is also written to .stack/bench/latest.md. BENCH_ARGS=--quick for a smoke run.
 bench:
 	@scripts/bench.sh $(BENCH_ARGS)
+
+# The money-safety invariants under attack (docs/invariants.md) on a stack of its own
+# (.stack/chaos, other ports): a fresh seed each run, printed first; `make chaos SEED=...`
+# replays that plan. CHAOS_ARGS adds options, e.g. CHAOS_ARGS="--payments 5000".
+chaos:
+	cargo run --quiet -p paystream-chaos -- $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)

@@ -5,6 +5,7 @@
 #   connect.sh down     stop it (SIGTERM; offsets are flushed)
 #   connect.sh kill     SIGKILL it (tests of crash recovery)
 #   connect.sh health   exit 0 only if the connector and every task are RUNNING
+#   connect.sh watch    (background, started by `up`) restart a FAILED connector or task
 #   connect.sh status   one line
 set -euo pipefail
 # shellcheck source=../scripts/lib.sh
@@ -68,19 +69,55 @@ primary_sql() {
         -U postgres -d "$PG_DB" -c "$1"
 }
 
+# A slot that is gone altogether (dropped by hand, or a primary rebuilt or failed over:
+# PG 15 has no failover slots) while Connect still holds offsets into it is the same loss:
+# Debezium would refuse to start. The same recovery applies.
 recover_lost_slot() {
     local status
-    status=$(primary_sql "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'paystream_debezium'" 2>/dev/null || true)
-    [ "$status" = lost ] || return 0
-    warn "Debezium's replication slot was invalidated (wal_status=lost); dropping it and re-snapshotting"
-    stop_pid connect TERM
-    primary_sql "SELECT pg_drop_replication_slot('paystream_debezium')" >/dev/null ||
-        die "cannot drop the lost slot paystream_debezium"
-    rm -f "$CONNECT_DATA_DIR/offsets.dat"
+    status=$(primary_sql "SELECT coalesce((SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'paystream_debezium'), 'missing')" 2>/dev/null || true)
+    case $status in
+    lost)
+        warn "Debezium's replication slot was invalidated (wal_status=lost); dropping it and re-snapshotting"
+        stop_pid connect TERM
+        primary_sql "SELECT pg_drop_replication_slot('paystream_debezium')" >/dev/null ||
+            die "cannot drop the lost slot paystream_debezium"
+        rm -f "$CONNECT_DATA_DIR/offsets.dat"
+        ;;
+    missing)
+        # Only while Connect is down: a running Connect may be creating the slot right now.
+        if [ -s "$CONNECT_DATA_DIR/offsets.dat" ] && ! is_running connect; then
+            warn "Debezium's replication slot is gone but Connect has offsets into it; re-snapshotting"
+            rm -f "$CONNECT_DATA_DIR/offsets.dat"
+        fi
+        ;;
+    esac
+}
+
+# Kafka Connect never restarts a failed task by itself: a broker that answers one produce
+# with an error while it shuts down (tansu does) kills the task for good, and the change
+# stream stops. The watcher restarts failed tasks (Connect 3.x's onlyFailed restart),
+# so a broker restart costs seconds of CDC latency, not the stream.
+watch() {
+    local s
+    while sleep "${CONNECT_WATCH_SECS:-3}"; do
+        s=$(curl -fsS --max-time 2 "$CONNECT_URL/connectors/$CONNECTOR/status" 2>/dev/null) || continue
+        if jq -e '.connector.state == "FAILED" or any(.tasks[]; .state == "FAILED")' <<<"$s" >/dev/null; then
+            warn "Debezium connector or task FAILED: $(task_trace); restarting it"
+            curl -fsS --max-time 10 -X POST \
+                "$CONNECT_URL/connectors/$CONNECTOR/restart?includeTasks=true&onlyFailed=true" >/dev/null ||
+                warn "restart request refused"
+        fi
+    done
+}
+
+start_watch() {
+    is_running connect-watch && return 0
+    start_bg connect-watch "$ROOT" "$HERE/connect.sh" watch
 }
 
 up() {
     load_secrets
+    start_watch
     recover_lost_slot
     if is_running connect; then
         wait_for "debezium task RUNNING" 90 health || die "Kafka Connect runs but the Debezium task is not RUNNING: $(task_trace)"
@@ -107,6 +144,8 @@ case ${1:-} in
 up) up ;;
 down) stop_pid connect TERM ;;
 kill) stop_pid connect KILL ;;
+stop-watch) stop_pid connect-watch TERM ;;
+watch) watch ;;
 health) health ;;
 status)
     if is_running connect; then
@@ -114,6 +153,8 @@ status)
     else
         printf '  %-19s %-15s %s\n' kafka-connect "127.0.0.1:$CONNECT_PORT" down
     fi
+    if is_running connect-watch; then w=up; else w=down; fi
+    printf '  %-19s %-15s %s\n' connect-watch - "$w (restarts failed Debezium tasks)"
     ;;
-*) die "usage: $0 up|down|kill|health|status" ;;
+*) die "usage: $0 up|down|kill|watch|stop-watch|health|status" ;;
 esac

@@ -53,9 +53,19 @@ install_localstripe() {
         die "pip could not install localstripe"
 }
 
+# schemathesis checks the API against its OpenAPI document in the tests.
+install_schemathesis() {
+    command -v schemathesis >/dev/null && return 0
+    log "installing schemathesis 4 (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check "schemathesis>=4.32,<5" ||
+        die "pip could not install schemathesis"
+    command -v schemathesis >/dev/null || die "schemathesis installed but not on PATH"
+}
+
 mkdir -p "$PAYSTREAM_CACHE"
 install_apt
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"
 install_localstripe
+install_schemathesis
 install_debezium
 install_tansu

@@ -10,6 +10,11 @@
 #   stack.sh status           one line per component
 #   stack.sh logs [NAME]      tail the logs in .stack/logs
 #   stack.sh demo             send a few payments through the running stack
+#   stack.sh kill NAME        SIGKILL one service (stripe-sim, api-1, api-2, webhook, reconciler)
+#   stack.sh start NAME       start one service again (no install, no build): chaos tests
+#
+# Services take their settings from APP_* variables; the stack's defaults below apply only
+# to those not already set in the environment (a chaos stack shortens expiry, say).
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -79,17 +84,17 @@ start_service() {
     if port_open "$port"; then die "$name: port $port is taken by a process this stack did not start"; fi
     if [ "$name" = stripe-sim ]; then
         # Keys come from the environment (STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET), not argv.
-        start_bg "$name" "$ROOT" "$bin" --addr "127.0.0.1:$port" \
+        start_bg "$name" "$ROOT" "$bin" --addr "127.0.0.1:$port" ${STRIPE_SIM_SEED:+--seed "$STRIPE_SIM_SEED"} \
             --webhook-url "http://127.0.0.1:$NGINX_HTTP_PORT/webhook/stripe"
     else
         start_bg "$name" "$ROOT" env \
             APP_LISTEN_ADDR="127.0.0.1:$port" APP_INSTANCE="$name" APP_LOG_FORMAT=json \
             APP_DATABASE__URL="$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT")" \
             APP_STRIPE__API_BASE="http://127.0.0.1:$STRIPE_SIM_PORT" APP_STRIPE__SECRET_KEY="$STRIPE_SECRET_KEY" \
-            APP_WEBHOOK__SECRETS="$STRIPE_WEBHOOK_SECRET" APP_CATCHUP_INTERVAL_SECS=15 \
+            APP_WEBHOOK__SECRETS="$STRIPE_WEBHOOK_SECRET" APP_CATCHUP_INTERVAL_SECS="${APP_CATCHUP_INTERVAL_SECS:-15}" \
             APP_REPLICA__URL="$(db_url paystream "$PG_APP_PASSWORD" "$NGINX_PG_PORT")" \
             APP_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT" \
-            APP_POLL__FIRST_MS=5000 APP_POLL__FREQUENT_MS=15000 \
+            APP_POLL__FIRST_MS="${APP_POLL__FIRST_MS:-5000}" APP_POLL__FREQUENT_MS="${APP_POLL__FREQUENT_MS:-15000}" \
             "$bin"
     fi
     echo "$bin" >"$RUN_DIR/$name.bin"
@@ -155,6 +160,7 @@ down() {
     mkdir -p "$STACK_DIR"
     "$ROOT/nginx/nginx.sh" down
     for s in "${SERVICES[@]}"; do stop_pid "$s"; done
+    "$ROOT/debezium/connect.sh" stop-watch
     "$ROOT/debezium/connect.sh" down
     "$ROOT/kafka/broker.sh" down
     "$ROOT/postgres-replication/cluster.sh" down
@@ -221,5 +227,10 @@ clean)
 status) status ;;
 logs) logs "${2:-}" ;;
 demo) demo ;;
-*) die "usage: $0 up [--no-demo]|down|clean|status|logs [NAME]|demo" ;;
+kill | start)
+    [ -n "${2:-}" ] && [[ " ${SERVICES[*]} " == *" $2 "* ]] || die "$1: one of ${SERVICES[*]}"
+    mkdir -p "$LOG_DIR" "$RUN_DIR"
+    if [ "$1" = kill ]; then stop_pid "$2" KILL; else load_secrets && start_service "$2"; fi
+    ;;
+*) die "usage: $0 up [--no-demo]|down|clean|status|logs [NAME]|demo|kill NAME|start NAME" ;;
 esac

@@ -161,7 +161,11 @@ pub async fn authenticate_on_replica(
     let Some(key) = crate::bearer(&req) else {
         return ApiError::unauthorized().into_response();
     };
-    let principal = match principal_on_replica(&state, &key).await {
+    let looked_up = state
+        .keys
+        .check(&key, || principal_on_replica(&state, &key))
+        .await;
+    let principal = match looked_up {
         Ok(Some(p)) => p,
         Ok(None) => return ApiError::unauthorized().into_response(),
         Err(e) => return e.into_response(),

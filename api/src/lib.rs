@@ -1,6 +1,7 @@
 //! The payment API. `router` builds the whole app; `main.rs` only loads config and serves.
 
 pub mod analytics;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod openapi;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub replica: Option<deadpool_postgres::Pool>,
     /// The replica lag analytics accept, and what they do beyond it.
     pub analytics: paystream_analytics::Guard,
+    /// Who may have a key looked up, and how fast (see `auth`).
+    pub keys: Arc<auth::KeyGate>,
 }
 
 impl AppState {
@@ -67,6 +70,7 @@ impl AppState {
                 max_lag: Duration::from_millis(cfg.analytics.max_lag_ms),
                 on_lag: cfg.analytics.on_lag,
             },
+            keys: Arc::default(),
         })
     }
 }
@@ -143,10 +147,18 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
     let Some(key) = bearer(&req) else {
         return ApiError::unauthorized().into_response();
     };
-    let principal = match keys::authenticate(&state.db, &key).await {
+    let (db, key) = (&state.db, key.as_str());
+    let looked_up = state
+        .keys
+        .check(
+            key,
+            || async move { Ok(keys::authenticate(db, key).await?) },
+        )
+        .await;
+    let principal = match looked_up {
         Ok(Some(p)) => p,
         Ok(None) => return ApiError::unauthorized().into_response(),
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return e.into_response(),
     };
     if principal.role == keys::Role::Analyst {
         return ApiError::new(

@@ -9,11 +9,15 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use paystream_core::PaymentStatus;
-use paystream_core::gateway::{GatewayError, NewIntent, StripeGateway, intent_key};
-use paystream_db::idempotency::{self, Begin};
+use paystream_core::gateway::{
+    GatewayError, IntentView, NewIntent, StripeGateway, attempt_key, intent_key,
+};
+use paystream_core::{Currency, Money, PaymentStatus};
+use paystream_db::idempotency::{self, Begin, Take};
 use paystream_db::keys::Principal;
-use paystream_db::payments::{self, Applied, ListFilter, NewPayment, Observation, Payment, Source};
+use paystream_db::payments::{
+    self, Attached, ListFilter, NewPayment, Observation, Payment, Source,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -74,16 +78,15 @@ fn payment_json(p: &Payment, client_secret: Option<&str>) -> Value {
 
 #[utoipa::path(post, path = "/v1/payments", tag = "payments",
     request_body = crate::validation::CreatePayment,
-    params(("Idempotency-Key" = String, Header, description = "1-255 printable ASCII; a retry with the same key and body replays the first response")),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[\\x20-\\x7E]+$",
+        description = "1 to 255 printable ASCII characters; a retry with the same key and body replays the first final answer")),
     responses(
-        (status = 201, description = "Created, with its PaymentIntent", body = PaymentView),
-        (status = 202, description = "Recorded, but Stripe was unavailable (`processor_unavailable`); retry with the same key", body = crate::openapi::ErrorBody),
+        (status = 200, description = "The payment was already final (canceled, expired or failed) when this retry ran: no PaymentIntent was made and no client secret is given", body = PaymentView),
+        (status = 201, description = "Created, with its PaymentIntent and client secret", body = PaymentView),
+        (status = 202, description = "`processor_unavailable`: recorded, but Stripe was unavailable (or refused our credentials); retry with the same key", body = crate::openapi::ErrorBody),
         (status = 400, description = "Invalid request (see `error.code`)", body = crate::openapi::ErrorBody),
-        (status = 401, description = "Missing or invalid API key", body = crate::openapi::ErrorBody),
-        (status = 409, description = "`idempotency_key_in_use`", body = crate::openapi::ErrorBody),
-        (status = 413, description = "`body_too_large`", body = crate::openapi::ErrorBody),
-        (status = 422, description = "`idempotency_key_reused` or `processor_rejected`", body = crate::openapi::ErrorBody),
-        (status = 429, description = "`rate_limited`, see Retry-After", body = crate::openapi::ErrorBody),
+        (status = 409, description = "`idempotency_key_in_use`: a request with this key is running; `payment_conflict`", body = crate::openapi::ErrorBody),
+        (status = 422, description = "`idempotency_key_reused` (same key, other body) or `processor_rejected` (Stripe refused the payment, e.g. below its minimum amount: the payment is `failed`)", body = crate::openapi::ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn create(
@@ -119,75 +122,98 @@ pub async fn create(
         customer_email: valid.request.customer_email.as_deref(),
         metadata: &metadata,
     };
-    let payment = match idempotency::begin(&s.db, &new, &request_hash, s.lease).await? {
-        Begin::Created(p) | Begin::Resume(p) => p,
-        Begin::Replay { status, body } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            let mut res = (status, Json(body)).into_response();
-            res.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return Ok(res);
+    let (payment, lease, fresh) =
+        match idempotency::begin(&s.db, &new, &request_hash, s.lease).await? {
+            Begin::Created(p, lease) => (p, lease, true),
+            Begin::Resume(p, lease) => (p, lease, false),
+            Begin::Replay { status, body } => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                let mut res = (status, Json(body)).into_response();
+                res.headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return Ok(res);
+            }
+            Begin::Mismatch => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request",
+                ));
+            }
+            Begin::InFlight => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is in progress; retry later",
+                ));
+            }
+        };
+    tracing::info!(payment_id = %payment.id, client_id = %who.client_id, fresh, "payment pending; finding its PaymentIntent");
+    match finish_create(&s, payment, fresh).await? {
+        Finish::Final(status, body) => {
+            idempotency::complete(&s.db, &lease, status.as_u16(), &body).await?;
+            Ok((status, Json(body)).into_response())
         }
-        Begin::Mismatch => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request",
-            ));
+        Finish::Unfinished(err) => {
+            // Unknown outcome (timeout, 5xx, 429, our own Stripe settings): the payment
+            // stays pending and the key is released without a stored response, so a retry
+            // with the same key resumes it, and the reconciler finishes it if nobody retries.
+            idempotency::release(&s.db, &lease).await?;
+            Ok((err.status, Json(err.body())).into_response())
         }
-        Begin::InFlight => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_use",
-                "a request with this Idempotency-Key is in progress; retry later",
-            ));
-        }
+    }
+}
+
+/// How a create request ends: a final answer, stored for replay, or an unfinished one
+/// (the key is released so a retry resumes the payment).
+enum Finish {
+    Final(StatusCode, Value),
+    Unfinished(ApiError),
+}
+
+/// The Stripe side of a create, outside any transaction (the pending row and the key are
+/// committed). Keeps I1 and I2 (docs/invariants.md): a payment that is already final gets
+/// nothing new, and the client secret handed out is always that of the payment's one
+/// intent.
+async fn finish_create(s: &AppState, payment: Payment, fresh: bool) -> Result<Finish, ApiError> {
+    if payment.status()?.is_final() {
+        // Canceled, expired or failed while the key was free: replay the outcome, never
+        // a new PaymentIntent (Stripe may have forgotten the create key by now).
+        return Ok(Finish::Final(StatusCode::OK, payment_json(&payment, None)));
+    }
+    let pid = payment.id.to_string();
+    let (operation, intent) = match &payment.stripe_payment_intent_id {
+        Some(pi) => ("retrieve_intent", s.stripe.retrieve_intent(pi).await),
+        None if fresh => ("create_intent", create_intent(s, &payment).await),
+        // An earlier attempt may have made the intent and died before storing it: find it
+        // first, since Stripe forgets the create key after 24 hours.
+        None => match s.stripe.find_by_payment_id(&pid).await {
+            Ok(Some(pi)) => ("search_intent", Ok(pi)),
+            Ok(None) | Err(GatewayError::Unsupported(_)) => {
+                ("create_intent", create_intent(s, &payment).await)
+            }
+            Err(e) => ("search_intent", Err(e)),
+        },
     };
-    tracing::info!(payment_id = %payment.id, client_id = %who.client_id, "payment pending; creating its PaymentIntent");
-    // Outside any transaction: the pending row and the key are already committed.
-    let intent = s
-        .stripe
-        .create_intent(&NewIntent {
-            payment_id: &payment.id.to_string(),
-            money: valid.money,
-            description: payment.description.as_deref(),
-            receipt_email: payment.customer_email.as_deref(),
-            idempotency_key: &intent_key(&payment.id),
-        })
-        .await;
     let outcome = match &intent {
-        Ok(_) => "created",
-        Err(GatewayError::Rejected { .. }) => "rejected",
-        Err(GatewayError::RateLimited) => "rate_limited",
-        Err(_) => "unavailable",
+        Ok(_) if operation == "create_intent" => "created",
+        Ok(_) => "ok",
+        Err(e) => e.label(),
     };
     s.metrics.inc(
         "stripe_calls_total",
         "Stripe calls by operation and outcome",
-        &[("operation", "create_intent"), ("outcome", outcome)],
+        &[("operation", operation), ("outcome", outcome)],
     );
-    let (status, body) = match intent {
-        Ok(pi) => {
-            let updated =
-                payments::attach_intent(&s.db, payment.id, &pi.id, &pi.stripe_status).await?;
-            let Some(updated) = updated else {
-                tracing::error!(payment_id = %payment.id, intent = %pi.id, "payment already has another PaymentIntent");
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "payment_conflict",
-                    "the payment is linked to another PaymentIntent",
-                ));
-            };
-            (
-                StatusCode::CREATED,
-                payment_json(&updated, pi.client_secret.as_deref()),
-            )
-        }
+    match intent {
+        Ok(pi) => adopt(s, payment, pi).await,
         Err(GatewayError::Rejected {
             status,
             code,
             message,
-        }) => {
+        }) if payment.stripe_payment_intent_id.is_none() => {
+            // Stripe refused to create it (e.g. below its minimum amount): the customer's
+            // request can never succeed, and no intent exists.
             tracing::warn!(payment_id = %payment.id, stripe_status = status, code = %code, "Stripe rejected the PaymentIntent");
             let reason = format!("{code}: {message}");
             let obs = Observation {
@@ -197,31 +223,130 @@ pub async fn create(
                 source: Source::Api,
                 detail: None,
             };
-            let failed = match payments::apply_status(&s.db, payment.id, &obs).await? {
-                Applied::Changed(p) | Applied::Unchanged(p) | Applied::Conflict(p) => p,
-                Applied::NotFound => payment,
-            };
+            let failed = payments::apply_status(&s.db, payment.id, &obs)
+                .await?
+                .payment()
+                .unwrap_or(payment);
+            if failed.status()? != PaymentStatus::Failed {
+                return Ok(Finish::Final(StatusCode::OK, payment_json(&failed, None)));
+            }
             let err = ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "processor_rejected",
                 format!("the payment processor refused the payment: {reason}"),
             )
             .with_payment(payment_json(&failed, None));
-            (err.status, err.body())
+            Ok(Finish::Final(err.status, err.body()))
         }
         Err(e) => {
-            // Unknown outcome (timeout, 5xx, 429): the payment stays pending, the key is
-            // released without a stored response, so a retry with the same key resumes it,
-            // and the reconciler finishes it with the same Stripe key if nobody retries.
-            tracing::warn!(payment_id = %payment.id, error = %e, "Stripe unavailable; payment left pending");
-            idempotency::release(&s.db, who.client_id, &key).await?;
-            let err = ApiError::new(StatusCode::ACCEPTED, "processor_unavailable", "the payment is recorded but the payment processor is unavailable; retry with the same Idempotency-Key or poll the payment")
-                .with_payment(payment_json(&payment, None));
-            return Ok((err.status, Json(err.body())).into_response());
+            if matches!(e, GatewayError::Misconfigured { .. }) {
+                tracing::error!(payment_id = %payment.id, error = %e, "Stripe refused our credentials; payment left pending");
+            } else {
+                tracing::warn!(payment_id = %payment.id, error = %e, "Stripe unavailable; payment left pending");
+            }
+            Ok(Finish::Unfinished(
+                ApiError::new(StatusCode::ACCEPTED, "processor_unavailable", "the payment is recorded but the payment processor is unavailable; retry with the same Idempotency-Key or poll the payment")
+                    .with_payment(payment_json(&payment, None)),
+            ))
         }
+    }
+}
+
+/// The PaymentIntent of a payment, with the payment's own create key (so every attempt,
+/// the API's, a cancel's or the reconciler's, gets the same one from Stripe).
+async fn create_intent(s: &AppState, p: &Payment) -> Result<IntentView, GatewayError> {
+    let money = Money::new(
+        p.amount,
+        Currency::parse(&p.currency)
+            .map_err(|e| GatewayError::Unavailable(format!("stored currency: {e}")))?,
+        i64::MAX,
+    )
+    .map_err(|e| GatewayError::Unavailable(format!("stored amount: {e}")))?;
+    s.stripe
+        .create_intent(&NewIntent {
+            payment_id: &p.id.to_string(),
+            money,
+            description: p.description.as_deref(),
+            receipt_email: p.customer_email.as_deref(),
+            idempotency_key: &intent_key(&p.id),
+        })
+        .await
+}
+
+/// Makes `pi` the payment's intent, if the payment still takes one, and answers with it.
+async fn adopt(s: &AppState, payment: Payment, pi: IntentView) -> Result<Finish, ApiError> {
+    let stripe_final = pi.status().filter(|st| st.is_final());
+    match payments::attach_intent(&s.db, payment.id, &pi.id, &pi.stripe_status).await? {
+        Attached::Attached(p) => match stripe_final {
+            // Already over at Stripe (canceled there, or paid): record it, no secret.
+            Some(status) => {
+                let p = observe(s, p.id, status, &pi).await?;
+                Ok(Finish::Final(StatusCode::OK, payment_json(&p, None)))
+            }
+            None => Ok(Finish::Final(
+                StatusCode::CREATED,
+                payment_json(&p, pi.client_secret.as_deref()),
+            )),
+        },
+        Attached::Refused(p) => {
+            if p.stripe_payment_intent_id.as_deref() != Some(pi.id.as_str()) {
+                // A stray: the payment went final without it, or holds another one. It
+                // must never be paid: cancel it at Stripe, never hand out its secret.
+                cancel_stray(s, p.id, &pi).await;
+            }
+            if p.status()?.is_final() {
+                return Ok(Finish::Final(StatusCode::OK, payment_json(&p, None)));
+            }
+            tracing::error!(payment_id = %p.id, intent = %pi.id, "payment is linked to another PaymentIntent");
+            Ok(Finish::Unfinished(ApiError::new(
+                StatusCode::CONFLICT,
+                "payment_conflict",
+                "the payment is linked to another PaymentIntent",
+            )))
+        }
+        Attached::NotFound => Err(ApiError::not_found()),
+    }
+}
+
+/// Applies what Stripe says of the payment's intent (source `api`).
+async fn observe(
+    s: &AppState,
+    id: Uuid,
+    status: PaymentStatus,
+    pi: &IntentView,
+) -> Result<Payment, ApiError> {
+    let obs = Observation {
+        status,
+        stripe_status: Some(&pi.stripe_status),
+        error: pi.last_error.as_deref(),
+        source: Source::Api,
+        detail: Some(json!({"payment_intent": pi.id, "stripe_status": pi.stripe_status})),
     };
-    idempotency::complete(&s.db, who.client_id, &key, status.as_u16(), &body).await?;
-    Ok((status, Json(body)).into_response())
+    payments::apply_status(&s.db, id, &obs)
+        .await?
+        .payment()
+        .ok_or_else(ApiError::not_found)
+}
+
+/// Best effort: a stray that stays open is still never paid (nobody has its secret), and
+/// the report lists it as `orphan_at_stripe`.
+async fn cancel_stray(s: &AppState, payment_id: Uuid, pi: &IntentView) {
+    if pi.status().is_some_and(|st| st.is_final()) {
+        return;
+    }
+    let key = attempt_key("stray", &payment_id, &Uuid::now_v7());
+    match s
+        .stripe
+        .cancel_intent(&pi.id, Some("abandoned"), &key)
+        .await
+    {
+        Ok(_) => {
+            tracing::warn!(payment_id = %payment_id, intent = %pi.id, "stray PaymentIntent canceled at Stripe")
+        }
+        Err(e) => {
+            tracing::error!(payment_id = %payment_id, intent = %pi.id, error = %e, "could not cancel a stray PaymentIntent")
+        }
+    }
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -230,7 +355,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 #[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments",
-    params(("id" = Uuid, Path, description = "Payment id")),
+    params(("id" = Uuid, Path, description = "Payment id (anything else is 404)")),
     responses((status = 200, body = PaymentView), (status = 404, description = "`payment_not_found` (also another client's payment)", body = crate::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
@@ -246,7 +371,7 @@ pub async fn get(
 }
 
 #[utoipa::path(get, path = "/v1/payments/{id}/events", tag = "payments",
-    params(("id" = Uuid, Path, description = "Payment id")),
+    params(("id" = Uuid, Path, description = "Payment id (anything else is 404)")),
     responses((status = 200, description = "Status history, oldest first: `{data: [{from_status, to_status, source, detail, created_at}]}`", body = Object), (status = 404, body = crate::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn events(
@@ -263,10 +388,10 @@ pub async fn events(
 
 #[utoipa::path(get, path = "/v1/payments", tag = "payments",
     params(
-        ("status" = Option<String>, Query, description = "pending, succeeded, failed or canceled"),
-        ("created_gte" = Option<String>, Query, description = "RFC 3339"),
-        ("created_lt" = Option<String>, Query, description = "RFC 3339"),
-        ("limit" = Option<i64>, Query, description = "1 to 100, default 20"),
+        ("status" = Option<String>, Query, pattern = "^(pending|succeeded|failed|canceled)$", description = "pending, succeeded, failed or canceled"),
+        ("created_gte" = Option<String>, Query, format = DateTime, description = "RFC 3339"),
+        ("created_lt" = Option<String>, Query, format = DateTime, description = "RFC 3339"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "1 to 100, default 20"),
         ("starting_after" = Option<Uuid>, Query, description = "last id of the previous page"),
     ),
     responses((status = 200, description = "Newest first: `{data: [Payment], has_more}`", body = Object), (status = 400, description = "`invalid_query`", body = crate::openapi::ErrorBody)),
@@ -330,14 +455,16 @@ fn timestamp(v: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// Cancels a pending payment: its PaymentIntent first (idempotently), then our row. A
-/// payment that Stripe already took stays (and becomes) succeeded.
+/// Cancels a pending payment: its PaymentIntent first, then our row. A payment that Stripe
+/// already took stays (and becomes) succeeded. Runs under the payment's idempotency lease,
+/// so a create of the same payment never runs beside it (I1, docs/invariants.md).
 #[utoipa::path(post, path = "/v1/payments/{id}/cancel", tag = "payments",
-    params(("id" = Uuid, Path, description = "Payment id")),
+    params(("id" = Uuid, Path, description = "Payment id (anything else is 404)")),
     responses(
         (status = 200, description = "Canceled (also when it already was)", body = PaymentView),
-        (status = 409, description = "`payment_not_cancelable`: it is final, or Stripe already took it", body = crate::openapi::ErrorBody),
-        (status = 503, description = "`processor_unavailable`", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`payment_not_found` (also another client's payment)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "`payment_not_cancelable`: it is final, or Stripe already took it; `payment_in_progress`: a create of this payment is running, retry shortly", body = crate::openapi::ErrorBody),
+        (status = 503, description = "`processor_unavailable` or `database_unavailable`: nothing changed, retry later", body = crate::openapi::ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn cancel(
@@ -349,26 +476,72 @@ pub async fn cancel(
     let p = payments::get(&s.db, who.client_id, id)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    match p.status()? {
-        PaymentStatus::Canceled => return Ok(Json(payment_json(&p, None))),
-        PaymentStatus::Pending => {}
-        other => {
+    if let Some(done) = cancel_answer(&p)? {
+        return done;
+    }
+    let lease = match idempotency::take(&s.db, p.client_id, &p.idempotency_key, s.lease).await? {
+        Take::InFlight => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                "payment_not_cancelable",
-                format!("the payment is {other}"),
+                "payment_in_progress",
+                "a request for this payment is in progress; retry shortly",
             )
             .with_payment(payment_json(&p, None)));
         }
+        Take::Held(lease) => Some(lease),
+        Take::Completed => None,
+    };
+    let result = cancel_held(&s, who.client_id, id).await;
+    if let Some(lease) = lease {
+        idempotency::release(&s.db, &lease).await?;
+    }
+    result
+}
+
+/// The answer to a cancel of `p` when there is nothing to do at Stripe.
+#[allow(clippy::type_complexity)]
+fn cancel_answer(p: &Payment) -> Result<Option<Result<Json<Value>, ApiError>>, ApiError> {
+    Ok(match p.status()? {
+        PaymentStatus::Canceled => Some(Ok(Json(payment_json(p, None)))),
+        PaymentStatus::Pending => None,
+        other => Some(Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "payment_not_cancelable",
+            format!("the payment is {other}"),
+        )
+        .with_payment(payment_json(p, None)))),
+    })
+}
+
+async fn cancel_held(s: &AppState, client_id: Uuid, id: Uuid) -> Result<Json<Value>, ApiError> {
+    // Read again under the lease: a create may have finished meanwhile.
+    let p = payments::get(&s.db, client_id, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    if let Some(done) = cancel_answer(&p)? {
+        return done;
     }
     let intent_id = match &p.stripe_payment_intent_id {
         Some(i) => Some(i.clone()),
-        None => s
-            .stripe
-            .find_by_payment_id(&id.to_string())
-            .await
-            .map_err(unavailable)?
-            .map(|i| i.id),
+        // None recorded: the create key returns the intent an earlier attempt may have
+        // made (search is eventually consistent, the key is not), or makes one to cancel,
+        // so that no later attempt can make a chargeable one.
+        None => match create_intent(s, &p).await {
+            Ok(pi) => match payments::attach_intent(&s.db, id, &pi.id, &pi.stripe_status).await? {
+                Attached::Attached(_) => Some(pi.id),
+                Attached::Refused(now) => {
+                    if let Some(done) = cancel_answer(&now)? {
+                        cancel_stray(s, id, &pi).await;
+                        return done;
+                    }
+                    now.stripe_payment_intent_id
+                }
+                Attached::NotFound => return Err(ApiError::not_found()),
+            },
+            // Stripe refuses to create it: no intent exists for this payment.
+            Err(GatewayError::Rejected { .. }) => None,
+            Err(e) => return Err(unavailable(e)),
+        },
     };
     let observed = match intent_id {
         None => None,
@@ -377,12 +550,12 @@ pub async fn cancel(
             .cancel_intent(
                 &intent,
                 Some("requested_by_customer"),
-                &format!("paystream-cancel-{id}"),
+                &attempt_key("cancel", &id, &Uuid::now_v7()),
             )
             .await
         {
             Ok(pi) => Some(pi),
-            // Stripe refuses when the intent is already final: read what it is.
+            // Stripe refuses when the intent is already final (or processing): read it.
             Err(GatewayError::Rejected { .. }) => Some(
                 s.stripe
                     .retrieve_intent(&intent)
@@ -404,12 +577,14 @@ pub async fn cancel(
         stripe_status,
         error: None,
         source: Source::Api,
-        detail: None,
+        detail: observed
+            .as_ref()
+            .map(|pi| json!({"payment_intent": pi.id, "stripe_status": pi.stripe_status})),
     };
-    let after = match payments::apply_status(&s.db, id, &obs).await? {
-        Applied::Changed(p) | Applied::Unchanged(p) | Applied::Conflict(p) => p,
-        Applied::NotFound => return Err(ApiError::not_found()),
-    };
+    let after = payments::apply_status(&s.db, id, &obs)
+        .await?
+        .payment()
+        .ok_or_else(ApiError::not_found)?;
     if after.status()? != PaymentStatus::Canceled {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -7,19 +7,95 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 
-/// The body of `POST /v1/payments`. Unknown fields are refused; `amount` must be a JSON
-/// integer (12.5 and "1250" are refused by the parser).
+/// The body of `POST /v1/payments`. Unknown fields are refused; `amount` must be an
+/// integer: 12.5 and "1250" are refused, 1250.0 is 1250 (JSON Schema's reading of an
+/// integer, which the OpenAPI document promises).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePayment {
-    /// Integer minor units (cents; yen for JPY), greater than 0.
+    /// Integer minor units (cents; yen for JPY), greater than 0. The ceiling is the
+    /// deployment's `max_amount` (by default Stripe's own, 99,999,999).
+    #[schema(minimum = 1, maximum = 99_999_999)]
+    #[serde(deserialize_with = "integral")]
     pub amount: i64,
-    /// ISO 4217, lower case, e.g. "usd".
+    /// ISO 4217, lower case, one of the supported currencies.
+    #[schema(schema_with = currency_schema)]
     pub currency: String,
+    #[schema(max_length = 1000, pattern = "^[^\\u0000]*$")]
     pub description: Option<String>,
+    /// One `@`, something on each side, a domain of dot-separated labels; no spaces or
+    /// control characters; at most 254 characters.
+    #[schema(schema_with = email_schema)]
     pub customer_email: Option<String>,
+    /// Up to 50 keys of 1 to 40 characters, values up to 500 (Stripe's limits).
     #[serde(default)]
+    #[schema(schema_with = metadata_schema)]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// An integer amount written as JSON writes numbers: `1250`, or `1250.0` / `1.25e3`, whose
+/// value is that integer. Anything with a fraction is refused; a value past what an `i64`
+/// (or, for written-as-float, a double's exact integers) holds is clamped, so that it is
+/// refused as too large or not positive rather than misread.
+fn integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    /// 2^53: every integer up to it is exact as a double.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    if n.is_u64() {
+        return Ok(i64::MAX);
+    }
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    if f.fract() != 0.0 || f.is_nan() {
+        return Err(serde::de::Error::custom(
+            "amount must be an integer number of minor units",
+        ));
+    }
+    Ok(match (f.abs() > EXACT, f.is_sign_negative()) {
+        (true, false) => i64::MAX,
+        (true, true) => i64::MIN,
+        (false, _) => f as i64,
+    })
+}
+
+/// What `plausible_email` accepts, for the OpenAPI document (ECMA-262, as JSON Schema).
+const EMAIL_PATTERN: &str = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f\\ufeff]+@[^@\\s\\x00-\\x1f\\x7f-\\x9f\\ufeff.]+(\\.[^@\\s\\x00-\\x1f\\x7f-\\x9f\\ufeff.]+)+$";
+
+fn email_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .max_length(Some(254))
+        .pattern(Some(EMAIL_PATTERN))
+        .build()
+}
+
+fn currency_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(Currency::supported().map(|c| c.code())))
+        .build()
+}
+
+fn metadata_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::Type;
+    use utoipa::openapi::{ObjectBuilder, schema::AdditionalProperties};
+    let text = |max| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(max))
+            .pattern(Some("^[^\\u0000]*$"))
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .max_properties(Some(MAX_METADATA_KEYS))
+        .property_names(Some(text(MAX_METADATA_KEY).min_length(Some(1)).build()))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            text(MAX_METADATA_VALUE).build().into(),
+        )))
+        .build()
 }
 
 /// A request that passed validation.
@@ -54,6 +130,22 @@ pub fn idempotency_key(raw: Option<&[u8]>) -> Result<String, ApiError> {
 pub fn create_payment(body: &[u8], max_amount: i64) -> Result<ValidPayment, ApiError> {
     let request: CreatePayment = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid request body: {e}")))?;
+    // JSON allows "\u0000"; PostgreSQL's text and jsonb do not, and Stripe refuses it.
+    // Refused here, it is the client's 400 instead of a database error (a 503 clients
+    // would retry forever).
+    let texts = request
+        .description
+        .iter()
+        .chain(request.customer_email.iter())
+        .chain(request.metadata.iter().flat_map(|(k, v)| [k, v]));
+    for t in texts {
+        if t.contains('\0') {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "strings must not contain the NUL character (\\u0000)",
+            ));
+        }
+    }
     let currency = Currency::parse(&request.currency).map_err(|e| match e {
         MoneyError::UnsupportedCurrency(_) => {
             ApiError::bad_request("currency_unsupported", e.to_string())
@@ -110,13 +202,15 @@ fn plausible_email(e: &str) -> bool {
     let Some((local, domain)) = e.split_once('@') else {
         return false;
     };
-    e.len() <= 254
+    // The same characters ECMA-262's `\s` and `\p{Cc}` name, so the OpenAPI pattern
+    // (EMAIL_PATTERN) and this function agree on every input.
+    let blank = |c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}';
+    e.chars().count() <= 254
         && !local.is_empty()
         && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
+        && domain.split('.').all(|label| !label.is_empty())
         && !domain.contains('@')
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !e.chars().any(blank)
 }
 
 #[cfg(test)]
@@ -142,6 +236,22 @@ mod tests {
             (r#"{"amount":-1,"currency":"usd"}"#, "amount_invalid"),
             (r#"{"amount":1000001,"currency":"usd"}"#, "amount_too_large"),
             (r#"{"amount":12.5,"currency":"usd"}"#, "invalid_body"),
+            (r#"{"amount":1250.0,"currency":"usd"}"#, "ok"),
+            (r#"{"amount":1.25e3,"currency":"usd"}"#, "ok"),
+            (r#"{"amount":1e300,"currency":"usd"}"#, "amount_too_large"),
+            (r#"{"amount":-1e300,"currency":"usd"}"#, "amount_invalid"),
+            (
+                r#"{"amount":18446744073709551615,"currency":"usd"}"#,
+                "amount_too_large",
+            ),
+            (
+                r#"{"amount":1250,"currency":"usd","customer_email":"a@b..co"}"#,
+                "customer_email_invalid",
+            ),
+            (
+                r#"{"amount":1250,"currency":"usd","customer_email":"a@b.co\ufeff"}"#,
+                "customer_email_invalid",
+            ),
             (r#"{"amount":"1250","currency":"usd"}"#, "invalid_body"),
             (r#"{"amount":1250,"currency":"USD"}"#, "currency_invalid"),
             (
@@ -162,6 +272,22 @@ mod tests {
                 "metadata_invalid",
             ),
             (r#"not json"#, "invalid_body"),
+            (
+                r#"{"amount":1250,"currency":"usd","description":"a\u0000b"}"#,
+                "invalid_body",
+            ),
+            (
+                r#"{"amount":1250,"currency":"usd","metadata":{"k\u0000":"v"}}"#,
+                "invalid_body",
+            ),
+            (
+                r#"{"amount":1250,"currency":"usd","metadata":{"k":"\u0000"}}"#,
+                "invalid_body",
+            ),
+            (
+                r#"{"amount":1250,"currency":"usd","customer_email":"a\u0000@b.co"}"#,
+                "invalid_body",
+            ),
         ];
         for (body, expected) in cases {
             assert_eq!(
@@ -229,6 +355,27 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = create_payment(&body, MAX);
+        }
+
+        /// The OpenAPI document's email pattern and the check agree on every input, so a
+        /// generated client (or a contract fuzzer) and the API never disagree.
+        #[test]
+        fn the_email_pattern_is_the_check(local in "[a-z@. \\t\\u{85}\\u{a0}\\u{feff}\\u{1f}é]{0,6}", domain in "[a-z@. \\u{2028}\\u{9f}\\u{3000}]{0,8}") {
+            let pattern = regex::Regex::new(EMAIL_PATTERN).unwrap();
+            for e in [format!("{local}@{domain}"), local.clone(), format!("{local}@x.{domain}")] {
+                prop_assert_eq!(plausible_email(&e), pattern.is_match(&e), "{:?}", e);
+            }
+        }
+
+        /// Whatever text a client sends, what passes validation can be stored: no NUL
+        /// (PostgreSQL refuses it in text and jsonb).
+        #[test]
+        fn accepted_text_is_storable(description in "\\PC{0,20}|[\\x00-\\x7f]{0,20}", key in "[\\x00-\\x7f]{1,10}", value in "\\PC{0,10}|[\\x00-\\x7f]{0,10}") {
+            let body = serde_json::json!({"amount": 100, "currency": "usd", "description": description, "metadata": {key.clone(): value.clone()}}).to_string();
+            if let Ok(v) = create_payment(body.as_bytes(), MAX) {
+                let texts = [v.request.description.unwrap_or_default(), key, value];
+                prop_assert!(texts.iter().all(|t| !t.contains('\0')));
+            }
         }
     }
 }

@@ -65,6 +65,7 @@ async fn serve(primary: PgPool, replica_url: &str, on_lag: OnLag) -> String {
             max_lag: MAX_LAG,
             on_lag,
         },
+        keys: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

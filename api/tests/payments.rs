@@ -1,166 +1,15 @@
 //! The payment API against the real primary (from the local stack) and an in-process
 //! stripe-sim whose faults each test controls.
 
-use std::time::Duration;
+mod common;
 
+use common::{STRIPE_KEY, idem, serve_api, spawn_app, spawn_app_with};
 use paystream_api::config::RateLimitConfig;
-use paystream_api::ratelimit::RateLimiter;
-use paystream_api::{AppState, router};
 use paystream_db::keys::{self, Role};
-use paystream_stripe::HttpStripe;
 use paystream_testkit::Stack;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::PgPool;
-use std::sync::Arc;
 use uuid::Uuid;
-
-struct TestApp {
-    base: String,
-    key: String,
-    db: PgPool,
-    stripe_base: String,
-    http: reqwest::Client,
-}
-
-const STRIPE_KEY: &str = "sk_test_api_tests";
-
-/// The API's router on an ephemeral port, over `db` and the stripe-sim at `stripe_base`.
-async fn serve_api(db: PgPool, stripe_base: &str, limit: RateLimitConfig) -> String {
-    let state = AppState {
-        db,
-        stripe: Arc::new(HttpStripe::new(stripe_base, STRIPE_KEY, Duration::from_secs(2)).unwrap()),
-        max_amount: 1_000_000,
-        lease: Duration::from_secs(30),
-        limiter: Arc::new(RateLimiter::new(limit)),
-        metrics: Arc::new(paystream_service::Metrics::default()),
-        replica: Some(
-            paystream_api::replica_pool(&paystream_service::DatabaseConfig {
-                url: Stack::get().var("REPLICA_URL").to_owned(),
-                max_connections: 2,
-            })
-            .unwrap(),
-        ),
-        analytics: paystream_analytics::Guard {
-            max_lag: Duration::from_secs(10),
-            on_lag: paystream_analytics::OnLag::Refuse,
-        },
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    base
-}
-
-/// zero-to-production's spawn_app: the real router on an ephemeral port, a fresh client
-/// and key, and its own stripe-sim.
-async fn spawn_app_with(limit: RateLimitConfig) -> TestApp {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("warn")
-        .try_init();
-    let stack = Stack::get();
-    let db = stack.pool("DATABASE_URL").await;
-    let (_sim, stripe_base) = stripe_sim::spawn_ephemeral().await.unwrap();
-
-    let base = serve_api(db.clone(), &stripe_base, limit).await;
-    let (_, key) = keys::create(&db, &format!("test-{}", Uuid::now_v7()), Role::Client)
-        .await
-        .unwrap();
-    TestApp {
-        base,
-        key,
-        db,
-        stripe_base,
-        http: reqwest::Client::new(),
-    }
-}
-
-async fn spawn_app() -> TestApp {
-    spawn_app_with(RateLimitConfig {
-        per_second: 1000,
-        burst: 1000,
-    })
-    .await
-}
-
-impl TestApp {
-    async fn create(
-        &self,
-        idem: &str,
-        body: &Value,
-    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let res = self
-            .http
-            .post(format!("{}/v1/payments", self.base))
-            .bearer_auth(&self.key)
-            .header("Idempotency-Key", idem)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let (status, headers) = (res.status(), res.headers().clone());
-        (status, headers, res.json().await.unwrap_or(Value::Null))
-    }
-
-    /// A GET as some other key (or none), for the auth tests.
-    async fn get_as(&self, path: &str, key: Option<&str>) -> reqwest::Response {
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        if let Some(k) = key {
-            req = req.bearer_auth(k);
-        }
-        req.send().await.unwrap()
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .unwrap();
-        (res.status(), res.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn rows_for_key(&self, idem: &str) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM payments WHERE idempotency_key = $1 AND client_id = (SELECT client_id FROM idempotency_keys WHERE idempotency_key = $1 LIMIT 1)")
-            .bind(idem)
-            .fetch_one(&self.db)
-            .await
-            .unwrap()
-    }
-
-    async fn intents_for(&self, payment_id: &str) -> usize {
-        let res: Value = self
-            .http
-            .get(format!("{}/v1/payment_intents/search", self.stripe_base))
-            .bearer_auth(STRIPE_KEY)
-            .query(&[("query", format!("metadata['payment_id']:'{payment_id}'"))])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        res["data"].as_array().unwrap().len()
-    }
-
-    async fn faults(&self, f: Value) {
-        let res = self
-            .http
-            .put(format!("{}/_sim/faults", self.stripe_base))
-            .json(&f)
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success());
-    }
-}
-
-fn idem() -> String {
-    format!("test-{}", Uuid::now_v7())
-}
 
 #[tokio::test]
 async fn create_returns_a_pending_payment_with_its_payment_intent() {
@@ -478,9 +327,10 @@ async fn keys_are_required_and_clients_only_see_their_own_payments() {
         StatusCode::UNAUTHORIZED
     );
 
-    let (_, other) = keys::create(&app.db, &format!("other-{}", Uuid::now_v7()), Role::Client)
-        .await
-        .unwrap();
+    let (other_id, other) =
+        keys::create(&app.db, &format!("other-{}", Uuid::now_v7()), Role::Client)
+            .await
+            .unwrap();
     let res = app.get_as(&path, Some(&other)).await;
     assert_eq!(
         res.status(),
@@ -495,8 +345,18 @@ async fn keys_are_required_and_clients_only_see_their_own_payments() {
         .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
 
+    // A prefix many keys share revokes none of them (every test makes client keys).
+    let shared = keys::revoke(&app.db, "psk_client_").await.unwrap_err();
+    assert!(
+        shared.to_string().contains("active keys start with"),
+        "{shared}"
+    );
+    assert_eq!(
+        app.get_as("/v1/payments", Some(&other)).await.status(),
+        StatusCode::OK
+    );
     let prefix: String = other.chars().take(16).collect();
-    assert_eq!(keys::revoke(&app.db, &prefix).await.unwrap(), 1);
+    assert_eq!(keys::revoke(&app.db, &prefix).await.unwrap(), other_id);
     let res = app.get_as("/v1/payments", Some(&other)).await;
     assert_eq!(
         res.status(),
@@ -557,22 +417,15 @@ async fn cancel_cancels_the_intent_first_and_is_idempotent() {
         .create(&idem(), &json!({"amount": 800, "currency": "usd"}))
         .await;
     let id = p["id"].as_str().unwrap();
-    let cancel = || {
-        app.http
-            .post(format!("{}/v1/payments/{id}/cancel", app.base))
-            .bearer_auth(&app.key)
-            .send()
-    };
-    let res = cancel().await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let body: Value = res.json().await.unwrap();
+    let (status, body) = app.cancel(id).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(
         (body["status"].as_str(), body["stripe_status"].as_str()),
         (Some("canceled"), Some("canceled"))
     );
-    let again = cancel().await.unwrap();
+    let (again, _) = app.cancel(id).await;
     assert_eq!(
-        again.status(),
+        again,
         StatusCode::OK,
         "canceling a canceled payment is a no-op"
     );
@@ -582,28 +435,9 @@ async fn cancel_cancels_the_intent_first_and_is_idempotent() {
         .create(&idem(), &json!({"amount": 800, "currency": "usd"}))
         .await;
     let pi = paid["stripe_payment_intent_id"].as_str().unwrap();
-    let confirm = app
-        .http
-        .post(format!(
-            "{}/v1/payment_intents/{pi}/confirm",
-            app.stripe_base
-        ))
-        .bearer_auth(STRIPE_KEY)
-        .form(&[("payment_method", "pm_card_visa")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(confirm.status(), StatusCode::OK);
-    let id = paid["id"].as_str().unwrap();
-    let res = app
-        .http
-        .post(format!("{}/v1/payments/{id}/cancel", app.base))
-        .bearer_auth(&app.key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CONFLICT);
-    let body: Value = res.json().await.unwrap();
+    assert_eq!(app.confirm(pi, "pm_card_visa").await, 200);
+    let (status, body) = app.cancel(paid["id"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"]["code"], "payment_not_cancelable");
     assert_eq!(body["payment"]["status"], "succeeded");
 }

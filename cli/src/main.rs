@@ -33,6 +33,14 @@ enum Command {
         #[arg(long, env = "REPLICA_URL", hide_env_values = true, global = true)]
         replica_url: Option<String>,
     },
+    /// Payments waiting for an operator (charged after cancel, unknown at Stripe, ...):
+    /// list them, or clear one's flag once dealt with (a pending one is polled again).
+    Attention {
+        #[command(subcommand)]
+        action: AttentionAction,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+        database_url: Option<String>,
+    },
     /// Create, register and revoke API keys.
     Keys {
         #[command(subcommand)]
@@ -234,8 +242,47 @@ enum KeysAction {
         #[arg(long, env = "PAYSTREAM_KEY", hide_env_values = true)]
         key: String,
     },
-    /// Revokes the keys starting with PREFIX (the first 12+ characters of a key).
+    /// Revokes the one key starting with PREFIX (the first 12 to 16 characters of a key,
+    /// or the whole key). A prefix shared by several keys revokes none.
     Revoke { prefix: String },
+}
+
+#[derive(Subcommand)]
+enum AttentionAction {
+    /// Every flagged payment, oldest flag first, with what to do.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// The operator has dealt with it: the flag goes.
+    Clear { id: uuid::Uuid },
+}
+
+async fn attention(action: AttentionAction, pool: &PgPool) -> anyhow::Result<()> {
+    use paystream_db::payments::{self, Attention};
+    match action {
+        AttentionAction::List { limit } => {
+            let mut out = String::new();
+            for p in payments::needing_attention(pool, limit).await? {
+                let why = p.attention.as_deref().unwrap_or_default();
+                out.push_str(&format!(
+                    "{}  {:<10} {:<22} {}\n    {}\n",
+                    p.id,
+                    p.status,
+                    why,
+                    p.stripe_payment_intent_id.as_deref().unwrap_or("-"),
+                    Attention::parse(why).map_or("", Attention::action)
+                ));
+            }
+            use std::io::Write;
+            std::io::stdout().write_all(out.as_bytes())?;
+        }
+        AttentionAction::Clear { id } => match payments::clear_attention(pool, id).await? {
+            Some(was) => eprintln!("{id}: {} cleared", was.as_str()),
+            None => anyhow::bail!("{id} is not flagged (or does not exist)"),
+        },
+    }
+    Ok(())
 }
 
 async fn connect(url: &str) -> anyhow::Result<PgPool> {
@@ -270,6 +317,13 @@ async fn main() -> anyhow::Result<()> {
             migrator.run(&pool).await.context("migration failed")?;
             eprintln!("migrations applied: {}", migrator.iter().count());
         }
+        Command::Attention {
+            action,
+            database_url,
+        } => {
+            let url = database_url.context("--database-url or DATABASE_URL is required")?;
+            attention(action, &connect(&url).await?).await?;
+        }
         Command::Keys {
             action,
             database_url,
@@ -294,8 +348,8 @@ async fn main() -> anyhow::Result<()> {
                         prefix.len() >= 12,
                         "give at least the first 12 characters of the key"
                     );
-                    let n = keys::revoke(&pool, &prefix).await?;
-                    eprintln!("revoked {n} key(s)");
+                    let client_id = keys::revoke(&pool, &prefix).await?;
+                    eprintln!("revoked 1 key of client {client_id}");
                 }
             }
         }

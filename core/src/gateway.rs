@@ -8,10 +8,23 @@ use crate::money::Money;
 use crate::status::PaymentStatus;
 
 /// The Stripe idempotency key of a payment's PaymentIntent, derived from our payment id:
-/// the API and the reconciler (creating one the API never managed to) send the same key,
-/// so there is never a second intent for one payment.
+/// the API, a cancel and the reconciler (creating one the API never managed to) send the
+/// same key, so within Stripe's key lifetime (24 h) there is never a second intent for one
+/// payment. Past it, whoever creates an intent for a payment without one searches Stripe
+/// first (by then the search index has long had the first intent).
 pub fn intent_key(payment_id: &impl std::fmt::Display) -> String {
     format!("paystream-create-{payment_id}")
+}
+
+/// A fresh Stripe idempotency key for one cancel attempt. Cancelling twice is harmless
+/// (Stripe refuses the second, and we read the intent instead), while a fixed key would
+/// replay a first refusal (the intent was `processing` then) for 24 hours.
+pub fn attempt_key(
+    what: &str,
+    payment_id: &impl std::fmt::Display,
+    attempt: &impl std::fmt::Display,
+) -> String {
+    format!("paystream-{what}-{payment_id}-{attempt}")
 }
 
 /// A PaymentIntent to create for one of our payments.
@@ -77,6 +90,14 @@ pub enum GatewayError {
     /// The Stripe peer lacks the endpoint (e.g. localstripe has no search).
     #[error("not supported by this stripe: {0}")]
     Unsupported(&'static str),
+    /// 401/403: Stripe refused our own credentials. A configuration fault: never the
+    /// customer's, never a final outcome, never stored for replay.
+    #[error("stripe refused our credentials ({status}): check the secret key")]
+    Misconfigured { status: u16 },
+    /// Stripe refused an idempotency key we had used with other parameters: our fault,
+    /// not the customer's (the same request can never succeed with that key).
+    #[error("stripe refused a reused idempotency key")]
+    KeyReused,
 }
 
 impl GatewayError {
@@ -85,6 +106,20 @@ impl GatewayError {
             self,
             Self::RateLimited | Self::InFlight | Self::Unavailable(_)
         )
+    }
+
+    /// A short label for metrics and logs (a bounded set).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Rejected { .. } => "rejected",
+            Self::NotFound => "not_found",
+            Self::RateLimited => "rate_limited",
+            Self::InFlight => "in_flight",
+            Self::Unavailable(_) => "unavailable",
+            Self::Unsupported(_) => "unsupported",
+            Self::Misconfigured { .. } => "misconfigured",
+            Self::KeyReused => "key_reused",
+        }
     }
 }
 
@@ -135,6 +170,8 @@ mod tests {
         assert!(GatewayError::Unavailable("timeout".into()).is_retryable());
         assert!(!GatewayError::NotFound.is_retryable());
         assert!(!GatewayError::Unsupported("search").is_retryable());
+        assert!(!GatewayError::Misconfigured { status: 401 }.is_retryable());
+        assert!(!GatewayError::KeyReused.is_retryable());
         let rejected = GatewayError::Rejected {
             status: 400,
             code: "amount_too_small".into(),

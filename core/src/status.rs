@@ -4,7 +4,10 @@
 //!
 //! Updates arrive from several places (API, webhooks, polls, expiry, operators), late,
 //! twice and out of order, so the machine is monotonic: a payment moves from `pending`
-//! to one final status and never leaves it.
+//! to one final status and never leaves it, with one exception. Stripe's outcome is the
+//! truth about money: if Stripe took the money for a payment we had called `canceled` or
+//! `failed` (a race no protocol closes), the payment becomes `succeeded` and is flagged
+//! for an operator (`Transition::Overturn`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -87,17 +90,21 @@ pub enum Transition {
     /// The payment is final and the observation disagrees. Stripe never leaves a final
     /// state, so this is a stale or wrong observation: never written, always reported.
     Conflict,
+    /// Stripe took the money after we said `canceled` or `failed`: money truth wins. The
+    /// payment becomes `succeeded`, its history says what it overturned, and it is
+    /// flagged for an operator (`charged_after_cancel`).
+    Overturn,
 }
 
 /// The transition table, one row per current status, one column per observed status
 /// in `PaymentStatus::ALL` order: pending, succeeded, failed, canceled.
 const TABLE: [[Transition; 4]; 4] = {
-    use Transition::{Apply as A, Conflict as C, Unchanged as U};
+    use Transition::{Apply as A, Conflict as C, Overturn as O, Unchanged as U};
     [
         /* pending   */ [U, A, A, A],
         /* succeeded */ [C, U, C, C],
-        /* failed    */ [C, C, U, C],
-        /* canceled  */ [C, C, C, U],
+        /* failed    */ [C, O, U, C],
+        /* canceled  */ [C, O, C, U],
     ]
 };
 
@@ -123,11 +130,11 @@ mod tests {
             (Succeeded, Failed, Conflict),
             (Succeeded, Canceled, Conflict),
             (Failed, Pending, Conflict),
-            (Failed, Succeeded, Conflict),
+            (Failed, Succeeded, Overturn),
             (Failed, Failed, Unchanged),
             (Failed, Canceled, Conflict),
             (Canceled, Pending, Conflict),
-            (Canceled, Succeeded, Conflict),
+            (Canceled, Succeeded, Overturn),
             (Canceled, Failed, Conflict),
             (Canceled, Canceled, Unchanged),
         ];
@@ -138,16 +145,52 @@ mod tests {
     }
 
     #[test]
-    fn final_states_never_move_and_pending_always_can() {
+    fn final_states_only_move_to_money_taken_and_pending_always_can() {
         for from in PaymentStatus::ALL {
             for to in PaymentStatus::ALL {
                 let t = transition(from, to);
                 if from == to {
                     assert_eq!(t, Unchanged);
-                } else if from.is_final() {
-                    assert_eq!(t, Conflict);
-                } else {
+                } else if !from.is_final() {
                     assert_eq!(t, Apply);
+                } else if to == Succeeded && from != Succeeded {
+                    assert_eq!(t, Overturn, "{from} -> succeeded: Stripe took the money");
+                } else {
+                    assert_eq!(t, Conflict);
+                }
+            }
+        }
+    }
+
+    /// Whatever order observations arrive in, once Stripe has said `succeeded` the payment
+    /// ends `succeeded`, and nothing ever leaves `succeeded`.
+    #[test]
+    fn succeeded_is_absorbing_and_reachable_from_everything() {
+        fn run(from: PaymentStatus, seq: &[PaymentStatus]) -> PaymentStatus {
+            seq.iter()
+                .fold(from, |cur, obs| match transition(cur, *obs) {
+                    Apply | Overturn => *obs,
+                    Unchanged | Conflict => cur,
+                })
+        }
+        let all = PaymentStatus::ALL;
+        for a in all {
+            for b in all {
+                for c in all {
+                    let seq = [a, b, c];
+                    let end = run(Pending, &seq);
+                    if seq.contains(&Succeeded) {
+                        assert_eq!(end, Succeeded, "{seq:?}");
+                    } else {
+                        assert_eq!(
+                            end,
+                            seq.iter()
+                                .copied()
+                                .find(|s| s.is_final())
+                                .unwrap_or(Pending),
+                            "{seq:?}"
+                        );
+                    }
                 }
             }
         }

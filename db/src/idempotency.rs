@@ -1,5 +1,10 @@
 //! Idempotency of payment creation, the Stripe way: the key and the pending payment are
 //! committed together; the first final response is stored and replayed to every repeat.
+//!
+//! A request works on a key under a lease: a token and a deadline. Whoever holds the
+//! token may store the key's response or release it; a request whose lease ran out (and
+//! was taken over by a retry) can do neither, so it never overwrites the holder's work.
+//! A cancel takes the same lease, so it never runs beside a create of its payment.
 
 use std::time::Duration;
 
@@ -10,15 +15,24 @@ use uuid::Uuid;
 use crate::DbError;
 use crate::payments::{self, NewPayment, Payment};
 
+/// A request's hold on an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub client_id: Uuid,
+    pub key: String,
+    pub token: Uuid,
+}
+
 #[derive(Debug)]
 pub enum Begin {
     /// A new key: the pending payment and the key were committed together.
-    Created(Payment),
+    Created(Payment, Lease),
     /// The first request with this key finished: replay its response.
     Replay { status: u16, body: Value },
     /// The first request stopped before a final outcome (Stripe was unreachable, or its
-    /// process died): this request holds the key now and resumes the same payment.
-    Resume(Payment),
+    /// process died): this request holds the key now. The payment may have gone final
+    /// meanwhile (canceled, expired): the caller must not create anything for it then.
+    Resume(Payment, Lease),
     /// The same key came with a different request.
     Mismatch,
     /// Another request is working on this key right now.
@@ -34,6 +48,10 @@ struct KeyRow {
     response_body: Option<Value>,
 }
 
+fn millis(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Claims `key` for this request for `lease` (a crashed request frees it after that).
 pub async fn begin(
     db: &PgPool,
@@ -41,18 +59,24 @@ pub async fn begin(
     request_hash: &[u8],
     lease: Duration,
 ) -> Result<Begin, DbError> {
-    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    let token = Uuid::now_v7();
+    let held = Lease {
+        client_id: new.client_id,
+        key: new.idempotency_key.to_owned(),
+        token,
+    };
     let mut tx = db.begin().await?;
     // Concurrent requests with one key queue on this insert; the losers see the winner's row.
     let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (client_id, idempotency_key, request_hash, locked_until)
-         VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond')
+        "INSERT INTO idempotency_keys (client_id, idempotency_key, request_hash, locked_until, lease_token)
+         VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond', $5)
          ON CONFLICT DO NOTHING",
     )
     .bind(new.client_id)
     .bind(new.idempotency_key)
     .bind(request_hash)
-    .bind(lease_ms)
+    .bind(millis(lease))
+    .bind(token)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -67,7 +91,7 @@ pub async fn begin(
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        return Ok(Begin::Created(payment));
+        return Ok(Begin::Created(payment, held));
     }
     let row: KeyRow = sqlx::query_as(
         "SELECT request_hash, payment_id, coalesce(locked_until > now(), false) AS locked, response_status, response_body
@@ -91,49 +115,116 @@ pub async fn begin(
     let payment_id = row
         .payment_id
         .ok_or_else(|| DbError::Corrupt("idempotency key without payment".into()))?;
-    sqlx::query(
-        "UPDATE idempotency_keys SET locked_until = now() + $3::bigint * interval '1 millisecond'
-         WHERE client_id = $1 AND idempotency_key = $2",
-    )
-    .bind(new.client_id)
-    .bind(new.idempotency_key)
-    .bind(lease_ms)
-    .execute(&mut *tx)
-    .await?;
+    relock(&mut tx, &held, lease).await?;
     let payment = payments::get(&mut *tx, new.client_id, payment_id)
         .await?
         .ok_or_else(|| DbError::Corrupt("idempotency key points to a missing payment".into()))?;
     tx.commit().await?;
-    Ok(Begin::Resume(payment))
+    Ok(Begin::Resume(payment, held))
 }
 
-/// Stores the final response for `key` and frees it.
-pub async fn complete(
-    db: &PgPool,
-    client_id: Uuid,
-    key: &str,
-    status: u16,
-    body: &Value,
+async fn relock(
+    tx: &mut sqlx::PgConnection,
+    lease: &Lease,
+    duration: Duration,
 ) -> Result<(), DbError> {
     sqlx::query(
-        "UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = NULL
+        "UPDATE idempotency_keys SET locked_until = now() + $3::bigint * interval '1 millisecond', lease_token = $4
          WHERE client_id = $1 AND idempotency_key = $2",
     )
-    .bind(client_id)
-    .bind(key)
-    .bind(i16::try_from(status).unwrap_or(500))
-    .bind(body)
-    .execute(db)
+    .bind(lease.client_id)
+    .bind(&lease.key)
+    .bind(millis(duration))
+    .bind(lease.token)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-/// Frees `key` without a final response, so a retry resumes the payment.
-pub async fn release(db: &PgPool, client_id: Uuid, key: &str) -> Result<(), DbError> {
-    sqlx::query("UPDATE idempotency_keys SET locked_until = NULL WHERE client_id = $1 AND idempotency_key = $2")
-        .bind(client_id)
-        .bind(key)
-        .execute(db)
-        .await?;
-    Ok(())
+/// What `take` found.
+#[derive(Debug)]
+pub enum Take {
+    /// The key is this caller's until it releases it (or the lease runs out).
+    Held(Lease),
+    /// The key has its final response: no create can run on it any more.
+    Completed,
+    /// A request is working on the key right now.
+    InFlight,
+}
+
+/// Takes the lease of a payment's key for work other than its create (a cancel), so the
+/// two never run at once.
+pub async fn take(
+    db: &PgPool,
+    client_id: Uuid,
+    key: &str,
+    lease: Duration,
+) -> Result<Take, DbError> {
+    let mut tx = db.begin().await?;
+    let row: Option<(bool, bool)> = sqlx::query_as(
+        "SELECT coalesce(locked_until > now(), false), response_status IS NOT NULL
+         FROM idempotency_keys WHERE client_id = $1 AND idempotency_key = $2 FOR UPDATE",
+    )
+    .bind(client_id)
+    .bind(key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let held = Lease {
+        client_id,
+        key: key.to_owned(),
+        token: Uuid::now_v7(),
+    };
+    let take = match row {
+        // A payment made outside the API (fixtures, tests) has no key to race with.
+        None => Take::Completed,
+        Some((_, true)) => Take::Completed,
+        Some((true, false)) => Take::InFlight,
+        Some((false, false)) => {
+            relock(&mut tx, &held, lease).await?;
+            Take::Held(held)
+        }
+    };
+    tx.commit().await?;
+    Ok(take)
+}
+
+/// Stores the final response for the key and frees it, if `lease` still holds it.
+/// Returns whether it did: a lease that ran out and was taken over stores nothing.
+pub async fn complete(
+    db: &PgPool,
+    lease: &Lease,
+    status: u16,
+    body: &Value,
+) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = NULL, lease_token = NULL
+         WHERE client_id = $1 AND idempotency_key = $2 AND lease_token = $5 AND response_status IS NULL",
+    )
+    .bind(lease.client_id)
+    .bind(&lease.key)
+    .bind(i16::try_from(status).unwrap_or(500))
+    .bind(body)
+    .bind(lease.token)
+    .execute(db)
+    .await?;
+    let held = done.rows_affected() == 1;
+    if !held {
+        tracing::warn!(client_id = %lease.client_id, "idempotency lease lost before the response was stored; the holder's stands");
+    }
+    Ok(held)
+}
+
+/// Frees the key without a final response, so a retry resumes the payment, if `lease`
+/// still holds it. Returns whether it did.
+pub async fn release(db: &PgPool, lease: &Lease) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE idempotency_keys SET locked_until = NULL, lease_token = NULL
+         WHERE client_id = $1 AND idempotency_key = $2 AND lease_token = $3",
+    )
+    .bind(lease.client_id)
+    .bind(&lease.key)
+    .bind(lease.token)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

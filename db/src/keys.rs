@@ -61,28 +61,41 @@ fn prefix(key: &str) -> String {
 }
 
 /// Registers `key` for the client `name` (created with `role` if new). Idempotent: a key
-/// already registered is left as it is.
+/// already registered to that client is left as it is. Refused, changing nothing, when
+/// `name` exists with another role (the key would silently get that role's rights) or
+/// the key belongs to another client.
 pub async fn register(db: &PgPool, name: &str, role: Role, key: &str) -> Result<Uuid, DbError> {
     let mut tx = db.begin().await?;
-    let client_id: Uuid = sqlx::query_scalar(
+    let (client_id, existing_role): (Uuid, String) = sqlx::query_as(
         "INSERT INTO api_clients (id, name, role) VALUES ($1, $2, $3)
-         ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
+         ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id, role",
     )
     .bind(Uuid::now_v7())
     .bind(name)
     .bind(role.as_str())
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query(
+    if existing_role != role.as_str() {
+        return Err(DbError::Refused(format!(
+            "client {name} exists with role {existing_role}, not {}: use another name",
+            role.as_str()
+        )));
+    }
+    let owner: Uuid = sqlx::query_scalar(
         "INSERT INTO api_keys (id, client_id, key_hash, key_prefix) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (key_hash) DO NOTHING",
+         ON CONFLICT (key_hash) DO UPDATE SET key_hash = excluded.key_hash RETURNING client_id",
     )
     .bind(Uuid::now_v7())
     .bind(client_id)
     .bind(hash(key))
     .bind(prefix(key))
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
+    if owner != client_id {
+        return Err(DbError::Refused(
+            "this key is already registered to another client".into(),
+        ));
+    }
     tx.commit().await?;
     Ok(client_id)
 }
@@ -94,17 +107,41 @@ pub async fn create(db: &PgPool, name: &str, role: Role) -> Result<(Uuid, String
     Ok((client_id, key))
 }
 
-/// Revokes every key whose prefix starts with `prefix` (at least 12 characters, so a
-/// typo cannot revoke many). Returns how many were revoked.
-pub async fn revoke(db: &PgPool, prefix: &str) -> Result<u64, DbError> {
-    if prefix.len() < 12 {
-        return Ok(0);
-    }
-    let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE starts_with(key_prefix, $1) AND revoked_at IS NULL")
-        .bind(prefix)
-        .execute(db)
+/// Revokes the one active key whose stored prefix starts with `prefix` (or which `prefix`,
+/// a whole key, is). A prefix that names several keys revokes none: a short or mistyped
+/// prefix must not take many clients offline. Returns the revoked key's client.
+pub async fn revoke(db: &PgPool, prefix: &str) -> Result<Uuid, DbError> {
+    let mut tx = db.begin().await?;
+    let matches: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT id, client_id FROM api_keys
+         WHERE revoked_at IS NULL AND (key_hash = $2 OR starts_with(key_prefix, left($1, 16)))
+           AND (key_hash = $2 OR length($1) <= 16)
+         FOR UPDATE",
+    )
+    .bind(prefix)
+    .bind(hash(prefix))
+    .fetch_all(&mut *tx)
+    .await?;
+    let (key_id, client_id) = match matches.as_slice() {
+        [] => {
+            return Err(DbError::Refused(format!(
+                "no active key starts with {prefix:?}"
+            )));
+        }
+        [one] => *one,
+        many => {
+            return Err(DbError::Refused(format!(
+                "{} active keys start with {prefix:?}: give more of the key (or the whole key)",
+                many.len()
+            )));
+        }
+    };
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1")
+        .bind(key_id)
+        .execute(&mut *tx)
         .await?;
-    Ok(done.rows_affected())
+    tx.commit().await?;
+    Ok(client_id)
 }
 
 /// The lookup behind every key check, `$1` being the key's hash. Public so that a check

@@ -11,4 +11,7 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// The request contradicts what is stored (e.g. a key for a client of another role).
+    #[error("{0}")]
+    Refused(String),
 }

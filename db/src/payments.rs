@@ -29,6 +29,8 @@ pub struct Payment {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
+    /// Why an operator must look at it (`Attention`), if they must.
+    pub attention: Option<String>,
 }
 
 impl Payment {
@@ -70,9 +72,58 @@ pub struct NewPayment<'a> {
     pub metadata: &'a Value,
 }
 
+/// Why a payment needs an operator: the cases that cannot converge on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Attention {
+    /// Stripe took the money after we said canceled or failed: now `succeeded`; someone
+    /// must refund it or tell the customer.
+    ChargedAfterCancel,
+    /// Stripe does not know the PaymentIntent we hold (wrong account, data loss).
+    UnknownAtStripe,
+    /// Stripe says a PaymentIntent status this code does not know.
+    UnknownStripeStatus,
+}
+
+impl Attention {
+    pub const ALL: [Attention; 3] = [
+        Attention::ChargedAfterCancel,
+        Attention::UnknownAtStripe,
+        Attention::UnknownStripeStatus,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attention::ChargedAfterCancel => "charged_after_cancel",
+            Attention::UnknownAtStripe => "unknown_at_stripe",
+            Attention::UnknownStripeStatus => "unknown_stripe_status",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Attention> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// What an operator should do about it (shown in reports).
+    pub fn action(self) -> &'static str {
+        match self {
+            Attention::ChargedAfterCancel => {
+                "the customer was charged for a payment we had canceled or failed: refund it at Stripe or fulfil it, then `paystream attention clear`"
+            }
+            Attention::UnknownAtStripe => {
+                "Stripe does not know this PaymentIntent: check the account and key (test or live mode), then cancel the payment or `paystream attention clear` to poll again"
+            }
+            Attention::UnknownStripeStatus => {
+                "Stripe answered a status this version does not know: upgrade, then `paystream attention clear` to poll again"
+            }
+        }
+    }
+}
+
+// `version` and `updated_at` are owned by the `payments_bump_version` trigger: no UPDATE
+// below sets them.
 const COLUMNS: &str = "id, client_id, idempotency_key, amount, currency, status, stripe_payment_intent_id, \
      stripe_status, last_error, description, customer_email, metadata, resolution_source, version, \
-     created_at, updated_at, resolved_at";
+     created_at, updated_at, resolved_at, attention";
 
 /// Inserts a `pending` payment and its first history row, inside the caller's transaction.
 pub async fn insert_pending(
@@ -101,22 +152,84 @@ pub async fn insert_pending(
     Ok(payment)
 }
 
-/// Records the PaymentIntent created for a payment. Never replaces a different one.
+/// What `attach_intent` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attached {
+    /// The payment is pending and now (or already) holds this intent: its client secret
+    /// may be handed out.
+    Attached(Payment),
+    /// The payment is final, or holds another intent: this intent must not be handed out
+    /// (and, if it is a stray, should be canceled at Stripe).
+    Refused(Payment),
+    NotFound,
+}
+
+/// Records the PaymentIntent created for a payment: only onto a pending payment, never
+/// replacing a different one. The one UPDATE that sets an intent for a creator (the API,
+/// a cancel, the reconciler); webhooks link intents through `find_for_intent`.
 pub async fn attach_intent(
     db: &PgPool,
     id: Uuid,
     intent_id: &str,
     stripe_status: &str,
-) -> Result<Option<Payment>, DbError> {
-    Ok(sqlx::query_as(&format!(
-        "UPDATE payments SET stripe_payment_intent_id = $2, stripe_status = $3, version = version + 1, updated_at = now()
-         WHERE id = $1 AND (stripe_payment_intent_id IS NULL OR stripe_payment_intent_id = $2)
+) -> Result<Attached, DbError> {
+    let attached: Option<Payment> = sqlx::query_as(&format!(
+        "UPDATE payments SET stripe_payment_intent_id = $2,
+                stripe_status = CASE WHEN stripe_payment_intent_id IS NULL THEN $3 ELSE stripe_status END
+         WHERE id = $1 AND status = 'pending'
+           AND (stripe_payment_intent_id IS NULL OR stripe_payment_intent_id = $2)
          RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(intent_id)
     .bind(stripe_status)
     .fetch_optional(db)
+    .await?;
+    if let Some(p) = attached {
+        return Ok(Attached::Attached(p));
+    }
+    Ok(match by_id(db, id).await? {
+        Some(p) => Attached::Refused(p),
+        None => Attached::NotFound,
+    })
+}
+
+/// Flags a pending payment for an operator; the reconciler stops polling it. Returns
+/// whether this call set the flag.
+pub async fn flag_attention(db: &PgPool, id: Uuid, why: Attention) -> Result<bool, DbError> {
+    let done = sqlx::query(
+        "UPDATE payments SET attention = $2, attention_at = now()
+         WHERE id = $1 AND status = 'pending' AND attention IS NULL",
+    )
+    .bind(id)
+    .bind(why.as_str())
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// An operator has dealt with it: the flag goes, and a pending payment is polled again.
+/// Returns the flag it had.
+pub async fn clear_attention(db: &PgPool, id: Uuid) -> Result<Option<Attention>, DbError> {
+    let had: Option<Option<String>> = sqlx::query_scalar(
+        "UPDATE payments p SET attention = NULL, attention_at = NULL
+         FROM (SELECT id, attention FROM payments WHERE id = $1 FOR UPDATE) old
+         WHERE p.id = old.id AND old.attention IS NOT NULL
+         RETURNING old.attention",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(had.flatten().as_deref().and_then(Attention::parse))
+}
+
+/// Payments that need an operator, oldest flag first.
+pub async fn needing_attention(db: &PgPool, limit: i64) -> Result<Vec<Payment>, DbError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE attention IS NOT NULL ORDER BY attention_at LIMIT $1"
+    ))
+    .bind(limit)
+    .fetch_all(db)
     .await?)
 }
 
@@ -226,7 +339,23 @@ pub enum Applied {
     Unchanged(Payment),
     /// The payment is final and the observation disagrees: nothing written.
     Conflict(Payment),
+    /// Stripe took the money after we said canceled or failed: now `succeeded`, flagged
+    /// `charged_after_cancel` (see `Transition::Overturn`).
+    Overturned(Payment),
     NotFound,
+}
+
+impl Applied {
+    /// The payment after the observation, if it exists.
+    pub fn payment(self) -> Option<Payment> {
+        match self {
+            Applied::Changed(p)
+            | Applied::Unchanged(p)
+            | Applied::Conflict(p)
+            | Applied::Overturned(p) => Some(p),
+            Applied::NotFound => None,
+        }
+    }
 }
 
 /// The one function that changes a payment's status, in its own transaction.
@@ -269,8 +398,7 @@ pub async fn apply_status_in(
                     .is_some_and(|e| current.last_error.as_deref() != Some(e));
             if refreshed && !from.is_final() {
                 let p: Payment = sqlx::query_as(&format!(
-                    "UPDATE payments SET stripe_status = coalesce($2, stripe_status), last_error = coalesce($3, last_error),
-                            version = version + 1, updated_at = now()
+                    "UPDATE payments SET stripe_status = coalesce($2, stripe_status), last_error = coalesce($3, last_error)
                      WHERE id = $1 RETURNING {COLUMNS}"
                 ))
                 .bind(id)
@@ -283,12 +411,15 @@ pub async fn apply_status_in(
                 Applied::Unchanged(current)
             }
         }
-        Transition::Apply => {
+        Transition::Apply | Transition::Overturn => {
+            let overturn = matches!(transition(from, obs.status), Transition::Overturn);
+            let attention = overturn.then_some(Attention::ChargedAfterCancel.as_str());
             let p: Payment = sqlx::query_as(&format!(
                 "UPDATE payments SET status = $2, stripe_status = coalesce($3, stripe_status),
                         last_error = coalesce($4, last_error), resolution_source = $5,
                         resolved_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END,
-                        version = version + 1, updated_at = now()
+                        attention = coalesce($6, attention),
+                        attention_at = CASE WHEN $6 IS NULL THEN attention_at ELSE now() END
                  WHERE id = $1 RETURNING {COLUMNS}"
             ))
             .bind(id)
@@ -296,8 +427,26 @@ pub async fn apply_status_in(
             .bind(obs.stripe_status)
             .bind(obs.error)
             .bind(obs.source.as_str())
+            .bind(attention)
             .fetch_one(&mut *tx)
             .await?;
+            let detail = if overturn {
+                tracing::error!(payment_id = %id, from = from.as_str(), source = obs.source.as_str(), "stripe took the money after we said otherwise: now succeeded, flagged for an operator");
+                let mut d = obs
+                    .detail
+                    .clone()
+                    .unwrap_or_else(|| Value::Object(Default::default()));
+                if let Value::Object(m) = &mut d {
+                    m.insert("overturned".into(), Value::String(from.as_str().into()));
+                    m.insert(
+                        "attention".into(),
+                        Value::String(Attention::ChargedAfterCancel.as_str().into()),
+                    );
+                }
+                Some(d)
+            } else {
+                obs.detail.clone()
+            };
             sqlx::query(
                 "INSERT INTO payment_status_history (payment_id, from_status, to_status, source, detail)
                  VALUES ($1, $2, $3, $4, $5)",
@@ -306,18 +455,24 @@ pub async fn apply_status_in(
             .bind(from.as_str())
             .bind(obs.status.as_str())
             .bind(obs.source.as_str())
-            .bind(&obs.detail)
+            .bind(&detail)
             .execute(&mut *tx)
             .await?;
-            Applied::Changed(p)
+            if overturn {
+                Applied::Overturned(p)
+            } else {
+                Applied::Changed(p)
+            }
         }
     };
     Ok(applied)
 }
 
-/// Our payment for a PaymentIntent: by the intent id we stored, else by the
-/// `metadata.payment_id` Stripe echoes (the API may have died before storing the id,
-/// which is then stored now).
+/// Our payment for a PaymentIntent Stripe told us about (a signed event): by the intent
+/// id we stored, else by the `metadata.payment_id` Stripe echoes. The API may have died
+/// before storing the id, which is then stored now; so is an intent of a payment that went
+/// final without one, because whatever that intent says (Stripe took the money, say) is
+/// about this payment.
 pub async fn find_for_intent(
     tx: &mut PgConnection,
     intent_id: &str,
@@ -335,7 +490,7 @@ pub async fn find_for_intent(
         return Ok(None);
     };
     Ok(sqlx::query_scalar(
-        "UPDATE payments SET stripe_payment_intent_id = $2, version = version + 1, updated_at = now()
+        "UPDATE payments SET stripe_payment_intent_id = $2
          WHERE id = $1 AND stripe_payment_intent_id IS NULL RETURNING id",
     )
     .bind(pid)

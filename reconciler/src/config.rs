@@ -35,6 +35,9 @@ pub struct KafkaConfig {
     pub cdc_topic: String,
     #[serde(default = "default_status_topic")]
     pub status_topic: String,
+    /// Where undecodable CDC records go, whole.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
 }
 
 fn default_group() -> String {
@@ -47,6 +50,10 @@ fn default_cdc_topic() -> String {
 
 fn default_status_topic() -> String {
     "payment-status-update".into()
+}
+
+fn default_dead_letter_topic() -> String {
+    "dbserver1.public.payments.dead-letter".into()
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -63,6 +70,15 @@ pub struct PollConfig {
     pub rate_per_sec: u32,
     pub burst: u32,
     pub max_in_flight: usize,
+    /// Unusable answers in a row (Stripe does not know the intent, or says a status we do
+    /// not know) before the payment is flagged for an operator and no longer polled.
+    pub misses_before_attention: u8,
+    /// ...and only once the payment is at least this old.
+    pub attention_after_ms: u64,
+    /// Undecodable CDC records in a row before the reconciler stops (each one goes to the
+    /// dead-letter topic; a run of them means the stream's format changed, and skipping
+    /// on would lose every change).
+    pub halt_after_undecodable: u32,
 }
 
 impl Default for PollConfig {
@@ -78,6 +94,9 @@ impl Default for PollConfig {
             rate_per_sec: 20,
             burst: 20,
             max_in_flight: 8,
+            misses_before_attention: 3,
+            attention_after_ms: 600_000,
+            halt_after_undecodable: 20,
         }
     }
 }
@@ -94,6 +113,10 @@ impl PollConfig {
             },
             create_after: chrono::Duration::milliseconds(
                 i64::try_from(self.create_after_ms).unwrap_or(i64::MAX),
+            ),
+            misses_before_attention: self.misses_before_attention.max(1),
+            attention_after: chrono::Duration::milliseconds(
+                i64::try_from(self.attention_after_ms).unwrap_or(i64::MAX),
             ),
         }
     }

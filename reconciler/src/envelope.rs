@@ -21,6 +21,15 @@ pub struct PaymentRow {
     pub created_at: DateTime<Utc>,
     pub version: i64,
     pub resolution_source: Option<String>,
+    /// The payment waits for an operator (`attention` is set): it is not polled meanwhile.
+    pub flagged: bool,
+}
+
+impl PaymentRow {
+    /// Pending and not parked for an operator: the reconciler's to poll.
+    pub fn is_open(&self) -> bool {
+        self.status == PaymentStatus::Pending.as_str() && !self.flagged
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,11 +75,14 @@ impl Change {
     /// The `payment-status-update` this change carries: a payment entering a final status.
     /// Read from the change itself (before and after images), not from the state, so a
     /// replay after a crash publishes it again (at least once) whatever the state held.
+    /// A snapshot read of a final payment is published too: Debezium snapshots again
+    /// after its slot was lost, and a payment that went final inside that gap has no
+    /// other record of its transition (I3; consumers dedupe by payment id and version).
     pub fn final_transition(&self) -> Option<StatusUpdate> {
         let Change::Upsert {
             row,
             before_status,
-            snapshot: false,
+            snapshot: _,
             lsn,
             commit_ts_ms,
         } = self
@@ -148,6 +160,8 @@ struct RowJson {
     version: i64,
     #[serde(default)]
     resolution_source: Option<String>,
+    #[serde(default)]
+    attention: Option<String>,
 }
 
 pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, DecodeError> {
@@ -180,6 +194,7 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, Decode
                 created_at: r.created_at,
                 version: r.version,
                 resolution_source: r.resolution_source,
+                flagged: r.attention.is_some(),
             };
             Ok(Change::Upsert {
                 row,
@@ -288,8 +303,12 @@ mod tests {
             "final already"
         );
         assert!(
-            transition("r", Value::Null, row("canceled", 4)).is_none(),
-            "a snapshot read is no change"
+            transition("r", Value::Null, row("canceled", 4)).is_some(),
+            "a snapshot read of a final payment is published (after a lost slot, nothing else would)"
+        );
+        assert!(
+            transition("r", Value::Null, row("pending", 4)).is_none(),
+            "a snapshot read of a pending payment is no transition"
         );
         let d = decode(
             Some(&key()),

@@ -5,9 +5,11 @@
 //! - `state`: pending payments per partition, with a timer queue of next polls;
 //! - `recovery`: state of newly assigned partitions, rebuilt from a replica;
 //! - `schedule` and `poll`: when and how a pending payment is polled at Stripe, expired;
+//! - `backoff`: how polling slows down on Stripe's 429s and recovers;
 //! - `output`: `payment-status-update` in Avro;
 //! - `worker`: the loop that ties them together.
 
+pub mod backoff;
 pub mod config;
 pub mod envelope;
 pub mod output;

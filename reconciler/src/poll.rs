@@ -3,10 +3,12 @@
 //! The state is never changed here: the DB change comes back through CDC and removes it.
 
 use chrono::{DateTime, Utc};
-use paystream_core::gateway::{GatewayError, IntentView, NewIntent, StripeGateway, intent_key};
+use paystream_core::gateway::{
+    GatewayError, IntentView, NewIntent, StripeGateway, attempt_key, intent_key,
+};
 use paystream_core::{Currency, Money, PaymentStatus};
 use paystream_db::DbError;
-use paystream_db::payments::{self, Applied, Observation, Source};
+use paystream_db::payments::{self, Applied, Attached, Attention, Observation, Source};
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -19,6 +21,8 @@ pub struct Target {
     pub id: Uuid,
     pub intent: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Polls in a row whose answer could not be used (see `Rules::misses_before_attention`).
+    pub misses: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +41,16 @@ pub enum Outcome {
     UnknownStatus(String),
     /// The payment row is gone.
     NoRow,
+    /// Unusable answers too many times in a row: the payment now waits for an operator
+    /// (I4: nothing is polled forever).
+    Flagged(Attention),
+}
+
+impl Outcome {
+    /// Whether Stripe's answer told us something (a miss counts towards `Flagged`).
+    pub fn usable(&self) -> bool {
+        !matches!(self, Outcome::NotFound | Outcome::UnknownStatus(_))
+    }
 }
 
 impl Outcome {
@@ -53,6 +67,7 @@ impl Outcome {
             Outcome::NotFound => "not_found",
             Outcome::UnknownStatus(_) => "unknown_status",
             Outcome::NoRow => "no_row",
+            Outcome::Flagged(_) => "flagged",
         }
     }
 }
@@ -68,9 +83,7 @@ pub enum PollError {
 impl PollError {
     pub fn label(&self) -> &'static str {
         match self {
-            PollError::Stripe(GatewayError::RateLimited) => "rate_limited",
-            PollError::Stripe(GatewayError::Rejected { .. }) => "rejected",
-            PollError::Stripe(_) => "stripe_unavailable",
+            PollError::Stripe(e) => e.label(),
             PollError::Db(_) => "db_error",
         }
     }
@@ -81,14 +94,42 @@ impl PollError {
 pub struct Rules {
     pub schedule: Schedule,
     /// A payment without a PaymentIntent this old is one the API gave up creating: the
-    /// poll creates it (same idempotency key) or finds it by `metadata.payment_id`.
+    /// poll finds it by `metadata.payment_id` or creates it (same idempotency key).
     pub create_after: chrono::Duration,
+    /// Unusable answers in a row (unknown intent, unknown status) before the payment is
+    /// flagged for an operator and no longer polled...
+    pub misses_before_attention: u8,
+    /// ...once it is at least this old: a young payment's misses may be a Stripe blip.
+    pub attention_after: chrono::Duration,
 }
 
 /// Stripe's cancellation reason for payments we expire.
 const EXPIRY_REASON: &str = "abandoned";
 
 pub async fn poll<G: StripeGateway>(
+    stripe: &G,
+    db: &PgPool,
+    t: &Target,
+    rules: &Rules,
+    now: DateTime<Utc>,
+) -> Result<Outcome, PollError> {
+    let outcome = poll_once(stripe, db, t, rules, now).await?;
+    if outcome.usable()
+        || t.misses.saturating_add(1) < rules.misses_before_attention
+        || now - t.created_at < rules.attention_after
+    {
+        return Ok(outcome);
+    }
+    let why = match outcome {
+        Outcome::UnknownStatus(_) => Attention::UnknownStripeStatus,
+        _ => Attention::UnknownAtStripe,
+    };
+    tracing::error!(payment_id = %t.id, attention = why.as_str(), misses = t.misses + 1, "payment flagged for an operator; no longer polled");
+    payments::flag_attention(db, t.id, why).await?;
+    Ok(Outcome::Flagged(why))
+}
+
+async fn poll_once<G: StripeGateway>(
     stripe: &G,
     db: &PgPool,
     t: &Target,
@@ -115,8 +156,10 @@ pub async fn poll<G: StripeGateway>(
         return apply(db, t.id, status, &intent, Source::Poll).await;
     }
     // Past its age limit and still open at Stripe: cancel it there first, so Stripe and we
-    // agree. Stripe may have moved on meanwhile (a success wins over our cancel).
-    let key = format!("paystream-expire-{}", t.id);
+    // agree. Stripe may have moved on meanwhile (a success wins over our cancel). A fresh
+    // key per attempt: a fixed one would replay a first refusal (the intent was
+    // `processing` then) for 24 hours.
+    let key = attempt_key("expire", &t.id, &Uuid::now_v7());
     match stripe
         .cancel_intent(&intent.id, Some(EXPIRY_REASON), &key)
         .await
@@ -156,11 +199,15 @@ async fn apply(
         detail: Some(json!({"payment_intent": intent.id, "stripe_status": intent.stripe_status})),
     };
     Ok(match payments::apply_status(db, id, &obs).await? {
-        Applied::Changed(p) if p.status == status.as_str() && status.is_final() => {
+        Applied::Changed(p) | Applied::Overturned(p)
+            if p.status == status.as_str() && status.is_final() =>
+        {
             Outcome::Resolved { to: status, source }
         }
         Applied::Changed(_) | Applied::Unchanged(_) if !status.is_final() => Outcome::Pending,
-        Applied::Changed(_) | Applied::Unchanged(_) => Outcome::AlreadyFinal,
+        Applied::Changed(_) | Applied::Unchanged(_) | Applied::Overturned(_) => {
+            Outcome::AlreadyFinal
+        }
         Applied::Conflict(p) => Outcome::Conflict {
             ours: p.status,
             stripe: intent.stripe_status.clone(),
@@ -175,9 +222,10 @@ enum Orphan {
 }
 
 /// A payment whose PaymentIntent id we never stored: the API died or Stripe was down
-/// when it tried. Stripe may still have created it, so first the same idempotency key
-/// (which replays the original), then a search by our payment id; an expired payment
-/// with no intent anywhere is canceled on our side alone.
+/// when it tried. Stripe may still have made it, so first a search by our payment id,
+/// then (not yet expired) the same idempotency key, which replays the original within
+/// Stripe's 24 hours; past those, the search is authoritative. An expired payment with no
+/// intent anywhere is canceled on our side alone.
 async fn intent_of_orphan<G: StripeGateway>(
     stripe: &G,
     db: &PgPool,
@@ -195,51 +243,90 @@ async fn intent_of_orphan<G: StripeGateway>(
         return Ok(Orphan::Intent(stripe.retrieve_intent(pi).await?));
     }
     let payment_id = id.to_string();
-    let found = if expired {
-        stripe.find_by_payment_id(&payment_id).await?
-    } else {
-        let currency = Currency::parse(&row.currency)
-            .map_err(|e| GatewayError::Unavailable(format!("stored currency is invalid: {e}")))?;
-        let money = Money::new(row.amount, currency, i64::MAX)
-            .map_err(|e| GatewayError::Unavailable(format!("stored amount is invalid: {e}")))?;
-        let req = NewIntent {
-            payment_id: &payment_id,
-            money,
-            description: row.description.as_deref(),
-            receipt_email: row.customer_email.as_deref(),
-            idempotency_key: &intent_key(&id),
-        };
-        match stripe.create_intent(&req).await {
-            Ok(v) => Some(v),
-            // Stripe forgot the key (older than 24 h) or the parameters differ: search.
-            Err(GatewayError::Rejected { .. }) => stripe.find_by_payment_id(&payment_id).await?,
-            Err(e) => return Err(e.into()),
+    let found = match stripe.find_by_payment_id(&payment_id).await {
+        Ok(found) => found,
+        // A Stripe without search (localstripe): the key alone guards.
+        Err(GatewayError::Unsupported(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let found = match found {
+        Some(v) => Some(v),
+        None if expired => None,
+        None => {
+            let currency = Currency::parse(&row.currency).map_err(|e| {
+                GatewayError::Unavailable(format!("stored currency is invalid: {e}"))
+            })?;
+            let money = Money::new(row.amount, currency, i64::MAX)
+                .map_err(|e| GatewayError::Unavailable(format!("stored amount is invalid: {e}")))?;
+            let req = NewIntent {
+                payment_id: &payment_id,
+                money,
+                description: row.description.as_deref(),
+                receipt_email: row.customer_email.as_deref(),
+                idempotency_key: &intent_key(&id),
+            };
+            match stripe.create_intent(&req).await {
+                Ok(v) => Some(v),
+                // Stripe refuses to make it (as it would have refused the API): the
+                // payment fails, as it would have there.
+                Err(GatewayError::Rejected { code, message, .. }) => {
+                    let reason = format!("{code}: {message}");
+                    return intentless(db, id, PaymentStatus::Failed, &reason, Source::Poll).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     let Some(v) = found else {
-        let obs = Observation {
-            status: PaymentStatus::Canceled,
-            stripe_status: None,
-            error: Some("expired before any PaymentIntent existed"),
-            source: Source::Expiry,
-            detail: None,
-        };
-        return Ok(Orphan::Done(
-            match payments::apply_status(db, id, &obs).await? {
-                Applied::Changed(_) => Outcome::Resolved {
-                    to: PaymentStatus::Canceled,
-                    source: Source::Expiry,
-                },
-                Applied::NotFound => Outcome::NoRow,
-                _ => Outcome::AlreadyFinal,
-            },
-        ));
+        let why = "expired before any PaymentIntent existed";
+        return intentless(db, id, PaymentStatus::Canceled, why, Source::Expiry).await;
     };
-    if payments::attach_intent(db, id, &v.id, &v.stripe_status)
-        .await?
-        .is_none()
-    {
-        tracing::error!(payment_id = %id, intent = %v.id, "payment is linked to another PaymentIntent");
+    match payments::attach_intent(db, id, &v.id, &v.stripe_status).await? {
+        Attached::Attached(_) => Ok(Orphan::Intent(v)),
+        Attached::NotFound => Ok(Orphan::Done(Outcome::NoRow)),
+        Attached::Refused(p) if p.stripe_payment_intent_id.as_deref() == Some(v.id.as_str()) => {
+            Ok(Orphan::Intent(v))
+        }
+        Attached::Refused(p) => {
+            // Went final (a cancel, under the create key's lease) while we looked. The
+            // intent must never be paid: nobody has its secret, and it is canceled here.
+            if !v.status().is_some_and(PaymentStatus::is_final) {
+                let key = attempt_key("stray", &id, &Uuid::now_v7());
+                if let Err(e) = stripe.cancel_intent(&v.id, Some(EXPIRY_REASON), &key).await {
+                    tracing::error!(payment_id = %id, intent = %v.id, error = %e, "could not cancel a stray PaymentIntent");
+                }
+            }
+            match p.stripe_payment_intent_id {
+                Some(theirs) if p.status == PaymentStatus::Pending.as_str() => {
+                    Ok(Orphan::Intent(stripe.retrieve_intent(&theirs).await?))
+                }
+                _ => Ok(Orphan::Done(Outcome::AlreadyFinal)),
+            }
+        }
     }
-    Ok(Orphan::Intent(v))
+}
+
+/// Ends a payment that has no PaymentIntent anywhere (Stripe refused to make one, or it
+/// expired before one existed): only our side knows of it.
+async fn intentless(
+    db: &PgPool,
+    id: Uuid,
+    to: PaymentStatus,
+    why: &str,
+    source: Source,
+) -> Result<Orphan, PollError> {
+    let obs = Observation {
+        status: to,
+        stripe_status: None,
+        error: Some(why),
+        source,
+        detail: None,
+    };
+    Ok(Orphan::Done(
+        match payments::apply_status(db, id, &obs).await? {
+            Applied::Changed(_) => Outcome::Resolved { to, source },
+            Applied::NotFound => Outcome::NoRow,
+            _ => Outcome::AlreadyFinal,
+        },
+    ))
 }

@@ -88,7 +88,7 @@ pub async fn load(
     }
     let mut rows = sqlx::query_as::<_, PendingRow>(
         "SELECT id, stripe_payment_intent_id, idempotency_key, amount, currency, created_at, version
-         FROM payments WHERE status = 'pending'",
+         FROM payments WHERE status = 'pending' AND attention IS NULL",
     )
     .fetch(&mut *conn);
     while let Some(r) = rows.try_next().await? {
@@ -105,6 +105,7 @@ pub async fn load(
             created_at: r.created_at,
             version: r.version,
             resolution_source: None,
+            flagged: false,
         };
         state.apply(
             &Change::Upsert {

@@ -95,6 +95,49 @@ impl ConsumerContext for SourceContext {
 
 pub type CdcConsumer = rdkafka::consumer::StreamConsumer<SourceContext>;
 
+/// Decides when an instance that holds no partition should leave and rejoin its group.
+///
+/// tansu 0.6 can leave a member with an empty assignment for good (a member killed while
+/// another joins): the stream then has no reader, and no payment resolves. Apache Kafka
+/// reassigns by itself. A rejoin makes any broker compute the assignment again; it is tried
+/// after `base` without partitions, then after twice as long each time up to `max`, so an
+/// instance that legitimately holds nothing (more instances than partitions) costs the
+/// group a rebalance only rarely.
+#[derive(Debug, Clone, Copy)]
+pub struct Rejoin {
+    base: Duration,
+    max: Duration,
+    wait: Duration,
+    since: Option<std::time::Instant>,
+}
+
+impl Rejoin {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Rejoin {
+            base,
+            max: max.max(base),
+            wait: base,
+            since: None,
+        }
+    }
+
+    /// Whether to rejoin now, given whether the instance holds any partition at `now`.
+    pub fn due(&mut self, holding: bool, now: std::time::Instant) -> bool {
+        if holding {
+            self.since = None;
+            self.wait = self.base;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) < self.wait {
+            return false;
+        }
+        self.since = Some(now);
+        self.wait = (self.wait * 2).min(self.max);
+        true
+    }
+}
+
 pub fn consumer(
     cfg: &KafkaConfig,
     metrics: Arc<Metrics>,
@@ -147,4 +190,28 @@ pub fn committed_and_ends(
         out.push((e.partition(), committed, high));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn rejoins_when_starved_less_often_each_time_and_never_while_holding() {
+        let t0 = Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut r = Rejoin::new(Duration::from_secs(20), Duration::from_secs(120));
+        assert!(!r.due(false, s(0)));
+        assert!(!r.due(false, s(19)));
+        assert!(r.due(false, s(20)), "20 s without a partition");
+        assert!(!r.due(false, s(50)));
+        assert!(r.due(false, s(60)), "then 40 s later");
+        assert!(r.due(false, s(140)), "then 80 s");
+        assert!(!r.due(false, s(200)));
+        assert!(r.due(false, s(260)), "capped at 120 s");
+        assert!(!r.due(true, s(261)), "never while holding partitions");
+        assert!(!r.due(false, s(262)));
+        assert!(r.due(false, s(282)), "and starved again: from the base");
+    }
 }

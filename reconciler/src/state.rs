@@ -22,6 +22,9 @@ pub struct Pending {
     pub next_poll: DateTime<Utc>,
     currency: [u8; 3],
     pub attempts: u32,
+    /// Polls in a row whose answer could not be used (Stripe does not know the intent,
+    /// or says a status we do not know); past a bound the payment goes to an operator.
+    pub misses: u8,
 }
 
 impl Pending {
@@ -35,6 +38,7 @@ impl Pending {
             next_poll,
             currency: [b' '; 3],
             attempts: 0,
+            misses: 0,
         };
         p.update(row);
         p
@@ -68,6 +72,8 @@ pub enum Effect {
     /// The payment became final (or was deleted): gone from the state. Carries the final
     /// status, to publish, when it is a status change.
     Resolved { published: bool },
+    /// Still pending, but flagged for an operator: not polled until the flag is cleared.
+    Parked,
     /// Older than what the state holds (a replay after a Debezium restart): ignored.
     Stale,
     /// Not pending and not held: nothing to do.
@@ -126,6 +132,21 @@ impl PendingState {
         None
     }
 
+    /// Records whether a poll's answer was usable; returns the misses in a row so far.
+    pub fn note_poll(&mut self, id: Uuid, usable: bool) -> u8 {
+        match self.entries.get_mut(&id) {
+            Some(p) if usable => {
+                p.misses = 0;
+                0
+            }
+            Some(p) => {
+                p.misses = p.misses.saturating_add(1);
+                p.misses
+            }
+            None => 0,
+        }
+    }
+
     /// Moves a payment's next poll, e.g. sooner than its schedule after Stripe said 429.
     pub fn reschedule(&mut self, id: Uuid, at: DateTime<Utc>) {
         if let Some(p) = self.entries.get_mut(&id) {
@@ -170,11 +191,12 @@ impl PendingState {
                 if held.is_some_and(|v| row.version <= v) {
                     return Effect::Stale;
                 }
-                if row.status != "pending" {
+                if !row.is_open() {
                     self.remember_resolved(row.id, row.version);
-                    return match self.entries.remove(&row.id) {
-                        Some(_) => Effect::Resolved { published: true },
-                        None => Effect::Ignored,
+                    return match (self.entries.remove(&row.id), row.status == "pending") {
+                        (None, _) => Effect::Ignored,
+                        (Some(_), true) => Effect::Parked,
+                        (Some(_), false) => Effect::Resolved { published: true },
                     };
                 }
                 match self.entries.get_mut(&row.id) {
@@ -241,7 +263,39 @@ mod tests {
             created_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
             version,
             resolution_source: None,
+            flagged: false,
         }
+    }
+
+    #[test]
+    fn a_flagged_payment_is_parked_until_the_flag_is_cleared() {
+        let s = Schedule::default();
+        let mut st = PendingState::default();
+        let id = Uuid::now_v7();
+        st.apply(&upsert(row(id, "pending", 1)), &s);
+        assert_eq!((st.note_poll(id, false), st.note_poll(id, false)), (1, 2));
+        assert_eq!(
+            st.note_poll(id, true),
+            0,
+            "a usable answer resets the count"
+        );
+        let flagged = PaymentRow {
+            flagged: true,
+            ..row(id, "pending", 2)
+        };
+        assert_eq!(st.apply(&upsert(flagged), &s), Effect::Parked);
+        assert!(st.get(&id).is_none(), "not polled while an operator looks");
+        assert_eq!(
+            st.apply(&upsert(row(id, "pending", 2)), &s),
+            Effect::Stale,
+            "an older replay does not bring it back"
+        );
+        assert_eq!(
+            st.apply(&upsert(row(id, "pending", 3)), &s),
+            Effect::Added,
+            "cleared: polled again"
+        );
+        assert_eq!(st.get(&id).map(|p| p.misses), Some(0));
     }
 
     fn upsert(r: PaymentRow) -> Change {

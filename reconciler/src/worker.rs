@@ -28,12 +28,13 @@ use sqlx::PgPool;
 use tokio::task::{JoinError, JoinSet};
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::config::{KafkaConfig, PollConfig, ReconcilerConfig};
 use crate::envelope;
 use crate::output::{self, OutputError, StatusUpdate};
 use crate::poll::{self, Outcome, PollError, Rules, Target};
 use crate::recovery::{self, RecoveryError};
-use crate::source::{self, CdcConsumer, Rebalanced};
+use crate::source::{self, CdcConsumer, Rebalanced, Rejoin};
 use crate::state::{Effect, PendingState};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,10 @@ pub enum WorkerError {
     Publish(String),
     #[error("encoding a status update: {0}")]
     Encode(#[from] OutputError),
+    #[error(
+        "{0} undecodable CDC records in a row (all in the dead-letter topic): the stream's format changed? stopping rather than skipping every change"
+    )]
+    Undecodable(u32),
 }
 
 /// Unconfirmed deliveries allowed before the loop waits for the broker.
@@ -53,6 +58,7 @@ const MAX_UNCONFIRMED: usize = 10_000;
 /// How often due polls are looked for (tokens accumulate in between, up to the burst).
 const DISPATCH_EVERY: Duration = Duration::from_millis(25);
 const GAUGES_EVERY: Duration = Duration::from_secs(2);
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 struct PollDone {
@@ -92,8 +98,10 @@ pub struct Worker<G> {
     limiter: TokenBucket,
     polls: JoinSet<PollDone>,
     deliveries: FuturesOrdered<Boxed<Delivered>>,
-    backoff: Duration,
-    paused_until: Option<Instant>,
+    backoff: Backoff,
+    /// Undecodable records in a row (see `PollConfig::halt_after_undecodable`).
+    undecodable_run: u32,
+    rejoin: Rejoin,
 }
 
 impl<G: StripeGateway + 'static> Worker<G> {
@@ -126,8 +134,9 @@ impl<G: StripeGateway + 'static> Worker<G> {
             limiter: TokenBucket::new(1, 1, Instant::now()),
             polls: JoinSet::new(),
             deliveries: FuturesOrdered::new(),
-            backoff: Duration::ZERO,
-            paused_until: None,
+            backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
+            undecodable_run: 0,
+            rejoin: Rejoin::new(Duration::from_secs(20), Duration::from_secs(600)),
         })
     }
 
@@ -156,6 +165,11 @@ impl<G: StripeGateway + 'static> Worker<G> {
                 _ = dispatch.tick() => {
                     self.rebalance(consumer).await?;
                     self.dispatch();
+                    if self.rejoin.due(!self.states.is_empty(), Instant::now()) {
+                        tracing::warn!("holding no partition for a while: rejoining the consumer group");
+                        consumer.unsubscribe();
+                        consumer.subscribe(&[&self.kafka.cdc_topic])?;
+                    }
                 }
                 _ = gauges.tick() => self.gauges(),
                 msg = consumer.recv() => {
@@ -200,17 +214,26 @@ impl<G: StripeGateway + 'static> Worker<G> {
             return Ok(());
         }
         let change = match envelope::decode(m.key(), m.payload()) {
-            Ok(c) => c,
+            Ok(c) => {
+                self.undecodable_run = 0;
+                c
+            }
             Err(e) => {
                 // A record this code cannot read would stop the partition forever if
-                // retried; it is logged, counted and passed over.
-                tracing::error!(partition, offset, error = %e, "undecodable CDC record skipped");
+                // retried: it goes whole to the dead-letter topic, and its offset is
+                // stored once the broker has it there. A run of them stops the process.
+                self.undecodable_run += 1;
+                tracing::error!(partition, offset, error = %e, run = self.undecodable_run, "undecodable CDC record sent to the dead-letter topic");
                 self.metrics.inc(
                     "reconciler_undecodable_total",
-                    "CDC records that could not be decoded (skipped)",
+                    "CDC records that could not be decoded (sent to the dead-letter topic)",
                     &[],
                 );
-                return self.done(consumer, partition, offset, None).await;
+                if self.undecodable_run >= self.poll_cfg.halt_after_undecodable.max(1) {
+                    return Err(WorkerError::Undecodable(self.undecodable_run));
+                }
+                let delivery = self.dead_letter(m, &e.to_string()).await?;
+                return self.done(consumer, partition, offset, Some(delivery)).await;
             }
         };
         if let Some(ts) = change.commit_ts_ms() {
@@ -237,6 +260,50 @@ impl<G: StripeGateway + 'static> Worker<G> {
             None => None,
         };
         self.done(consumer, partition, offset, delivery).await
+    }
+
+    /// Sends an undecodable record, whole, to the dead-letter topic.
+    async fn dead_letter(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        error: &str,
+    ) -> Result<DeliveryFuture, WorkerError> {
+        use rdkafka::message::{Header, OwnedHeaders};
+        let (partition, offset) = (m.partition().to_string(), m.offset().to_string());
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "source_topic",
+                    value: Some(m.topic()),
+                })
+                .insert(Header {
+                    key: "source_partition",
+                    value: Some(&partition),
+                })
+                .insert(Header {
+                    key: "source_offset",
+                    value: Some(&offset),
+                })
+                .insert(Header {
+                    key: "error",
+                    value: Some(error),
+                });
+            let mut record =
+                FutureRecord::<[u8], [u8]>::to(&self.kafka.dead_letter_topic).headers(headers);
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            if let Some(p) = m.payload() {
+                record = record.payload(p);
+            }
+            match self.producer.send_result(record) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
     }
 
     async fn publish(&mut self, u: &StatusUpdate) -> Result<DeliveryFuture, WorkerError> {
@@ -377,9 +444,16 @@ impl<G: StripeGateway + 'static> Worker<G> {
                 Err(e) => return Err(e.into()),
             }
         };
+        // A partition the group never committed an offset for starts at its end (its
+        // older changes are in the state just read). That starting point is committed at
+        // once: a later owner that also found no commit (this instance consumed nothing
+        // there before a rebalance) would otherwise start at its own, later end and skip
+        // every change in between, final transitions included (I3).
+        let mut fresh = rdkafka::TopicPartitionList::new();
         for (p, committed, end) in positions {
             if committed.is_none() {
                 self.start_at.insert(p, end);
+                fresh.add_partition_offset(&topic, p, rdkafka::Offset::Offset(end))?;
                 let seek = tokio::task::block_in_place(|| {
                     consumer.seek(
                         &topic,
@@ -392,6 +466,9 @@ impl<G: StripeGateway + 'static> Worker<G> {
                     tracing::debug!(partition = p, error = %e, "seek failed; older messages are skipped instead");
                 }
             }
+        }
+        if fresh.count() > 0 {
+            tokio::task::block_in_place(|| consumer.commit(&fresh, CommitMode::Sync))?;
         }
         let pending: usize = loaded.values().map(PendingState::len).sum();
         self.states.extend(loaded);
@@ -425,8 +502,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
     }
 
     fn dispatch(&mut self) {
-        let now = Instant::now();
-        if self.paused_until.is_some_and(|until| now < until) {
+        if self.backoff.paused(Instant::now()) {
             return;
         }
         let wall = Utc::now();
@@ -459,6 +535,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
                 id,
                 intent: p.intent.map(String::from),
                 created_at: p.created_at,
+                misses: p.misses,
             };
             let (stripe, db, rules) = (self.stripe.clone(), self.primary.clone(), self.rules);
             self.polls.spawn(async move {
@@ -498,16 +575,18 @@ impl<G: StripeGateway + 'static> Worker<G> {
             done.took,
         );
         let id = done.id;
+        if let (Ok(outcome), Some(s)) = (&done.result, self.states.get_mut(&done.partition)) {
+            s.note_poll(id, outcome.usable());
+        }
         match &done.result {
             Err(PollError::Stripe(GatewayError::RateLimited)) => {
-                self.backoff = (self.backoff * 2).clamp(Duration::from_millis(500), MAX_BACKOFF);
-                self.paused_until = Some(Instant::now() + self.backoff);
-                let retry_at = Utc::now()
-                    + chrono::Duration::from_std(self.backoff).unwrap_or(chrono::Duration::MAX);
+                let pause = self.backoff.limited(Instant::now());
+                let retry_at =
+                    Utc::now() + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::MAX);
                 if let Some(s) = self.states.get_mut(&done.partition) {
                     s.reschedule(id, retry_at);
                 }
-                tracing::warn!(payment_id = %id, backoff_ms = self.backoff.as_millis() as u64, "stripe rate limit: polls paused");
+                tracing::warn!(payment_id = %id, backoff_ms = pause.as_millis() as u64, "stripe rate limit: polls paused");
                 return;
             }
             Err(e) => {
@@ -521,7 +600,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
             }
             Ok(_) => {}
         }
-        self.backoff = Duration::ZERO;
+        self.backoff.succeeded(Instant::now());
     }
 
     fn gauges(&self) {
@@ -561,6 +640,7 @@ fn effect_label(e: Effect) -> &'static str {
         Effect::Added => "added",
         Effect::Updated => "updated",
         Effect::Resolved { .. } => "resolved",
+        Effect::Parked => "parked",
         Effect::Stale => "stale",
         Effect::Ignored => "ignored",
     }

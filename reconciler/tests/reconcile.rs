@@ -4,8 +4,6 @@
 //! poll schedule, so they can be killed with SIGKILL and rebalanced.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -15,160 +13,18 @@ use paystream_db::payments::Source;
 use paystream_reconciler::output;
 use paystream_reconciler::poll::{self, Outcome, Rules, Target};
 use paystream_reconciler::schedule::Schedule;
-use paystream_testkit::sim::{SIM_KEY, SimWorld};
+use paystream_testkit::sim::SimWorld;
 use paystream_testkit::{Record, Stack};
 use paystream_webhook::WebhookSettings;
 use serde_json::json;
 use uuid::Uuid;
 
+mod common;
+
+use common::{Reconciler, group};
+
 /// The big runs share two cores with the whole stack: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const EXPIRE_AFTER_MS: u64 = 25_000;
-
-/// One reconciler process.
-struct Reconciler {
-    name: String,
-    child: Child,
-    port: u16,
-    env: Vec<(String, String)>,
-    log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-impl Reconciler {
-    fn start(name: &str, env: Vec<(String, String)>) -> Reconciler {
-        let port = free_port();
-        let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_paystream-reconciler"))
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("APP_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("APP_INSTANCE", name)
-            .env("APP_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the reconciler binary");
-        Reconciler {
-            name: name.into(),
-            child,
-            port,
-            env,
-            log,
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    fn restart(&mut self) {
-        *self = Reconciler::start(&self.name, self.env.clone());
-    }
-
-    fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(30) {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                assert!(
-                    s.success(),
-                    "{} exited {s} on SIGTERM; see {}",
-                    self.name,
-                    self.log.display()
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("{} did not stop within 30 s of SIGTERM", self.name);
-    }
-
-    async fn metrics(&self) -> String {
-        match reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port)).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
-    }
-
-    /// Until it holds state for at least one partition (a group join plus a state load).
-    async fn wait_loaded(&mut self) {
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                panic!("{} exited {s}; see {}", self.name, self.log.display());
-            }
-            if self.metrics().await.contains("reconciler_pending{") {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "{} loaded no partition in 60 s; see {}",
-            self.name,
-            self.log.display()
-        );
-    }
-}
-
-impl Drop for Reconciler {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A reconciler group of a test's own: its consumer group, output topic and Stripe.
-struct Group {
-    env: Vec<(String, String)>,
-    status_topic: String,
-}
-
-async fn group(stack: &Stack, world: &SimWorld) -> Group {
-    let tag = Uuid::now_v7().simple().to_string();
-    let status_topic = format!("payment-status-update-test-{tag}");
-    stack.create_topic(&status_topic, 4).await;
-    let env = [
-        ("APP_DATABASE__URL", stack.var("DATABASE_URL")),
-        ("APP_REPLICA__URL", stack.var("REPLICA_URL")),
-        ("APP_KAFKA__BROKERS", stack.var("KAFKA_BROKERS")),
-        ("APP_KAFKA__GROUP_ID", &format!("reconciler-test-{tag}")),
-        ("APP_KAFKA__STATUS_TOPIC", &status_topic),
-        ("APP_STRIPE__API_BASE", &world.sim),
-        ("APP_STRIPE__SECRET_KEY", SIM_KEY),
-        ("APP_POLL__FIRST_MS", "1000"),
-        ("APP_POLL__FREQUENT_MS", "3000"),
-        ("APP_POLL__FREQUENT_FOR_MS", "60000"),
-        ("APP_POLL__SLOW_MS", "5000"),
-        ("APP_POLL__EXPIRE_AFTER_MS", &EXPIRE_AFTER_MS.to_string()),
-        ("APP_POLL__CREATE_AFTER_MS", "3000"),
-        ("APP_POLL__RATE_PER_SEC", "400"),
-        ("APP_POLL__BURST", "100"),
-        ("APP_POLL__MAX_IN_FLIGHT", "16"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    Group { env, status_topic }
-}
 
 /// A stripe-sim that delivers its webhooks, with `faults`, to a receiver of its own on
 /// the real primary.
@@ -519,6 +375,8 @@ fn rules() -> Rules {
             ..Schedule::default()
         },
         create_after: chrono::Duration::seconds(60),
+        misses_before_attention: 3,
+        attention_after: chrono::Duration::minutes(10),
     }
 }
 
@@ -542,6 +400,7 @@ async fn a_poll_applies_stripes_final_status_and_expiry_cancels_at_stripe_first(
         id,
         intent: Some(pi.to_owned()),
         created_at,
+        misses: 0,
     };
     let out = poll_at(&world, &target(paid, &pi, now), now).await;
     assert_eq!(
@@ -595,6 +454,35 @@ async fn a_poll_applies_stripes_final_status_and_expiry_cancels_at_stripe_first(
         Outcome::NotFound,
         "a report's missing_at_stripe, never guessed"
     );
+    // The third miss in a row of a payment old enough: it goes to an operator and is no
+    // longer polled. (A young one's misses may be a Stripe blip: polled on.)
+    let young = Target {
+        misses: 2,
+        ..target(ghost, "pi_unknown_to_stripe", now)
+    };
+    assert_eq!(poll_at(&world, &young, now).await, Outcome::NotFound);
+    let third = Target {
+        misses: 2,
+        ..target(
+            ghost,
+            "pi_unknown_to_stripe",
+            now - chrono::Duration::minutes(11),
+        )
+    };
+    assert_eq!(
+        poll_at(&world, &third, now).await,
+        Outcome::Flagged(paystream_db::payments::Attention::UnknownAtStripe)
+    );
+    let (status, attention): (String, Option<String>) =
+        sqlx::query_as("SELECT status, attention FROM payments WHERE id = $1")
+            .bind(ghost)
+            .fetch_one(&world.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), attention.as_deref()),
+        ("pending", Some("unknown_at_stripe"))
+    );
 }
 
 #[tokio::test]
@@ -606,6 +494,7 @@ async fn an_orphan_gets_the_apis_intent_or_is_expired_without_one() {
         id,
         intent: None,
         created_at: now - chrono::Duration::minutes(5),
+        misses: 0,
     };
 
     // The API created the intent at Stripe but died before storing its id.

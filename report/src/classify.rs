@@ -19,6 +19,8 @@ pub struct Ours {
     pub created_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub resolution_source: Option<String>,
+    /// Why it waits for an operator (`charged_after_cancel`, `unknown_at_stripe`, ...).
+    pub attention: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -34,10 +36,19 @@ pub enum Class {
     OrphanAtStripe,
     /// Pending longer than the SLA, whatever Stripe says.
     StuckPending,
+    /// Stripe took the money after we said canceled or failed (now `succeeded`): listed,
+    /// whatever its window, until an operator clears it.
+    ChargedAfterCancel,
+    /// Flagged for an operator for another reason (Stripe does not know its intent, or
+    /// says a status we do not know): listed, whatever its window, until cleared.
+    NeedsAttention,
+    /// A webhook event naming a payment of ours that never matched one within the age
+    /// bound (`ours` is the event id, `stripe` its type).
+    OrphanedEvent,
 }
 
 impl Class {
-    pub const ALL: [Class; 7] = [
+    pub const ALL: [Class; 10] = [
         Class::Matched,
         Class::StatusMismatch,
         Class::AmountMismatch,
@@ -45,6 +56,9 @@ impl Class {
         Class::MissingAtStripe,
         Class::OrphanAtStripe,
         Class::StuckPending,
+        Class::ChargedAfterCancel,
+        Class::NeedsAttention,
+        Class::OrphanedEvent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +70,18 @@ impl Class {
             Class::MissingAtStripe => "missing_at_stripe",
             Class::OrphanAtStripe => "orphan_at_stripe",
             Class::StuckPending => "stuck_pending",
+            Class::ChargedAfterCancel => "charged_after_cancel",
+            Class::NeedsAttention => "needs_attention",
+            Class::OrphanedEvent => "orphaned_event",
+        }
+    }
+
+    /// The class of a payment flagged for an operator.
+    pub fn of_attention(attention: &str) -> Class {
+        if attention == "charged_after_cancel" {
+            Class::ChargedAfterCancel
+        } else {
+            Class::NeedsAttention
         }
     }
 }
@@ -69,6 +95,15 @@ pub struct Finding {
     pub ours: Option<String>,
     pub stripe: Option<String>,
     pub created_at: Option<DateTime<Utc>>,
+    /// What an operator should do about it, when that is not obvious from the class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What an operator should do about a payment flagged `attention`.
+pub fn note_for(attention: &str) -> String {
+    paystream_db::payments::Attention::parse(attention)
+        .map_or_else(|| format!("flagged {attention}"), |a| a.action().to_owned())
 }
 
 /// Nearest-rank percentiles of time from creation to resolution, in milliseconds.
@@ -147,6 +182,11 @@ pub fn classify(
         }
         let stuck = p.status == PaymentStatus::Pending.as_str() && now - p.created_at > stuck_after;
         let (class, ours_says, stripe_says) = match intent {
+            _ if p.attention.is_some() => (
+                Class::of_attention(p.attention.as_deref().unwrap_or_default()),
+                Some(p.status.clone()),
+                intent.map(|i| i.stripe_status.clone()),
+            ),
             None if p.intent.is_some() => (Class::MissingAtStripe, p.intent.clone(), None),
             None if stuck => (Class::StuckPending, Some(p.status.clone()), None),
             None => (Class::Matched, None, None),
@@ -181,6 +221,7 @@ pub fn classify(
                 ours: ours_says,
                 stripe: stripe_says,
                 created_at: Some(p.created_at),
+                note: p.attention.as_deref().map(note_for),
             });
         }
     }
@@ -199,6 +240,7 @@ pub fn classify(
             ours: None,
             stripe: Some(i.stripe_status.clone()),
             created_at: DateTime::from_timestamp(i.created, 0),
+            note: None,
         });
     }
 
@@ -278,6 +320,7 @@ mod tests {
             created_at: t0(),
             resolved_at: (status != "pending").then(|| t0() + chrono::Duration::seconds(3)),
             resolution_source: (status != "pending").then(|| "webhook".to_owned()),
+            attention: None,
         }
     }
 
@@ -330,7 +373,14 @@ mod tests {
         currency.currency = "eur".into();
         let orphan_of = ours("canceled", None);
         t.push(theirs("pi_orphan", "succeeded", &orphan_of));
-        let o = [ok, status, amount, currency, missing, stuck, unlinked];
+        let mut charged = ours("succeeded", Some("pi_charged"));
+        charged.attention = Some("charged_after_cancel".into());
+        t.push(theirs("pi_charged", "succeeded", &charged));
+        let mut unknown = ours("pending", Some("pi_unknown"));
+        unknown.attention = Some("unknown_at_stripe".into());
+        let o = [
+            ok, status, amount, currency, missing, stuck, unlinked, charged, unknown,
+        ];
         let mut got = class_of(&o, &t, 7200);
         got.sort();
         assert_eq!(
@@ -343,7 +393,9 @@ mod tests {
                 Class::CurrencyMismatch,
                 Class::MissingAtStripe,
                 Class::OrphanAtStripe,
-                Class::StuckPending
+                Class::StuckPending,
+                Class::ChargedAfterCancel,
+                Class::NeedsAttention
             ]
         );
         let young = class_of(&o, &t, 60);

@@ -90,7 +90,8 @@ pub fn html(r: &Report) -> String {
         o.push_str("<p>None: our books agree with Stripe.</p>");
     } else {
         o.push_str("<table><tr><th>class</th><th>payment</th><th>intent</th><th>ours</th><th>stripe</th><th>created</th></tr>");
-        for f in &c.findings {
+        let mut last_note = None;
+        for (f, more) in crate::render::capped(&c.findings) {
             let _ = write!(
                 o,
                 "<tr><td><span class=\"tag\">{}</span></td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -102,6 +103,21 @@ pub fn html(r: &Report) -> String {
                 f.created_at
                     .map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             );
+            if let Some(note) = f.note.as_ref().filter(|n| last_note != Some(*n)) {
+                let _ = write!(
+                    o,
+                    "<tr><td></td><td colspan=\"5\" class=\"meta\">{}</td></tr>",
+                    esc(note)
+                );
+            }
+            last_note = f.note.as_ref();
+            if more > 0 {
+                let _ = write!(
+                    o,
+                    "<tr><td></td><td colspan=\"5\" class=\"meta\">... and {more} more {} (json or csv have them all)</td></tr>",
+                    f.class.as_str()
+                );
+            }
         }
         o.push_str("</table>");
     }

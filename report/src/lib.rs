@@ -52,6 +52,10 @@ pub async fn run<G: StripeGateway>(
     let theirs =
         source::stripe_intents(stripe, s.since, s.until, &ours, s.stripe_rate, progress).await?;
     let now = Utc::now();
+    let mut classified = classify(&ours, &theirs, now, s.stuck_after);
+    let flagged = source::flagged_outside(replica, s.since, s.until).await?;
+    let orphaned = source::orphaned_events(replica).await?;
+    add_operator_items(&mut classified, &flagged, &orphaned);
     Ok(Report {
         since: s.since,
         until: s.until,
@@ -60,7 +64,39 @@ pub async fn run<G: StripeGateway>(
         stuck_after_secs: s.stuck_after.num_seconds(),
         payments: ours.len(),
         stripe_intents: theirs.len(),
-        classified: classify(&ours, &theirs, now, s.stuck_after),
+        classified,
         timeline: classify::timeline(&ours, s.since, s.until, 24),
     })
+}
+
+/// What waits for an operator whatever the window: flagged payments created outside it,
+/// and webhook events that never matched a payment. Each is a discrepancy until dealt with.
+fn add_operator_items(c: &mut Classified, flagged: &[Ours], orphaned: &[source::OrphanedEvent]) {
+    for p in flagged {
+        let attention = p.attention.as_deref().unwrap_or_default();
+        let class = Class::of_attention(attention);
+        *c.counts.entry(class).or_default() += 1;
+        c.findings.push(Finding {
+            class,
+            payment_id: Some(p.id),
+            intent_id: p.intent.clone(),
+            ours: Some(p.status.clone()),
+            stripe: None,
+            created_at: Some(p.created_at),
+            note: Some(classify::note_for(attention)),
+        });
+    }
+    for e in orphaned {
+        *c.counts.entry(Class::OrphanedEvent).or_default() += 1;
+        c.findings.push(Finding {
+            class: Class::OrphanedEvent,
+            payment_id: None,
+            intent_id: e.intent.clone(),
+            ours: Some(e.id.clone()),
+            stripe: Some(e.kind.clone()),
+            created_at: Some(e.received_at),
+            note: Some("Stripe sent an event for a payment id we have no row for: another environment on the same Stripe account, or a lost row; check the intent's metadata at Stripe".into()),
+        });
+    }
+    c.findings.sort_by_key(|f| (f.class, f.created_at));
 }

@@ -102,7 +102,8 @@ fn table(r: &Report) -> String {
         "\n{:<18} {:<36} {:<30} {:<24} {:<24}",
         "class", "payment", "intent", "ours", "stripe"
     );
-    for f in &c.findings {
+    let mut last_note = None;
+    for (f, more) in capped(&c.findings) {
         let _ = writeln!(
             out,
             "{:<18} {:<36} {:<30} {:<24} {:<24}",
@@ -112,6 +113,40 @@ fn table(r: &Report) -> String {
             f.ours.as_deref().unwrap_or("-"),
             f.stripe.as_deref().unwrap_or("-"),
         );
+        // Once per run of rows saying the same thing.
+        if let Some(note) = f.note.as_ref().filter(|n| last_note != Some(*n)) {
+            let _ = writeln!(out, "{:<18} -> {note}", "");
+        }
+        last_note = f.note.as_ref();
+        if more > 0 {
+            let _ = writeln!(
+                out,
+                "{:<18} ... and {more} more {} (json or csv have them all)",
+                "",
+                f.class.as_str()
+            );
+        }
+    }
+    out
+}
+
+/// Rows a page or a terminal shows per class; json and csv carry every finding.
+pub const ROWS_PER_CLASS: usize = 20;
+
+/// The findings to show, at most `ROWS_PER_CLASS` of each class (they come ordered by
+/// class), each with how many of its class are left out after it (0 but for the last shown).
+pub fn capped(findings: &[crate::Finding]) -> Vec<(&crate::Finding, usize)> {
+    let mut out = Vec::new();
+    for chunk in findings.chunk_by(|a, b| a.class == b.class) {
+        let shown = chunk.len().min(ROWS_PER_CLASS);
+        for (i, f) in chunk[..shown].iter().enumerate() {
+            let more = if i + 1 == shown {
+                chunk.len() - shown
+            } else {
+                0
+            };
+            out.push((f, more));
+        }
     }
     out
 }
@@ -125,7 +160,7 @@ fn field(v: &str) -> String {
 }
 
 fn csv(r: &Report) -> String {
-    let mut out = String::from("class,payment_id,intent_id,ours,stripe,created_at\n");
+    let mut out = String::from("class,payment_id,intent_id,ours,stripe,created_at,note\n");
     for f in &r.classified.findings {
         let cells = [
             f.class.as_str().to_owned(),
@@ -134,6 +169,7 @@ fn csv(r: &Report) -> String {
             f.ours.clone().unwrap_or_default(),
             f.stripe.clone().unwrap_or_default(),
             f.created_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            f.note.clone().unwrap_or_default(),
         ];
         let line: Vec<String> = cells.iter().map(|c| field(c)).collect();
         out.push_str(&line.join(","));
@@ -172,6 +208,7 @@ mod tests {
                     ours: Some("1,000".into()),
                     stripe: Some("999".into()),
                     created_at: Some(t),
+                    note: None,
                 }],
                 resolved_by: [("webhook".to_owned(), 3)].into(),
                 time_to_resolution: Some(Latency {
@@ -196,7 +233,7 @@ mod tests {
         let c = render(&r, Format::Csv);
         assert_eq!(
             c.lines().nth(1).unwrap(),
-            "amount_mismatch,00000000-0000-0000-0000-000000000000,pi_1,\"1,000\",999,2027-01-15T08:00:00+00:00"
+            "amount_mismatch,00000000-0000-0000-0000-000000000000,pi_1,\"1,000\",999,2027-01-15T08:00:00+00:00,"
         );
         assert!("xml".parse::<Format>().is_err());
         let h = render(&r, Format::Html);
@@ -209,6 +246,39 @@ mod tests {
         assert!(
             !h.contains("http") && !h.contains("<script"),
             "works offline: nothing fetched"
+        );
+    }
+
+    #[test]
+    fn long_classes_are_capped_on_screen_but_counted() {
+        let r = report();
+        let one = r.classified.findings[0].clone();
+        let mut findings = vec![one.clone(); ROWS_PER_CLASS + 5];
+        findings.push(Finding {
+            class: Class::StuckPending,
+            ..one
+        });
+        let shown = capped(&findings);
+        assert_eq!(shown.len(), ROWS_PER_CLASS + 1);
+        assert_eq!(
+            shown[ROWS_PER_CLASS - 1].1,
+            5,
+            "the last shown says how many more"
+        );
+        assert!(
+            shown
+                .iter()
+                .take(ROWS_PER_CLASS - 1)
+                .all(|(_, more)| *more == 0)
+        );
+        assert_eq!(shown[ROWS_PER_CLASS].0.class, Class::StuckPending);
+        let mut r = r;
+        r.classified.findings = findings;
+        assert!(render(&r, Format::Table).contains("... and 5 more amount_mismatch"));
+        assert_eq!(
+            render(&r, Format::Csv).lines().count(),
+            1 + ROWS_PER_CLASS + 6,
+            "csv has them all"
         );
     }
 }

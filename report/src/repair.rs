@@ -42,7 +42,7 @@ pub async fn repair(primary: &PgPool, findings: &[Finding]) -> Result<Vec<Repair
             detail: Some(json!({"repair": "reconciliation report", "intent": f.intent_id})),
         };
         out.push(match payments::apply_status(primary, id, &obs).await? {
-            Applied::Changed(_) => Repair::Changed {
+            Applied::Changed(_) | Applied::Overturned(_) => Repair::Changed {
                 id,
                 from: f.ours.clone().unwrap_or_default(),
                 to,

@@ -148,6 +148,7 @@ mod tests {
                 ours: None,
                 stripe: None,
                 created_at: Some(t),
+                note: None,
             })
             .collect();
         Report {

@@ -30,30 +30,85 @@ pub async fn our_payments(
     let client = replica.get().await?;
     let rows = client
         .query(
-            "SELECT id, stripe_payment_intent_id, status, amount, currency, created_at,
-                    resolved_at, resolution_source
-             FROM payments WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at",
+            &format!("{OURS_SQL} WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at"),
             &[&since, &until],
         )
         .await?;
-    let ours = rows
-        .iter()
-        .map(|r| Ours {
-            id: r.get(0),
-            intent: r.get(1),
-            status: r.get(2),
-            amount: r.get(3),
-            currency: r.get(4),
-            created_at: r.get(5),
-            resolved_at: r.get(6),
-            resolution_source: r.get(7),
-        })
-        .collect();
+    let ours = rows.iter().map(ours_of).collect();
     let as_of: Option<DateTime<Utc>> = client
         .query_one("SELECT pg_last_xact_replay_timestamp()", &[])
         .await?
         .get(0);
     Ok((ours, as_of))
+}
+
+const OURS_SQL: &str = "SELECT id, stripe_payment_intent_id, status, amount, currency, created_at,
+        resolved_at, resolution_source, attention FROM payments";
+
+fn ours_of(r: &tokio_postgres::Row) -> Ours {
+    Ours {
+        id: r.get(0),
+        intent: r.get(1),
+        status: r.get(2),
+        amount: r.get(3),
+        currency: r.get(4),
+        created_at: r.get(5),
+        resolved_at: r.get(6),
+        resolution_source: r.get(7),
+        attention: r.get(8),
+    }
+}
+
+/// Payments flagged for an operator that were created outside `[since, until)`: a report
+/// lists every flagged payment until an operator clears it, whatever its window.
+pub async fn flagged_outside(
+    replica: &deadpool_postgres::Pool,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<Ours>, SourceError> {
+    let client = replica.get().await?;
+    let rows = client
+        .query(
+            &format!(
+                "{OURS_SQL} WHERE attention IS NOT NULL AND (created_at < $1 OR created_at >= $2)
+                 ORDER BY attention_at LIMIT 10000"
+            ),
+            &[&since, &until],
+        )
+        .await?;
+    Ok(rows.iter().map(ours_of).collect())
+}
+
+/// A webhook event that named a payment of ours and never matched one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanedEvent {
+    pub id: String,
+    pub kind: String,
+    pub intent: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The orphaned webhook events (newest first, at most 10,000).
+pub async fn orphaned_events(
+    replica: &deadpool_postgres::Pool,
+) -> Result<Vec<OrphanedEvent>, SourceError> {
+    let client = replica.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, type, payment_intent_id, received_at FROM stripe_events_orphaned
+             ORDER BY received_at DESC LIMIT 10000",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| OrphanedEvent {
+            id: r.get(0),
+            kind: r.get(1),
+            intent: r.get(2),
+            received_at: r.get(3),
+        })
+        .collect())
 }
 
 /// Calls to Stripe, paced by a token bucket (`rate` per second).

@@ -43,6 +43,8 @@ struct IntentJson {
 
 #[derive(Deserialize)]
 struct ErrorJson {
+    #[serde(rename = "type")]
+    kind: Option<String>,
     code: Option<String>,
     message: Option<String>,
     decline_code: Option<String>,
@@ -145,6 +147,9 @@ impl HttpStripe {
             .map(|v| v == "true");
         match (status, should_retry) {
             (200..=299, _) => Ok(res),
+            // Stripe's message would carry our (masked) key: it is neither logged nor
+            // passed on, and the fault is ours, not the customer's.
+            (401 | 403, _) => Err(GatewayError::Misconfigured { status }),
             (404, _) => Err(GatewayError::NotFound),
             (429, _) => Err(GatewayError::RateLimited),
             (409 | 500..=599, Some(false)) => Err(GatewayError::Rejected {
@@ -157,14 +162,12 @@ impl HttpStripe {
                 "stripe answered {status}"
             ))),
             _ => {
-                let body = res.json::<ErrorEnvelope>().await.ok();
-                let (code, message) = body
-                    .map(|b| {
-                        (
-                            b.error.code.unwrap_or_default(),
-                            b.error.message.unwrap_or_default(),
-                        )
-                    })
+                let error = res.json::<ErrorEnvelope>().await.ok().map(|b| b.error);
+                if error.as_ref().and_then(|e| e.kind.as_deref()) == Some("idempotency_error") {
+                    return Err(GatewayError::KeyReused);
+                }
+                let (code, message) = error
+                    .map(|e| (e.code.unwrap_or_default(), e.message.unwrap_or_default()))
                     .unwrap_or_default();
                 Err(GatewayError::Rejected {
                     status,

@@ -149,6 +149,24 @@ async fn check(peer: &Peer) {
             again.id, created.id,
             "{who}: the same idempotency key must not create a second intent"
         );
+        // The same key with other parameters is our fault, never the customer's.
+        let other = NewIntent {
+            money: Money::new(4321, usd, 99_999_999).unwrap(),
+            ..new.clone()
+        };
+        assert_eq!(
+            gw.create_intent(&other).await,
+            Err(GatewayError::KeyReused),
+            "{who}"
+        );
+        // Stripe refusing our credentials is a configuration fault, not a refusal of
+        // the payment, and Stripe's message (with our masked key) stays out of it.
+        let wrong = HttpStripe::new(&peer.base, "rk_live_wrong", Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            wrong.retrieve_intent(&created.id).await,
+            Err(GatewayError::Misconfigured { status: 401 }),
+            "{who}"
+        );
     }
     if peer.search {
         let found = gw.find_by_payment_id(&payment_id).await.unwrap();

@@ -25,8 +25,13 @@ pub enum Idem {
         fingerprint: String,
         status: StatusCode,
         body: Value,
+        /// Simulated time of the first response: Stripe prunes keys after 24 hours.
+        at_ms: i64,
     },
 }
+
+/// How long Stripe keeps an idempotency key (simulated time).
+pub const IDEMPOTENCY_KEY_TTL_MS: i64 = 24 * 3_600_000;
 
 pub async fn dispatch(
     State(sim): State<Sim>,
@@ -121,6 +126,13 @@ async fn handle(
     let fingerprint = format!("{} {}?{}", method, uri.path(), params.fingerprint());
     if let Some(key) = &scoped_key {
         let mut idem = sim.inner.idem.lock().unwrap_or_else(|p| p.into_inner());
+        let now_ms = sim.inner.clock.now_ms();
+        if let Some(Idem::Done { at_ms, .. }) = idem.get(key)
+            && now_ms - *at_ms >= IDEMPOTENCY_KEY_TTL_MS
+        {
+            // Pruned, as Stripe does after 24 hours: the key is new again.
+            idem.remove(key);
+        }
         match idem.entry(key.clone()) {
             Entry::Occupied(e) => match e.get() {
                 Idem::InFlight { .. } => {
@@ -137,6 +149,7 @@ async fn handle(
                     fingerprint: first,
                     status,
                     body,
+                    ..
                 } => {
                     if *first != fingerprint {
                         return StripeError {
@@ -189,6 +202,7 @@ async fn handle(
                     fingerprint,
                     status,
                     body: body.clone(),
+                    at_ms: ctx.now_ms,
                 },
             );
         } else {

@@ -133,6 +133,7 @@ async fn idempotency_replays_rejects_reuse_and_blocks_concurrency() {
     let (s2, h2, b2) = t.post("/v1/payment_intents", &form, Some("key-1")).await;
     assert_eq!((s1, s2), (200, 200));
     assert_eq!(b1, b2, "a repeat replays the first response");
+    let first = id(&b1);
     assert!(h1.get("idempotent-replayed").is_none());
     assert_eq!(h2["idempotent-replayed"], "true");
     let (_, list) = t.get("/v1/payment_intents?limit=100").await;
@@ -205,6 +206,27 @@ async fn idempotency_replays_rejects_reuse_and_blocks_concurrency() {
         .unwrap();
     assert_eq!(other.status(), 200);
     assert!(other.headers().get("idempotent-replayed").is_none());
+
+    // Stripe prunes keys after 24 hours: the same key then makes a second intent.
+    let form = [
+        ("amount", "1500"),
+        ("currency", "usd"),
+        ("metadata[payment_id]", "p-1"),
+    ];
+    t.advance(23 * 3600).await;
+    let (_, h, replayed) = t.post("/v1/payment_intents", &form, Some("key-1")).await;
+    assert_eq!(
+        (h["idempotent-replayed"].to_str().unwrap(), id(&replayed)),
+        ("true", first.clone())
+    );
+    t.advance(3600).await;
+    let (s, h, fresh) = t.post("/v1/payment_intents", &form, Some("key-1")).await;
+    assert_eq!(s, 200);
+    assert!(
+        h.get("idempotent-replayed").is_none(),
+        "a key older than 24 h is new again"
+    );
+    assert_ne!(id(&fresh), first);
 }
 
 #[tokio::test]

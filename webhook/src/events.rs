@@ -62,9 +62,11 @@ pub enum Outcome {
     Unchanged,
     /// Our payment is final and this (late) event says otherwise: not written.
     Stale,
-    /// No payment of ours (yet): stored, retried later.
+    /// Names a payment of ours we have no row for (yet): stored, retried with backoff,
+    /// `orphaned` past a bounded age.
     Unmatched,
-    /// Not about a PaymentIntent, or a status we do not know: acknowledged.
+    /// Not about a PaymentIntent of ours (no `metadata.payment_id` and an intent we do not
+    /// hold), or a status we do not know: acknowledged.
     Ignored,
 }
 
@@ -117,6 +119,9 @@ async fn apply(
     let (outcome, payment_id) = match reading {
         None => (Outcome::Ignored, None),
         Some(r) => match payments::find_for_intent(tx, &r.intent_id, r.payment_id).await? {
+            // Every intent we create carries our payment id: one without it is another
+            // integration's on the same account, and will never match.
+            None if r.payment_id.is_none() => (Outcome::Ignored, None),
             None => (Outcome::Unmatched, None),
             Some(pid) => {
                 let obs = Observation {
@@ -127,7 +132,9 @@ async fn apply(
                     detail: Some(serde_json::json!({"event": event_id})),
                 };
                 let o = match payments::apply_status_in(tx, pid, &obs).await? {
-                    Applied::Changed(_) => Outcome::Applied { to: r.status },
+                    Applied::Changed(_) | Applied::Overturned(_) => {
+                        Outcome::Applied { to: r.status }
+                    }
                     Applied::Unchanged(_) => Outcome::Unchanged,
                     Applied::Conflict(_) => Outcome::Stale,
                     Applied::NotFound => Outcome::Unmatched,
@@ -136,22 +143,56 @@ async fn apply(
             }
         },
     };
-    sqlx::query("UPDATE stripe_events SET outcome = $2, payment_id = $3, processed_at = now() WHERE id = $1")
-        .bind(event_id)
-        .bind(outcome.as_str())
-        .bind(payment_id)
-        .execute(&mut *tx)
-        .await?;
+    // An unmatched event is tried again after 1 s, 2 s, 4 s... at most MAX_BACKOFF apart:
+    // events that will never match drift to the back of the line instead of pinning it.
+    sqlx::query(
+        "UPDATE stripe_events SET outcome = $2, payment_id = $3, processed_at = now(),
+                attempts = attempts + ($2 = 'unmatched')::int,
+                next_attempt_at = CASE WHEN $2 = 'unmatched'
+                    THEN now() + least(interval '1 second' * power(2, least(attempts, 20)), $4::bigint * interval '1 second')
+                END
+         WHERE id = $1",
+    )
+    .bind(event_id)
+    .bind(outcome.as_str())
+    .bind(payment_id)
+    .bind(MAX_BACKOFF_SECS)
+    .execute(&mut *tx)
+    .await?;
     Ok(outcome)
 }
 
-/// Retries events that matched no payment (e.g. the webhook beat the API's commit).
-/// Returns how many now matched.
-pub async fn retry_unmatched(db: &PgPool, batch: i64) -> Result<usize, DbError> {
+/// The longest wait between two tries of an unmatched event.
+const MAX_BACKOFF_SECS: i64 = 300;
+
+/// What one `retry_unmatched` pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retried {
+    /// Now matched a payment.
+    pub matched: usize,
+    /// Unmatched for longer than the age bound: `orphaned`, for the report and an operator.
+    pub orphaned: u64,
+}
+
+/// Retries the unmatched events that are due (at most `batch`, soonest due first), and
+/// gives up on those older than `orphan_after`.
+pub async fn retry_unmatched(
+    db: &PgPool,
+    batch: i64,
+    orphan_after: std::time::Duration,
+) -> Result<Retried, DbError> {
     let mut tx = db.begin().await?;
+    let orphaned = sqlx::query(
+        "UPDATE stripe_events SET outcome = 'orphaned', next_attempt_at = NULL, processed_at = now()
+         WHERE outcome = 'unmatched' AND received_at < now() - $1::bigint * interval '1 millisecond'",
+    )
+    .bind(i64::try_from(orphan_after.as_millis()).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     let rows: Vec<(String, Value)> = sqlx::query_as(
-        "SELECT id, payload FROM stripe_events WHERE outcome = 'unmatched'
-         ORDER BY received_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT id, payload FROM stripe_events WHERE outcome = 'unmatched' AND next_attempt_at <= now()
+         ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(batch)
     .fetch_all(&mut *tx)
@@ -163,7 +204,13 @@ pub async fn retry_unmatched(db: &PgPool, batch: i64) -> Result<usize, DbError> 
         }
     }
     tx.commit().await?;
-    Ok(matched)
+    if orphaned > 0 {
+        tracing::warn!(
+            orphaned,
+            "webhook events matched no payment within the age bound: orphaned, listed by the report"
+        );
+    }
+    Ok(Retried { matched, orphaned })
 }
 
 #[cfg(test)]

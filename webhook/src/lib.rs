@@ -171,13 +171,16 @@ async fn receive(
     }
 }
 
-/// Retries unmatched events every `every` until the process ends.
-pub async fn unmatched_loop(db: PgPool, every: Duration) {
+/// Retries due unmatched events every `every` until the process ends; those unmatched
+/// for longer than `orphan_after` become `orphaned`.
+pub async fn unmatched_loop(db: PgPool, every: Duration, orphan_after: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        match events::retry_unmatched(&db, 500).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(matched = n, "unmatched events now matched"),
+        match events::retry_unmatched(&db, 500, orphan_after).await {
+            Ok(r) if r.matched > 0 => {
+                tracing::info!(matched = r.matched, "unmatched events now matched")
+            }
+            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "retrying unmatched events failed"),
         }
     }

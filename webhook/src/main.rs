@@ -20,10 +20,18 @@ struct Config {
     stripe: StripeConfig,
     #[serde(default = "default_catchup_secs")]
     catchup_interval_secs: u64,
+    /// An event naming a payment we have no row for is retried until it is this old, then
+    /// `orphaned` (listed by the report).
+    #[serde(default = "default_orphan_after_secs")]
+    orphan_after_secs: u64,
 }
 
 fn default_catchup_secs() -> u64 {
     60
+}
+
+fn default_orphan_after_secs() -> u64 {
+    3600
 }
 
 #[tokio::main]
@@ -36,7 +44,11 @@ async fn main() -> anyhow::Result<()> {
         !state.secrets.is_empty(),
         "APP_WEBHOOK__SECRETS is empty: no webhook could ever verify"
     );
-    tokio::spawn(unmatched_loop(db.clone(), Duration::from_secs(2)));
+    tokio::spawn(unmatched_loop(
+        db.clone(),
+        Duration::from_secs(2),
+        Duration::from_secs(cfg.orphan_after_secs),
+    ));
     tokio::spawn(catchup::run_loop(
         cfg.stripe,
         db,

@@ -256,9 +256,84 @@ async fn a_webhook_before_the_payment_row_commits_is_not_lost() {
 
     // Now the row commits (without the intent id: the API died before storing it).
     env.insert_pending(id).await;
-    // Other tests' unmatched events may be retried by this call too; ours must match.
-    events::retry_unmatched(&env.db, 10_000).await.unwrap();
+    // Other tests' unmatched events may be retried by these calls too; ours must match
+    // once its backoff (1 s after the first try) has passed.
+    let started = std::time::Instant::now();
+    while env.ours(id).await.0 != "succeeded" && started.elapsed() < Duration::from_secs(10) {
+        events::retry_unmatched(&env.db, 10_000, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(env.ours(id).await, ("succeeded".to_owned(), Some(pi)));
+}
+
+/// I4: events that will never match (a payment id we have no row for) back off on their
+/// own schedule instead of pinning the retry batch, and age into `orphaned`.
+#[tokio::test]
+async fn never_matching_events_neither_starve_real_ones_nor_stay_forever() {
+    let env = setup(json!({})).await;
+    // 600 foreign events, older than the one that matters, all due now: more than a
+    // whole batch (500) of the retry loop.
+    let tag = Uuid::now_v7().simple().to_string();
+    sqlx::query(
+        "INSERT INTO stripe_events (id, type, payment_intent_id, payload, source, outcome, stripe_created, received_at, next_attempt_at)
+         SELECT 'evt_foreign_' || $1 || '_' || n, 'payment_intent.succeeded', 'pi_foreign_' || $1 || '_' || n,
+                jsonb_build_object('id', 'evt_foreign_' || $1 || '_' || n, 'type', 'payment_intent.succeeded',
+                    'data', jsonb_build_object('object', jsonb_build_object('id', 'pi_foreign_' || $1 || '_' || n,
+                        'status', 'succeeded', 'metadata', jsonb_build_object('payment_id', gen_random_uuid()::text)))),
+                'webhook', 'unmatched', 0, now() - interval '10 minutes', now() - interval '10 minutes'
+         FROM generate_series(1, 600) n",
+    )
+    .bind(&tag)
+    .execute(&env.db)
+    .await
+    .unwrap();
+    let id = Uuid::now_v7();
+    let pi = env.intent_for(id).await;
+    env.confirm(&pi, "pm_card_visa").await;
+    env.settle().await;
+    env.insert_pending(id).await;
+    let mut passes = 0;
+    while env.ours(id).await.0 != "succeeded" {
+        passes += 1;
+        assert!(passes <= 20, "the real event was starved by foreign ones");
+        events::retry_unmatched(&env.db, 500, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (attempts, next): (i32, bool) = sqlx::query_as(
+        "SELECT min(attempts), bool_and(next_attempt_at > now() - interval '1 minute')
+         FROM stripe_events WHERE id LIKE 'evt_foreign_' || $1 || '%'",
+    )
+    .bind(&tag)
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert!(
+        attempts >= 1 && next,
+        "each foreign event was tried and rescheduled"
+    );
+    // Past the age bound they stop being retried and wait for an operator.
+    let r = events::retry_unmatched(&env.db, 500, Duration::from_secs(300))
+        .await
+        .unwrap();
+    assert!(r.orphaned >= 600, "{r:?}");
+    let orphaned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM stripe_events_orphaned WHERE id LIKE 'evt_foreign_' || $1 || '%'",
+    )
+    .bind(&tag)
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(orphaned, 600);
+    // They were this test's make-believe: out of the shared stack's reports.
+    sqlx::query("DELETE FROM stripe_events WHERE id LIKE 'evt_foreign_' || $1 || '%'")
+        .bind(&tag)
+        .execute(&env.db)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -1,0 +1,174 @@
+//! API keys at the door: who may even reach the database to have a key checked.
+//!
+//! Every request's key is checked against the database, so revocation takes effect at
+//! once. Keys that checked out recently go straight to that lookup; a key never seen
+//! valid waits for one of a few lookup permits. A flood of random bearer tokens thus holds
+//! at most `UNKNOWN_LOOKUPS` connections of the pool and answers 429 beyond that, while
+//! genuine clients keep their lane (I5 in docs/invariants.md).
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use paystream_db::keys::{self, Principal};
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
+
+/// Concurrent lookups of keys not seen valid recently.
+const UNKNOWN_LOOKUPS: usize = 2;
+/// How long a request with an unknown key waits for a lookup permit before its 429.
+const UNKNOWN_WAIT: Duration = Duration::from_millis(200);
+/// Keys remembered as recently valid (oldest forgotten first).
+const KNOWN_KEYS: usize = 10_000;
+
+pub struct KeyGate {
+    known: Mutex<Known>,
+    unknown: Semaphore,
+}
+
+#[derive(Default)]
+struct Known {
+    set: HashSet<Vec<u8>>,
+    order: VecDeque<Vec<u8>>,
+}
+
+impl Known {
+    fn insert(&mut self, hash: Vec<u8>) {
+        if self.set.insert(hash.clone()) {
+            self.order.push_back(hash);
+            if self.order.len() > KNOWN_KEYS
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+impl Default for KeyGate {
+    fn default() -> Self {
+        KeyGate {
+            known: Mutex::new(Known::default()),
+            unknown: Semaphore::new(UNKNOWN_LOOKUPS),
+        }
+    }
+}
+
+impl KeyGate {
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key's principal through `lookup` (the database's answer), admitting unknown keys
+    /// only as fast as the lookup permits allow.
+    pub async fn check<F, Fut>(&self, key: &str, lookup: F) -> Result<Option<Principal>, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Principal>, ApiError>>,
+    {
+        let hash = keys::hash(key);
+        let known = self.known().set.contains(&hash);
+        let _permit = if known {
+            None
+        } else {
+            match tokio::time::timeout(UNKNOWN_WAIT, self.unknown.acquire()).await {
+                Ok(Ok(p)) => Some(p),
+                _ => return Err(busy()),
+            }
+        };
+        let found = lookup().await?;
+        match found {
+            Some(_) if !known => self.known().insert(hash),
+            // Revoked meanwhile: back to the slow lane (the set forgets it in time).
+            None if known => {
+                self.known().set.remove(&hash);
+            }
+            _ => {}
+        }
+        Ok(found)
+    }
+}
+
+fn busy() -> ApiError {
+    let mut err = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many requests with keys this service does not know; retry shortly",
+    );
+    err.retry_after_secs = Some(1);
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paystream_db::keys::Role;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use uuid::Uuid;
+
+    fn principal() -> Principal {
+        Principal {
+            client_id: Uuid::now_v7(),
+            role: Role::Client,
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_share_a_few_slow_lookups_and_known_keys_skip_the_line() {
+        let gate = Arc::new(KeyGate::default());
+        let p = principal();
+        assert_eq!(
+            gate.check("good", || async { Ok(Some(p)) }).await.unwrap(),
+            Some(p)
+        );
+        // A flood of bad keys whose lookups hang: at most UNKNOWN_LOOKUPS run at once, the
+        // others get 429 after UNKNOWN_WAIT.
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let flood: Vec<_> = (0..20)
+            .map(|i| {
+                let (gate, running, peak) = (gate.clone(), running.clone(), peak.clone());
+                tokio::spawn(async move {
+                    gate.check(&format!("bad-{i}"), || async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(None)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Meanwhile the known key is looked up at once.
+        let started = std::time::Instant::now();
+        assert_eq!(
+            gate.check("good", || async { Ok(Some(p)) }).await.unwrap(),
+            Some(p)
+        );
+        assert!(started.elapsed() < Duration::from_millis(100));
+        let mut busy = 0;
+        for f in flood {
+            if let Err(e) = f.await.unwrap() {
+                assert_eq!(
+                    (e.status, e.code),
+                    (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+                );
+                busy += 1;
+            }
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), UNKNOWN_LOOKUPS);
+        assert_eq!(busy, 20 - UNKNOWN_LOOKUPS, "the rest were turned away");
+        // A known key that is revoked is refused at once and leaves the fast lane.
+        assert_eq!(
+            gate.check("good", || async { Ok(None) }).await.unwrap(),
+            None
+        );
+        assert!(!gate.known().set.contains(&keys::hash("good")));
+    }
+}

@@ -1,0 +1,220 @@
+//! What the API's test files share: the real router on an ephemeral port over the real
+//! primary, a stripe-sim of its own, and a fresh client key (zero-to-production's
+//! `spawn_app`).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use paystream_api::config::RateLimitConfig;
+use paystream_api::ratelimit::RateLimiter;
+use paystream_api::{AppState, router};
+use paystream_db::keys::{self, Role};
+use paystream_stripe::HttpStripe;
+use paystream_testkit::Stack;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub struct TestApp {
+    pub base: String,
+    pub key: String,
+    pub db: PgPool,
+    pub stripe_base: String,
+    pub http: reqwest::Client,
+}
+
+pub const STRIPE_KEY: &str = "sk_test_api_tests";
+
+/// The API's router on an ephemeral port, over `db` and the stripe-sim at `stripe_base`.
+pub async fn serve_api(db: PgPool, stripe_base: &str, limit: RateLimitConfig) -> String {
+    serve_api_with_key(db, stripe_base, limit, STRIPE_KEY).await
+}
+
+/// The same with another Stripe secret key (one Stripe may refuse).
+pub async fn serve_api_with_key(
+    db: PgPool,
+    stripe_base: &str,
+    limit: RateLimitConfig,
+    stripe_key: &str,
+) -> String {
+    let state = AppState {
+        db,
+        stripe: Arc::new(HttpStripe::new(stripe_base, stripe_key, Duration::from_secs(2)).unwrap()),
+        max_amount: 1_000_000,
+        lease: Duration::from_secs(30),
+        limiter: Arc::new(RateLimiter::new(limit)),
+        metrics: Arc::new(paystream_service::Metrics::default()),
+        replica: Some(
+            paystream_api::replica_pool(&paystream_service::DatabaseConfig {
+                url: Stack::get().var("REPLICA_URL").to_owned(),
+                max_connections: 2,
+            })
+            .unwrap(),
+        ),
+        analytics: paystream_analytics::Guard {
+            max_lag: Duration::from_secs(10),
+            on_lag: paystream_analytics::OnLag::Refuse,
+        },
+        keys: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    base
+}
+
+/// zero-to-production's spawn_app: the real router on an ephemeral port, a fresh client
+/// and key, and its own stripe-sim.
+pub async fn spawn_app_with(limit: RateLimitConfig) -> TestApp {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
+    let stack = Stack::get();
+    let db = stack.pool("DATABASE_URL").await;
+    let (_sim, stripe_base) = stripe_sim::spawn_ephemeral().await.unwrap();
+
+    let base = serve_api(db.clone(), &stripe_base, limit).await;
+    let (_, key) = keys::create(&db, &format!("test-{}", Uuid::now_v7()), Role::Client)
+        .await
+        .unwrap();
+    TestApp {
+        base,
+        key,
+        db,
+        stripe_base,
+        http: reqwest::Client::new(),
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(RateLimitConfig {
+        per_second: 1000,
+        burst: 1000,
+    })
+    .await
+}
+
+impl TestApp {
+    pub async fn create(
+        &self,
+        idem: &str,
+        body: &Value,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let res = self
+            .http
+            .post(format!("{}/v1/payments", self.base))
+            .bearer_auth(&self.key)
+            .header("Idempotency-Key", idem)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers) = (res.status(), res.headers().clone());
+        (status, headers, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A GET as some other key (or none), for the auth tests.
+    pub async fn get_as(&self, path: &str, key: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn rows_for_key(&self, idem: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM payments WHERE idempotency_key = $1 AND client_id = (SELECT client_id FROM idempotency_keys WHERE idempotency_key = $1 LIMIT 1)")
+            .bind(idem)
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    pub async fn intents_for(&self, payment_id: &str) -> usize {
+        self.intents_of(payment_id).await.len()
+    }
+
+    /// stripe-sim's own view of every intent carrying `payment_id`.
+    pub async fn intents_of(&self, payment_id: &str) -> Vec<Value> {
+        let res: Value = self
+            .http
+            .get(format!("{}/v1/payment_intents/search", self.stripe_base))
+            .bearer_auth(STRIPE_KEY)
+            .query(&[("query", format!("metadata['payment_id']:'{payment_id}'"))])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        res["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn cancel(&self, id: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .post(format!("{}/v1/payments/{id}/cancel", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The customer at Stripe; returns Stripe's status code.
+    pub async fn confirm(&self, pi: &str, pm: &str) -> u16 {
+        self.http
+            .post(format!(
+                "{}/v1/payment_intents/{pi}/confirm",
+                self.stripe_base
+            ))
+            .bearer_auth(STRIPE_KEY)
+            .form(&[("payment_method", pm)])
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Moves stripe-sim's clock (e.g. past its 24-hour idempotency key lifetime).
+    pub async fn advance_stripe_clock(&self, seconds: i64) {
+        let res = self
+            .http
+            .post(format!("{}/_sim/clock/advance", self.stripe_base))
+            .json(&json!({"seconds": seconds}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+
+    pub async fn faults(&self, f: Value) {
+        let res = self
+            .http
+            .put(format!("{}/_sim/faults", self.stripe_base))
+            .json(&f)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+}
+
+pub fn idem() -> String {
+    format!("test-{}", Uuid::now_v7())
+}

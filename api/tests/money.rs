@@ -1,0 +1,388 @@
+//! The API's side of the money-safety invariants (docs/invariants.md), each attacked the
+//! way a real client, Stripe or a crash would: retries after a cancel, retries after
+//! Stripe forgot its key, a cancel racing a create, a lease taken over, a flood of bad
+//! keys, Stripe refusing our own key.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{STRIPE_KEY, TestApp, idem, serve_api_with_key, spawn_app};
+use paystream_api::config::RateLimitConfig;
+use paystream_core::{Currency, Money, PaymentStatus};
+use paystream_db::idempotency::{self, Begin};
+use paystream_db::keys::{self, Role};
+use paystream_db::payments::{self, NewPayment, Observation, Source};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn live(intents: &[Value]) -> Vec<&Value> {
+    intents
+        .iter()
+        .filter(|i| i["status"] != "canceled")
+        .collect()
+}
+
+/// I1, the issue's own road: Stripe down, the client cancels, then retries its key as the
+/// 202 told it to. The retry must not bring a chargeable intent to life.
+#[tokio::test]
+async fn a_canceled_payment_gets_no_new_intent_from_a_retry() {
+    let app = spawn_app().await;
+    let key = idem();
+    let body = json!({"amount": 1500, "currency": "usd"});
+    app.faults(json!({"api_error_rate": 1.0})).await;
+    let (status, _, first) = app.create(&key, &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let id = first["payment"]["id"].as_str().unwrap().to_owned();
+    app.faults(json!({})).await;
+
+    let (status, canceled) = app.cancel(&id).await;
+    assert_eq!(status, StatusCode::OK, "{canceled}");
+    assert_eq!(canceled["status"], "canceled");
+    // The cancel found (or made) the payment's one intent through the create key and
+    // canceled it at Stripe first.
+    assert_eq!(canceled["stripe_status"], "canceled");
+
+    let (status, headers, retry) = app.create(&key, &body).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a final payment is answered, not resumed: {retry}"
+    );
+    assert_eq!(retry["status"], "canceled");
+    assert_eq!(retry["client_secret"], Value::Null);
+    assert!(headers.get("idempotent-replayed").is_none());
+    let (status, headers, again) = app.create(&key, &body).await;
+    assert_eq!(
+        (status, &again),
+        (StatusCode::OK, &retry),
+        "stored and replayed"
+    );
+    assert_eq!(headers["idempotent-replayed"], "true");
+    let intents = app.intents_of(&id).await;
+    assert!(
+        live(&intents).is_empty(),
+        "nothing chargeable at Stripe: {intents:?}"
+    );
+}
+
+/// I1/I2 after 24 hours: Stripe has forgotten the create key. A payment that expired gets
+/// nothing new; a pending one whose intent was made but never recorded gets that intent
+/// back (found by search), not a second one.
+#[tokio::test]
+async fn a_retry_after_stripe_forgot_its_key_never_makes_a_second_intent() {
+    let app = spawn_app().await;
+    let body = json!({"amount": 2500, "currency": "eur"});
+
+    // Expired: Stripe was down at creation, nobody retried, the reconciler expired it
+    // (the very observation its expiry applies when no intent exists anywhere).
+    let expired_key = idem();
+    app.faults(json!({"api_error_rate": 1.0})).await;
+    let (_, _, first) = app.create(&expired_key, &body).await;
+    let expired = Uuid::parse_str(first["payment"]["id"].as_str().unwrap()).unwrap();
+    let obs = Observation {
+        status: PaymentStatus::Canceled,
+        stripe_status: None,
+        error: Some("expired before any PaymentIntent existed"),
+        source: Source::Expiry,
+        detail: None,
+    };
+    payments::apply_status(&app.db, expired, &obs)
+        .await
+        .unwrap();
+
+    // Orphaned: the API made the intent at Stripe, then died before recording it.
+    let orphan_key = idem();
+    let (_, _, first) = app.create(&orphan_key, &body).await;
+    let orphan = first["payment"]["id"].as_str().unwrap().to_owned();
+    app.faults(json!({})).await;
+    let made = app
+        .http
+        .post(format!("{}/v1/payment_intents", app.stripe_base))
+        .bearer_auth(STRIPE_KEY)
+        .header("Idempotency-Key", format!("paystream-create-{orphan}"))
+        .form(&[
+            ("amount", "2500"),
+            ("currency", "eur"),
+            ("metadata[payment_id]", orphan.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+
+    app.advance_stripe_clock(25 * 3600).await;
+
+    let (status, _, res) = app.create(&expired_key, &body).await;
+    assert_eq!(
+        (status, res["status"].as_str()),
+        (StatusCode::OK, Some("canceled")),
+        "{res}"
+    );
+    assert_eq!(res["client_secret"], Value::Null);
+    assert!(
+        app.intents_of(&expired.to_string()).await.is_empty(),
+        "no intent made for it"
+    );
+
+    let (status, _, res) = app.create(&orphan_key, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "{res}");
+    assert_eq!(
+        res["stripe_payment_intent_id"], made["id"],
+        "the intent made before, found"
+    );
+    assert!(
+        res["client_secret"]
+            .as_str()
+            .unwrap()
+            .starts_with(made["id"].as_str().unwrap())
+    );
+    assert_eq!(app.intents_for(&orphan).await, 1, "and no second one");
+}
+
+/// I1: a cancel never runs beside a create of the same payment; once the create is done,
+/// the cancel cancels the very intent whose secret the client got.
+#[tokio::test]
+async fn a_cancel_waits_for_a_running_create_of_its_payment() {
+    let app = spawn_app().await;
+    let key = idem();
+    let body = json!({"amount": 900, "currency": "usd"});
+    app.faults(json!({"api_error_rate": 1.0})).await;
+    let (_, _, first) = app.create(&key, &body).await;
+    let id = first["payment"]["id"].as_str().unwrap().to_owned();
+    app.faults(json!({"api_latency_ms": 1500})).await;
+
+    let retry = app.create(&key, &body);
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.cancel(&id).await
+    };
+    let ((status, _, created), (cancel_status, busy)) = tokio::join!(retry, cancel);
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(cancel_status, StatusCode::CONFLICT, "{busy}");
+    assert_eq!(busy["error"]["code"], "payment_in_progress");
+
+    app.faults(json!({})).await;
+    let (status, canceled) = app.cancel(&id).await;
+    assert_eq!(status, StatusCode::OK, "{canceled}");
+    assert_eq!(
+        canceled["stripe_payment_intent_id"],
+        created["stripe_payment_intent_id"]
+    );
+    let intents = app.intents_of(&id).await;
+    assert_eq!(intents.len(), 1);
+    assert_eq!(intents[0]["status"], "canceled");
+    // The customer who holds the secret can no longer pay.
+    let pi = created["stripe_payment_intent_id"].as_str().unwrap();
+    assert_eq!(app.confirm(pi, "pm_card_visa").await, 400);
+}
+
+/// I1: Stripe took the money after we said canceled (a race no protocol closes): the
+/// payment becomes succeeded, says why, and waits for an operator.
+#[tokio::test]
+async fn money_taken_after_a_cancel_overturns_it_and_flags_it() {
+    let app = spawn_app().await;
+    let (_, _, p) = app
+        .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
+        .await;
+    let id = Uuid::parse_str(p["id"].as_str().unwrap()).unwrap();
+    let pi = p["stripe_payment_intent_id"].as_str().unwrap().to_owned();
+    // Our side says canceled (say, an expiry whose cancel at Stripe was lost)...
+    let canceled = Observation {
+        status: PaymentStatus::Canceled,
+        stripe_status: None,
+        error: None,
+        source: Source::Expiry,
+        detail: None,
+    };
+    payments::apply_status(&app.db, id, &canceled)
+        .await
+        .unwrap();
+    // ...while the customer paid.
+    assert_eq!(app.confirm(&pi, "pm_card_visa").await, 200);
+    let paid = Observation {
+        status: PaymentStatus::Succeeded,
+        stripe_status: Some("succeeded"),
+        error: None,
+        source: Source::Webhook,
+        detail: Some(json!({"event": "evt_test"})),
+    };
+    let after = payments::apply_status(&app.db, id, &paid).await.unwrap();
+    assert!(
+        matches!(after, payments::Applied::Overturned(_)),
+        "{after:?}"
+    );
+    let row = payments::by_id(&app.db, id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status.as_str(), row.attention.as_deref()),
+        ("succeeded", Some("charged_after_cancel"))
+    );
+    let (_, events) = app.get(&format!("/v1/payments/{id}/events")).await;
+    let last = events["data"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["from_status"].as_str(), last["to_status"].as_str()),
+        (Some("canceled"), Some("succeeded"))
+    );
+    assert_eq!(last["detail"]["overturned"], "canceled");
+    // A second delivery of the same news changes nothing.
+    let again = payments::apply_status(&app.db, id, &paid).await.unwrap();
+    assert!(matches!(again, payments::Applied::Unchanged(_)));
+    assert_eq!(
+        payments::clear_attention(&app.db, id).await.unwrap(),
+        Some(payments::Attention::ChargedAfterCancel)
+    );
+    assert_eq!(payments::clear_attention(&app.db, id).await.unwrap(), None);
+}
+
+/// I2: a request whose lease ran out (and was taken over by a retry) can neither store
+/// nor release the key; the holder's answer stands.
+#[tokio::test]
+async fn a_lease_taken_over_cannot_overwrite_the_holders_answer() {
+    let app = spawn_app().await;
+    let (client_id, _) = keys::create(&app.db, &format!("lease-{}", Uuid::now_v7()), Role::Client)
+        .await
+        .unwrap();
+    let key = idem();
+    let new = NewPayment {
+        client_id,
+        idempotency_key: &key,
+        money: Money::new(100, Currency::parse("usd").unwrap(), 1_000).unwrap(),
+        description: None,
+        customer_email: None,
+        metadata: &json!({}),
+    };
+    let lease = Duration::from_millis(50);
+    let Begin::Created(p, first) = idempotency::begin(&app.db, &new, b"h", lease)
+        .await
+        .unwrap()
+    else {
+        panic!("a new key")
+    };
+    assert!(matches!(
+        idempotency::begin(&app.db, &new, b"h", lease)
+            .await
+            .unwrap(),
+        Begin::InFlight
+    ));
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let Begin::Resume(q, second) = idempotency::begin(&app.db, &new, b"h", lease)
+        .await
+        .unwrap()
+    else {
+        panic!("the lease ran out: resumed")
+    };
+    assert_eq!(p.id, q.id);
+    assert!(!idempotency::release(&app.db, &first).await.unwrap());
+    assert!(
+        !idempotency::complete(&app.db, &first, 500, &json!({"stale": true}))
+            .await
+            .unwrap()
+    );
+    assert!(
+        idempotency::complete(&app.db, &second, 201, &json!({"holder": true}))
+            .await
+            .unwrap()
+    );
+    match idempotency::begin(&app.db, &new, b"h", lease)
+        .await
+        .unwrap()
+    {
+        Begin::Replay { status, body } => {
+            assert_eq!((status, body), (201, json!({"holder": true})))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// I5: a flood of made-up bearer tokens gets 401s and 429s, never a 5xx, while a genuine
+/// client keeps creating payments.
+#[tokio::test]
+async fn a_flood_of_unknown_keys_does_not_starve_genuine_clients() {
+    let app = spawn_app().await;
+    let flood = (0..400).map(|i| {
+        let (http, base) = (app.http.clone(), app.base.clone());
+        tokio::spawn(async move {
+            http.get(format!("{base}/v1/payments"))
+                .bearer_auth(format!("psk_client_flood{i}{}", Uuid::now_v7().simple()))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        })
+    });
+    let flood: Vec<_> = flood.collect();
+    for _ in 0..20 {
+        let (status, _, p) = app
+            .create(&idem(), &json!({"amount": 1000, "currency": "usd"}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{p}");
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    for f in flood {
+        *answers.entry(f.await.unwrap()).or_insert(0) += 1;
+    }
+    assert!(
+        answers.keys().all(|s| *s == 401 || *s == 429),
+        "{answers:?}"
+    );
+    assert!(answers.contains_key(&401), "{answers:?}");
+}
+
+/// I5: Stripe refusing our own secret key is a configuration fault: the payment stays
+/// pending, the client gets a retryable 202 without Stripe's words, nothing is stored,
+/// and once the key is right a retry completes the payment.
+#[tokio::test]
+async fn stripe_refusing_our_key_is_never_the_customers_fault() {
+    let app = spawn_app().await;
+    let (_sim, strict) = stripe_sim::spawn(stripe_sim::SimConfig {
+        seed: 7,
+        api_key: Some(STRIPE_KEY.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let limit = RateLimitConfig {
+        per_second: 100,
+        burst: 100,
+    };
+    let wrong = serve_api_with_key(app.db.clone(), &strict, limit, "sk_test_revoked").await;
+    let right = serve_api_with_key(app.db.clone(), &strict, limit, STRIPE_KEY).await;
+    let key = idem();
+    let body = json!({"amount": 1000, "currency": "usd"});
+    let as_app = |base: String| TestApp {
+        base,
+        key: app.key.clone(),
+        db: app.db.clone(),
+        stripe_base: strict.clone(),
+        http: app.http.clone(),
+    };
+    let (status, _, res) = as_app(wrong).create(&key, &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+    assert_eq!(res["error"]["code"], "processor_unavailable");
+    assert_eq!(res["payment"]["status"], "pending", "not failed");
+    assert!(
+        !res.to_string().contains("API Key"),
+        "Stripe's words stay out: {res}"
+    );
+    let (status, _, res) = as_app(right).create(&key, &body).await;
+    assert_eq!(status, StatusCode::CREATED, "resumed, not replayed: {res}");
+}
+
+/// I5: a NUL character is the client's 400 (PostgreSQL would refuse it), and writes nothing.
+#[tokio::test]
+async fn a_nul_character_is_a_400_not_a_database_outage() {
+    let app = spawn_app().await;
+    for body in [
+        json!({"amount": 1000, "currency": "usd", "description": "a\u{0}b"}),
+        json!({"amount": 1000, "currency": "usd", "metadata": {"k\u{0}": "v"}}),
+    ] {
+        let key = idem();
+        let (status, _, res) = app.create(&key, &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{res}");
+        assert_eq!(res["error"]["code"], "invalid_body");
+        assert_eq!(app.rows_for_key(&key).await, 0);
+    }
+}
