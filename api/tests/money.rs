@@ -337,8 +337,10 @@ async fn a_flood_of_unknown_keys_does_not_starve_genuine_clients() {
 #[tokio::test]
 async fn stripe_refusing_our_key_is_never_the_customers_fault() {
     let app = spawn_app().await;
+    // A fresh seed: intent ids must not collide with earlier runs' in the shared database.
+    let seed = Uuid::now_v7().as_u128() as u64;
     let (_sim, strict) = stripe_sim::spawn(stripe_sim::SimConfig {
-        seed: 7,
+        seed,
         api_key: Some(STRIPE_KEY.into()),
         ..Default::default()
     })

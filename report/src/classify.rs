@@ -76,6 +76,15 @@ impl Class {
         }
     }
 
+    /// Classes listed whatever the report's window (what waits for an operator): they can
+    /// be long on a busy system, so screens cap them.
+    pub fn outlives_windows(self) -> bool {
+        matches!(
+            self,
+            Class::ChargedAfterCancel | Class::NeedsAttention | Class::OrphanedEvent
+        )
+    }
+
     /// The class of a payment flagged for an operator.
     pub fn of_attention(attention: &str) -> Class {
         if attention == "charged_after_cancel" {

@@ -130,15 +130,22 @@ fn table(r: &Report) -> String {
     out
 }
 
-/// Rows a page or a terminal shows per class; json and csv carry every finding.
+/// Rows a page or a terminal shows of each class listed whatever the window (flagged
+/// payments, orphaned events); json and csv carry every finding, and the window's own
+/// discrepancies are always shown whole.
 pub const ROWS_PER_CLASS: usize = 20;
 
-/// The findings to show, at most `ROWS_PER_CLASS` of each class (they come ordered by
-/// class), each with how many of its class are left out after it (0 but for the last shown).
+/// The findings to show (they come ordered by class), each with how many of its class
+/// are left out after it (0 but for the last shown of a capped class).
 pub fn capped(findings: &[crate::Finding]) -> Vec<(&crate::Finding, usize)> {
     let mut out = Vec::new();
     for chunk in findings.chunk_by(|a, b| a.class == b.class) {
-        let shown = chunk.len().min(ROWS_PER_CLASS);
+        let cap = if chunk[0].class.outlives_windows() {
+            ROWS_PER_CLASS
+        } else {
+            usize::MAX
+        };
+        let shown = chunk.len().min(cap);
         for (i, f) in chunk[..shown].iter().enumerate() {
             let more = if i + 1 == shown {
                 chunk.len() - shown
@@ -250,34 +257,34 @@ mod tests {
     }
 
     #[test]
-    fn long_classes_are_capped_on_screen_but_counted() {
+    fn operator_lists_are_capped_on_screen_but_counted() {
         let r = report();
-        let one = r.classified.findings[0].clone();
-        let mut findings = vec![one.clone(); ROWS_PER_CLASS + 5];
-        findings.push(Finding {
-            class: Class::StuckPending,
-            ..one
-        });
+        let window = r.classified.findings[0].clone();
+        let flagged = Finding {
+            class: Class::NeedsAttention,
+            ..window.clone()
+        };
+        let mut findings = vec![window.clone(); ROWS_PER_CLASS + 5];
+        findings.extend(vec![flagged; ROWS_PER_CLASS + 5]);
         let shown = capped(&findings);
-        assert_eq!(shown.len(), ROWS_PER_CLASS + 1);
         assert_eq!(
-            shown[ROWS_PER_CLASS - 1].1,
-            5,
+            shown.len(),
+            2 * ROWS_PER_CLASS + 5,
+            "the window's own are all shown"
+        );
+        let last = shown.last().unwrap();
+        assert_eq!(
+            (last.0.class, last.1),
+            (Class::NeedsAttention, 5),
             "the last shown says how many more"
         );
-        assert!(
-            shown
-                .iter()
-                .take(ROWS_PER_CLASS - 1)
-                .all(|(_, more)| *more == 0)
-        );
-        assert_eq!(shown[ROWS_PER_CLASS].0.class, Class::StuckPending);
+        assert!(shown.iter().rev().skip(1).all(|(_, more)| *more == 0));
         let mut r = r;
         r.classified.findings = findings;
-        assert!(render(&r, Format::Table).contains("... and 5 more amount_mismatch"));
+        assert!(render(&r, Format::Table).contains("... and 5 more needs_attention"));
         assert_eq!(
             render(&r, Format::Csv).lines().count(),
-            1 + ROWS_PER_CLASS + 6,
+            1 + 2 * (ROWS_PER_CLASS + 5),
             "csv has them all"
         );
     }
