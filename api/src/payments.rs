@@ -216,13 +216,8 @@ async fn finish_create(s: &AppState, payment: Payment, fresh: bool) -> Result<Fi
             // request can never succeed, and no intent exists.
             tracing::warn!(payment_id = %payment.id, stripe_status = status, code = %code, "Stripe rejected the PaymentIntent");
             let reason = format!("{code}: {message}");
-            let obs = Observation {
-                status: PaymentStatus::Failed,
-                stripe_status: None,
-                error: Some(&reason),
-                source: Source::Api,
-                detail: None,
-            };
+            let obs =
+                Observation::without_intent(PaymentStatus::Failed, Some(&reason), Source::Api);
             let failed = payments::apply_status(&s.db, payment.id, &obs)
                 .await?
                 .payment()
@@ -315,14 +310,7 @@ async fn observe(
     status: PaymentStatus,
     pi: &IntentView,
 ) -> Result<Payment, ApiError> {
-    let obs = Observation {
-        status,
-        stripe_status: Some(&pi.stripe_status),
-        error: pi.last_error.as_deref(),
-        source: Source::Api,
-        detail: Some(json!({"payment_intent": pi.id, "stripe_status": pi.stripe_status})),
-    };
-    payments::apply_status(&s.db, id, &obs)
+    payments::apply_status(&s.db, id, &Observation::of_intent(status, pi, Source::Api))
         .await?
         .payment()
         .ok_or_else(ApiError::not_found)
@@ -477,7 +465,7 @@ pub async fn cancel(
         .await?
         .ok_or_else(ApiError::not_found)?;
     if let Some(done) = cancel_answer(&p)? {
-        return done;
+        return Ok(done);
     }
     let lease = match idempotency::take(&s.db, p.client_id, &p.idempotency_key, s.lease).await? {
         Take::InFlight => {
@@ -498,19 +486,19 @@ pub async fn cancel(
     result
 }
 
-/// The answer to a cancel of `p` when there is nothing to do at Stripe.
-#[allow(clippy::type_complexity)]
-fn cancel_answer(p: &Payment) -> Result<Option<Result<Json<Value>, ApiError>>, ApiError> {
-    Ok(match p.status()? {
-        PaymentStatus::Canceled => Some(Ok(Json(payment_json(p, None)))),
-        PaymentStatus::Pending => None,
-        other => Some(Err(ApiError::new(
+/// The answer to a cancel of `p` when there is nothing to do at Stripe (it is canceled
+/// already, or final otherwise); `None` while it is pending.
+fn cancel_answer(p: &Payment) -> Result<Option<Json<Value>>, ApiError> {
+    match p.status()? {
+        PaymentStatus::Canceled => Ok(Some(Json(payment_json(p, None)))),
+        PaymentStatus::Pending => Ok(None),
+        other => Err(ApiError::new(
             StatusCode::CONFLICT,
             "payment_not_cancelable",
             format!("the payment is {other}"),
         )
-        .with_payment(payment_json(p, None)))),
-    })
+        .with_payment(payment_json(p, None))),
+    }
 }
 
 async fn cancel_held(s: &AppState, client_id: Uuid, id: Uuid) -> Result<Json<Value>, ApiError> {
@@ -519,7 +507,7 @@ async fn cancel_held(s: &AppState, client_id: Uuid, id: Uuid) -> Result<Json<Val
         .await?
         .ok_or_else(ApiError::not_found)?;
     if let Some(done) = cancel_answer(&p)? {
-        return done;
+        return Ok(done);
     }
     let intent_id = match &p.stripe_payment_intent_id {
         Some(i) => Some(i.clone()),
@@ -530,9 +518,11 @@ async fn cancel_held(s: &AppState, client_id: Uuid, id: Uuid) -> Result<Json<Val
             Ok(pi) => match payments::attach_intent(&s.db, id, &pi.id, &pi.stripe_status).await? {
                 Attached::Attached(_) => Some(pi.id),
                 Attached::Refused(now) => {
-                    if let Some(done) = cancel_answer(&now)? {
+                    if now.status()?.is_final() {
                         cancel_stray(s, id, &pi).await;
-                        return done;
+                    }
+                    if let Some(done) = cancel_answer(&now)? {
+                        return Ok(done);
                     }
                     now.stripe_payment_intent_id
                 }
@@ -565,21 +555,13 @@ async fn cancel_held(s: &AppState, client_id: Uuid, id: Uuid) -> Result<Json<Val
             Err(e) => return Err(unavailable(e)),
         },
     };
-    let (status, stripe_status) = match &observed {
-        None => (PaymentStatus::Canceled, None),
-        Some(pi) => (
+    let obs = match &observed {
+        None => Observation::without_intent(PaymentStatus::Canceled, None, Source::Api),
+        Some(pi) => Observation::of_intent(
             pi.status().unwrap_or(PaymentStatus::Pending),
-            Some(pi.stripe_status.as_str()),
+            pi,
+            Source::Api,
         ),
-    };
-    let obs = Observation {
-        status,
-        stripe_status,
-        error: None,
-        source: Source::Api,
-        detail: observed
-            .as_ref()
-            .map(|pi| json!({"payment_intent": pi.id, "stripe_status": pi.stripe_status})),
     };
     let after = payments::apply_status(&s.db, id, &obs)
         .await?

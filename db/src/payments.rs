@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use paystream_core::status::{Transition, transition};
-use paystream_core::{Money, PaymentStatus};
+use paystream_core::{IntentView, Money, PaymentStatus};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
@@ -329,6 +329,34 @@ pub struct Observation<'a> {
     pub error: Option<&'a str>,
     pub source: Source,
     pub detail: Option<Value>,
+}
+
+impl<'a> Observation<'a> {
+    /// What Stripe says of one of our PaymentIntents: `status` (its status, as ours), its
+    /// own finer status and last error, and the intent in the history's detail.
+    pub fn of_intent(status: PaymentStatus, intent: &'a IntentView, source: Source) -> Self {
+        Observation {
+            status,
+            stripe_status: Some(&intent.stripe_status),
+            error: intent.last_error.as_deref(),
+            source,
+            detail: Some(
+                serde_json::json!({"payment_intent": intent.id, "stripe_status": intent.stripe_status}),
+            ),
+        }
+    }
+
+    /// An outcome only our side knows: no PaymentIntent exists for the payment (Stripe
+    /// refused to make one, or it expired before one existed, or was canceled first).
+    pub fn without_intent(status: PaymentStatus, why: Option<&'a str>, source: Source) -> Self {
+        Observation {
+            status,
+            stripe_status: None,
+            error: why,
+            source,
+            detail: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

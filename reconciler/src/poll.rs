@@ -9,7 +9,6 @@ use paystream_core::gateway::{
 use paystream_core::{Currency, Money, PaymentStatus};
 use paystream_db::DbError;
 use paystream_db::payments::{self, Applied, Attached, Attention, Observation, Source};
-use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -191,13 +190,7 @@ async fn apply(
     intent: &IntentView,
     source: Source,
 ) -> Result<Outcome, PollError> {
-    let obs = Observation {
-        status,
-        stripe_status: Some(&intent.stripe_status),
-        error: intent.last_error.as_deref(),
-        source,
-        detail: Some(json!({"payment_intent": intent.id, "stripe_status": intent.stripe_status})),
-    };
+    let obs = Observation::of_intent(status, intent, source);
     Ok(match payments::apply_status(db, id, &obs).await? {
         Applied::Changed(p) | Applied::Overturned(p)
             if p.status == status.as_str() && status.is_final() =>
@@ -315,13 +308,7 @@ async fn intentless(
     why: &str,
     source: Source,
 ) -> Result<Orphan, PollError> {
-    let obs = Observation {
-        status: to,
-        stripe_status: None,
-        error: Some(why),
-        source,
-        detail: None,
-    };
+    let obs = Observation::without_intent(to, Some(why), source);
     Ok(Orphan::Done(
         match payments::apply_status(db, id, &obs).await? {
             Applied::Changed(_) => Outcome::Resolved { to, source },
