@@ -237,6 +237,32 @@ async fn money_taken_after_a_cancel_overturns_it_and_flags_it() {
     assert_eq!(payments::clear_attention(&app.db, id).await.unwrap(), None);
 }
 
+/// The change stream's consumers drop a change whose version is not newer than what they
+/// hold; the database, not each statement, keeps that true.
+#[tokio::test]
+async fn every_update_of_a_payment_bumps_its_version() {
+    let app = spawn_app().await;
+    let (_, _, p) = app
+        .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
+        .await;
+    let id = Uuid::parse_str(p["id"].as_str().unwrap()).unwrap();
+    let before = payments::by_id(&app.db, id).await.unwrap().unwrap();
+    // An UPDATE that forgets the version, and one that tries to set it back.
+    sqlx::query("UPDATE payments SET description = 'edited' WHERE id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE payments SET version = 1, updated_at = '2000-01-01' WHERE id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let after = payments::by_id(&app.db, id).await.unwrap().unwrap();
+    assert_eq!(after.version, before.version + 2);
+    assert!(after.updated_at > before.updated_at);
+}
+
 /// I2: a request whose lease ran out (and was taken over by a retry) can neither store
 /// nor release the key; the holder's answer stands.
 #[tokio::test]
