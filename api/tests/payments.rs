@@ -451,13 +451,7 @@ async fn each_key_is_rate_limited_with_retry_after() {
     .await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        let res = app
-            .http
-            .get(format!("{}/v1/payments", app.base))
-            .bearer_auth(&app.key)
-            .send()
-            .await
-            .unwrap();
+        let res = app.get_as("/v1/payments", Some(&app.key)).await;
         let status = res.status().as_u16();
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
             assert!(res.headers().contains_key("retry-after"));

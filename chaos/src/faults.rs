@@ -94,60 +94,48 @@ async fn inject(
     admin_url: &str,
     f: ScheduledFault,
 ) -> Result<(), StackError> {
-    let hold = Duration::from_millis(f.hold_ms);
-    let run = |script: &'static str, args: &'static [&'static str]| {
+    // Every process fault is a stop, a hold and a start through the project's scripts;
+    // losing the slot also drops it while Connect is down (connect.sh then sees a slot
+    // gone under its offsets and takes a new snapshot).
+    let (script, stop, start): (
+        &'static str,
+        &'static [&'static str],
+        &'static [&'static str],
+    ) = match f.kind {
+        FaultKind::KillReconciler => (
+            "scripts/stack.sh",
+            &["kill", "reconciler"],
+            &["start", "reconciler"],
+        ),
+        FaultKind::KillWebhook => (
+            "scripts/stack.sh",
+            &["kill", "webhook"],
+            &["start", "webhook"],
+        ),
+        FaultKind::KillApi => ("scripts/stack.sh", &["kill", "api-1"], &["start", "api-1"]),
+        FaultKind::RestartConnect | FaultKind::LoseSlot => {
+            ("debezium/connect.sh", &["down"], &["up"])
+        }
+        FaultKind::RestartBroker => ("kafka/broker.sh", &["down"], &["up"]),
+        FaultKind::RestartPrimary => (
+            "postgres-replication/cluster.sh",
+            &["stop-primary"],
+            &["start-primary"],
+        ),
+        FaultKind::StripeErrors | FaultKind::StripeRateLimits | FaultKind::StripeLatency => {
+            return Ok(());
+        }
+    };
+    let run = |args: &'static [&'static str]| {
         let stack = stack.clone();
         blocking(move || stack.script(script, args))
     };
-    let service = |name: &'static str| async move {
-        run(
-            "scripts/stack.sh",
-            match name {
-                "reconciler" => &["kill", "reconciler"],
-                "webhook" => &["kill", "webhook"],
-                _ => &["kill", "api-1"],
-            },
-        )
-        .await?;
-        tokio::time::sleep(hold).await;
-        run(
-            "scripts/stack.sh",
-            match name {
-                "reconciler" => &["start", "reconciler"],
-                "webhook" => &["start", "webhook"],
-                _ => &["start", "api-1"],
-            },
-        )
-        .await
-    };
-    match f.kind {
-        FaultKind::KillReconciler => service("reconciler").await,
-        FaultKind::KillWebhook => service("webhook").await,
-        FaultKind::KillApi => service("api-1").await,
-        FaultKind::RestartConnect => {
-            run("debezium/connect.sh", &["down"]).await?;
-            tokio::time::sleep(hold).await;
-            run("debezium/connect.sh", &["up"]).await
-        }
-        FaultKind::RestartBroker => {
-            run("kafka/broker.sh", &["down"]).await?;
-            tokio::time::sleep(hold).await;
-            run("kafka/broker.sh", &["up"]).await
-        }
-        FaultKind::RestartPrimary => {
-            run("postgres-replication/cluster.sh", &["stop-primary"]).await?;
-            tokio::time::sleep(hold).await;
-            run("postgres-replication/cluster.sh", &["start-primary"]).await
-        }
-        FaultKind::LoseSlot => {
-            run("debezium/connect.sh", &["down"]).await?;
-            drop_slot(admin_url).await?;
-            tokio::time::sleep(hold).await;
-            // connect.sh sees a slot gone under its offsets and takes a new snapshot.
-            run("debezium/connect.sh", &["up"]).await
-        }
-        FaultKind::StripeErrors | FaultKind::StripeRateLimits | FaultKind::StripeLatency => Ok(()),
+    run(stop).await?;
+    if f.kind == FaultKind::LoseSlot {
+        drop_slot(admin_url).await?;
     }
+    tokio::time::sleep(Duration::from_millis(f.hold_ms)).await;
+    run(start).await
 }
 
 async fn drop_slot(admin_url: &str) -> Result<(), StackError> {

@@ -125,15 +125,15 @@ impl TestApp {
         req.send().await.unwrap()
     }
 
-    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .unwrap();
+    /// A request with this app's key: its status and JSON body.
+    async fn keyed(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let res = req.bearer_auth(&self.key).send().await.unwrap();
         (res.status(), res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.keyed(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
     pub async fn rows_for_key(&self, idem: &str) -> i64 {
@@ -165,14 +165,11 @@ impl TestApp {
     }
 
     pub async fn cancel(&self, id: &str) -> (StatusCode, Value) {
-        let res = self
-            .http
-            .post(format!("{}/v1/payments/{id}/cancel", self.base))
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .unwrap();
-        (res.status(), res.json().await.unwrap_or(Value::Null))
+        self.keyed(
+            self.http
+                .post(format!("{}/v1/payments/{id}/cancel", self.base)),
+        )
+        .await
     }
 
     /// The customer at Stripe; returns Stripe's status code.
