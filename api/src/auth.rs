@@ -4,11 +4,13 @@
 //! once. Keys that checked out recently go straight to that lookup; a key never seen
 //! valid waits for one of a few lookup permits. A flood of random bearer tokens thus holds
 //! at most `UNKNOWN_LOOKUPS` connections of the pool and answers 429 beyond that, while
-//! genuine clients keep their lane (I5 in docs/invariants.md).
+//! genuine clients keep their lane (I5 in docs/invariants.md). Concurrent requests with
+//! the same new key queue behind its first lookup rather than for permits of their own,
+//! so a new client's first burst is not mistaken for a flood.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -27,6 +29,8 @@ const KNOWN_KEYS: usize = 10_000;
 pub struct KeyGate {
     known: Mutex<Known>,
     unknown: Semaphore,
+    /// One queue per unknown key being looked up right now.
+    pending: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Default)]
@@ -53,6 +57,7 @@ impl Default for KeyGate {
         KeyGate {
             known: Mutex::new(Known::default()),
             unknown: Semaphore::new(UNKNOWN_LOOKUPS),
+            pending: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -70,16 +75,48 @@ impl KeyGate {
         Fut: Future<Output = Result<Option<Principal>, ApiError>>,
     {
         let hash = keys::hash(key);
-        let known = self.known().set.contains(&hash);
-        let _permit = if known {
-            None
+        if self.known().set.contains(&hash) {
+            return self.looked_up(hash, true, lookup().await?);
+        }
+        let queue = self.pending().entry(hash.clone()).or_default().clone();
+        let turn = queue.lock().await;
+        // The request before in this key's queue may have just learned it: the fast lane,
+        // without holding up the rest of the queue.
+        let found = if self.known().set.contains(&hash) {
+            drop(turn);
+            lookup()
+                .await
+                .and_then(|f| self.looked_up(hash.clone(), true, f))
         } else {
-            match tokio::time::timeout(UNKNOWN_WAIT, self.unknown.acquire()).await {
-                Ok(Ok(p)) => Some(p),
-                _ => return Err(busy()),
-            }
+            let found = match tokio::time::timeout(UNKNOWN_WAIT, self.unknown.acquire()).await {
+                Ok(Ok(_permit)) => lookup()
+                    .await
+                    .and_then(|f| self.looked_up(hash.clone(), false, f)),
+                _ => Err(busy()),
+            };
+            // Learned (or not) before the next in the queue looks.
+            drop(turn);
+            found
         };
-        let found = lookup().await?;
+        let mut pending = self.pending();
+        // Only the map and this request hold it: nobody else waits on this key.
+        if Arc::strong_count(&queue) <= 2 {
+            pending.remove(&hash);
+        }
+        found
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the fast lane up to date with what the database said of `hash`.
+    fn looked_up(
+        &self,
+        hash: Vec<u8>,
+        known: bool,
+        found: Option<Principal>,
+    ) -> Result<Option<Principal>, ApiError> {
         match found {
             Some(_) if !known => self.known().insert(hash),
             // Revoked meanwhile: back to the slow lane (the set forgets it in time).
@@ -170,5 +207,35 @@ mod tests {
             None
         );
         assert!(!gate.known().set.contains(&keys::hash("good")));
+    }
+
+    #[tokio::test]
+    async fn a_new_clients_first_burst_shares_one_lookup_instead_of_permits() {
+        let gate = Arc::new(KeyGate::default());
+        let p = principal();
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let burst: Vec<_> = (0..50)
+            .map(|_| {
+                let (gate, lookups) = (gate.clone(), lookups.clone());
+                tokio::spawn(async move {
+                    gate.check("brand-new", || async move {
+                        lookups.fetch_add(1, Ordering::SeqCst);
+                        // Slower than the permit wait: separate permits would time out.
+                        tokio::time::sleep(UNKNOWN_WAIT + Duration::from_millis(50)).await;
+                        Ok(Some(p))
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for b in burst {
+            assert_eq!(b.await.unwrap().unwrap(), Some(p), "no 429 for a real key");
+        }
+        assert!(gate.pending().is_empty(), "queues are dropped once empty");
+        assert_eq!(
+            lookups.load(Ordering::SeqCst),
+            50,
+            "every request is still checked"
+        );
     }
 }
