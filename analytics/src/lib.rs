@@ -16,10 +16,8 @@ pub use query::{Freshness, Guard, OnLag, Point, Series, Summary, summary, timese
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyticsError {
-    #[error("replica: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
-    #[error("replica: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Db(#[from] paystream_db::DbError),
     /// Analytics must never load the primary: a misconfigured URL is refused.
     #[error("the analytics database is not a replica (pg_is_in_recovery() is false)")]
     NotReplica,

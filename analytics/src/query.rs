@@ -5,9 +5,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
+use paystream_core::PaymentStatus;
+use paystream_db::Replica;
+use paystream_db::replica::analytics::{self, Answer, Request, Trunc};
+
+/// The SQL each answer runs, for `EXPLAIN` in the plan checks and the benchmark.
+pub use paystream_db::replica::analytics::sql_for_explain;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::types::ToSql;
 
 use crate::AnalyticsError;
 use crate::histogram::{Percentiles, percentiles};
@@ -99,44 +103,24 @@ pub struct Series {
 
 const STATUSES: [&str; 4] = ["pending", "succeeded", "failed", "canceled"];
 
-/// One group of payments: bucket start (for series), currency, status, source, count, volume.
-struct Group {
-    start: Option<DateTime<Utc>>,
-    currency: String,
-    status: String,
-    source: String,
-    count: i64,
-    volume: i64,
-}
-
 pub async fn summary(
-    replica: &deadpool_postgres::Pool,
+    replica: &Replica,
     guard: Guard,
     w: &Window,
 ) -> Result<Summary, AnalyticsError> {
-    let mut client = replica.get().await?;
-    let tx = snapshot(&mut client).await?;
-    let (freshness, split) = freshness(&tx, guard, w).await?;
-    let groups = totals(&tx, w, split, None).await?;
-    let hist = tx
-        .query(RESOLUTION_SQL, &params(w, &split))
-        .await?
-        .iter()
-        .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
-        .collect::<Vec<_>>();
-    tx.commit().await?;
-
+    let answer = read(replica, guard, w, None, true).await?;
+    let (freshness, groups, hist) = (answer.0, answer.1.groups, answer.1.resolution_ms);
     let mut by_status: BTreeMap<String, StatusTotals> = STATUSES
         .iter()
         .map(|s| ((*s).to_owned(), StatusTotals::default()))
         .collect();
     let mut sources = BTreeMap::new();
     for g in &groups {
-        let totals = by_status.entry(g.status.clone()).or_default();
+        let totals = by_status.entry(g.status.as_str().to_owned()).or_default();
         totals.count += g.count;
         *totals.volume.entry(g.currency.clone()).or_default() += g.volume;
-        if !g.source.is_empty() {
-            *sources.entry(g.source.clone()).or_default() += g.count;
+        if let Some(source) = g.source {
+            *sources.entry(source.as_str().to_owned()).or_default() += g.count;
         }
     }
     let count = |s: &str| by_status.get(s).map_or(0, |t| t.count);
@@ -157,7 +141,7 @@ pub async fn summary(
 }
 
 pub async fn timeseries(
-    replica: &deadpool_postgres::Pool,
+    replica: &Replica,
     guard: Guard,
     w: &Window,
     bucket: Bucket,
@@ -167,11 +151,12 @@ pub async fn timeseries(
     if metric == Metric::Volume && currency.is_none() {
         return Err(QueryError::VolumeNeedsCurrency.into());
     }
-    let mut client = replica.get().await?;
-    let tx = snapshot(&mut client).await?;
-    let (freshness, split) = freshness(&tx, guard, w).await?;
-    let groups = totals(&tx, w, split, Some(bucket)).await?;
-    tx.commit().await?;
+    let trunc = match bucket {
+        Bucket::Hour => Trunc::Hour,
+        Bucket::Day => Trunc::Day,
+    };
+    let (freshness, answer) = read(replica, guard, w, Some(trunc), false).await?;
+    let groups = answer.groups;
 
     // (payments, succeeded, final, succeeded volume) per bucket start.
     let mut per: BTreeMap<DateTime<Utc>, (i64, i64, i64, i64)> = BTreeMap::new();
@@ -179,14 +164,14 @@ pub async fn timeseries(
         let Some(start) = g.start else { continue };
         let e = per.entry(start).or_default();
         e.0 += g.count;
-        match g.status.as_str() {
-            "succeeded" => {
+        match g.status {
+            PaymentStatus::Succeeded => {
                 e.1 += g.count;
                 e.2 += g.count;
                 e.3 += g.volume;
             }
-            "failed" | "canceled" => e.2 += g.count,
-            _ => {}
+            PaymentStatus::Failed | PaymentStatus::Canceled => e.2 += g.count,
+            PaymentStatus::Pending => {}
         }
     }
     let points = bucket
@@ -219,143 +204,53 @@ fn success_rate(succeeded: i64, final_: i64) -> Option<f64> {
     (final_ > 0).then(|| succeeded as f64 / final_ as f64)
 }
 
-async fn snapshot(
-    client: &mut deadpool_postgres::Object,
-) -> Result<Transaction<'_>, tokio_postgres::Error> {
-    client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-}
-
-const FRESHNESS_SQL: &str = "
-SELECT pg_is_in_recovery(),
-       pg_last_xact_replay_timestamp(),
-       CASE WHEN pg_last_wal_receive_lsn() IS NULL
-              OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0::bigint
-            ELSE greatest(0, floor(extract(epoch FROM clock_timestamp()
-                                   - pg_last_xact_replay_timestamp()) * 1000))::bigint
-       END,
-       EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming'),
-       (SELECT refreshed_at FROM analytics_refresh WHERE id = 1)";
-
-/// How fresh this replica is, the lag bound applied, and the window's split between raw
-/// rows and rollups.
-async fn freshness(
-    tx: &Transaction<'_>,
+/// Reads in one snapshot on the replica, refusing a primary and (if so configured) a
+/// replica lagging beyond the bound.
+async fn read(
+    replica: &Replica,
     guard: Guard,
     w: &Window,
-) -> Result<(Freshness, (DateTime<Utc>, DateTime<Utc>)), AnalyticsError> {
-    let row = tx.query_one(FRESHNESS_SQL, &[]).await?;
-    if !row.get::<_, bool>(0) {
-        return Err(AnalyticsError::NotReplica);
-    }
-    let replayed: Option<DateTime<Utc>> = row.get(1);
-    let lag_ms: Option<i64> = row.get(2);
-    let refreshed: Option<DateTime<Utc>> = row.get(4);
-    let max_ms = i64::try_from(guard.max_lag.as_millis()).unwrap_or(i64::MAX);
-    let stale = lag_ms.is_none_or(|l| l > max_ms);
-    if stale && guard.on_lag == OnLag::Refuse {
-        return Err(AnalyticsError::Lagging { lag_ms, max_ms });
-    }
-    let split = w.split(refreshed.is_some());
-    let rollups_as_of = refreshed.filter(|_| split.0 < split.1);
-    let data_as_of = match (replayed, rollups_as_of) {
+    trunc: Option<Trunc>,
+    resolution_times: bool,
+) -> Result<(Freshness, Answer), AnalyticsError> {
+    let req = Request {
+        from: w.from,
+        to: w.to,
+        currency: w.currency.as_deref(),
+        trunc,
+        resolution_times,
+    };
+    let mut stale = false;
+    let answer = analytics::read(replica, &req, |f| {
+        if !f.in_recovery {
+            return Err(AnalyticsError::NotReplica);
+        }
+        let max_ms = i64::try_from(guard.max_lag.as_millis()).unwrap_or(i64::MAX);
+        stale = f.lag_ms.is_none_or(|l| l > max_ms);
+        if stale && guard.on_lag == OnLag::Refuse {
+            return Err(AnalyticsError::Lagging {
+                lag_ms: f.lag_ms,
+                max_ms,
+            });
+        }
+        Ok(w.split(f.rollups_refreshed_at.is_some()))
+    })
+    .await?;
+    let f = &answer.freshness;
+    let rollups_as_of = f
+        .rollups_refreshed_at
+        .filter(|_| answer.split.0 < answer.split.1);
+    let data_as_of = match (f.replayed_at, rollups_as_of) {
         (Some(r), Some(u)) => Some(r.min(u)),
         (r, u) => r.or(u),
     };
-    Ok((
-        Freshness {
-            data_as_of,
-            replica_replayed_at: replayed,
-            rollups_as_of,
-            replica_lag_ms: lag_ms,
-            replica_streaming: row.get(3),
-            stale,
-        },
-        split,
-    ))
-}
-
-/// `$1` from, `$2`/`$3` the rollups' whole hours, `$4` to, `$5` the currency or null.
-fn params<'a>(
-    w: &'a Window,
-    split: &'a (DateTime<Utc>, DateTime<Utc>),
-) -> [&'a (dyn ToSql + Sync); 5] {
-    [&w.from, &split.0, &split.1, &w.to, &w.currency]
-}
-
-/// Each part reads through an index range: rollups by hour, raw rows by `created_at`
-/// (index-only, the index covers every column read).
-fn totals_sql(bucket: Option<Bucket>) -> String {
-    let (rolled, raw) = match bucket {
-        None => (
-            "NULL::timestamptz".to_owned(),
-            "NULL::timestamptz".to_owned(),
-        ),
-        Some(b) => (
-            format!("date_trunc('{}', hour, 'UTC')", b.unit()),
-            format!("date_trunc('{}', created_at, 'UTC')", b.unit()),
-        ),
+    let freshness = Freshness {
+        data_as_of,
+        replica_replayed_at: f.replayed_at,
+        rollups_as_of,
+        replica_lag_ms: f.lag_ms,
+        replica_streaming: f.streaming,
+        stale,
     };
-    let cur = "($5::text IS NULL OR currency = $5::text)";
-    format!(
-        "SELECT start, currency, status, resolution_source, sum(payments)::bigint, sum(volume)::bigint
-         FROM (
-            SELECT {rolled} AS start, currency, status, resolution_source, payments, volume
-              FROM analytics_hourly WHERE hour >= $2 AND hour < $3 AND {cur}
-            UNION ALL
-            SELECT {raw}, currency, status, coalesce(resolution_source, ''), 1, amount
-              FROM payments WHERE created_at >= $1 AND created_at < $2 AND {cur}
-            UNION ALL
-            SELECT {raw}, currency, status, coalesce(resolution_source, ''), 1, amount
-              FROM payments WHERE created_at >= $3 AND created_at < $4 AND {cur}
-         ) parts GROUP BY 1, 2, 3, 4"
-    )
-}
-
-const RESOLUTION_SQL: &str = "
-SELECT lo_ms, sum(payments)::bigint FROM (
-    SELECT lo_ms, payments FROM analytics_resolution_hourly
-     WHERE hour >= $2 AND hour < $3 AND ($5::text IS NULL OR currency = $5::text)
-    UNION ALL
-    SELECT analytics_ms_bucket(analytics_resolution_ms(created_at, resolved_at)), 1 FROM payments
-     WHERE created_at >= $1 AND created_at < $2 AND resolved_at IS NOT NULL
-       AND ($5::text IS NULL OR currency = $5::text)
-    UNION ALL
-    SELECT analytics_ms_bucket(analytics_resolution_ms(created_at, resolved_at)), 1 FROM payments
-     WHERE created_at >= $3 AND created_at < $4 AND resolved_at IS NOT NULL
-       AND ($5::text IS NULL OR currency = $5::text)
-) parts GROUP BY 1";
-
-async fn totals(
-    tx: &Transaction<'_>,
-    w: &Window,
-    split: (DateTime<Utc>, DateTime<Utc>),
-    bucket: Option<Bucket>,
-) -> Result<Vec<Group>, tokio_postgres::Error> {
-    Ok(tx
-        .query(&totals_sql(bucket), &params(w, &split))
-        .await?
-        .iter()
-        .map(|r| Group {
-            start: r.get(0),
-            currency: r.get(1),
-            status: r.get(2),
-            source: r.get(3),
-            count: r.get(4),
-            volume: r.get(5),
-        })
-        .collect())
-}
-
-/// The SQL each answer runs, for `EXPLAIN` in the plan checks and the benchmark.
-pub fn sql_for_explain() -> [(&'static str, String); 3] {
-    [
-        ("summary totals", totals_sql(None)),
-        ("summary resolution times", RESOLUTION_SQL.to_owned()),
-        ("hourly series", totals_sql(Some(Bucket::Hour))),
-    ]
+    Ok((freshness, answer))
 }

@@ -1,129 +1,23 @@
-//! Keeps the hourly rollups in step with `payments`, on the primary. Each run recomputes,
-//! whole, every hour holding a payment changed since the previous run, in one transaction:
-//! readers on the replicas see an hour either before or after, never half-made.
+//! Keeps the hourly rollups in step with `payments` (`paystream_db::analytics::refresh`);
+//! the API runs `refresh_once` on a timer, supervised.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use paystream_db::Primary;
+pub use paystream_db::analytics::{GRACE, Refreshed, refresh};
 
-/// A change committed up to this long after its `updated_at` (a long transaction) is
-/// still picked up by the next run. Longer ones need a full refresh.
-pub const GRACE: Duration = Duration::from_secs(60);
-
-/// The tables a refresh rewrites, hour by hour.
-const ROLLUPS: [&str; 2] = ["analytics_hourly", "analytics_resolution_hourly"];
-
-/// One instance refreshes at a time; the others skip their turn.
-const LOCK_KEY: i64 = 0x7073_5f61_6e61_6c79; // "ps_analy"
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refreshed {
-    pub hours: usize,
-    pub full: bool,
-}
-
-/// Refreshes the rollups; `full` (or a first run) recomputes every hour. `None` when
-/// another instance is refreshing.
-pub async fn refresh(primary: &PgPool, full: bool) -> Result<Option<Refreshed>, sqlx::Error> {
-    let mut tx = primary.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut *tx)
-        .await?;
-    if !locked {
-        return Ok(None);
-    }
-    let last: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT refreshed_at FROM analytics_refresh WHERE id = 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-    let since = last.filter(|_| !full);
-    let hours: Vec<DateTime<Utc>> = match since {
-        Some(since) => {
-            let hours = sqlx::query_scalar(
-                "SELECT DISTINCT date_trunc('hour', created_at, 'UTC') FROM payments
-                 WHERE updated_at >= $1 - make_interval(secs => $2)",
-            )
-            .bind(since)
-            .bind(GRACE.as_secs_f64())
-            .fetch_all(&mut *tx)
-            .await?;
-            for table in ROLLUPS.iter().filter(|_| !hours.is_empty()) {
-                sqlx::query(&format!("DELETE FROM {table} WHERE hour = ANY($1)"))
-                    .bind(&hours)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            hours
-        }
-        None => {
-            for table in ROLLUPS {
-                sqlx::query(&format!("DELETE FROM {table}"))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query_scalar(
-                "SELECT DISTINCT date_trunc('hour', created_at, 'UTC') FROM payments",
-            )
-            .fetch_all(&mut *tx)
-            .await?
-        }
-    };
-    if !hours.is_empty() {
-        sqlx::query(
-            "INSERT INTO analytics_hourly (hour, currency, status, resolution_source, payments, volume)
-             SELECT h, p.currency, p.status, coalesce(p.resolution_source, ''), count(*), sum(p.amount)
-             FROM unnest($1::timestamptz[]) h
-             JOIN payments p ON p.created_at >= h AND p.created_at < h + interval '1 hour'
-             GROUP BY 1, 2, 3, 4",
-        )
-        .bind(&hours)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO analytics_resolution_hourly (hour, currency, lo_ms, payments)
-             SELECT h, p.currency, analytics_ms_bucket(analytics_resolution_ms(p.created_at, p.resolved_at)), count(*)
-             FROM unnest($1::timestamptz[]) h
-             JOIN payments p ON p.created_at >= h AND p.created_at < h + interval '1 hour'
-             WHERE p.resolved_at IS NOT NULL
-             GROUP BY 1, 2, 3",
-        )
-        .bind(&hours)
-        .execute(&mut *tx)
-        .await?;
-    }
-    sqlx::query(
-        "INSERT INTO analytics_refresh (id, refreshed_at, hours) VALUES (1, now(), $1)
-         ON CONFLICT (id) DO UPDATE SET refreshed_at = excluded.refreshed_at, hours = excluded.hours",
-    )
-    .bind(i64::try_from(hours.len()).unwrap_or(i64::MAX))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Some(Refreshed {
-        hours: hours.len(),
-        full: since.is_none(),
-    }))
-}
-
-/// Refreshes every `every` until the process ends; failures (the primary down) are logged
-/// and retried at the next turn. Readers keep the rollups they have.
-pub async fn refresh_loop(primary: PgPool, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let started = Instant::now();
-        match refresh(&primary, false).await {
-            Ok(Some(r)) => tracing::debug!(
-                hours = r.hours,
-                full = r.full,
-                took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                "analytics rollups refreshed"
-            ),
-            Ok(None) => tracing::debug!("analytics rollups: another instance is refreshing"),
-            Err(e) => tracing::warn!(error = %e, "analytics rollups refresh failed"),
-        }
+/// One incremental refresh; a failure (the primary down) is logged and left for the next
+/// turn. Readers keep the rollups they have.
+pub async fn refresh_once(primary: &Primary) {
+    let started = Instant::now();
+    match refresh(primary, false).await {
+        Ok(Some(r)) => tracing::debug!(
+            hours = r.hours,
+            full = r.full,
+            took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "analytics rollups refreshed"
+        ),
+        Ok(None) => tracing::debug!("analytics rollups: another instance is refreshing"),
+        Err(e) => tracing::warn!(error = %e, "analytics rollups refresh failed"),
     }
 }

@@ -1,18 +1,16 @@
 //! `GET /v1/analytics/summary` and `/v1/analytics/timeseries`, for analyst and operator
-//! keys. Everything here, the key check included, reads the replicas: analytics keep
-//! answering with the primary down, and never load it.
+//! keys. Everything here, the key check included (`KeysOn::Replica`), reads the
+//! replicas: analytics keep answering with the primary down, and never load it.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use chrono::Utc;
 use paystream_analytics::{AnalyticsError, Bucket, Metric, QueryError, Series, Summary, Window};
-use paystream_db::keys::{self, Principal, Role};
+use paystream_db::Replica;
+use paystream_db::keys::{Principal, Role};
 use paystream_report::window::instant;
 
 use crate::AppState;
@@ -22,7 +20,7 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_request", message)
 }
 
-fn unavailable(message: impl Into<String>) -> ApiError {
+pub(crate) fn unavailable(message: impl Into<String>) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "analytics_unavailable",
@@ -89,7 +87,7 @@ fn analytics_reader(who: Principal) -> Result<(), ApiError> {
     }
 }
 
-fn replica(s: &AppState) -> Result<&deadpool_postgres::Pool, ApiError> {
+fn replica(s: &AppState) -> Result<&Replica, ApiError> {
     s.replica
         .as_ref()
         .ok_or_else(|| unavailable("this instance has no replica configured"))
@@ -149,44 +147,4 @@ pub async fn timeseries(
     Ok(Json(
         paystream_analytics::timeseries(replica(&s)?, s.analytics, &w, bucket, metric).await?,
     ))
-}
-
-/// The key check for analytics, on a replica: a key created or revoked on the primary
-/// takes effect here once the replica has replayed it.
-pub async fn authenticate_on_replica(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let Some(key) = crate::bearer(&req) else {
-        return ApiError::unauthorized().into_response();
-    };
-    let looked_up = state
-        .keys
-        .check(&key, || principal_on_replica(&state, &key))
-        .await;
-    let principal = match looked_up {
-        Ok(Some(p)) => p,
-        Ok(None) => return ApiError::unauthorized().into_response(),
-        Err(e) => return e.into_response(),
-    };
-    if let Err(e) = crate::admit(&state, principal, Instant::now()) {
-        return e.into_response();
-    }
-    req.extensions_mut().insert::<Principal>(principal);
-    next.run(req).await
-}
-
-async fn principal_on_replica(s: &AppState, key: &str) -> Result<Option<Principal>, ApiError> {
-    let client = replica(s)?
-        .get()
-        .await
-        .map_err(|e| unavailable(format!("replica: {e}")))?;
-    let row = client
-        .query_opt(keys::AUTHENTICATE_SQL, &[&keys::hash(key)])
-        .await
-        .map_err(|e| unavailable(format!("replica: {e}")))?;
-    row.map(|r| keys::principal(r.get(0), r.get(1)))
-        .transpose()
-        .map_err(ApiError::from)
 }

@@ -18,10 +18,10 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use paystream_db::keys::{self, Principal};
+use paystream_db::keys::{Principal, Role};
+use paystream_db::{Primary, Replica, replica};
 use paystream_service::Metrics;
 use paystream_stripe::HttpStripe;
-use sqlx::PgPool;
 
 use crate::config::ApiConfig;
 use crate::error::ApiError;
@@ -32,7 +32,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub db: PgPool,
+    pub db: Primary,
     pub stripe: Arc<HttpStripe>,
     pub max_amount: i64,
     pub lease: Duration,
@@ -40,7 +40,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The replicas, for operator reports and analytics (never the primary); `None`
     /// disables both.
-    pub replica: Option<deadpool_postgres::Pool>,
+    pub replica: Option<Replica>,
     /// The replica lag analytics accept, and what they do beyond it.
     pub analytics: paystream_analytics::Guard,
     /// Who may have a key looked up, and how fast (see `auth`).
@@ -48,11 +48,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(
-        db: PgPool,
-        cfg: &ApiConfig,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, paystream_core::GatewayError> {
+    pub fn new(db: Primary, cfg: &ApiConfig, metrics: Arc<Metrics>) -> Result<Self, StateError> {
         let stripe = HttpStripe::new(
             &cfg.stripe.api_base,
             &cfg.stripe.secret_key,
@@ -65,7 +61,11 @@ impl AppState {
             lease: Duration::from_secs(cfg.idempotency_lease_secs),
             limiter: Arc::new(RateLimiter::new(cfg.rate_limit)),
             metrics,
-            replica: cfg.replica.as_ref().map(replica_pool).transpose()?,
+            replica: cfg
+                .replica
+                .as_ref()
+                .map(|r| Replica::new(&r.url, 2))
+                .transpose()?,
             analytics: paystream_analytics::Guard {
                 max_lag: Duration::from_millis(cfg.analytics.max_lag_ms),
                 on_lag: cfg.analytics.on_lag,
@@ -75,20 +75,13 @@ impl AppState {
     }
 }
 
-/// A small pool on the replicas; connections open on first use.
-pub fn replica_pool(
-    db: &paystream_service::DatabaseConfig,
-) -> Result<deadpool_postgres::Pool, paystream_core::GatewayError> {
-    let invalid =
-        |e: String| paystream_core::GatewayError::Unavailable(format!("replica settings: {e}"));
-    let pg: tokio_postgres::Config = db
-        .url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| invalid(e.to_string()))?;
-    deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls))
-        .max_size(2)
-        .build()
-        .map_err(|e| invalid(e.to_string()))
+/// Settings the state cannot be built from: a fault at start, never per request.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("stripe settings: {0}")]
+    Stripe(#[from] paystream_core::GatewayError),
+    #[error(transparent)]
+    Replica(#[from] paystream_db::DbError),
 }
 
 pub fn router(state: AppState) -> Router {
@@ -96,8 +89,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/analytics/summary", get(analytics::summary))
         .route("/v1/analytics/timeseries", get(analytics::timeseries))
         .layer(middleware::from_fn_with_state(
-            state.clone(),
-            analytics::authenticate_on_replica,
+            (state.clone(), KeysOn::Replica),
+            authenticate,
         ));
     Router::new()
         .route("/v1/payments", post(payments::create).get(payments::list))
@@ -105,7 +98,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/payments/{id}/events", get(payments::events))
         .route("/v1/payments/{id}/cancel", post(payments::cancel))
         .route("/v1/reports/reconciliation", get(reports::reconciliation))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(
+            (state.clone(), KeysOn::Primary),
+            authenticate,
+        ))
         .merge(analytics)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -141,26 +137,49 @@ fn admit(state: &AppState, principal: Principal, now: Instant) -> Result<(), Api
         })
 }
 
-/// Resolves the API key to a principal on the primary and applies its rate limit. The key
-/// itself is never logged. Analyst keys read analytics only, which have their own check.
-async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Where a route group looks its keys up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeysOn {
+    /// Payments and reports: revocation takes effect at once.
+    Primary,
+    /// Analytics: they keep answering with the primary down, and never load it. A key
+    /// created or revoked on the primary takes effect once the replica has replayed it.
+    Replica,
+}
+
+/// Resolves the API key to a principal and applies its rate limit. The key itself is
+/// never logged. Analyst keys read analytics only; the analytics handlers check the rest.
+async fn authenticate(
+    State((state, on)): State<(AppState, KeysOn)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let Some(key) = bearer(&req) else {
         return ApiError::unauthorized().into_response();
     };
-    let (db, key) = (&state.db, key.as_str());
+    let key = key.as_str();
     let looked_up = state
         .keys
-        .check(
-            key,
-            || async move { Ok(keys::authenticate(db, key).await?) },
-        )
+        .check(key, || async {
+            match on {
+                KeysOn::Primary => Ok(paystream_db::keys::authenticate(&state.db, key).await?),
+                KeysOn::Replica => {
+                    let replica = state.replica.as_ref().ok_or_else(|| {
+                        analytics::unavailable("this instance has no replica configured")
+                    })?;
+                    replica::authenticate(replica, key)
+                        .await
+                        .map_err(|e| analytics::unavailable(format!("replica: {e}")))
+                }
+            }
+        })
         .await;
     let principal = match looked_up {
         Ok(Some(p)) => p,
         Ok(None) => return ApiError::unauthorized().into_response(),
         Err(e) => return e.into_response(),
     };
-    if principal.role == keys::Role::Analyst {
+    if on == KeysOn::Primary && principal.role == Role::Analyst {
         return ApiError::new(
             axum::http::StatusCode::FORBIDDEN,
             "analytics_only",

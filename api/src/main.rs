@@ -3,7 +3,8 @@
 
 use paystream_api::config::ApiConfig;
 use paystream_api::{AppState, router};
-use paystream_service::{Service, load_config};
+use paystream_service::runtime::tick;
+use paystream_service::{OnExit, Service, load_config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -11,10 +12,19 @@ async fn main() -> anyhow::Result<()> {
     let service = Service::start("api", &cfg.database, cfg.log_format)?;
     let state = AppState::new(service.primary.clone(), &cfg, service.metrics.clone())?;
     if cfg.analytics.refresh_ms > 0 {
-        tokio::spawn(paystream_analytics::refresh::refresh_loop(
-            service.primary.clone(),
-            std::time::Duration::from_millis(cfg.analytics.refresh_ms),
-        ));
+        let every = std::time::Duration::from_millis(cfg.analytics.refresh_ms);
+        let primary = service.primary.clone();
+        service
+            .runtime
+            .supervise("analytics_rollups", OnExit::Restart, move |token| {
+                let primary = primary.clone();
+                async move {
+                    while tick(&token, every).await {
+                        paystream_analytics::refresh::refresh_once(&primary).await;
+                    }
+                    Ok(())
+                }
+            });
     }
     service
         .serve(cfg.instance, cfg.listen_addr, router(state))

@@ -57,7 +57,7 @@ pub struct PaymentView {
 fn payment_json(p: &Payment, client_secret: Option<&str>) -> Value {
     let view = PaymentView {
         id: p.id,
-        status: p.status.clone(),
+        status: p.status.as_str().to_owned(),
         amount: p.amount,
         currency: p.currency.clone(),
         idempotency_key: p.idempotency_key.clone(),
@@ -68,7 +68,7 @@ fn payment_json(p: &Payment, client_secret: Option<&str>) -> Value {
         customer_email: p.customer_email.clone(),
         metadata: p.metadata.clone(),
         last_error: p.last_error.clone(),
-        resolution_source: p.resolution_source.clone(),
+        resolution_source: p.resolution_source.map(|s| s.as_str().to_owned()),
         created_at: p.created_at,
         updated_at: p.updated_at,
         resolved_at: p.resolved_at,
@@ -176,7 +176,7 @@ enum Finish {
 /// nothing new, and the client secret handed out is always that of the payment's one
 /// intent.
 async fn finish_create(s: &AppState, payment: Payment, fresh: bool) -> Result<Finish, ApiError> {
-    if payment.status()?.is_final() {
+    if payment.status.is_final() {
         // Canceled, expired or failed while the key was free: replay the outcome, never
         // a new PaymentIntent (Stripe may have forgotten the create key by now).
         return Ok(Finish::Final(StatusCode::OK, payment_json(&payment, None)));
@@ -222,7 +222,7 @@ async fn finish_create(s: &AppState, payment: Payment, fresh: bool) -> Result<Fi
                 .await?
                 .payment()
                 .unwrap_or(payment);
-            if failed.status()? != PaymentStatus::Failed {
+            if failed.status != PaymentStatus::Failed {
                 return Ok(Finish::Final(StatusCode::OK, payment_json(&failed, None)));
             }
             let err = ApiError::new(
@@ -289,7 +289,7 @@ async fn adopt(s: &AppState, payment: Payment, pi: IntentView) -> Result<Finish,
                 // must never be paid: cancel it at Stripe, never hand out its secret.
                 cancel_stray(s, p.id, &pi).await;
             }
-            if p.status()?.is_final() {
+            if p.status.is_final() {
                 return Ok(Finish::Final(StatusCode::OK, payment_json(&p, None)));
             }
             tracing::error!(payment_id = %p.id, intent = %pi.id, "payment is linked to another PaymentIntent");
@@ -489,7 +489,7 @@ pub async fn cancel(
 /// The answer to a cancel of `p` when there is nothing to do at Stripe (it is canceled
 /// already, or final otherwise); `None` while it is pending.
 fn cancel_answer(p: &Payment) -> Result<Option<Json<Value>>, ApiError> {
-    match p.status()? {
+    match p.status {
         PaymentStatus::Canceled => Ok(Some(Json(payment_json(p, None)))),
         PaymentStatus::Pending => Ok(None),
         other => Err(ApiError::new(
@@ -518,7 +518,7 @@ async fn cancel_held(s: &AppState, client_id: Uuid, id: Uuid) -> Result<Json<Val
             Ok(pi) => match payments::attach_intent(&s.db, id, &pi.id, &pi.stripe_status).await? {
                 Attached::Attached(_) => Some(pi.id),
                 Attached::Refused(now) => {
-                    if now.status()?.is_final() {
+                    if now.status.is_final() {
                         cancel_stray(s, id, &pi).await;
                     }
                     if let Some(done) = cancel_answer(&now)? {
@@ -567,7 +567,7 @@ async fn cancel_held(s: &AppState, client_id: Uuid, id: Uuid) -> Result<Json<Val
         .await?
         .payment()
         .ok_or_else(ApiError::not_found)?;
-    if after.status()? != PaymentStatus::Canceled {
+    if after.status != PaymentStatus::Canceled {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "payment_not_cancelable",

@@ -37,7 +37,7 @@ async fn pool(url: &str) -> PgPool {
 
 async fn serve(primary: PgPool, replica_url: &str, on_lag: OnLag) -> String {
     let state = AppState {
-        db: primary,
+        db: primary.into(),
         // Never called: analytics do not talk to Stripe, and nothing here creates payments.
         stripe: Arc::new(
             HttpStripe::new(
@@ -54,13 +54,7 @@ async fn serve(primary: PgPool, replica_url: &str, on_lag: OnLag) -> String {
             burst: 1000,
         })),
         metrics: Arc::new(paystream_service::Metrics::default()),
-        replica: Some(
-            paystream_api::replica_pool(&paystream_service::DatabaseConfig {
-                url: replica_url.to_owned(),
-                max_connections: 2,
-            })
-            .unwrap(),
-        ),
+        replica: Some(paystream_db::Replica::new(replica_url, 2).unwrap()),
         analytics: Guard {
             max_lag: MAX_LAG,
             on_lag,
@@ -308,15 +302,15 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     let flagging = serve(primary.clone(), &replica_url, OnLag::Flag).await;
     let http = reqwest::Client::new();
 
-    let (_, analyst) = keys::create(&primary, "analyst", Role::Analyst)
+    let (_, analyst) = keys::create(&primary.clone().into(), "analyst", Role::Analyst)
         .await
         .unwrap();
-    let (_, client) = keys::create(&primary, "client", Role::Client)
+    let (_, client) = keys::create(&primary.clone().into(), "client", Role::Client)
         .await
         .unwrap();
     let t0: DateTime<Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
     seed(&primary, t0).await;
-    let first = paystream_analytics::refresh::refresh(&primary, false)
+    let first = paystream_analytics::refresh::refresh(&primary.clone().into(), false)
         .await
         .unwrap()
         .unwrap();
@@ -342,7 +336,7 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     .execute(&primary)
     .await
     .unwrap();
-    let second = paystream_analytics::refresh::refresh(&primary, false)
+    let second = paystream_analytics::refresh::refresh(&primary.clone().into(), false)
         .await
         .unwrap()
         .unwrap();
@@ -514,7 +508,7 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
         .await
         .unwrap();
     // The new row's hour is read from the rollups: counted once they are refreshed.
-    paystream_analytics::refresh::refresh(&primary, false)
+    paystream_analytics::refresh::refresh(&primary.clone().into(), false)
         .await
         .unwrap();
     caught_up(&primary, &replica).await;

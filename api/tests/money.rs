@@ -83,12 +83,13 @@ async fn a_retry_after_stripe_forgot_its_key_never_makes_a_second_intent() {
     let expired = Uuid::parse_str(first["payment"]["id"].as_str().unwrap()).unwrap();
     let obs = Observation {
         status: PaymentStatus::Canceled,
+        intent: None,
         stripe_status: None,
         error: Some("expired before any PaymentIntent existed"),
         source: Source::Expiry,
         detail: None,
     };
-    payments::apply_status(&app.db, expired, &obs)
+    payments::apply_status(&app.primary, expired, &obs)
         .await
         .unwrap();
 
@@ -193,31 +194,35 @@ async fn money_taken_after_a_cancel_overturns_it_and_flags_it() {
     // Our side says canceled (say, an expiry whose cancel at Stripe was lost)...
     let canceled = Observation {
         status: PaymentStatus::Canceled,
+        intent: None,
         stripe_status: None,
         error: None,
         source: Source::Expiry,
         detail: None,
     };
-    payments::apply_status(&app.db, id, &canceled)
+    payments::apply_status(&app.primary, id, &canceled)
         .await
         .unwrap();
     // ...while the customer paid.
     assert_eq!(app.confirm(&pi, "pm_card_visa").await, 200);
     let paid = Observation {
         status: PaymentStatus::Succeeded,
+        intent: None,
         stripe_status: Some("succeeded"),
         error: None,
         source: Source::Webhook,
         detail: Some(json!({"event": "evt_test"})),
     };
-    let after = payments::apply_status(&app.db, id, &paid).await.unwrap();
+    let after = payments::apply_status(&app.primary, id, &paid)
+        .await
+        .unwrap();
     assert!(
         matches!(after, payments::Applied::Overturned(_)),
         "{after:?}"
     );
-    let row = payments::by_id(&app.db, id).await.unwrap().unwrap();
+    let row = payments::by_id(&app.primary, id).await.unwrap().unwrap();
     assert_eq!(
-        (row.status.as_str(), row.attention.as_deref()),
+        (row.status.as_str(), row.attention.map(|a| a.as_str())),
         ("succeeded", Some("charged_after_cancel"))
     );
     let (_, events) = app.get(&format!("/v1/payments/{id}/events")).await;
@@ -228,13 +233,18 @@ async fn money_taken_after_a_cancel_overturns_it_and_flags_it() {
     );
     assert_eq!(last["detail"]["overturned"], "canceled");
     // A second delivery of the same news changes nothing.
-    let again = payments::apply_status(&app.db, id, &paid).await.unwrap();
+    let again = payments::apply_status(&app.primary, id, &paid)
+        .await
+        .unwrap();
     assert!(matches!(again, payments::Applied::Unchanged(_)));
     assert_eq!(
-        payments::clear_attention(&app.db, id).await.unwrap(),
+        payments::clear_attention(&app.primary, id).await.unwrap(),
         Some(payments::Attention::ChargedAfterCancel)
     );
-    assert_eq!(payments::clear_attention(&app.db, id).await.unwrap(), None);
+    assert_eq!(
+        payments::clear_attention(&app.primary, id).await.unwrap(),
+        None
+    );
 }
 
 /// The change stream's consumers drop a change whose version is not newer than what they
@@ -246,7 +256,7 @@ async fn every_update_of_a_payment_bumps_its_version() {
         .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
         .await;
     let id = Uuid::parse_str(p["id"].as_str().unwrap()).unwrap();
-    let before = payments::by_id(&app.db, id).await.unwrap().unwrap();
+    let before = payments::by_id(&app.primary, id).await.unwrap().unwrap();
     // An UPDATE that forgets the version, and one that tries to set it back.
     sqlx::query("UPDATE payments SET description = 'edited' WHERE id = $1")
         .bind(id)
@@ -258,19 +268,144 @@ async fn every_update_of_a_payment_bumps_its_version() {
         .execute(&app.db)
         .await
         .unwrap();
-    let after = payments::by_id(&app.db, id).await.unwrap().unwrap();
+    let after = payments::by_id(&app.primary, id).await.unwrap().unwrap();
     assert_eq!(after.version, before.version + 2);
     assert!(after.updated_at > before.updated_at);
 }
 
+/// Whatever statement tries, the database refuses what the code relies on never
+/// happening: a final payment going anywhere but the overturn to `succeeded`, a
+/// PaymentIntent replaced, an owner changed, a final payment without its resolver, a
+/// history row that is no change (migration 0008).
+#[tokio::test]
+async fn the_database_refuses_what_no_path_may_do() {
+    let app = spawn_app().await;
+    let (_, _, p) = app
+        .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
+        .await;
+    let id = Uuid::parse_str(p["id"].as_str().unwrap()).unwrap();
+    let refused = |sql: &'static str| {
+        let db = app.db.clone();
+        async move {
+            let e = sqlx::query(sql).bind(id).execute(&db).await.expect_err(sql);
+            let code = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .map(|c| c.into_owned());
+            assert_eq!(code.as_deref(), Some("23514"), "{sql}: {e}");
+        }
+    };
+    refused("UPDATE payments SET status = 'succeeded', resolved_at = now() WHERE id = $1").await;
+    refused("UPDATE payments SET stripe_payment_intent_id = 'pi_other' WHERE id = $1").await;
+    refused("UPDATE payments SET client_id = gen_random_uuid() WHERE id = $1").await;
+    refused(
+        "INSERT INTO payment_status_history (payment_id, from_status, to_status, source)
+         VALUES ($1, 'pending', 'pending', 'api')",
+    )
+    .await;
+    refused(
+        "INSERT INTO payment_status_history (payment_id, from_status, to_status, source)
+         VALUES ($1, 'pending', 'paid', 'api')",
+    )
+    .await;
+
+    // Canceled through the guarded path: only the overturn leaves it.
+    let canceled = Observation::without_intent(PaymentStatus::Canceled, None, Source::Expiry);
+    payments::apply_status(&app.primary, id, &canceled)
+        .await
+        .unwrap();
+    refused("UPDATE payments SET status = 'pending', resolved_at = NULL, resolution_source = NULL WHERE id = $1").await;
+    refused("UPDATE payments SET status = 'failed' WHERE id = $1").await;
+    let row = payments::by_id(&app.primary, id).await.unwrap().unwrap();
+    assert_eq!(row.status, PaymentStatus::Canceled);
+    assert_eq!(row.resolution_source, Some(Source::Expiry));
+}
+
+/// A webhook may name a payment whose intent id was never stored (the API died first):
+/// the guarded path links it under the row's lock, whatever the transition says, and
+/// never replaces an intent a payment holds.
+#[tokio::test]
+async fn an_intent_is_linked_only_to_a_payment_that_holds_none() {
+    let app = spawn_app().await;
+    let (_, _, p) = app
+        .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
+        .await;
+    let id = Uuid::parse_str(p["id"].as_str().unwrap()).unwrap();
+    let held = p["stripe_payment_intent_id"].as_str().unwrap().to_owned();
+    let other = Observation {
+        status: PaymentStatus::Pending,
+        intent: Some("pi_someone_else"),
+        stripe_status: Some("processing"),
+        error: None,
+        source: Source::Webhook,
+        detail: None,
+    };
+    let applied = payments::apply_status(&app.primary, id, &other)
+        .await
+        .unwrap();
+    assert!(
+        matches!(applied, payments::Applied::Conflict(_)),
+        "{applied:?}"
+    );
+    let row = payments::by_id(&app.primary, id).await.unwrap().unwrap();
+    assert_eq!(row.stripe_payment_intent_id.as_deref(), Some(held.as_str()));
+    assert_ne!(row.stripe_status.as_deref(), Some("processing"));
+
+    // A payment canceled before any intent existed, then Stripe's word on one.
+    let client_id = Uuid::now_v7();
+    let lone = Uuid::now_v7();
+    let key = format!("lone-{lone}");
+    payments::create_pending(
+        &app.primary,
+        lone,
+        &NewPayment {
+            client_id,
+            idempotency_key: &key,
+            money: Money::new(500, Currency::parse("usd").unwrap(), i64::MAX).unwrap(),
+            description: None,
+            customer_email: None,
+            metadata: &json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    let canceled = Observation::without_intent(PaymentStatus::Canceled, None, Source::Expiry);
+    payments::apply_status(&app.primary, lone, &canceled)
+        .await
+        .unwrap();
+    let late = Observation {
+        status: PaymentStatus::Canceled,
+        intent: Some("pi_lone_late"),
+        stripe_status: Some("canceled"),
+        error: None,
+        source: Source::Webhook,
+        detail: None,
+    };
+    let applied = payments::apply_status(&app.primary, lone, &late)
+        .await
+        .unwrap();
+    assert!(
+        matches!(applied, payments::Applied::Unchanged(_)),
+        "{applied:?}"
+    );
+    let row = payments::by_id(&app.primary, lone).await.unwrap().unwrap();
+    assert_eq!(
+        row.stripe_payment_intent_id.as_deref(),
+        Some("pi_lone_late")
+    );
+}
 /// I2: a request whose lease ran out (and was taken over by a retry) can neither store
 /// nor release the key; the holder's answer stands.
 #[tokio::test]
 async fn a_lease_taken_over_cannot_overwrite_the_holders_answer() {
     let app = spawn_app().await;
-    let (client_id, _) = keys::create(&app.db, &format!("lease-{}", Uuid::now_v7()), Role::Client)
-        .await
-        .unwrap();
+    let (client_id, _) = keys::create(
+        &app.primary,
+        &format!("lease-{}", Uuid::now_v7()),
+        Role::Client,
+    )
+    .await
+    .unwrap();
     let key = idem();
     let new = NewPayment {
         client_id,
@@ -281,38 +416,38 @@ async fn a_lease_taken_over_cannot_overwrite_the_holders_answer() {
         metadata: &json!({}),
     };
     let lease = Duration::from_millis(50);
-    let Begin::Created(p, first) = idempotency::begin(&app.db, &new, b"h", lease)
+    let Begin::Created(p, first) = idempotency::begin(&app.primary, &new, b"h", lease)
         .await
         .unwrap()
     else {
         panic!("a new key")
     };
     assert!(matches!(
-        idempotency::begin(&app.db, &new, b"h", lease)
+        idempotency::begin(&app.primary, &new, b"h", lease)
             .await
             .unwrap(),
         Begin::InFlight
     ));
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let Begin::Resume(q, second) = idempotency::begin(&app.db, &new, b"h", lease)
+    let Begin::Resume(q, second) = idempotency::begin(&app.primary, &new, b"h", lease)
         .await
         .unwrap()
     else {
         panic!("the lease ran out: resumed")
     };
     assert_eq!(p.id, q.id);
-    assert!(!idempotency::release(&app.db, &first).await.unwrap());
+    assert!(!idempotency::release(&app.primary, &first).await.unwrap());
     assert!(
-        !idempotency::complete(&app.db, &first, 500, &json!({"stale": true}))
+        !idempotency::complete(&app.primary, &first, 500, &json!({"stale": true}))
             .await
             .unwrap()
     );
     assert!(
-        idempotency::complete(&app.db, &second, 201, &json!({"holder": true}))
+        idempotency::complete(&app.primary, &second, 201, &json!({"holder": true}))
             .await
             .unwrap()
     );
-    match idempotency::begin(&app.db, &new, b"h", lease)
+    match idempotency::begin(&app.primary, &new, b"h", lease)
         .await
         .unwrap()
     {
@@ -384,6 +519,7 @@ async fn stripe_refusing_our_key_is_never_the_customers_fault() {
         base,
         key: app.key.clone(),
         db: app.db.clone(),
+        primary: app.primary.clone(),
         stripe_base: strict.clone(),
         http: app.http.clone(),
     };

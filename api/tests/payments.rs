@@ -327,10 +327,13 @@ async fn keys_are_required_and_clients_only_see_their_own_payments() {
         StatusCode::UNAUTHORIZED
     );
 
-    let (other_id, other) =
-        keys::create(&app.db, &format!("other-{}", Uuid::now_v7()), Role::Client)
-            .await
-            .unwrap();
+    let (other_id, other) = keys::create(
+        &app.primary,
+        &format!("other-{}", Uuid::now_v7()),
+        Role::Client,
+    )
+    .await
+    .unwrap();
     let res = app.get_as(&path, Some(&other)).await;
     assert_eq!(
         res.status(),
@@ -346,7 +349,7 @@ async fn keys_are_required_and_clients_only_see_their_own_payments() {
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
 
     // A prefix many keys share revokes none of them (every test makes client keys).
-    let shared = keys::revoke(&app.db, "psk_client_").await.unwrap_err();
+    let shared = keys::revoke(&app.primary, "psk_client_").await.unwrap_err();
     assert!(
         shared.to_string().contains("active keys start with"),
         "{shared}"
@@ -356,7 +359,7 @@ async fn keys_are_required_and_clients_only_see_their_own_payments() {
         StatusCode::OK
     );
     let prefix: String = other.chars().take(16).collect();
-    assert_eq!(keys::revoke(&app.db, &prefix).await.unwrap(), other_id);
+    assert_eq!(keys::revoke(&app.primary, &prefix).await.unwrap(), other_id);
     let res = app.get_as("/v1/payments", Some(&other)).await;
     assert_eq!(
         res.status(),
@@ -688,9 +691,13 @@ async fn reconciliation_reports_are_for_operator_keys_only() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "operator_only");
 
-    let (_, operator) = keys::create(&app.db, &format!("op-{}", Uuid::now_v7()), Role::Operator)
-        .await
-        .unwrap();
+    let (_, operator) = keys::create(
+        &app.primary,
+        &format!("op-{}", Uuid::now_v7()),
+        Role::Operator,
+    )
+    .await
+    .unwrap();
     let res = report(&operator, &since, "json").await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers().get("x-discrepancies").is_some());

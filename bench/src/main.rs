@@ -101,8 +101,12 @@ async fn bench_keys(primary: &PgPool, n: usize) -> anyhow::Result<(Uuid, Vec<Str
     let mut first = None;
     let run = Uuid::now_v7();
     for i in 0..n {
-        let (client, key) =
-            keys::create(primary, &format!("bench-{run}-{i}"), Role::Client).await?;
+        let (client, key) = keys::create(
+            &primary.clone().into(),
+            &format!("bench-{run}-{i}"),
+            Role::Client,
+        )
+        .await?;
         first.get_or_insert(client);
         out.push(key);
     }

@@ -5,8 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use paystream_db::keys::{self, Role};
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use paystream_db::{Primary, Replica};
 
 #[derive(Parser)]
 #[command(name = "paystream", version, about = "Paystream operator commands")]
@@ -175,12 +174,8 @@ enum RunsAction {
     Diff { a: uuid::Uuid, b: uuid::Uuid },
 }
 
-fn replica_pool(url: &str) -> anyhow::Result<deadpool_postgres::Pool> {
-    let pg: tokio_postgres::Config = url.parse().context("replica url")?;
-    deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls))
-        .max_size(2)
-        .build()
-        .context("replica pool")
+fn replica_pool(url: &str) -> anyhow::Result<Replica> {
+    Replica::new(url, 2).context("replica")
 }
 
 async fn runs(action: RunsAction, replica_url: Option<String>) -> anyhow::Result<()> {
@@ -258,20 +253,19 @@ enum AttentionAction {
     Clear { id: uuid::Uuid },
 }
 
-async fn attention(action: AttentionAction, pool: &PgPool) -> anyhow::Result<()> {
+async fn attention(action: AttentionAction, pool: &Primary) -> anyhow::Result<()> {
     use paystream_db::payments::{self, Attention};
     match action {
         AttentionAction::List { limit } => {
             let mut out = String::new();
             for p in payments::needing_attention(pool, limit).await? {
-                let why = p.attention.as_deref().unwrap_or_default();
                 out.push_str(&format!(
                     "{}  {:<10} {:<22} {}\n    {}\n",
                     p.id,
-                    p.status,
-                    why,
+                    p.status.as_str(),
+                    p.attention.map_or("", Attention::as_str),
                     p.stripe_payment_intent_id.as_deref().unwrap_or("-"),
-                    Attention::parse(why).map_or("", Attention::action)
+                    p.attention.map_or("", Attention::action)
                 ));
             }
             use std::io::Write;
@@ -285,11 +279,8 @@ async fn attention(action: AttentionAction, pool: &PgPool) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn connect(url: &str) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
+async fn connect(url: &str) -> anyhow::Result<Primary> {
+    Primary::connect(url, 1)
         .await
         .context("cannot connect to the primary")
 }
@@ -313,9 +304,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate { database_url } => {
             let pool = connect(&database_url).await?;
             // The same migrator `sqlx migrate run` uses, embedded so no extra tool is needed.
-            let migrator = sqlx::migrate!("../migrations");
-            migrator.run(&pool).await.context("migration failed")?;
-            eprintln!("migrations applied: {}", migrator.iter().count());
+            let n = pool.migrate().await.context("migration failed")?;
+            eprintln!("migrations applied: {n}");
         }
         Command::Attention {
             action,

@@ -78,12 +78,13 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     world.confirm(&pi, "pm_card_visa").await;
     let obs = Observation {
         status: PaymentStatus::Succeeded,
+        intent: None,
         stripe_status: Some("succeeded"),
         error: None,
         source: Source::Webhook,
         detail: None,
     };
-    payments::apply_status(&world.db, matched, &obs)
+    payments::apply_status(&world.primary, matched, &obs)
         .await
         .unwrap();
     // Paid at Stripe; we never heard of it.
@@ -106,7 +107,7 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     let missing = Uuid::now_v7();
     world.insert_pending(missing).await;
     payments::attach_intent(
-        &world.db,
+        &world.primary,
         missing,
         &format!("pi_unknown_{}", missing.simple()),
         "requires_payment_method",

@@ -9,11 +9,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::DbError;
 use crate::payments::{self, NewPayment, Payment};
+use crate::{DbError, Primary};
 
 /// A request's hold on an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +53,7 @@ fn millis(lease: Duration) -> i64 {
 
 /// Claims `key` for this request for `lease` (a crashed request frees it after that).
 pub async fn begin(
-    db: &PgPool,
+    db: &Primary,
     new: &NewPayment<'_>,
     request_hash: &[u8],
     lease: Duration,
@@ -65,7 +64,7 @@ pub async fn begin(
         key: new.idempotency_key.to_owned(),
         token,
     };
-    let mut tx = db.begin().await?;
+    let mut tx = db.pool().begin().await?;
     // Concurrent requests with one key queue on this insert; the losers see the winner's row.
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys (client_id, idempotency_key, request_hash, locked_until, lease_token)
@@ -116,7 +115,7 @@ pub async fn begin(
         .payment_id
         .ok_or_else(|| DbError::Corrupt("idempotency key without payment".into()))?;
     relock(&mut tx, &held, lease).await?;
-    let payment = payments::get(&mut *tx, new.client_id, payment_id)
+    let payment = payments::get_in(&mut *tx, new.client_id, payment_id)
         .await?
         .ok_or_else(|| DbError::Corrupt("idempotency key points to a missing payment".into()))?;
     tx.commit().await?;
@@ -155,12 +154,12 @@ pub enum Take {
 /// Takes the lease of a payment's key for work other than its create (a cancel), so the
 /// two never run at once.
 pub async fn take(
-    db: &PgPool,
+    db: &Primary,
     client_id: Uuid,
     key: &str,
     lease: Duration,
 ) -> Result<Take, DbError> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.pool().begin().await?;
     let row: Option<(bool, bool)> = sqlx::query_as(
         "SELECT coalesce(locked_until > now(), false), response_status IS NOT NULL
          FROM idempotency_keys WHERE client_id = $1 AND idempotency_key = $2 FOR UPDATE",
@@ -191,7 +190,7 @@ pub async fn take(
 /// Stores the final response for the key and frees it, if `lease` still holds it.
 /// Returns whether it did: a lease that ran out and was taken over stores nothing.
 pub async fn complete(
-    db: &PgPool,
+    db: &Primary,
     lease: &Lease,
     status: u16,
     body: &Value,
@@ -205,7 +204,7 @@ pub async fn complete(
     .bind(i16::try_from(status).unwrap_or(500))
     .bind(body)
     .bind(lease.token)
-    .execute(db)
+    .execute(db.pool())
     .await?;
     let held = done.rows_affected() == 1;
     if !held {
@@ -216,7 +215,7 @@ pub async fn complete(
 
 /// Frees the key without a final response, so a retry resumes the payment, if `lease`
 /// still holds it. Returns whether it did.
-pub async fn release(db: &PgPool, lease: &Lease) -> Result<bool, DbError> {
+pub async fn release(db: &Primary, lease: &Lease) -> Result<bool, DbError> {
     let done = sqlx::query(
         "UPDATE idempotency_keys SET locked_until = NULL, lease_token = NULL
          WHERE client_id = $1 AND idempotency_key = $2 AND lease_token = $3",
@@ -224,7 +223,7 @@ pub async fn release(db: &PgPool, lease: &Lease) -> Result<bool, DbError> {
     .bind(lease.client_id)
     .bind(&lease.key)
     .bind(lease.token)
-    .execute(db)
+    .execute(db.pool())
     .await?;
     Ok(done.rows_affected() == 1)
 }

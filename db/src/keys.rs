@@ -3,10 +3,9 @@
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::DbError;
+use crate::{DbError, Primary};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -64,8 +63,8 @@ fn prefix(key: &str) -> String {
 /// already registered to that client is left as it is. Refused, changing nothing, when
 /// `name` exists with another role (the key would silently get that role's rights) or
 /// the key belongs to another client.
-pub async fn register(db: &PgPool, name: &str, role: Role, key: &str) -> Result<Uuid, DbError> {
-    let mut tx = db.begin().await?;
+pub async fn register(db: &Primary, name: &str, role: Role, key: &str) -> Result<Uuid, DbError> {
+    let mut tx = db.pool().begin().await?;
     let (client_id, existing_role): (Uuid, String) = sqlx::query_as(
         "INSERT INTO api_clients (id, name, role) VALUES ($1, $2, $3)
          ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id, role",
@@ -101,7 +100,7 @@ pub async fn register(db: &PgPool, name: &str, role: Role, key: &str) -> Result<
 }
 
 /// A new key for client `name`; the only time the key exists in clear.
-pub async fn create(db: &PgPool, name: &str, role: Role) -> Result<(Uuid, String), DbError> {
+pub async fn create(db: &Primary, name: &str, role: Role) -> Result<(Uuid, String), DbError> {
     let key = generate(role);
     let client_id = register(db, name, role, &key).await?;
     Ok((client_id, key))
@@ -110,8 +109,8 @@ pub async fn create(db: &PgPool, name: &str, role: Role) -> Result<(Uuid, String
 /// Revokes the one active key whose stored prefix starts with `prefix` (or which `prefix`,
 /// a whole key, is). A prefix that names several keys revokes none: a short or mistyped
 /// prefix must not take many clients offline. Returns the revoked key's client.
-pub async fn revoke(db: &PgPool, prefix: &str) -> Result<Uuid, DbError> {
-    let mut tx = db.begin().await?;
+pub async fn revoke(db: &Primary, prefix: &str) -> Result<Uuid, DbError> {
+    let mut tx = db.pool().begin().await?;
     let matches: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "SELECT id, client_id FROM api_keys
          WHERE revoked_at IS NULL AND (key_hash = $2 OR starts_with(key_prefix, left($1, 16)))
@@ -144,23 +143,23 @@ pub async fn revoke(db: &PgPool, prefix: &str) -> Result<Uuid, DbError> {
     Ok(client_id)
 }
 
-/// The lookup behind every key check, `$1` being the key's hash. Public so that a check
-/// on a replica, through another driver, runs this very query.
-pub const AUTHENTICATE_SQL: &str =
+/// The lookup behind every key check, `$1` being the key's hash: on the primary here, on
+/// a replica in `replica::authenticate`.
+pub(crate) const AUTHENTICATE_SQL: &str =
     "SELECT c.id, c.role FROM api_keys k JOIN api_clients c ON c.id = k.client_id
      WHERE k.key_hash = $1 AND k.revoked_at IS NULL";
 
 /// The principal of a row `AUTHENTICATE_SQL` returned.
-pub fn principal(client_id: Uuid, role: &str) -> Result<Principal, DbError> {
+pub(crate) fn principal(client_id: Uuid, role: &str) -> Result<Principal, DbError> {
     Role::parse(role)
         .map(|role| Principal { client_id, role })
         .ok_or_else(|| DbError::Corrupt(format!("unknown role {role}")))
 }
 
-pub async fn authenticate(db: &PgPool, key: &str) -> Result<Option<Principal>, DbError> {
+pub async fn authenticate(db: &Primary, key: &str) -> Result<Option<Principal>, DbError> {
     let row: Option<(Uuid, String)> = sqlx::query_as(AUTHENTICATE_SQL)
         .bind(hash(key))
-        .fetch_optional(db)
+        .fetch_optional(db.pool())
         .await?;
     row.map(|(client_id, role)| principal(client_id, &role))
         .transpose()

@@ -3,46 +3,84 @@
 use chrono::{DateTime, Utc};
 use paystream_core::status::{Transition, transition};
 use paystream_core::{IntentView, Money, PaymentStatus};
-use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, Row};
 use uuid::Uuid;
 
-use crate::DbError;
+use crate::{DbError, Primary};
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Payment {
     pub id: Uuid,
     pub client_id: Uuid,
     pub idempotency_key: String,
     pub amount: i64,
     pub currency: String,
-    pub status: String,
+    pub status: PaymentStatus,
     pub stripe_payment_intent_id: Option<String>,
     pub stripe_status: Option<String>,
     pub last_error: Option<String>,
     pub description: Option<String>,
     pub customer_email: Option<String>,
     pub metadata: Value,
-    pub resolution_source: Option<String>,
+    pub resolution_source: Option<Source>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
-    /// Why an operator must look at it (`Attention`), if they must.
-    pub attention: Option<String>,
+    /// Why an operator must look at it, if they must.
+    pub attention: Option<Attention>,
 }
 
-impl Payment {
-    pub fn status(&self) -> Result<PaymentStatus, DbError> {
-        self.status
-            .parse()
-            .map_err(|e: paystream_core::StatusError| DbError::Corrupt(e.to_string()))
+impl FromRow<'_, PgRow> for Payment {
+    fn from_row(r: &PgRow) -> Result<Self, sqlx::Error> {
+        let corrupt = |e: DbError| sqlx::Error::Decode(e.to_string().into());
+        Ok(Payment {
+            id: r.try_get("id")?,
+            client_id: r.try_get("client_id")?,
+            idempotency_key: r.try_get("idempotency_key")?,
+            amount: r.try_get("amount")?,
+            currency: r.try_get("currency")?,
+            status: parse_status(r.try_get("status")?).map_err(corrupt)?,
+            stripe_payment_intent_id: r.try_get("stripe_payment_intent_id")?,
+            stripe_status: r.try_get("stripe_status")?,
+            last_error: r.try_get("last_error")?,
+            description: r.try_get("description")?,
+            customer_email: r.try_get("customer_email")?,
+            metadata: r.try_get("metadata")?,
+            resolution_source: r
+                .try_get::<Option<&str>, _>("resolution_source")?
+                .map(parse_source)
+                .transpose()
+                .map_err(corrupt)?,
+            version: r.try_get("version")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+            resolved_at: r.try_get("resolved_at")?,
+            attention: r
+                .try_get::<Option<&str>, _>("attention")?
+                .map(|a| {
+                    Attention::parse(a).ok_or_else(|| DbError::Corrupt(format!("attention {a}")))
+                })
+                .transpose()
+                .map_err(corrupt)?,
+        })
     }
 }
 
+pub(crate) fn parse_status(s: &str) -> Result<PaymentStatus, DbError> {
+    s.parse()
+        .map_err(|e: paystream_core::StatusError| DbError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn parse_source(s: &str) -> Result<Source, DbError> {
+    Source::parse(s).ok_or_else(|| DbError::Corrupt(format!("unknown status source {s:?}")))
+}
+
 /// Who changed a payment's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Source {
     Api,
     Webhook,
@@ -52,6 +90,18 @@ pub enum Source {
 }
 
 impl Source {
+    pub const ALL: [Source; 5] = [
+        Source::Api,
+        Source::Webhook,
+        Source::Poll,
+        Source::Expiry,
+        Source::Operator,
+    ];
+
+    pub fn parse(s: &str) -> Option<Source> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Api => "api",
@@ -125,8 +175,21 @@ const COLUMNS: &str = "id, client_id, idempotency_key, amount, currency, status,
      stripe_status, last_error, description, customer_email, metadata, resolution_source, version, \
      created_at, updated_at, resolved_at, attention";
 
+/// Commits a `pending` payment and its first history row, as the API does before it calls
+/// Stripe (without an idempotency record: for tools and tests that stand in for the API).
+pub async fn create_pending(
+    db: &Primary,
+    id: Uuid,
+    new: &NewPayment<'_>,
+) -> Result<Payment, DbError> {
+    let mut tx = db.pool().begin().await?;
+    let p = insert_pending(&mut tx, id, new).await?;
+    tx.commit().await?;
+    Ok(p)
+}
+
 /// Inserts a `pending` payment and its first history row, inside the caller's transaction.
-pub async fn insert_pending(
+pub(crate) async fn insert_pending(
     conn: &mut PgConnection,
     id: Uuid,
     new: &NewPayment<'_>,
@@ -168,7 +231,7 @@ pub enum Attached {
 /// replacing a different one. The one UPDATE that sets an intent for a creator (the API,
 /// a cancel, the reconciler); webhooks link intents through `find_for_intent`.
 pub async fn attach_intent(
-    db: &PgPool,
+    db: &Primary,
     id: Uuid,
     intent_id: &str,
     stripe_status: &str,
@@ -183,7 +246,7 @@ pub async fn attach_intent(
     .bind(id)
     .bind(intent_id)
     .bind(stripe_status)
-    .fetch_optional(db)
+    .fetch_optional(db.pool())
     .await?;
     if let Some(p) = attached {
         return Ok(Attached::Attached(p));
@@ -196,21 +259,21 @@ pub async fn attach_intent(
 
 /// Flags a pending payment for an operator; the reconciler stops polling it. Returns
 /// whether this call set the flag.
-pub async fn flag_attention(db: &PgPool, id: Uuid, why: Attention) -> Result<bool, DbError> {
+pub async fn flag_attention(db: &Primary, id: Uuid, why: Attention) -> Result<bool, DbError> {
     let done = sqlx::query(
         "UPDATE payments SET attention = $2, attention_at = now()
          WHERE id = $1 AND status = 'pending' AND attention IS NULL",
     )
     .bind(id)
     .bind(why.as_str())
-    .execute(db)
+    .execute(db.pool())
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// An operator has dealt with it: the flag goes, and a pending payment is polled again.
 /// Returns the flag it had.
-pub async fn clear_attention(db: &PgPool, id: Uuid) -> Result<Option<Attention>, DbError> {
+pub async fn clear_attention(db: &Primary, id: Uuid) -> Result<Option<Attention>, DbError> {
     let had: Option<Option<String>> = sqlx::query_scalar(
         "UPDATE payments p SET attention = NULL, attention_at = NULL
          FROM (SELECT id, attention FROM payments WHERE id = $1 FOR UPDATE) old
@@ -218,22 +281,27 @@ pub async fn clear_attention(db: &PgPool, id: Uuid) -> Result<Option<Attention>,
          RETURNING old.attention",
     )
     .bind(id)
-    .fetch_optional(db)
+    .fetch_optional(db.pool())
     .await?;
     Ok(had.flatten().as_deref().and_then(Attention::parse))
 }
 
 /// Payments that need an operator, oldest flag first.
-pub async fn needing_attention(db: &PgPool, limit: i64) -> Result<Vec<Payment>, DbError> {
+pub async fn needing_attention(db: &Primary, limit: i64) -> Result<Vec<Payment>, DbError> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments WHERE attention IS NOT NULL ORDER BY attention_at LIMIT $1"
     ))
     .bind(limit)
-    .fetch_all(db)
+    .fetch_all(db.pool())
     .await?)
 }
 
-pub async fn get<'e, E: sqlx::PgExecutor<'e>>(
+/// A client's payment.
+pub async fn get(db: &Primary, client_id: Uuid, id: Uuid) -> Result<Option<Payment>, DbError> {
+    get_in(db.pool(), client_id, id).await
+}
+
+pub(crate) async fn get_in<'e, E: sqlx::PgExecutor<'e>>(
     db: E,
     client_id: Uuid,
     id: Uuid,
@@ -248,14 +316,11 @@ pub async fn get<'e, E: sqlx::PgExecutor<'e>>(
 }
 
 /// A payment whoever owns it (for the services, never for clients).
-pub async fn by_id<'e, E: sqlx::PgExecutor<'e>>(
-    db: E,
-    id: Uuid,
-) -> Result<Option<Payment>, DbError> {
+pub async fn by_id(db: &Primary, id: Uuid) -> Result<Option<Payment>, DbError> {
     Ok(
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM payments WHERE id = $1"))
             .bind(id)
-            .fetch_optional(db)
+            .fetch_optional(db.pool())
             .await?,
     )
 }
@@ -271,7 +336,7 @@ pub struct ListFilter {
 
 /// Newest first; `starting_after` is the last id of the previous page (keyset pagination
 /// on (created_at, id), so pages stay stable while payments are added).
-pub async fn list(db: &PgPool, client_id: Uuid, f: &ListFilter) -> Result<Vec<Payment>, DbError> {
+pub async fn list(db: &Primary, client_id: Uuid, f: &ListFilter) -> Result<Vec<Payment>, DbError> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments p
          WHERE client_id = $1
@@ -288,22 +353,39 @@ pub async fn list(db: &PgPool, client_id: Uuid, f: &ListFilter) -> Result<Vec<Pa
     .bind(f.created_lt)
     .bind(f.starting_after)
     .bind(f.limit)
-    .fetch_all(db)
+    .fetch_all(db.pool())
     .await?)
 }
 
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct HistoryEntry {
-    pub from_status: Option<String>,
-    pub to_status: String,
-    pub source: String,
+    pub from_status: Option<PaymentStatus>,
+    pub to_status: PaymentStatus,
+    pub source: Source,
     pub detail: Option<Value>,
     pub created_at: DateTime<Utc>,
 }
 
+impl FromRow<'_, PgRow> for HistoryEntry {
+    fn from_row(r: &PgRow) -> Result<Self, sqlx::Error> {
+        let corrupt = |e: DbError| sqlx::Error::Decode(e.to_string().into());
+        Ok(HistoryEntry {
+            from_status: r
+                .try_get::<Option<&str>, _>("from_status")?
+                .map(parse_status)
+                .transpose()
+                .map_err(corrupt)?,
+            to_status: parse_status(r.try_get("to_status")?).map_err(corrupt)?,
+            source: parse_source(r.try_get("source")?).map_err(corrupt)?,
+            detail: r.try_get("detail")?,
+            created_at: r.try_get("created_at")?,
+        })
+    }
+}
+
 /// The payment's status history, oldest first; `None` if the client has no such payment.
 pub async fn history(
-    db: &PgPool,
+    db: &Primary,
     client_id: Uuid,
     id: Uuid,
 ) -> Result<Option<Vec<HistoryEntry>>, DbError> {
@@ -315,7 +397,7 @@ pub async fn history(
          WHERE payment_id = $1 ORDER BY id",
     )
     .bind(id)
-    .fetch_all(db)
+    .fetch_all(db.pool())
     .await?;
     Ok(Some(rows))
 }
@@ -325,6 +407,9 @@ pub async fn history(
 #[derive(Debug, Clone)]
 pub struct Observation<'a> {
     pub status: PaymentStatus,
+    /// The PaymentIntent observed. A payment that holds none yet is linked to it here,
+    /// under the row's lock (the API may have died before storing the id it created).
+    pub intent: Option<&'a str>,
     pub stripe_status: Option<&'a str>,
     pub error: Option<&'a str>,
     pub source: Source,
@@ -337,6 +422,7 @@ impl<'a> Observation<'a> {
     pub fn of_intent(status: PaymentStatus, intent: &'a IntentView, source: Source) -> Self {
         Observation {
             status,
+            intent: Some(&intent.id),
             stripe_status: Some(&intent.stripe_status),
             error: intent.last_error.as_deref(),
             source,
@@ -351,6 +437,7 @@ impl<'a> Observation<'a> {
     pub fn without_intent(status: PaymentStatus, why: Option<&'a str>, source: Source) -> Self {
         Observation {
             status,
+            intent: None,
             stripe_status: None,
             error: why,
             source,
@@ -365,7 +452,8 @@ pub enum Applied {
     Changed(Payment),
     /// Already in that status; Stripe's finer status and error may have been refreshed.
     Unchanged(Payment),
-    /// The payment is final and the observation disagrees: nothing written.
+    /// The payment is final and the observation disagrees, or the observation is about
+    /// another PaymentIntent than the one the payment holds: nothing written.
     Conflict(Payment),
     /// Stripe took the money after we said canceled or failed: now `succeeded`, flagged
     /// `charged_after_cancel` (see `Transition::Overturn`).
@@ -388,11 +476,11 @@ impl Applied {
 
 /// The one function that changes a payment's status, in its own transaction.
 pub async fn apply_status(
-    db: &PgPool,
+    db: &Primary,
     id: Uuid,
     obs: &Observation<'_>,
 ) -> Result<Applied, DbError> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.pool().begin().await?;
     let applied = apply_status_in(&mut tx, id, obs).await?;
     tx.commit().await?;
     Ok(applied)
@@ -411,10 +499,28 @@ pub async fn apply_status_in(
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(current) = current else {
+    let Some(mut current) = current else {
         return Ok(Applied::NotFound);
     };
-    let from = current.status()?;
+    if let (Some(held), Some(seen)) = (&current.stripe_payment_intent_id, obs.intent)
+        && held != seen
+    {
+        // About another PaymentIntent than the one this payment holds: never ours to
+        // write, whatever it says.
+        return Ok(Applied::Conflict(current));
+    }
+    if let (None, Some(intent)) = (&current.stripe_payment_intent_id, obs.intent) {
+        // Whatever this intent says (Stripe took the money, say) is about this payment,
+        // final or not: it is linked before the transition is decided.
+        current = sqlx::query_as(&format!(
+            "UPDATE payments SET stripe_payment_intent_id = $2 WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .bind(intent)
+        .fetch_one(&mut *tx)
+        .await?;
+    }
+    let from = current.status;
     let applied = match transition(from, obs.status) {
         Transition::Conflict => Applied::Conflict(current),
         Transition::Unchanged => {
@@ -497,32 +603,23 @@ pub async fn apply_status_in(
 }
 
 /// Our payment for a PaymentIntent Stripe told us about (a signed event): by the intent
-/// id we stored, else by the `metadata.payment_id` Stripe echoes. The API may have died
-/// before storing the id, which is then stored now; so is an intent of a payment that went
-/// final without one, because whatever that intent says (Stripe took the money, say) is
-/// about this payment.
+/// id we stored, else by the `metadata.payment_id` Stripe echoes if that payment holds no
+/// intent yet (the API may have died before storing it; `apply_status_in` links it). Only
+/// reads: every write of a payment goes through `apply_status_in` or `attach_intent`.
 pub async fn find_for_intent(
     tx: &mut PgConnection,
     intent_id: &str,
     payment_id: Option<Uuid>,
 ) -> Result<Option<Uuid>, DbError> {
-    let by_intent: Option<Uuid> =
-        sqlx::query_scalar("SELECT id FROM payments WHERE stripe_payment_intent_id = $1")
-            .bind(intent_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if by_intent.is_some() {
-        return Ok(by_intent);
-    }
-    let Some(pid) = payment_id else {
-        return Ok(None);
-    };
     Ok(sqlx::query_scalar(
-        "UPDATE payments SET stripe_payment_intent_id = $2
-         WHERE id = $1 AND stripe_payment_intent_id IS NULL RETURNING id",
+        "SELECT id FROM (
+            SELECT id, 1 AS pref FROM payments WHERE stripe_payment_intent_id = $1
+            UNION ALL
+            SELECT id, 2 FROM payments WHERE id = $2 AND stripe_payment_intent_id IS NULL
+         ) found ORDER BY pref LIMIT 1",
     )
-    .bind(pid)
     .bind(intent_id)
+    .bind(payment_id)
     .fetch_optional(&mut *tx)
     .await?)
 }

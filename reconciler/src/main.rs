@@ -2,23 +2,18 @@
 //! `APP_KAFKA__BROKERS`, `APP_REPLICA__URL`, `APP_STRIPE__API_BASE`, `APP_POLL__FIRST_MS`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use paystream_db::Replica;
 use paystream_reconciler::config::ReconcilerConfig;
 use paystream_reconciler::source;
 use paystream_reconciler::worker::Worker;
-use paystream_service::http::shutdown_signal;
 use paystream_service::{Service, load_config};
-use sqlx::postgres::PgPoolOptions;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg: ReconcilerConfig = load_config()?;
     let service = Service::start("reconciler", &cfg.database, cfg.log_format)?;
-    let replica = PgPoolOptions::new()
-        .max_connections(cfg.replica.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&cfg.replica.url)?;
+    let replica = Replica::new(&cfg.replica.url, cfg.replica.max_connections as usize)?;
     let stripe = Arc::new(cfg.stripe.gateway()?);
     let consumer = source::consumer(&cfg.kafka, service.metrics.clone())?;
     let worker = Worker::new(
@@ -28,18 +23,17 @@ async fn main() -> anyhow::Result<()> {
         stripe,
         service.metrics.clone(),
     )?;
-    let mut work = tokio::spawn(async move { worker.run(&consumer, shutdown_signal()).await });
-    let serve = service.serve(cfg.instance.clone(), cfg.listen_addr, axum::Router::new());
-    tokio::select! {
-        served = serve => {
-            served?;
-            // The worker saw the same signal and is draining.
-            work.await??;
-        }
-        worked = &mut work => {
-            worked??;
-            anyhow::bail!("the worker stopped on its own");
-        }
-    }
+    // The worker drains when the runtime's token is cancelled (SIGTERM); if it stops on
+    // its own, the runtime stops the service and `serve` returns its error.
+    let shutdown = service.runtime.token();
+    service.runtime.spawn_critical("cdc_worker", async move {
+        worker
+            .run(&consumer, shutdown.cancelled_owned())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    service
+        .serve(cfg.instance.clone(), cfg.listen_addr, axum::Router::new())
+        .await?;
     Ok(())
 }

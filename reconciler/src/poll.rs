@@ -8,8 +8,8 @@ use paystream_core::gateway::{
 };
 use paystream_core::{Currency, Money, PaymentStatus};
 use paystream_db::DbError;
+use paystream_db::Primary;
 use paystream_db::payments::{self, Applied, Attached, Attention, Observation, Source};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::schedule::Schedule;
@@ -107,7 +107,7 @@ const EXPIRY_REASON: &str = "abandoned";
 
 pub async fn poll<G: StripeGateway>(
     stripe: &G,
-    db: &PgPool,
+    db: &Primary,
     t: &Target,
     rules: &Rules,
     now: DateTime<Utc>,
@@ -130,7 +130,7 @@ pub async fn poll<G: StripeGateway>(
 
 async fn poll_once<G: StripeGateway>(
     stripe: &G,
-    db: &PgPool,
+    db: &Primary,
     t: &Target,
     rules: &Rules,
     now: DateTime<Utc>,
@@ -176,7 +176,7 @@ async fn poll_once<G: StripeGateway>(
 }
 
 /// Applies whatever Stripe now says about an intent, as a poll.
-async fn follow(db: &PgPool, id: Uuid, v: &IntentView) -> Result<Outcome, PollError> {
+async fn follow(db: &Primary, id: Uuid, v: &IntentView) -> Result<Outcome, PollError> {
     match v.status() {
         Some(status) => apply(db, id, status, v, Source::Poll).await,
         None => Ok(Outcome::UnknownStatus(v.stripe_status.clone())),
@@ -184,7 +184,7 @@ async fn follow(db: &PgPool, id: Uuid, v: &IntentView) -> Result<Outcome, PollEr
 }
 
 async fn apply(
-    db: &PgPool,
+    db: &Primary,
     id: Uuid,
     status: PaymentStatus,
     intent: &IntentView,
@@ -192,9 +192,7 @@ async fn apply(
 ) -> Result<Outcome, PollError> {
     let obs = Observation::of_intent(status, intent, source);
     Ok(match payments::apply_status(db, id, &obs).await? {
-        Applied::Changed(p) | Applied::Overturned(p)
-            if p.status == status.as_str() && status.is_final() =>
-        {
+        Applied::Changed(p) | Applied::Overturned(p) if p.status == status && status.is_final() => {
             Outcome::Resolved { to: status, source }
         }
         Applied::Changed(_) | Applied::Unchanged(_) if !status.is_final() => Outcome::Pending,
@@ -202,7 +200,7 @@ async fn apply(
             Outcome::AlreadyFinal
         }
         Applied::Conflict(p) => Outcome::Conflict {
-            ours: p.status,
+            ours: p.status.as_str().to_owned(),
             stripe: intent.stripe_status.clone(),
         },
         Applied::NotFound => Outcome::NoRow,
@@ -221,14 +219,14 @@ enum Orphan {
 /// intent anywhere is canceled on our side alone.
 async fn intent_of_orphan<G: StripeGateway>(
     stripe: &G,
-    db: &PgPool,
+    db: &Primary,
     id: Uuid,
     expired: bool,
 ) -> Result<Orphan, PollError> {
     let Some(row) = payments::by_id(db, id).await? else {
         return Ok(Orphan::Done(Outcome::NoRow));
     };
-    if row.status != PaymentStatus::Pending.as_str() {
+    if row.status != PaymentStatus::Pending {
         return Ok(Orphan::Done(Outcome::AlreadyFinal));
     }
     if let Some(pi) = &row.stripe_payment_intent_id {
@@ -290,7 +288,7 @@ async fn intent_of_orphan<G: StripeGateway>(
                 }
             }
             match p.stripe_payment_intent_id {
-                Some(theirs) if p.status == PaymentStatus::Pending.as_str() => {
+                Some(theirs) if p.status == PaymentStatus::Pending => {
                     Ok(Orphan::Intent(stripe.retrieve_intent(&theirs).await?))
                 }
                 _ => Ok(Orphan::Done(Outcome::AlreadyFinal)),
@@ -302,7 +300,7 @@ async fn intent_of_orphan<G: StripeGateway>(
 /// Ends a payment that has no PaymentIntent anywhere (Stripe refused to make one, or it
 /// expired before one existed): only our side knows of it.
 async fn intentless(
-    db: &PgPool,
+    db: &Primary,
     id: Uuid,
     to: PaymentStatus,
     why: &str,

@@ -11,44 +11,24 @@
 //! from them only repeats changes the version check recognises.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt;
-use sqlx::PgPool;
-use uuid::Uuid;
+use paystream_db::{DbError, Primary, Replica, replica};
 
 use crate::envelope::{Change, PaymentRow};
 use crate::partition::partition_for;
 use crate::schedule::Schedule;
 use crate::state::PendingState;
 
-#[derive(Debug, thiserror::Error)]
-pub enum RecoveryError {
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("the replica did not replay up to the primary's {lsn} within {waited:?}")]
-    ReplicaBehind { lsn: String, waited: Duration },
-}
+pub type RecoveryError = DbError;
 
 /// How long to wait for the replica to catch up before giving up (and retrying later).
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
 
-#[derive(sqlx::FromRow)]
-struct PendingRow {
-    id: Uuid,
-    stripe_payment_intent_id: Option<String>,
-    idempotency_key: String,
-    amount: i64,
-    currency: String,
-    created_at: DateTime<Utc>,
-    version: i64,
-}
-
 /// The pending state of each of `partitions` (out of `total`), as of now.
 pub async fn load(
-    primary: &PgPool,
-    replica: &PgPool,
+    primary: &Primary,
+    replica: &Replica,
     partitions: &[i32],
     total: i32,
     schedule: &Schedule,
@@ -60,45 +40,15 @@ pub async fn load(
     if partitions.is_empty() {
         return Ok(states);
     }
-    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(primary)
-        .await?;
-    // One connection for the wait and the read: behind nginx, two connections may reach
-    // two different replicas.
-    let mut conn = replica.acquire().await?;
-    let started = Instant::now();
-    loop {
-        // On a primary (no replay position) the answer is true: a dev setup may point
-        // the replica setting at the primary.
-        let caught_up: bool =
-            sqlx::query_scalar("SELECT coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, true)")
-                .bind(&lsn)
-                .fetch_one(&mut *conn)
-                .await?;
-        if caught_up {
-            break;
-        }
-        if started.elapsed() > CATCH_UP_LIMIT {
-            return Err(RecoveryError::ReplicaBehind {
-                lsn,
-                waited: started.elapsed(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut rows = sqlx::query_as::<_, PendingRow>(
-        "SELECT id, stripe_payment_intent_id, idempotency_key, amount, currency, created_at, version
-         FROM payments WHERE status = 'pending' AND attention IS NULL",
-    )
-    .fetch(&mut *conn);
-    while let Some(r) = rows.try_next().await? {
+    let position = primary.wal_position().await?;
+    replica::pending_payments(replica, &position, CATCH_UP_LIMIT, |r| {
         let Some(state) = states.get_mut(&partition_for(r.id, total)) else {
-            continue;
+            return;
         };
         let row = PaymentRow {
             id: r.id,
             status: "pending".into(),
-            stripe_payment_intent_id: r.stripe_payment_intent_id,
+            stripe_payment_intent_id: r.intent,
             idempotency_key: r.idempotency_key,
             amount: r.amount,
             currency: r.currency,
@@ -117,6 +67,7 @@ pub async fn load(
             },
             schedule,
         );
-    }
+    })
+    .await?;
     Ok(states)
 }

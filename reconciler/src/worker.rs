@@ -6,6 +6,13 @@
 //! transition, that update is acknowledged by the broker. Only then is its offset stored
 //! (and later committed), in consumption order, so a crash at any moment replays from
 //! the last message whose work was done.
+//!
+//! The decisions are `engine`'s (pure, tested without Kafka); this file is the I/O around
+//! it: Kafka, the database and Stripe turned into events, its commands carried out, and
+//! metrics.
+
+pub mod engine;
+mod unconfirmed;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,27 +22,30 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::StreamExt;
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::FuturesUnordered;
 use paystream_core::gateway::{GatewayError, StripeGateway};
-use paystream_core::ratelimit::TokenBucket;
 use paystream_service::Metrics;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use sqlx::PgPool;
 use tokio::task::{JoinError, JoinSet};
 use uuid::Uuid;
 
-use crate::backoff::Backoff;
-use crate::config::{KafkaConfig, PollConfig, ReconcilerConfig};
+use self::engine::{Command, Count, DeliveryId, Engine, Event, Halt, Handed, Now, PollAnswer};
+use crate::config::{KafkaConfig, ReconcilerConfig};
 use crate::envelope;
 use crate::output::{self, OutputError, StatusUpdate};
 use crate::poll::{self, Outcome, PollError, Rules, Target};
 use crate::recovery::{self, RecoveryError};
-use crate::source::{self, CdcConsumer, Rebalanced, Rejoin};
-use crate::state::{Effect, PendingState};
+use crate::source::{self, CdcConsumer, Rebalanced};
+use crate::state::Effect;
+
+/// The database handles, only ever passed through to `poll` and `recovery`: a change of
+/// their pool types is a change of these two lines.
+pub type PrimaryDb = paystream_db::Primary;
+pub type ReplicaDb = paystream_db::Replica;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -51,15 +61,26 @@ pub enum WorkerError {
         "{0} undecodable CDC records in a row (all in the dead-letter topic): the stream's format changed? stopping rather than skipping every change"
     )]
     Undecodable(u32),
+    #[error(
+        "the engine asked to dead-letter partition {partition} offset {offset}, which is not the record at hand"
+    )]
+    NoRecord { partition: i32, offset: i64 },
 }
 
-/// Unconfirmed deliveries allowed before the loop waits for the broker.
+impl From<Halt> for WorkerError {
+    fn from(h: Halt) -> Self {
+        match h {
+            Halt::Publish(e) => WorkerError::Publish(e),
+            Halt::Undecodable(n) => WorkerError::Undecodable(n),
+        }
+    }
+}
+
+/// Unconfirmed messages allowed before the loop waits for the broker.
 const MAX_UNCONFIRMED: usize = 10_000;
 /// How often due polls are looked for (tokens accumulate in between, up to the burst).
 const DISPATCH_EVERY: Duration = Duration::from_millis(25);
 const GAUGES_EVERY: Duration = Duration::from_secs(2);
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 struct PollDone {
     partition: i32,
@@ -68,47 +89,33 @@ struct PollDone {
     result: Result<Outcome, PollError>,
 }
 
-struct Delivered {
-    partition: i32,
-    offset: i64,
-    epoch: u64,
-    result: Result<(), String>,
-}
-
-/// A delivery confirmation waiting in line.
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Work running beside the loop, reporting back to it. Not `Sync`: the worker's async
+/// methods take `&mut self`, so that the loop's future stays `Send` across their awaits.
+#[derive(Default)]
+struct InFlight {
+    polls: JoinSet<PollDone>,
+    deliveries: FuturesUnordered<Boxed<(DeliveryId, Result<(), String>)>>,
+}
 
 pub struct Worker<G> {
     kafka: KafkaConfig,
-    poll_cfg: PollConfig,
     rules: Rules,
-    primary: PgPool,
-    replica: PgPool,
+    primary: Arc<PrimaryDb>,
+    replica: ReplicaDb,
     stripe: Arc<G>,
     metrics: Arc<Metrics>,
     producer: FutureProducer,
-    states: HashMap<i32, PendingState>,
-    /// For partitions new to the group: the end offset taken before their state was read
-    /// from the replica; older messages are already in that state.
-    start_at: HashMap<i32, i64>,
-    total_partitions: i32,
-    /// Changes at every rebalance, so an old delivery never stores an offset for a
-    /// partition that was handed over (and maybe handed back) meanwhile.
-    epoch: u64,
-    limiter: TokenBucket,
-    polls: JoinSet<PollDone>,
-    deliveries: FuturesOrdered<Boxed<Delivered>>,
-    backoff: Backoff,
-    /// Undecodable records in a row (see `PollConfig::halt_after_undecodable`).
-    undecodable_run: u32,
-    rejoin: Rejoin,
+    engine: Engine,
+    in_flight: InFlight,
 }
 
 impl<G: StripeGateway + 'static> Worker<G> {
     pub fn new(
         cfg: &ReconcilerConfig,
-        primary: PgPool,
-        replica: PgPool,
+        primary: PrimaryDb,
+        replica: ReplicaDb,
         stripe: Arc<G>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, WorkerError> {
@@ -120,23 +127,14 @@ impl<G: StripeGateway + 'static> Worker<G> {
             .create()?;
         Ok(Worker {
             kafka: cfg.kafka.clone(),
-            poll_cfg: cfg.poll,
             rules: cfg.poll.rules(),
-            primary,
+            primary: Arc::new(primary),
             replica,
             stripe,
             metrics,
             producer,
-            states: HashMap::new(),
-            start_at: HashMap::new(),
-            total_partitions: 1,
-            epoch: 0,
-            limiter: TokenBucket::new(1, 1, Instant::now()),
-            polls: JoinSet::new(),
-            deliveries: FuturesOrdered::new(),
-            backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
-            undecodable_run: 0,
-            rejoin: Rejoin::new(Duration::from_secs(20), Duration::from_secs(600)),
+            engine: Engine::new(cfg.poll, Instant::now()),
+            in_flight: InFlight::default(),
         })
     }
 
@@ -155,111 +153,160 @@ impl<G: StripeGateway + 'static> Worker<G> {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(d) = self.deliveries.next(), if !self.deliveries.is_empty() => {
-                    self.delivered(consumer, d)?;
+                Some((delivery, result)) = self.in_flight.deliveries.next(), if !self.in_flight.deliveries.is_empty() => {
+                    self.step(consumer, Event::Delivered { delivery, result }, None).await?;
                 }
-                Some(done) = self.polls.join_next(), if !self.polls.is_empty() => {
-                    self.poll_done(done);
-                    self.dispatch();
+                Some(joined) = self.in_flight.polls.join_next(), if !self.in_flight.polls.is_empty() => {
+                    let event = self.poll_done(joined);
+                    self.step(consumer, event, None).await?;
                 }
                 _ = dispatch.tick() => {
                     self.rebalance(consumer).await?;
-                    self.dispatch();
-                    if self.rejoin.due(!self.states.is_empty(), Instant::now()) {
-                        tracing::warn!("holding no partition for a while: rejoining the consumer group");
-                        consumer.unsubscribe();
-                        consumer.subscribe(&[&self.kafka.cdc_topic])?;
-                    }
+                    self.step(consumer, Event::Tick, None).await?;
                 }
                 _ = gauges.tick() => self.gauges(),
                 msg = consumer.recv() => {
                     self.rebalance(consumer).await?;
                     match msg {
-                        Ok(m) => self.handle(consumer, &m).await?,
+                        Ok(m) => self.record(consumer, &m).await?,
                         Err(e) => tracing::warn!(error = %e, "kafka consumer error"),
                     }
                 }
             }
         }
         tracing::info!(
-            in_flight_polls = self.polls.len(),
-            unconfirmed = self.deliveries.len(),
+            in_flight_polls = self.in_flight.polls.len(),
+            unconfirmed = self.engine.unconfirmed(),
             "draining"
         );
-        while let Some(done) = self.polls.join_next().await {
-            self.poll_done(done);
+        let mut committed = self.step(consumer, Event::Shutdown, None).await?;
+        while !committed {
+            let event = tokio::select! {
+                Some(joined) = self.in_flight.polls.join_next(), if !self.in_flight.polls.is_empty() => self.poll_done(joined),
+                Some((delivery, result)) = self.in_flight.deliveries.next(), if !self.in_flight.deliveries.is_empty() => Event::Delivered { delivery, result },
+                else => break,
+            };
+            committed = self.step(consumer, event, None).await?;
         }
-        while let Some(d) = self.deliveries.next().await {
-            self.delivered(consumer, d)?;
-        }
-        if let Err(e) =
-            tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync))
-        {
-            tracing::debug!(error = %e, "nothing to commit at shutdown");
+        if !committed {
+            tracing::warn!(
+                unconfirmed = self.engine.unconfirmed(),
+                "nothing left in flight, yet the engine still waits: committing what is stored"
+            );
+            commit_stored(consumer);
         }
         consumer.unsubscribe();
         Ok(())
     }
 
-    async fn handle(
+    async fn record(
         &mut self,
         consumer: &CdcConsumer,
         m: &BorrowedMessage<'_>,
     ) -> Result<(), WorkerError> {
-        let (partition, offset) = (m.partition(), m.offset());
-        if !self.states.contains_key(&partition) {
-            return Ok(());
+        let event = Event::Record {
+            partition: m.partition(),
+            offset: m.offset(),
+            change: envelope::decode(m.key(), m.payload()),
+        };
+        self.step(consumer, event, Some(m)).await?;
+        while self.engine.unconfirmed() >= MAX_UNCONFIRMED {
+            let Some((delivery, result)) = self.in_flight.deliveries.next().await else {
+                break;
+            };
+            self.step(consumer, Event::Delivered { delivery, result }, None)
+                .await?;
         }
-        if self.start_at.get(&partition).is_some_and(|s| offset < *s) {
-            return Ok(());
-        }
-        let change = match envelope::decode(m.key(), m.payload()) {
-            Ok(c) => {
-                self.undecodable_run = 0;
-                c
-            }
-            Err(e) => {
-                // A record this code cannot read would stop the partition forever if
-                // retried: it goes whole to the dead-letter topic, and its offset is
-                // stored once the broker has it there. A run of them stops the process.
-                self.undecodable_run += 1;
-                tracing::error!(partition, offset, error = %e, run = self.undecodable_run, "undecodable CDC record sent to the dead-letter topic");
-                self.metrics.inc(
-                    "reconciler_undecodable_total",
-                    "CDC records that could not be decoded (sent to the dead-letter topic)",
-                    &[],
-                );
-                if self.undecodable_run >= self.poll_cfg.halt_after_undecodable.max(1) {
-                    return Err(WorkerError::Undecodable(self.undecodable_run));
+        Ok(())
+    }
+
+    /// Hands `event` to the engine and carries out its commands; `record` is the message
+    /// the event came from, if any. Returns whether the final commit was made.
+    async fn step(
+        &mut self,
+        consumer: &CdcConsumer,
+        event: Event,
+        record: Option<&BorrowedMessage<'_>>,
+    ) -> Result<bool, WorkerError> {
+        let mut committed = false;
+        for command in self.engine.step(event, Now::system()) {
+            match command {
+                Command::StoreOffset { partition, offset } => {
+                    if let Err(e) = consumer.store_offset(&self.kafka.cdc_topic, partition, offset)
+                    {
+                        // The partition was revoked meanwhile: its new owner replays from
+                        // the last commit.
+                        tracing::debug!(partition, offset, error = %e, "offset not stored");
+                    }
                 }
-                let delivery = self.dead_letter(m, &e.to_string()).await?;
-                return self.done(consumer, partition, offset, Some(delivery)).await;
+                Command::Publish { delivery, update } => {
+                    let f = self.publish(&update).await?;
+                    self.track(delivery, f);
+                }
+                Command::DeadLetter {
+                    delivery,
+                    partition,
+                    offset,
+                    error,
+                } => {
+                    let m = record
+                        .filter(|m| m.partition() == partition && m.offset() == offset)
+                        .ok_or(WorkerError::NoRecord { partition, offset })?;
+                    let f = self.dead_letter(m, &error).await?;
+                    self.track(delivery, f);
+                }
+                Command::StartPoll { partition, target } => self.spawn_poll(partition, target),
+                Command::Seek { partition, offset } => {
+                    let seek = tokio::task::block_in_place(|| {
+                        consumer.seek(
+                            &self.kafka.cdc_topic,
+                            partition,
+                            rdkafka::Offset::Offset(offset),
+                            Duration::from_secs(2),
+                        )
+                    });
+                    if let Err(e) = seek {
+                        tracing::debug!(partition, error = %e, "seek failed; older messages are skipped instead");
+                    }
+                }
+                Command::CommitStart(starts) => {
+                    let mut tpl = rdkafka::TopicPartitionList::new();
+                    for (p, offset) in starts {
+                        tpl.add_partition_offset(
+                            &self.kafka.cdc_topic,
+                            p,
+                            rdkafka::Offset::Offset(offset),
+                        )?;
+                    }
+                    tokio::task::block_in_place(|| consumer.commit(&tpl, CommitMode::Sync))?;
+                }
+                Command::Commit => {
+                    commit_stored(consumer);
+                    committed = true;
+                }
+                Command::Rejoin => {
+                    tracing::warn!(
+                        "holding no partition for a while: rejoining the consumer group"
+                    );
+                    consumer.unsubscribe();
+                    consumer.subscribe(&[&self.kafka.cdc_topic])?;
+                }
+                Command::Halt(h) => return Err(h.into()),
+                Command::Count(c) => self.count(c),
             }
-        };
-        if let Some(ts) = change.commit_ts_ms() {
-            let lag_ms = Utc::now().timestamp_millis().saturating_sub(ts).max(0);
-            self.metrics.observe(
-                "reconciler_cdc_latency_seconds",
-                "from the commit on the primary (source.ts_ms) to the change in the state",
-                &[],
-                Duration::from_millis(lag_ms.unsigned_abs()),
-            );
         }
-        let state = self
-            .states
-            .get_mut(&partition)
-            .expect("checked above: the partition is ours");
-        let effect = state.apply(&change, &self.rules.schedule);
-        self.metrics.inc(
-            "reconciler_changes_total",
-            "CDC changes applied to the state, by effect",
-            &[("effect", effect_label(effect))],
-        );
-        let delivery = match change.final_transition() {
-            Some(update) => Some(self.publish(&update).await?),
-            None => None,
-        };
-        self.done(consumer, partition, offset, delivery).await
+        Ok(committed)
+    }
+
+    fn track(&mut self, delivery: DeliveryId, f: DeliveryFuture) {
+        self.in_flight.deliveries.push(Box::pin(async move {
+            let result = match f.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e.to_string()),
+                Err(_) => Err("the producer went away".into()),
+            };
+            (delivery, result)
+        }));
     }
 
     /// Sends an undecodable record, whole, to the dead-letter topic.
@@ -331,106 +378,70 @@ impl<G: StripeGateway + 'static> Worker<G> {
         }
     }
 
-    /// Records that a message's work is done once its delivery (if any) is confirmed;
-    /// offsets are stored strictly in consumption order.
-    async fn done(
-        &mut self,
-        consumer: &CdcConsumer,
-        partition: i32,
-        offset: i64,
-        delivery: Option<DeliveryFuture>,
-    ) -> Result<(), WorkerError> {
-        if delivery.is_none() && self.deliveries.is_empty() {
-            self.store(consumer, partition, offset);
-            return Ok(());
-        }
-        let epoch = self.epoch;
-        self.deliveries.push_back(Box::pin(async move {
-            let result = match delivery {
-                None => Ok(()),
-                Some(f) => match f.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(e.to_string()),
-                    Err(_) => Err("the producer went away".into()),
-                },
-            };
-            Delivered {
-                partition,
-                offset,
-                epoch,
-                result,
-            }
-        }));
-        while self.deliveries.len() >= MAX_UNCONFIRMED {
-            if let Some(d) = self.deliveries.next().await {
-                self.delivered(consumer, d)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn delivered(&mut self, consumer: &CdcConsumer, d: Delivered) -> Result<(), WorkerError> {
-        // Not storing the offset is not enough: later messages would store theirs past
-        // it. Stopping makes the group replay from the last confirmed message.
-        d.result.map_err(WorkerError::Publish)?;
-        self.metrics.inc(
-            "reconciler_published_total",
-            "messages confirmed by the broker (updates and the offsets behind them)",
-            &[],
-        );
-        if d.epoch == self.epoch {
-            self.store(consumer, d.partition, d.offset);
-        }
-        Ok(())
-    }
-
-    fn store(&self, consumer: &CdcConsumer, partition: i32, offset: i64) {
-        if let Err(e) = consumer.store_offset(&self.kafka.cdc_topic, partition, offset) {
-            // The partition was revoked meanwhile: its new owner replays from the last commit.
-            tracing::debug!(partition, offset, error = %e, "offset not stored");
-        }
-    }
-
     async fn rebalance(&mut self, consumer: &CdcConsumer) -> Result<(), WorkerError> {
         for r in consumer.context().take_rebalances() {
-            self.epoch += 1;
             match r {
                 Rebalanced::Revoked(ps) => {
                     for p in &ps {
-                        self.states.remove(p);
-                        self.start_at.remove(p);
                         self.metrics
                             .remove_gauge("reconciler_pending", &[("partition", &p.to_string())]);
                     }
+                    self.step(consumer, Event::Revoked(ps), None).await?;
                 }
-                Rebalanced::Assigned(ps) => self.assign(consumer, &ps).await?,
+                Rebalanced::Assigned(ps) if ps.is_empty() => {
+                    let event = Event::Assigned {
+                        total_partitions: 1,
+                        partitions: Vec::new(),
+                    };
+                    self.step(consumer, event, None).await?;
+                }
+                Rebalanced::Assigned(ps) => {
+                    let started = Instant::now();
+                    let (total_partitions, partitions) = self.load(consumer, &ps).await?;
+                    let pending: usize = partitions.iter().map(|h| h.state.len()).sum();
+                    let event = Event::Assigned {
+                        total_partitions,
+                        partitions,
+                    };
+                    self.step(consumer, event, None).await?;
+                    let took = started.elapsed();
+                    self.metrics.observe(
+                        "reconciler_state_load_seconds",
+                        "time to rebuild the state of newly assigned partitions from the replica",
+                        &[],
+                        took,
+                    );
+                    tracing::info!(partitions = ?ps, pending, took_ms = took.as_millis() as u64, "state loaded");
+                    self.gauges();
+                }
             }
-            self.share_rate();
         }
         Ok(())
     }
 
-    async fn assign(&mut self, consumer: &CdcConsumer, ps: &[i32]) -> Result<(), WorkerError> {
-        if ps.is_empty() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        let topic = self.kafka.cdc_topic.clone();
+    /// What the engine needs to take `ps` over: the topic's partition count, and for each
+    /// partition its state from the replica and, if new to the group, where it starts.
+    async fn load(
+        &mut self,
+        consumer: &CdcConsumer,
+        ps: &[i32],
+    ) -> Result<(i32, Vec<Handed>), WorkerError> {
+        let topic = &self.kafka.cdc_topic;
         let meta = tokio::task::block_in_place(|| {
-            consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))
+            consumer.fetch_metadata(Some(topic), Duration::from_secs(10))
         })?;
-        self.total_partitions = meta.topics().first().map_or(1, |t| {
+        let total_partitions = meta.topics().first().map_or(1, |t| {
             i32::try_from(t.partitions().len()).unwrap_or(1).max(1)
         });
         // Positions first, state second: the state is then at least as new as them.
-        let positions = source::committed_and_ends(consumer, &topic, ps)?;
+        let positions = source::committed_and_ends(consumer, topic, ps)?;
         let mut attempt = 0;
         let loaded = loop {
             match recovery::load(
                 &self.primary,
                 &self.replica,
                 ps,
-                self.total_partitions,
+                total_partitions,
                 &self.rules.schedule,
             )
             .await
@@ -444,119 +455,46 @@ impl<G: StripeGateway + 'static> Worker<G> {
                 Err(e) => return Err(e.into()),
             }
         };
-        // A partition the group never committed an offset for starts at its end (its
-        // older changes are in the state just read). That starting point is committed at
-        // once: a later owner that also found no commit (this instance consumed nothing
-        // there before a rebalance) would otherwise start at its own, later end and skip
-        // every change in between, final transitions included (I3).
-        let mut fresh = rdkafka::TopicPartitionList::new();
-        for (p, committed, end) in positions {
-            if committed.is_none() {
-                self.start_at.insert(p, end);
-                fresh.add_partition_offset(&topic, p, rdkafka::Offset::Offset(end))?;
-                let seek = tokio::task::block_in_place(|| {
-                    consumer.seek(
-                        &topic,
-                        p,
-                        rdkafka::Offset::Offset(end),
-                        Duration::from_secs(2),
-                    )
-                });
-                if let Err(e) = seek {
-                    tracing::debug!(partition = p, error = %e, "seek failed; older messages are skipped instead");
-                }
+        // A partition the group never committed an offset for starts at its end: its
+        // older changes are in the state just read.
+        let fresh: HashMap<i32, i64> = positions
+            .into_iter()
+            .filter(|(_, committed, _)| committed.is_none())
+            .map(|(p, _, end)| (p, end))
+            .collect();
+        let mut partitions: Vec<Handed> = loaded
+            .into_iter()
+            .map(|(partition, state)| Handed {
+                partition,
+                state,
+                start_at: fresh.get(&partition).copied(),
+            })
+            .collect();
+        partitions.sort_by_key(|h| h.partition);
+        Ok((total_partitions, partitions))
+    }
+
+    fn spawn_poll(&mut self, partition: i32, target: Target) {
+        let (stripe, db, rules) = (self.stripe.clone(), self.primary.clone(), self.rules);
+        self.in_flight.polls.spawn(async move {
+            let started = Instant::now();
+            let result = poll::poll(&*stripe, &db, &target, &rules, Utc::now()).await;
+            PollDone {
+                partition,
+                id: target.id,
+                took: started.elapsed(),
+                result,
             }
-        }
-        if fresh.count() > 0 {
-            tokio::task::block_in_place(|| consumer.commit(&fresh, CommitMode::Sync))?;
-        }
-        let pending: usize = loaded.values().map(PendingState::len).sum();
-        self.states.extend(loaded);
-        let took = started.elapsed();
-        self.metrics.observe(
-            "reconciler_state_load_seconds",
-            "time to rebuild the state of newly assigned partitions from the replica",
-            &[],
-            took,
-        );
-        tracing::info!(partitions = ?ps, pending, took_ms = took.as_millis() as u64, "state loaded");
-        self.gauges();
-        Ok(())
+        });
     }
 
-    /// Each instance takes the share of the group's Stripe budget that its share of the
-    /// partitions is, so the group as a whole stays under the configured rate.
-    fn share_rate(&mut self) {
-        let owned = self.states.len() as u64;
-        let total = self.total_partitions.max(1) as u64;
-        let share = |v: u32| {
-            u32::try_from(u64::from(v) * owned / total)
-                .unwrap_or(u32::MAX)
-                .max(1)
-        };
-        self.limiter = TokenBucket::new(
-            share(self.poll_cfg.rate_per_sec),
-            share(self.poll_cfg.burst),
-            Instant::now(),
-        );
-    }
-
-    fn dispatch(&mut self) {
-        if self.backoff.paused(Instant::now()) {
-            return;
-        }
-        let wall = Utc::now();
-        while self.polls.len() < self.poll_cfg.max_in_flight {
-            let due = self
-                .states
-                .iter_mut()
-                .filter_map(|(p, s)| s.next_due().map(|at| (*p, at)))
-                .filter(|(_, at)| *at <= wall)
-                .min_by_key(|(_, at)| *at);
-            let Some((partition, _)) = due else {
-                return;
-            };
-            if self.limiter.take(Instant::now()).is_err() {
-                self.metrics.inc(
-                    "reconciler_rate_limit_waits_total",
-                    "dispatch rounds that had a due poll but no token",
-                    &[],
-                );
-                return;
-            }
-            let Some((id, p)) = self
-                .states
-                .get_mut(&partition)
-                .and_then(|s| s.take_due(wall, 1, &self.rules.schedule).pop())
-            else {
-                return;
-            };
-            let target = Target {
-                id,
-                intent: p.intent.map(String::from),
-                created_at: p.created_at,
-                misses: p.misses,
-            };
-            let (stripe, db, rules) = (self.stripe.clone(), self.primary.clone(), self.rules);
-            self.polls.spawn(async move {
-                let started = Instant::now();
-                let result = poll::poll(&*stripe, &db, &target, &rules, Utc::now()).await;
-                PollDone {
-                    partition,
-                    id: target.id,
-                    took: started.elapsed(),
-                    result,
-                }
-            });
-        }
-    }
-
-    fn poll_done(&mut self, joined: Result<PollDone, JoinError>) {
+    /// A finished poll task as an event, with its metrics and logs.
+    fn poll_done(&self, joined: Result<PollDone, JoinError>) -> Event {
         let done = match joined {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "a poll task failed");
-                return;
+                return Event::PollLost;
             }
         };
         let label = match &done.result {
@@ -575,37 +513,80 @@ impl<G: StripeGateway + 'static> Worker<G> {
             done.took,
         );
         let id = done.id;
-        if let (Ok(outcome), Some(s)) = (&done.result, self.states.get_mut(&done.partition)) {
-            s.note_poll(id, outcome.usable());
-        }
-        match &done.result {
-            Err(PollError::Stripe(GatewayError::RateLimited)) => {
-                let pause = self.backoff.limited(Instant::now());
-                let retry_at =
-                    Utc::now() + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::MAX);
-                if let Some(s) = self.states.get_mut(&done.partition) {
-                    s.reschedule(id, retry_at);
-                }
-                tracing::warn!(payment_id = %id, backoff_ms = pause.as_millis() as u64, "stripe rate limit: polls paused");
-                return;
-            }
+        let answer = match &done.result {
+            Err(PollError::Stripe(GatewayError::RateLimited)) => PollAnswer::RateLimited,
             Err(e) => {
                 tracing::warn!(payment_id = %id, error = %e, "poll failed; next poll on schedule");
+                PollAnswer::Failed
             }
-            Ok(Outcome::Resolved { to, source }) => {
-                tracing::info!(payment_id = %id, status = to.as_str(), source = source.as_str(), "resolved");
+            Ok(outcome) => {
+                match outcome {
+                    Outcome::Resolved { to, source } => {
+                        tracing::info!(payment_id = %id, status = to.as_str(), source = source.as_str(), "resolved");
+                    }
+                    Outcome::Conflict { ours, stripe } => {
+                        tracing::error!(payment_id = %id, ours = %ours, stripe = %stripe, "our final status disagrees with stripe");
+                    }
+                    _ => {}
+                }
+                PollAnswer::Answered {
+                    usable: outcome.usable(),
+                }
             }
-            Ok(Outcome::Conflict { ours, stripe }) => {
-                tracing::error!(payment_id = %id, ours = %ours, stripe = %stripe, "our final status disagrees with stripe");
-            }
-            Ok(_) => {}
+        };
+        Event::PollDone {
+            partition: done.partition,
+            id,
+            answer,
         }
-        self.backoff.succeeded(Instant::now());
+    }
+
+    fn count(&self, c: Count) {
+        match c {
+            Count::Undecodable => self.metrics.inc(
+                "reconciler_undecodable_total",
+                "CDC records that could not be decoded (sent to the dead-letter topic)",
+                &[],
+            ),
+            Count::Applied {
+                effect,
+                commit_ts_ms,
+            } => {
+                if let Some(ts) = commit_ts_ms {
+                    let lag_ms = Utc::now().timestamp_millis().saturating_sub(ts).max(0);
+                    self.metrics.observe(
+                        "reconciler_cdc_latency_seconds",
+                        "from the commit on the primary (source.ts_ms) to the change in the state",
+                        &[],
+                        Duration::from_millis(lag_ms.unsigned_abs()),
+                    );
+                }
+                self.metrics.inc(
+                    "reconciler_changes_total",
+                    "CDC changes applied to the state, by effect",
+                    &[("effect", effect_label(effect))],
+                );
+            }
+            Count::Confirmed(n) => {
+                for _ in 0..n {
+                    self.metrics.inc(
+                        "reconciler_published_total",
+                        "messages confirmed by the broker (updates and the offsets behind them)",
+                        &[],
+                    );
+                }
+            }
+            Count::RateLimitWait => self.metrics.inc(
+                "reconciler_rate_limit_waits_total",
+                "dispatch rounds that had a due poll but no token",
+                &[],
+            ),
+        }
     }
 
     fn gauges(&self) {
         let mut bytes = 0;
-        for (p, s) in &self.states {
+        for (p, s) in self.engine.states() {
             bytes += s.approx_bytes();
             self.metrics.set_gauge(
                 "reconciler_pending",
@@ -624,14 +605,21 @@ impl<G: StripeGateway + 'static> Worker<G> {
             "reconciler_partitions",
             "CDC partitions this instance holds state for (0 for long: the group gave it none)",
             &[],
-            i64::try_from(self.states.len()).unwrap_or(i64::MAX),
+            i64::try_from(self.engine.partitions()).unwrap_or(i64::MAX),
         );
         self.metrics.set_gauge(
             "reconciler_polls_in_flight",
             "Stripe polls running now",
             &[],
-            i64::try_from(self.polls.len()).unwrap_or(i64::MAX),
+            i64::try_from(self.in_flight.polls.len()).unwrap_or(i64::MAX),
         );
+    }
+}
+
+fn commit_stored(consumer: &CdcConsumer) {
+    if let Err(e) = tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync))
+    {
+        tracing::debug!(error = %e, "nothing to commit at shutdown");
     }
 }
 

@@ -36,7 +36,9 @@ async fn world_with_webhooks(stack: &Stack, faults: serde_json::Value) -> SimWor
         secrets: secret.clone(),
         tolerance_secs: 300,
     };
-    let hook = paystream_webhook::spawn(db, &settings).await.unwrap();
+    let hook = paystream_webhook::spawn(db.into(), &settings)
+        .await
+        .unwrap();
     world.add_webhook_endpoint(&hook, &secret).await;
     world.set_faults(faults).await;
     world
@@ -382,7 +384,7 @@ fn rules() -> Rules {
 
 /// One poll of `t` at `now` under the tests' rules.
 async fn poll_at(world: &SimWorld, t: &Target, now: DateTime<Utc>) -> Outcome {
-    poll::poll(&world.stripe, &world.db, t, &rules(), now)
+    poll::poll(&world.stripe, &world.primary, t, &rules(), now)
         .await
         .unwrap()
 }

@@ -5,23 +5,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use paystream_core::{IntentView, PaymentStatus};
+use paystream_db::payments::{Attention, Source};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Our side of a payment, as the replica has it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ours {
-    pub id: Uuid,
-    pub intent: Option<String>,
-    pub status: String,
-    pub amount: i64,
-    pub currency: String,
-    pub created_at: DateTime<Utc>,
-    pub resolved_at: Option<DateTime<Utc>>,
-    pub resolution_source: Option<String>,
-    /// Why it waits for an operator (`charged_after_cancel`, `unknown_at_stripe`, ...).
-    pub attention: Option<String>,
-}
+pub use paystream_db::replica::PaymentRow as Ours;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,11 +75,10 @@ impl Class {
     }
 
     /// The class of a payment flagged for an operator.
-    pub fn of_attention(attention: &str) -> Class {
-        if attention == "charged_after_cancel" {
-            Class::ChargedAfterCancel
-        } else {
-            Class::NeedsAttention
+    pub fn of_attention(attention: Attention) -> Class {
+        match attention {
+            Attention::ChargedAfterCancel => Class::ChargedAfterCancel,
+            Attention::UnknownAtStripe | Attention::UnknownStripeStatus => Class::NeedsAttention,
         }
     }
 }
@@ -107,12 +95,6 @@ pub struct Finding {
     /// What an operator should do about it, when that is not obvious from the class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-}
-
-/// What an operator should do about a payment flagged `attention`.
-pub fn note_for(attention: &str) -> String {
-    paystream_db::payments::Attention::parse(attention)
-        .map_or_else(|| format!("flagged {attention}"), |a| a.action().to_owned())
 }
 
 /// Nearest-rank percentiles of time from creation to resolution, in milliseconds.
@@ -177,27 +159,29 @@ pub fn classify(
         if let Some(i) = intent {
             claimed.insert(i.id.as_str());
         }
-        if p.status != PaymentStatus::Pending.as_str() {
+        if p.status.is_final() {
             *resolved_by
                 .entry(
                     p.resolution_source
-                        .clone()
-                        .unwrap_or_else(|| "unknown".into()),
+                        .map_or("unknown", Source::as_str)
+                        .to_owned(),
                 )
                 .or_default() += 1;
             if let Some(at) = p.resolved_at {
                 latencies.push((at - p.created_at).num_milliseconds().max(0));
             }
         }
-        let stuck = p.status == PaymentStatus::Pending.as_str() && now - p.created_at > stuck_after;
+        let ours_status = p.status.as_str().to_owned();
+        let stuck = p.status == PaymentStatus::Pending && now - p.created_at > stuck_after;
         let (class, ours_says, stripe_says) = match intent {
             _ if p.attention.is_some() => (
-                Class::of_attention(p.attention.as_deref().unwrap_or_default()),
-                Some(p.status.clone()),
+                p.attention
+                    .map_or(Class::NeedsAttention, Class::of_attention),
+                Some(ours_status.clone()),
                 intent.map(|i| i.stripe_status.clone()),
             ),
             None if p.intent.is_some() => (Class::MissingAtStripe, p.intent.clone(), None),
-            None if stuck => (Class::StuckPending, Some(p.status.clone()), None),
+            None if stuck => (Class::StuckPending, Some(ours_status.clone()), None),
             None => (Class::Matched, None, None),
             Some(i) if i.currency != p.currency => (
                 Class::CurrencyMismatch,
@@ -209,14 +193,14 @@ pub fn classify(
                 Some(p.amount.to_string()),
                 Some(i.amount.to_string()),
             ),
-            Some(i) if i.status().map(PaymentStatus::as_str) != Some(p.status.as_str()) => (
+            Some(i) if i.status() != Some(p.status) => (
                 Class::StatusMismatch,
-                Some(p.status.clone()),
+                Some(ours_status.clone()),
                 Some(i.stripe_status.clone()),
             ),
             Some(i) if stuck => (
                 Class::StuckPending,
-                Some(p.status.clone()),
+                Some(ours_status.clone()),
                 Some(i.stripe_status.clone()),
             ),
             Some(_) => (Class::Matched, None, None),
@@ -230,7 +214,7 @@ pub fn classify(
                 ours: ours_says,
                 stripe: stripe_says,
                 created_at: Some(p.created_at),
-                note: p.attention.as_deref().map(note_for),
+                note: p.attention.map(|a| a.action().to_owned()),
             });
         }
     }
@@ -323,12 +307,12 @@ mod tests {
         Ours {
             id: Uuid::now_v7(),
             intent: intent.map(str::to_owned),
-            status: status.into(),
+            status: status.parse().unwrap(),
             amount: 1000,
             currency: "usd".into(),
             created_at: t0(),
             resolved_at: (status != "pending").then(|| t0() + chrono::Duration::seconds(3)),
-            resolution_source: (status != "pending").then(|| "webhook".to_owned()),
+            resolution_source: (status != "pending").then_some(Source::Webhook),
             attention: None,
         }
     }
@@ -383,10 +367,10 @@ mod tests {
         let orphan_of = ours("canceled", None);
         t.push(theirs("pi_orphan", "succeeded", &orphan_of));
         let mut charged = ours("succeeded", Some("pi_charged"));
-        charged.attention = Some("charged_after_cancel".into());
+        charged.attention = Some(Attention::ChargedAfterCancel);
         t.push(theirs("pi_charged", "succeeded", &charged));
         let mut unknown = ours("pending", Some("pi_unknown"));
-        unknown.attention = Some("unknown_at_stripe".into());
+        unknown.attention = Some(Attention::UnknownAtStripe);
         let o = [
             ok, status, amount, currency, missing, stuck, unlinked, charged, unknown,
         ];
@@ -420,7 +404,11 @@ mod tests {
             .map(|i| {
                 let mut p = ours("succeeded", None);
                 p.resolved_at = Some(t0() + chrono::Duration::milliseconds(i * 10));
-                p.resolution_source = Some(if i % 4 == 0 { "poll" } else { "webhook" }.into());
+                p.resolution_source = Some(if i % 4 == 0 {
+                    Source::Poll
+                } else {
+                    Source::Webhook
+                });
                 p
             })
             .collect();

@@ -12,6 +12,8 @@ pub mod window;
 
 use chrono::{DateTime, Utc};
 use paystream_core::StripeGateway;
+use paystream_db::Replica;
+use paystream_db::replica::{self, OrphanedEvent};
 use serde::{Deserialize, Serialize};
 
 pub use classify::{Class, Classified, Finding, Ours, classify};
@@ -43,18 +45,18 @@ pub struct Settings {
 }
 
 pub async fn run<G: StripeGateway>(
-    replica: &deadpool_postgres::Pool,
+    replica: &Replica,
     stripe: &G,
     s: &Settings,
     progress: impl FnMut(usize),
 ) -> Result<Report, SourceError> {
-    let (ours, data_as_of) = source::our_payments(replica, s.since, s.until).await?;
+    let (ours, data_as_of) = replica::payments_created(replica, s.since, s.until).await?;
     let theirs =
         source::stripe_intents(stripe, s.since, s.until, &ours, s.stripe_rate, progress).await?;
     let now = Utc::now();
     let mut classified = classify(&ours, &theirs, now, s.stuck_after);
-    let flagged = source::flagged_outside(replica, s.since, s.until).await?;
-    let orphaned = source::orphaned_events(replica).await?;
+    let flagged = replica::flagged_outside(replica, s.since, s.until).await?;
+    let orphaned = replica::orphaned_events(replica).await?;
     add_operator_items(&mut classified, &flagged, &orphaned);
     Ok(Report {
         since: s.since,
@@ -71,19 +73,21 @@ pub async fn run<G: StripeGateway>(
 
 /// What waits for an operator whatever the window: flagged payments created outside it,
 /// and webhook events that never matched a payment. Each is a discrepancy until dealt with.
-fn add_operator_items(c: &mut Classified, flagged: &[Ours], orphaned: &[source::OrphanedEvent]) {
+fn add_operator_items(c: &mut Classified, flagged: &[Ours], orphaned: &[OrphanedEvent]) {
     for p in flagged {
-        let attention = p.attention.as_deref().unwrap_or_default();
+        let Some(attention) = p.attention else {
+            continue;
+        };
         let class = Class::of_attention(attention);
         *c.counts.entry(class).or_default() += 1;
         c.findings.push(Finding {
             class,
             payment_id: Some(p.id),
             intent_id: p.intent.clone(),
-            ours: Some(p.status.clone()),
+            ours: Some(p.status.as_str().to_owned()),
             stripe: None,
             created_at: Some(p.created_at),
-            note: Some(classify::note_for(attention)),
+            note: Some(attention.action().to_owned()),
         });
     }
     for e in orphaned {

@@ -2,10 +2,9 @@
 //! one status function (source `operator`). Nothing else is ever touched.
 
 use paystream_core::PaymentStatus;
-use paystream_db::DbError;
 use paystream_db::payments::{self, Applied, Observation, Source};
+use paystream_db::{DbError, Primary};
 use serde_json::json;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{Class, Finding};
@@ -21,7 +20,7 @@ pub enum Repair {
     Refused { id: Uuid, reason: String },
 }
 
-pub async fn repair(primary: &PgPool, findings: &[Finding]) -> Result<Vec<Repair>, DbError> {
+pub async fn repair(primary: &Primary, findings: &[Finding]) -> Result<Vec<Repair>, DbError> {
     let mut out = Vec::new();
     for f in findings.iter().filter(|f| f.class == Class::StatusMismatch) {
         let (Some(id), Some(stripe)) = (f.payment_id, f.stripe.as_deref()) else {
@@ -36,6 +35,7 @@ pub async fn repair(primary: &PgPool, findings: &[Finding]) -> Result<Vec<Repair
         };
         let obs = Observation {
             status: to,
+            intent: f.intent_id.as_deref(),
             stripe_status: Some(stripe),
             error: None,
             source: Source::Operator,

@@ -3,78 +3,39 @@
 
 use std::collections::BTreeMap;
 
-use paystream_db::DbError;
-use sqlx::PgPool;
+use paystream_db::replica::{self, RunSummary};
+use paystream_db::runs::NewRun;
+use paystream_db::{DbError, Primary, Replica};
 use uuid::Uuid;
 
-use crate::source::SourceError;
 use crate::{Class, Report};
 
-pub async fn store(primary: &PgPool, r: &Report) -> Result<Uuid, DbError> {
-    let id = Uuid::now_v7();
+pub async fn store(primary: &Primary, r: &Report) -> Result<Uuid, DbError> {
     let report = serde_json::to_value(r).unwrap_or_default();
-    sqlx::query(
-        "INSERT INTO reconciliation_runs (id, since, until, generated_at, discrepancies, counts, report)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    let counts = serde_json::to_value(&r.classified.counts).unwrap_or_default();
+    paystream_db::runs::store(
+        primary,
+        &NewRun {
+            since: r.since,
+            until: r.until,
+            generated_at: r.generated_at,
+            discrepancies: i64::try_from(r.classified.discrepancies()).unwrap_or(i64::MAX),
+            counts: &counts,
+            report: &report,
+        },
     )
-    .bind(id)
-    .bind(r.since)
-    .bind(r.until)
-    .bind(r.generated_at)
-    .bind(i64::try_from(r.classified.discrepancies()).unwrap_or(i64::MAX))
-    .bind(serde_json::to_value(&r.classified.counts).unwrap_or_default())
-    .bind(report)
-    .execute(primary)
-    .await?;
-    Ok(id)
+    .await
 }
 
-/// One line of the run list.
-#[derive(Debug, Clone)]
-pub struct RunSummary {
-    pub id: Uuid,
-    pub since: chrono::DateTime<chrono::Utc>,
-    pub until: chrono::DateTime<chrono::Utc>,
-    pub generated_at: chrono::DateTime<chrono::Utc>,
-    pub discrepancies: i64,
+pub async fn list(replica: &Replica, limit: i64) -> Result<Vec<RunSummary>, DbError> {
+    replica::runs(replica, limit).await
 }
 
-pub async fn list(
-    replica: &deadpool_postgres::Pool,
-    limit: i64,
-) -> Result<Vec<RunSummary>, SourceError> {
-    let client = replica.get().await?;
-    let rows = client
-        .query(
-            "SELECT id, since, until, generated_at, discrepancies FROM reconciliation_runs
-             ORDER BY generated_at DESC LIMIT $1",
-            &[&limit],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| RunSummary {
-            id: r.get(0),
-            since: r.get(1),
-            until: r.get(2),
-            generated_at: r.get(3),
-            discrepancies: r.get(4),
-        })
-        .collect())
-}
-
-pub async fn load(
-    replica: &deadpool_postgres::Pool,
-    id: Uuid,
-) -> Result<Option<Report>, SourceError> {
-    let client = replica.get().await?;
-    let row = client
-        .query_opt(
-            "SELECT report::text FROM reconciliation_runs WHERE id = $1",
-            &[&id],
-        )
-        .await?;
-    Ok(row.and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok()))
+/// A stored run, `None` if there is none (or it no longer reads as a report).
+pub async fn load(replica: &Replica, id: Uuid) -> Result<Option<Report>, DbError> {
+    Ok(replica::run_report(replica, id)
+        .await?
+        .and_then(|text| serde_json::from_str(&text).ok()))
 }
 
 /// What changed between two runs, per payment (or intent, for orphans).

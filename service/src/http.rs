@@ -9,20 +9,24 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use paystream_db::Primary;
 use serde_json::json;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
+use crate::runtime::{Runtime, TaskState};
 
 /// Who answers, and what readiness depends on.
 #[derive(Clone)]
 pub struct Health {
     pub service: &'static str,
     pub instance: String,
-    pub primary: PgPool,
+    pub primary: Primary,
     pub metrics: Arc<Metrics>,
+    /// Its supervised background tasks, if it has any.
+    pub runtime: Option<Runtime>,
 }
 
 impl Health {
@@ -129,12 +133,12 @@ async fn prometheus(State(h): State<Health>) -> impl IntoResponse {
         (
             "db_pool_connections",
             "connections open in the primary's pool",
-            i64::from(h.primary.size()),
+            i64::from(h.primary.connections().0),
         ),
         (
             "db_pool_idle_connections",
             "idle connections in the primary's pool",
-            h.primary.num_idle() as i64,
+            h.primary.connections().1 as i64,
         ),
     ];
     (
@@ -148,38 +152,63 @@ async fn live(State(h): State<Health>) -> impl IntoResponse {
 }
 
 async fn ready(State(h): State<Health>) -> impl IntoResponse {
-    let probe = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&h.primary),
-    )
-    .await;
-    match probe {
-        Ok(Ok(_)) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "primary": "ok"})),
-        ),
+    let probe = tokio::time::timeout(Duration::from_secs(2), h.primary.ping()).await;
+    let primary = match probe {
+        Ok(Ok(())) => "ok",
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: primary unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unready", "primary": "error"})),
-            )
+            "error"
         }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unready", "primary": "timeout"})),
-        ),
-    }
+        Err(_) => "timeout",
+    };
+    let tasks: serde_json::Map<String, serde_json::Value> = h
+        .runtime
+        .as_ref()
+        .map(Runtime::tasks)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, state)| {
+            let v = match state {
+                TaskState::Running => json!("running"),
+                TaskState::Restarting {
+                    restarts,
+                    last_error,
+                } => json!({"state": "restarting", "restarts": restarts, "last_error": last_error}),
+                TaskState::Failed { error } => json!({"state": "failed", "error": error}),
+            };
+            (name.to_owned(), v)
+        })
+        .collect();
+    let tasks_ok = h.runtime.as_ref().is_none_or(Runtime::all_running);
+    let ready = primary == "ok" && tasks_ok;
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(json!({
+            "status": if ready { "ready" } else { "unready" },
+            "primary": primary,
+            "tasks": tasks,
+        })),
+    )
 }
 
-/// Serves until SIGTERM or Ctrl-C, then stops accepting and lets in-flight requests finish.
-pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
+/// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight requests
+/// finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
 
-pub async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C. Only `Runtime::new` listens: one handler per process.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

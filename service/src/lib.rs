@@ -4,11 +4,13 @@
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod runtime;
 pub mod telemetry;
 
 pub use config::{ConfigError, DatabaseConfig, ServiceConfig};
 pub use http::{Health, serve};
 pub use metrics::Metrics;
+pub use runtime::{OnExit, Runtime};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,16 +18,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use sqlx::postgres::PgPoolOptions;
+use paystream_db::{DbError, Primary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("database settings are invalid: {0}")]
-    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Database(#[from] DbError),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    #[error("stopped: {0}")]
+    Task(String),
 }
 
 /// Loads a service's typed config: the TOML file named by `APP_CONFIG_FILE` (if any),
@@ -35,11 +39,13 @@ pub fn load_config<C: serde::de::DeserializeOwned>() -> Result<C, ConfigError> {
     config::load(path.as_deref())
 }
 
-/// What every service runs on: logging, the primary's pool and the metrics registry.
+/// What every service runs on: logging, the primary's pool, the metrics registry and the
+/// runtime that supervises its background tasks and owns its one signal handler.
 pub struct Service {
     pub name: &'static str,
-    pub primary: sqlx::PgPool,
+    pub primary: Primary,
     pub metrics: Arc<Metrics>,
+    pub runtime: Runtime,
 }
 
 impl Service {
@@ -51,18 +57,18 @@ impl Service {
         log_format: config::LogFormat,
     ) -> Result<Self, RunError> {
         telemetry::init(log_format);
-        let primary = PgPoolOptions::new()
-            .max_connections(database.max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(&database.url)?;
+        let primary = Primary::connect_lazy(&database.url, database.max_connections)?;
+        let metrics = Arc::new(Metrics::default());
         Ok(Service {
             name,
             primary,
-            metrics: Arc::new(Metrics::default()),
+            runtime: Runtime::new(metrics.clone()),
+            metrics,
         })
     }
 
-    /// Serves `app` with the health and metrics endpoints until SIGTERM.
+    /// Serves `app` with the health and metrics endpoints until SIGTERM (or a fatal task
+    /// ends), then waits for the background tasks to finish.
     pub async fn serve(
         self,
         instance: String,
@@ -76,10 +82,14 @@ impl Service {
             instance,
             primary: self.primary,
             metrics: self.metrics,
+            runtime: Some(self.runtime.clone()),
         };
-        serve(listener, health.wrap(app)).await?;
+        serve(listener, health.wrap(app), self.runtime.token()).await?;
+        // However serving ended, everything else stops too.
+        self.runtime.shutdown();
+        let tasks = self.runtime.wait(Duration::from_secs(30)).await;
         tracing::info!(service = self.name, "stopped");
-        Ok(())
+        tasks.map_err(RunError::Task)
     }
 }
 

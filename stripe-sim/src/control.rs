@@ -60,7 +60,7 @@ struct ResetBody {
 async fn reset(State(sim): State<Sim>, body: Option<Json<ResetBody>>) -> Json<Value> {
     let seed = body.and_then(|Json(b)| b.seed);
     sim.reset(seed);
-    Json(json!({"reset": true, "seed": sim.state().seed}))
+    Json(json!({"reset": true, "seed": sim.state().seed()}))
 }
 
 async fn dump(State(sim): State<Sim>) -> Json<Value> {
@@ -70,23 +70,23 @@ async fn dump(State(sim): State<Sim>) -> Json<Value> {
 }
 
 async fn get_faults(State(sim): State<Sim>) -> Json<Faults> {
-    Json(sim.state().faults.clone())
+    Json(sim.state().faults().clone())
 }
 
 async fn put_faults(State(sim): State<Sim>, Json(f): Json<Faults>) -> Response {
     if let Err(e) = f.validate() {
-        return bad(e);
+        return bad(e.to_string());
     }
-    sim.state().faults = f.clone();
+    sim.state().set_faults(f.clone());
     Json(f).into_response()
 }
 
 async fn get_world(State(sim): State<Sim>) -> Json<World> {
-    Json(sim.state().world.clone())
+    Json(sim.state().world().clone())
 }
 
 async fn put_world(State(sim): State<Sim>, Json(w): Json<World>) -> Json<World> {
-    sim.state().world = w.clone();
+    sim.state().set_world(w.clone());
     Json(w)
 }
 
@@ -124,7 +124,7 @@ async fn decline_next(
     Path(pm): Path<String>,
     Json(d): Json<DeclineNext>,
 ) -> Json<Value> {
-    sim.state().forced_declines.insert(pm.clone(), d.count);
+    sim.state().decline_next(&pm, d.count);
     Json(json!({"payment_method": pm, "declines_left": d.count}))
 }
 
@@ -212,7 +212,7 @@ async fn roll_secret(
 }
 
 async fn deliveries(State(sim): State<Sim>) -> Json<Value> {
-    Json(json!({"data": sim.state().deliveries}))
+    Json(json!({"data": sim.state().deliveries()}))
 }
 
 fn respond(r: Result<Value, StripeError>) -> Response {

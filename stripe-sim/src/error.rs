@@ -58,6 +58,48 @@ impl StripeError {
         }
     }
 
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        StripeError {
+            status: StatusCode::UNAUTHORIZED,
+            code: None,
+            ..Self::invalid(message, None)
+        }
+    }
+
+    pub fn rate_limited() -> Self {
+        StripeError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: Some("rate_limit"),
+            should_retry: Some(true),
+            ..Self::invalid(
+                "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
+                None,
+            )
+        }
+    }
+
+    /// Stripe's 500: the request may or may not have run, and is safe to retry.
+    pub fn api_error(message: impl Into<String>) -> Self {
+        StripeError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            kind: "api_error",
+            code: None,
+            should_retry: Some(true),
+            ..Self::invalid(message, None)
+        }
+    }
+
+    pub fn unrecognized_url(method: &str, path: &str) -> Self {
+        StripeError {
+            status: StatusCode::NOT_FOUND,
+            code: None,
+            ..Self::invalid(
+                format!("Unrecognized request URL ({method}: {path})."),
+                None,
+            )
+        }
+    }
+
     /// A missing object named by a parameter (not by the URL) is a 400 at Stripe.
     pub fn in_param(mut self) -> Self {
         self.status = StatusCode::BAD_REQUEST;

@@ -2,8 +2,6 @@
 //! from the simulator's seeded generator, so a run replays exactly under the same seed
 //! and the same sequence of requests.
 
-use rand::Rng;
-use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 /// Probabilities are in [0, 1]; durations in milliseconds.
@@ -31,12 +29,15 @@ pub struct Faults {
     pub api_latency_ms: u64,
 }
 
-impl Faults {
-    pub fn roll(&self, rng: &mut StdRng, rate: f64) -> bool {
-        rate > 0.0 && rng.gen_bool(rate.clamp(0.0, 1.0))
-    }
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{name} must be within [0, 1], got {value}")]
+pub struct RateOutOfRange {
+    pub name: &'static str,
+    pub value: f64,
+}
 
-    pub fn validate(&self) -> Result<(), String> {
+impl Faults {
+    pub fn validate(&self) -> Result<(), RateOutOfRange> {
         let rates = [
             ("webhook_drop_rate", self.webhook_drop_rate),
             ("webhook_duplicate_rate", self.webhook_duplicate_rate),
@@ -48,9 +49,9 @@ impl Faults {
             ("api_error_rate", self.api_error_rate),
             ("api_rate_limit_rate", self.api_rate_limit_rate),
         ];
-        for (name, r) in rates {
-            if !(0.0..=1.0).contains(&r) {
-                return Err(format!("{name} must be within [0, 1], got {r}"));
+        for (name, value) in rates {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(RateOutOfRange { name, value });
             }
         }
         Ok(())

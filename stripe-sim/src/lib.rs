@@ -6,20 +6,17 @@ pub mod control;
 pub mod error;
 pub mod faults;
 pub mod form;
-pub mod ratelimit;
 pub mod state;
 pub mod webhooks;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use tokio::sync::Notify;
 
-use crate::api::Idem;
+use crate::api::{IdempotencyStore, Limiter};
 use crate::clock::Clock;
-use crate::ratelimit::Limiter;
 use crate::state::{State, World};
 
 #[derive(Debug, Clone, Default)]
@@ -39,7 +36,7 @@ struct Inner {
     state: Mutex<State>,
     clock: Clock,
     limiter: Mutex<Limiter>,
-    idem: Mutex<HashMap<(String, String), Idem>>,
+    idem: Mutex<IdempotencyStore>,
     http: reqwest::Client,
     api_key: Option<String>,
     request_seq: AtomicU64,
@@ -54,7 +51,7 @@ impl Sim {
                 state: Mutex::new(State::new(cfg.seed, cfg.world.clone())),
                 clock: Clock::default(),
                 limiter: Mutex::new(Limiter::default()),
-                idem: Mutex::new(HashMap::new()),
+                idem: Mutex::new(IdempotencyStore::default()),
                 http: reqwest::Client::new(),
                 api_key: cfg.api_key,
                 request_seq: AtomicU64::new(0),
@@ -69,13 +66,17 @@ impl Sim {
     pub fn router(&self) -> Router {
         tokio::spawn(webhooks::run(self.clone()));
         control::routes()
-            .fallback(api::dispatch)
+            .fallback_service(api::router(self.clone()))
             .with_state(self.clone())
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
         // A panic under the lock must not take the whole simulator down with it.
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn idempotency(&self) -> MutexGuard<'_, IdempotencyStore> {
+        self.inner.idem.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Registers a webhook endpoint for every event type, with a known secret if given.
@@ -105,13 +106,9 @@ impl Sim {
 
     /// Forgets everything (intents, events, endpoints, idempotency keys, faults, clock).
     pub fn reset(&self, seed: Option<u64>) {
-        let seed = seed.unwrap_or_else(|| self.state().seed);
+        let seed = seed.unwrap_or_else(|| self.state().seed());
         *self.state() = State::new(seed, self.inner.world.clone());
-        self.inner
-            .idem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.idempotency().clear();
         *self.inner.limiter.lock().unwrap_or_else(|p| p.into_inner()) = Limiter::default();
         self.inner.clock.reset();
         self.inner.request_seq.store(0, Ordering::Relaxed);

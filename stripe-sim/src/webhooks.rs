@@ -8,7 +8,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::Sim;
-use crate::state::DeliveryFault;
+use crate::state::{Attempt, DeliveryFault, DeliveryId};
 
 pub fn signature(secret: &str, timestamp: i64, payload: &str) -> String {
     let mut mac =
@@ -27,13 +27,6 @@ pub fn header(secrets: &[&str], timestamp: i64, payload: &str) -> String {
     parts.join(",")
 }
 
-struct Send {
-    index: usize,
-    url: String,
-    payload: String,
-    header: String,
-}
-
 /// Runs for the life of the simulator: completes timed state changes and sends due
 /// deliveries. Deliveries run concurrently, each with its own timeout.
 pub async fn run(sim: Sim) {
@@ -48,6 +41,13 @@ pub async fn run(sim: Sim) {
     }
 }
 
+struct Send {
+    id: DeliveryId,
+    url: String,
+    payload: String,
+    header: String,
+}
+
 fn due(sim: &Sim) -> Vec<Send> {
     let now_ms = sim.inner.clock.now_ms();
     // Signatures carry real time, not simulated time: receivers check them against
@@ -55,44 +55,29 @@ fn due(sim: &Sim) -> Vec<Send> {
     let wire_now = crate::real_now_s();
     let mut st = sim.state();
     st.tick(now_ms);
-    let mut sends = Vec::new();
-    for index in st.take_due_deliveries(now_ms) {
-        let d = &st.deliveries[index];
-        let Some(endpoint) = st.endpoints.iter().find(|e| e.id == d.endpoint_id) else {
-            continue;
-        };
-        let Some(&ev) = st.event_index.get(&d.event_id) else {
-            continue;
-        };
-        let payload = st.events[ev].to_json().to_string();
-        let live: Vec<&str> = endpoint
-            .secrets
-            .iter()
-            .filter(|(_, exp)| exp.is_none_or(|e| e > now_ms))
-            .map(|(s, _)| s.as_str())
-            .collect();
-        let header = match d.fault {
-            None => header(&live, wire_now, &payload),
-            Some(DeliveryFault::StaleTimestamp) => header(&live, wire_now - 3600, &payload),
-            Some(DeliveryFault::BadSignature) => {
-                header(&["whsec_not_the_endpoint_secret"], wire_now, &payload)
+    st.take_due_deliveries(now_ms)
+        .into_iter()
+        .map(|o| {
+            let live: Vec<&str> = o.secrets.iter().map(String::as_str).collect();
+            let header = match o.fault {
+                None => header(&live, wire_now, &o.payload),
+                Some(DeliveryFault::StaleTimestamp) => header(&live, wire_now - 3600, &o.payload),
+                Some(DeliveryFault::BadSignature) => {
+                    header(&["whsec_not_the_endpoint_secret"], wire_now, &o.payload)
+                }
+            };
+            Send {
+                id: o.id,
+                url: o.url,
+                payload: o.payload,
+                header,
             }
-        };
-        sends.push(Send {
-            index,
-            url: endpoint.url.clone(),
-            payload,
-            header,
-        });
-    }
-    for s in &sends {
-        st.deliveries[s.index].state = "sending";
-    }
-    sends
+        })
+        .collect()
 }
 
 async fn deliver(sim: Sim, send: Send) {
-    let timeout = Duration::from_millis(sim.state().world.delivery_timeout_ms);
+    let timeout = Duration::from_millis(sim.state().world().delivery_timeout_ms);
     let result = sim
         .inner
         .http
@@ -107,45 +92,16 @@ async fn deliver(sim: Sim, send: Send) {
         .timeout(timeout)
         .send()
         .await;
-    let now_ms = sim.inner.clock.now_ms();
-    let mut st = sim.state();
-    let world = st.world.clone();
-    let (ok, status, error) = match result {
-        Ok(res) => (res.status().is_success(), Some(res.status().as_u16()), None),
-        Err(e) => (
-            false,
-            None,
-            Some(if e.is_timeout() {
-                "timeout".to_owned()
-            } else {
-                "connection error".to_owned()
-            }),
-        ),
+    let attempt = match result {
+        Ok(res) => Attempt::Answered(res.status().as_u16()),
+        Err(e) if e.is_timeout() => Attempt::TimedOut,
+        Err(_) => Attempt::Unreachable,
     };
-    let d = &mut st.deliveries[send.index];
-    d.attempt += 1;
-    d.last_status = status;
-    d.last_error = error;
-    if ok {
-        d.state = "delivered";
-        let pair = (d.event_id.clone(), d.endpoint_id.clone());
-        if st.delivered.insert(pair.clone()) {
-            if let Some(&i) = st.event_index.get(&pair.0) {
-                st.events[i].pending_webhooks = (st.events[i].pending_webhooks - 1).max(0);
-            }
-        }
-        return;
-    }
-    let exp = 1_i64 << (d.attempt - 1).min(20);
-    let backoff = world
-        .retry_base_ms
-        .saturating_mul(exp)
-        .min(world.retry_max_ms);
-    let next = now_ms + backoff;
-    if next > d.first_due_ms + world.retry_horizon_ms {
-        d.state = "failed";
-    } else {
-        st.reschedule(send.index, next);
+    let now_ms = sim.inner.clock.now_ms();
+    let recorded = sim.state().record_delivery(send.id, attempt, now_ms);
+    if let Err(e) = recorded {
+        // Only a reset while the delivery was in flight gets here: its state is gone.
+        tracing::debug!(error = %e, "delivery outcome dropped");
     }
 }
 

@@ -3,6 +3,7 @@
 //! lock, so parallel test processes are safe), then reads `.stack/env`. A component that
 //! cannot start fails the test with the script's own message: nothing is ever skipped.
 
+use paystream_db::Primary;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,6 +74,12 @@ impl Stack {
         run_script(&self.root, script, args);
     }
 
+    /// The database behind `url_key` as the services see it.
+    pub async fn primary(&self, url_key: &str) -> Primary {
+        Primary::from_pool(self.pool(url_key).await)
+    }
+
+    /// A pool for the tests' own SQL: what they assert reads the tables themselves.
     pub async fn pool(&self, url_key: &str) -> PgPool {
         PgPoolOptions::new()
             .max_connections(4)
@@ -186,13 +193,15 @@ impl Stack {
     }
 }
 
-/// A pool whose primary never answers (nothing listens on port 1): for "the database is
-/// down" tests.
-pub fn unreachable_primary() -> PgPool {
-    PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(1))
-        .connect_lazy("postgres://paystream:x@127.0.0.1:1/paystream")
-        .expect("a well-formed URL")
+/// A primary that never answers (nothing listens on port 1): for "the database is down"
+/// tests.
+pub fn unreachable_primary() -> Primary {
+    Primary::from_pool(
+        PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(1))
+            .connect_lazy("postgres://paystream:x@127.0.0.1:1/paystream")
+            .expect("a well-formed URL"),
+    )
 }
 
 fn workspace_root() -> PathBuf {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use paystream_core::gateway::{NewIntent, StripeGateway, intent_key};
 use paystream_core::{Currency, Money};
+use paystream_db::Primary;
 use paystream_db::payments::{self, NewPayment};
 use paystream_stripe::HttpStripe;
 use serde_json::{Value, json};
@@ -16,7 +17,10 @@ use uuid::Uuid;
 pub const SIM_KEY: &str = "sk_test_paystream_tests";
 
 pub struct SimWorld {
+    /// For the tests' own SQL (what they assert reads the tables themselves).
     pub db: PgPool,
+    /// The same database as the services see it.
+    pub primary: Primary,
     /// stripe-sim's base URL.
     pub sim: String,
     pub http: reqwest::Client,
@@ -48,6 +52,7 @@ impl SimWorld {
             .expect("PUT /_sim/world");
         let stripe = HttpStripe::new(&sim, SIM_KEY, Duration::from_secs(5)).expect("client");
         SimWorld {
+            primary: Primary::from_pool(db.clone()),
             db,
             sim,
             http,
@@ -87,7 +92,7 @@ impl SimWorld {
         let id = Uuid::now_v7();
         self.insert_pending(id).await;
         let pi = self.intent_for(id).await;
-        payments::attach_intent(&self.db, id, &pi, "requires_payment_method")
+        payments::attach_intent(&self.primary, id, &pi, "requires_payment_method")
             .await
             .expect("attach intent");
         (id, pi)
@@ -95,7 +100,6 @@ impl SimWorld {
 
     /// A pending row, as the API commits it before calling Stripe.
     pub async fn insert_pending(&self, id: Uuid) {
-        let mut tx = self.db.begin().await.expect("begin");
         let key = format!("test-{id}");
         let new = NewPayment {
             client_id: Uuid::now_v7(),
@@ -105,10 +109,9 @@ impl SimWorld {
             customer_email: None,
             metadata: &json!({}),
         };
-        payments::insert_pending(&mut tx, id, &new)
+        payments::create_pending(&self.primary, id, &new)
             .await
             .expect("insert pending");
-        tx.commit().await.expect("commit");
     }
 
     /// The PaymentIntent the API would create for `id` (same idempotency key).

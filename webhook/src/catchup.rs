@@ -4,9 +4,12 @@
 
 use std::time::Duration;
 
+use paystream_db::Primary;
+use paystream_db::events::Via;
+use paystream_service::runtime::tick;
 use serde::Deserialize;
 use serde_json::Value;
-use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::events;
 
@@ -31,7 +34,7 @@ struct EventPage {
 pub async fn run_once(
     http: &reqwest::Client,
     api: &StripeConfig,
-    db: &PgPool,
+    db: &Primary,
     since: i64,
 ) -> Result<usize, CatchupError> {
     let mut new = 0;
@@ -65,7 +68,7 @@ pub async fn run_once(
             .await
             .map_err(|e| CatchupError::Stripe(e.to_string()))?;
         for event in &page.data {
-            if events::process(db, event, "catchup").await? != events::Outcome::Duplicate {
+            if events::process(db, event, Via::Catchup).await? != events::Outcome::Duplicate {
                 new += 1;
             }
         }
@@ -79,9 +82,15 @@ pub async fn run_once(
     }
 }
 
-/// On start and then every `every`: looks back `lookback` (Stripe retries deliveries for
-/// 3 days; its event list keeps 30).
-pub async fn run_loop(api: StripeConfig, db: PgPool, every: Duration, lookback: Duration) {
+/// On start and then every `every` until shutdown: looks back `lookback` (Stripe retries
+/// deliveries for 3 days; its event list keeps 30).
+pub async fn run_loop(
+    api: StripeConfig,
+    db: Primary,
+    every: Duration,
+    lookback: Duration,
+    token: CancellationToken,
+) -> Result<(), String> {
     let http = reqwest::Client::new();
     loop {
         let since = crate::now_unix() - lookback.as_secs() as i64;
@@ -90,6 +99,8 @@ pub async fn run_loop(api: StripeConfig, db: PgPool, every: Duration, lookback: 
             Ok(n) => tracing::info!(events = n, "catch-up applied undelivered events"),
             Err(e) => tracing::warn!(error = %e, "catch-up failed; retrying later"),
         }
-        tokio::time::sleep(every).await;
+        if !tick(&token, every).await {
+            return Ok(());
+        }
     }
 }

@@ -1,22 +1,12 @@
-//! Turning one Stripe event into (at most) one status change, exactly once per event id.
+//! Turning one Stripe event into (at most) one status change, exactly once per event id:
+//! this module reads the event; `paystream_db::events` stores and applies it.
 
 use paystream_core::PaymentStatus;
-use paystream_db::DbError;
-use paystream_db::payments::{self, Applied, Observation, Source};
+use paystream_db::events::{self, Received, Via};
+pub use paystream_db::events::{Outcome, Reading, Retried};
+use paystream_db::{DbError, Primary};
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
-
-/// What an event says about a PaymentIntent, read leniently: unknown fields and unknown
-/// event types are fine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reading {
-    pub intent_id: String,
-    pub payment_id: Option<Uuid>,
-    pub stripe_status: String,
-    pub status: PaymentStatus,
-    pub error: Option<String>,
-}
 
 /// Only `payment_intent.*` events carry a PaymentIntent snapshot; its `status` (not the
 /// event type) is what Stripe says, so a duplicate or late event says the same thing as
@@ -51,166 +41,30 @@ pub fn read(event: &Value) -> Option<Reading> {
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Seen before (same event id): nothing done.
-    Duplicate,
-    /// Changed our payment's status (always from `pending`: the transition table allows
-    /// no other change).
-    Applied { to: PaymentStatus },
-    /// Our payment already said so (or only Stripe's finer status was refreshed).
-    Unchanged,
-    /// Our payment is final and this (late) event says otherwise: not written.
-    Stale,
-    /// Names a payment of ours we have no row for (yet): stored, retried with backoff,
-    /// `orphaned` past a bounded age.
-    Unmatched,
-    /// Not about a PaymentIntent of ours (no `metadata.payment_id` and an intent we do not
-    /// hold), or a status we do not know: acknowledged.
-    Ignored,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Duplicate => "duplicate",
-            Outcome::Applied { .. } => "applied",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Stale => "stale",
-            Outcome::Unmatched => "unmatched",
-            Outcome::Ignored => "ignored",
-        }
-    }
-}
-
 /// Stores the event (dedupe by id) and applies it, in one transaction.
-pub async fn process(db: &PgPool, event: &Value, source: &str) -> Result<Outcome, DbError> {
+pub async fn process(db: &Primary, event: &Value, via: Via) -> Result<Outcome, DbError> {
     let Some(id) = event["id"].as_str() else {
         return Ok(Outcome::Ignored);
     };
-    let reading = read(event);
-    let mut tx = db.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO stripe_events (id, type, payment_intent_id, payload, source, outcome, stripe_created)
-         VALUES ($1, $2, $3, $4, $5, 'unmatched', $6) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(event["type"].as_str().unwrap_or_default())
-    .bind(reading.as_ref().map(|r| r.intent_id.as_str()))
-    .bind(event)
-    .bind(source)
-    .bind(event["created"].as_i64().unwrap_or_default())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(Outcome::Duplicate);
-    }
-    let outcome = apply(&mut tx, id, reading.as_ref()).await?;
-    tx.commit().await?;
-    Ok(outcome)
-}
-
-async fn apply(
-    tx: &mut sqlx::PgConnection,
-    event_id: &str,
-    reading: Option<&Reading>,
-) -> Result<Outcome, DbError> {
-    let (outcome, payment_id) = match reading {
-        None => (Outcome::Ignored, None),
-        Some(r) => match payments::find_for_intent(tx, &r.intent_id, r.payment_id).await? {
-            // Every intent we create carries our payment id: one without it is another
-            // integration's on the same account, and will never match.
-            None if r.payment_id.is_none() => (Outcome::Ignored, None),
-            None => (Outcome::Unmatched, None),
-            Some(pid) => {
-                let obs = Observation {
-                    status: r.status,
-                    stripe_status: Some(&r.stripe_status),
-                    error: r.error.as_deref(),
-                    source: Source::Webhook,
-                    detail: Some(serde_json::json!({"event": event_id})),
-                };
-                let o = match payments::apply_status_in(tx, pid, &obs).await? {
-                    Applied::Changed(_) | Applied::Overturned(_) => {
-                        Outcome::Applied { to: r.status }
-                    }
-                    Applied::Unchanged(_) => Outcome::Unchanged,
-                    Applied::Conflict(_) => Outcome::Stale,
-                    Applied::NotFound => Outcome::Unmatched,
-                };
-                (o, Some(pid))
-            }
-        },
+    let received = Received {
+        id,
+        kind: event["type"].as_str().unwrap_or_default(),
+        payload: event,
+        via,
+        stripe_created: event["created"].as_i64().unwrap_or_default(),
+        reading: read(event),
     };
-    // An unmatched event is tried again after 1 s, 2 s, 4 s... at most MAX_BACKOFF apart:
-    // events that will never match drift to the back of the line instead of pinning it.
-    sqlx::query(
-        "UPDATE stripe_events SET outcome = $2, payment_id = $3, processed_at = now(),
-                attempts = attempts + ($2 = 'unmatched')::int,
-                next_attempt_at = CASE WHEN $2 = 'unmatched'
-                    THEN now() + least(interval '1 second' * power(2, least(attempts, 20)), $4::bigint * interval '1 second')
-                END
-         WHERE id = $1",
-    )
-    .bind(event_id)
-    .bind(outcome.as_str())
-    .bind(payment_id)
-    .bind(MAX_BACKOFF_SECS)
-    .execute(&mut *tx)
-    .await?;
-    Ok(outcome)
+    events::process(db, &received).await
 }
 
-/// The longest wait between two tries of an unmatched event.
-const MAX_BACKOFF_SECS: i64 = 300;
-
-/// What one `retry_unmatched` pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Retried {
-    /// Now matched a payment.
-    pub matched: usize,
-    /// Unmatched for longer than the age bound: `orphaned`, for the report and an operator.
-    pub orphaned: u64,
-}
-
-/// Retries the unmatched events that are due (at most `batch`, soonest due first), and
-/// gives up on those older than `orphan_after`.
+/// Retries the unmatched events that are due (at most `batch`), and gives up on those
+/// older than `orphan_after`.
 pub async fn retry_unmatched(
-    db: &PgPool,
+    db: &Primary,
     batch: i64,
     orphan_after: std::time::Duration,
 ) -> Result<Retried, DbError> {
-    let mut tx = db.begin().await?;
-    let orphaned = sqlx::query(
-        "UPDATE stripe_events SET outcome = 'orphaned', next_attempt_at = NULL, processed_at = now()
-         WHERE outcome = 'unmatched' AND received_at < now() - $1::bigint * interval '1 millisecond'",
-    )
-    .bind(i64::try_from(orphan_after.as_millis()).unwrap_or(i64::MAX))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let rows: Vec<(String, Value)> = sqlx::query_as(
-        "SELECT id, payload FROM stripe_events WHERE outcome = 'unmatched' AND next_attempt_at <= now()
-         ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(batch)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut matched = 0;
-    for (id, payload) in rows {
-        if apply(&mut tx, &id, read(&payload).as_ref()).await? != Outcome::Unmatched {
-            matched += 1;
-        }
-    }
-    tx.commit().await?;
-    if orphaned > 0 {
-        tracing::warn!(
-            orphaned,
-            "webhook events matched no payment within the age bound: orphaned, listed by the report"
-        );
-    }
-    Ok(Retried { matched, orphaned })
+    events::retry_unmatched(db, batch, orphan_after, read).await
 }
 
 #[cfg(test)]

@@ -16,10 +16,13 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use paystream_db::Primary;
+use paystream_db::events::Via;
 use paystream_service::Metrics;
+use paystream_service::runtime::tick;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 /// Stripe's events are a few KB; anything near this is not one of them.
 pub const BODY_LIMIT: usize = 256 * 1024;
@@ -47,14 +50,14 @@ fn default_tolerance() -> i64 {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub db: PgPool,
+    pub db: Primary,
     pub secrets: Arc<Vec<String>>,
     pub tolerance_secs: i64,
     pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    pub fn new(db: PgPool, settings: &WebhookSettings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(db: Primary, settings: &WebhookSettings, metrics: Arc<Metrics>) -> Self {
         let secrets = settings
             .secrets
             .split(',')
@@ -72,7 +75,7 @@ impl AppState {
 }
 
 /// Serves the receiver on an ephemeral loopback port, for tests: its `/webhook/stripe` URL.
-pub async fn spawn(db: PgPool, settings: &WebhookSettings) -> std::io::Result<String> {
+pub async fn spawn(db: Primary, settings: &WebhookSettings) -> std::io::Result<String> {
     let state = AppState::new(db, settings, Arc::new(Metrics::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/webhook/stripe", listener.local_addr()?);
@@ -134,7 +137,7 @@ async fn receive(
         Ok(v @ Value::Object(_)) if v["id"].is_string() && v["type"].is_string() => v,
         _ => return reject(&s.metrics, StatusCode::BAD_REQUEST, "event_malformed"),
     };
-    match events::process(&s.db, &event, "webhook").await {
+    match events::process(&s.db, &event, Via::Webhook).await {
         Ok(outcome) => {
             s.metrics.inc(
                 "webhook_events_total",
@@ -171,11 +174,15 @@ async fn receive(
     }
 }
 
-/// Retries due unmatched events every `every` until the process ends; those unmatched
-/// for longer than `orphan_after` become `orphaned`.
-pub async fn unmatched_loop(db: PgPool, every: Duration, orphan_after: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
+/// Retries due unmatched events every `every` until shutdown; those unmatched for longer
+/// than `orphan_after` become `orphaned`. A failed pass is retried at the next turn.
+pub async fn unmatched_loop(
+    db: Primary,
+    every: Duration,
+    orphan_after: Duration,
+    token: CancellationToken,
+) -> Result<(), String> {
+    while tick(&token, every).await {
         match events::retry_unmatched(&db, 500, orphan_after).await {
             Ok(r) if r.matched > 0 => {
                 tracing::info!(matched = r.matched, "unmatched events now matched")
@@ -184,4 +191,5 @@ pub async fn unmatched_loop(db: PgPool, every: Duration, orphan_after: Duration)
             Err(e) => tracing::warn!(error = %e, "retrying unmatched events failed"),
         }
     }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use paystream_service::config::{DatabaseConfig, LogFormat};
-use paystream_service::{Service, load_config};
+use paystream_service::{OnExit, Service, load_config};
 use paystream_webhook::catchup::{self, StripeConfig};
 use paystream_webhook::{AppState, WebhookSettings, router, unmatched_loop};
 use serde::Deserialize;
@@ -44,17 +44,26 @@ async fn main() -> anyhow::Result<()> {
         !state.secrets.is_empty(),
         "APP_WEBHOOK__SECRETS is empty: no webhook could ever verify"
     );
-    tokio::spawn(unmatched_loop(
-        db.clone(),
-        Duration::from_secs(2),
-        Duration::from_secs(cfg.orphan_after_secs),
-    ));
-    tokio::spawn(catchup::run_loop(
-        cfg.stripe,
-        db,
-        Duration::from_secs(cfg.catchup_interval_secs),
-        Duration::from_secs(3 * 24 * 3600),
-    ));
+    let orphan_after = Duration::from_secs(cfg.orphan_after_secs);
+    let primary = db.clone();
+    service
+        .runtime
+        .supervise("unmatched_events", OnExit::Restart, move |token| {
+            unmatched_loop(primary.clone(), Duration::from_secs(2), orphan_after, token)
+        });
+    let catchup_every = Duration::from_secs(cfg.catchup_interval_secs);
+    let stripe = cfg.stripe;
+    service
+        .runtime
+        .supervise("stripe_catchup", OnExit::Restart, move |token| {
+            catchup::run_loop(
+                stripe.clone(),
+                db.clone(),
+                catchup_every,
+                Duration::from_secs(3 * 24 * 3600),
+                token,
+            )
+        });
     service
         .serve(cfg.instance, cfg.listen_addr, router(state))
         .await?;

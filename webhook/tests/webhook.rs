@@ -35,7 +35,9 @@ async fn setup(faults: Value) -> Env {
         secrets: format!("whsec_old_unused,{secret}"),
         tolerance_secs: 300,
     };
-    let hook = paystream_webhook::spawn(db, &settings).await.unwrap();
+    let hook = paystream_webhook::spawn(db.into(), &settings)
+        .await
+        .unwrap();
     world.add_webhook_endpoint(&hook, &secret).await;
     world.set_faults(faults).await;
     Env {
@@ -68,7 +70,7 @@ impl Env {
             secret_key: SIM_KEY.into(),
             timeout_ms: 5_000,
         };
-        catchup::run_once(&self.http, &api, &self.db, 0)
+        catchup::run_once(&self.http, &api, &self.primary, 0)
             .await
             .unwrap()
     }
@@ -260,7 +262,7 @@ async fn a_webhook_before_the_payment_row_commits_is_not_lost() {
     // once its backoff (1 s after the first try) has passed.
     let started = std::time::Instant::now();
     while env.ours(id).await.0 != "succeeded" && started.elapsed() < Duration::from_secs(10) {
-        events::retry_unmatched(&env.db, 10_000, Duration::from_secs(3600))
+        events::retry_unmatched(&env.primary, 10_000, Duration::from_secs(3600))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -298,7 +300,7 @@ async fn never_matching_events_neither_starve_real_ones_nor_stay_forever() {
     while env.ours(id).await.0 != "succeeded" {
         passes += 1;
         assert!(passes <= 20, "the real event was starved by foreign ones");
-        events::retry_unmatched(&env.db, 500, Duration::from_secs(3600))
+        events::retry_unmatched(&env.primary, 500, Duration::from_secs(3600))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -316,7 +318,7 @@ async fn never_matching_events_neither_starve_real_ones_nor_stay_forever() {
         "each foreign event was tried and rescheduled"
     );
     // Past the age bound they stop being retried and wait for an operator.
-    let r = events::retry_unmatched(&env.db, 500, Duration::from_secs(300))
+    let r = events::retry_unmatched(&env.primary, 500, Duration::from_secs(300))
         .await
         .unwrap();
     assert!(r.orphaned >= 600, "{r:?}");

@@ -9,6 +9,7 @@ use paystream_api::config::RateLimitConfig;
 use paystream_api::ratelimit::RateLimiter;
 use paystream_api::{AppState, router};
 use paystream_db::keys::{self, Role};
+use paystream_db::{Primary, Replica};
 use paystream_stripe::HttpStripe;
 use paystream_testkit::Stack;
 use reqwest::StatusCode;
@@ -20,7 +21,10 @@ use uuid::Uuid;
 pub struct TestApp {
     pub base: String,
     pub key: String,
+    /// For the tests' own SQL.
     pub db: PgPool,
+    /// The same database as the API sees it.
+    pub primary: Primary,
     pub stripe_base: String,
     pub http: reqwest::Client,
 }
@@ -28,31 +32,29 @@ pub struct TestApp {
 pub const STRIPE_KEY: &str = "sk_test_api_tests";
 
 /// The API's router on an ephemeral port, over `db` and the stripe-sim at `stripe_base`.
-pub async fn serve_api(db: PgPool, stripe_base: &str, limit: RateLimitConfig) -> String {
+pub async fn serve_api(
+    db: impl Into<Primary>,
+    stripe_base: &str,
+    limit: RateLimitConfig,
+) -> String {
     serve_api_with_key(db, stripe_base, limit, STRIPE_KEY).await
 }
 
 /// The same with another Stripe secret key (one Stripe may refuse).
 pub async fn serve_api_with_key(
-    db: PgPool,
+    db: impl Into<Primary>,
     stripe_base: &str,
     limit: RateLimitConfig,
     stripe_key: &str,
 ) -> String {
     let state = AppState {
-        db,
+        db: db.into(),
         stripe: Arc::new(HttpStripe::new(stripe_base, stripe_key, Duration::from_secs(2)).unwrap()),
         max_amount: 1_000_000,
         lease: Duration::from_secs(30),
         limiter: Arc::new(RateLimiter::new(limit)),
         metrics: Arc::new(paystream_service::Metrics::default()),
-        replica: Some(
-            paystream_api::replica_pool(&paystream_service::DatabaseConfig {
-                url: Stack::get().var("REPLICA_URL").to_owned(),
-                max_connections: 2,
-            })
-            .unwrap(),
-        ),
+        replica: Some(Replica::new(Stack::get().var("REPLICA_URL"), 2).unwrap()),
         analytics: paystream_analytics::Guard {
             max_lag: Duration::from_secs(10),
             on_lag: paystream_analytics::OnLag::Refuse,
@@ -77,13 +79,15 @@ pub async fn spawn_app_with(limit: RateLimitConfig) -> TestApp {
     let (_sim, stripe_base) = stripe_sim::spawn_ephemeral().await.unwrap();
 
     let base = serve_api(db.clone(), &stripe_base, limit).await;
-    let (_, key) = keys::create(&db, &format!("test-{}", Uuid::now_v7()), Role::Client)
+    let primary = Primary::from(db.clone());
+    let (_, key) = keys::create(&primary, &format!("test-{}", Uuid::now_v7()), Role::Client)
         .await
         .unwrap();
     TestApp {
         base,
         key,
         db,
+        primary,
         stripe_base,
         http: reqwest::Client::new(),
     }

@@ -9,14 +9,13 @@
 //! stack's primary can outgrow what the Debezium slot may hold back.
 #![allow(clippy::print_stdout)]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use paystream_bench::db;
 use paystream_reconciler::recovery;
 use paystream_reconciler::schedule::Schedule;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 const DB: &str = "paystream_bench";
 
@@ -64,11 +63,8 @@ async fn main() -> anyhow::Result<()> {
 
     let primary = db::primary(admin, DB).await?;
     fill(&primary, n).await?;
-    let replica = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(&db::url(admin, DB, Some(db::replica_port()?))?)
-        .await?;
+    let replica = paystream_db::Replica::new(&db::url(admin, DB, Some(db::replica_port()?))?, 1)?;
+    let primary = paystream_db::Primary::from(primary);
 
     let partitions = [0, 1, 2, 3];
     let mut times = Vec::new();

@@ -1,0 +1,110 @@
+//! Keeps the hourly rollups in step with `payments`, on the primary. Each run recomputes,
+//! whole, every hour holding a payment changed since the previous run, in one transaction:
+//! readers on the replicas see an hour either before or after, never half-made. Their
+//! reads are in `replica::analytics`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::{DbError, Primary};
+
+/// A change committed up to this long after its `updated_at` (a long transaction) is
+/// still picked up by the next run. Longer ones need a full refresh.
+pub const GRACE: Duration = Duration::from_secs(60);
+
+/// The tables a refresh rewrites, hour by hour.
+const ROLLUPS: [&str; 2] = ["analytics_hourly", "analytics_resolution_hourly"];
+
+/// One instance refreshes at a time; the others skip their turn.
+const LOCK_KEY: i64 = 0x7073_5f61_6e61_6c79; // "ps_analy"
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refreshed {
+    pub hours: usize,
+    pub full: bool,
+}
+
+/// Refreshes the rollups; `full` (or a first run) recomputes every hour. `None` when
+/// another instance is refreshing.
+pub async fn refresh(primary: &Primary, full: bool) -> Result<Option<Refreshed>, DbError> {
+    let mut tx = primary.pool().begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(LOCK_KEY)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(None);
+    }
+    let last: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT refreshed_at FROM analytics_refresh WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let since = last.filter(|_| !full);
+    let hours: Vec<DateTime<Utc>> = match since {
+        Some(since) => {
+            let hours = sqlx::query_scalar(
+                "SELECT DISTINCT date_trunc('hour', created_at, 'UTC') FROM payments
+                 WHERE updated_at >= $1 - make_interval(secs => $2)",
+            )
+            .bind(since)
+            .bind(GRACE.as_secs_f64())
+            .fetch_all(&mut *tx)
+            .await?;
+            for table in ROLLUPS.iter().filter(|_| !hours.is_empty()) {
+                sqlx::query(&format!("DELETE FROM {table} WHERE hour = ANY($1)"))
+                    .bind(&hours)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            hours
+        }
+        None => {
+            for table in ROLLUPS {
+                sqlx::query(&format!("DELETE FROM {table}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query_scalar(
+                "SELECT DISTINCT date_trunc('hour', created_at, 'UTC') FROM payments",
+            )
+            .fetch_all(&mut *tx)
+            .await?
+        }
+    };
+    if !hours.is_empty() {
+        sqlx::query(
+            "INSERT INTO analytics_hourly (hour, currency, status, resolution_source, payments, volume)
+             SELECT h, p.currency, p.status, coalesce(p.resolution_source, ''), count(*), sum(p.amount)
+             FROM unnest($1::timestamptz[]) h
+             JOIN payments p ON p.created_at >= h AND p.created_at < h + interval '1 hour'
+             GROUP BY 1, 2, 3, 4",
+        )
+        .bind(&hours)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO analytics_resolution_hourly (hour, currency, lo_ms, payments)
+             SELECT h, p.currency, analytics_ms_bucket(analytics_resolution_ms(p.created_at, p.resolved_at)), count(*)
+             FROM unnest($1::timestamptz[]) h
+             JOIN payments p ON p.created_at >= h AND p.created_at < h + interval '1 hour'
+             WHERE p.resolved_at IS NOT NULL
+             GROUP BY 1, 2, 3",
+        )
+        .bind(&hours)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO analytics_refresh (id, refreshed_at, hours) VALUES (1, now(), $1)
+         ON CONFLICT (id) DO UPDATE SET refreshed_at = excluded.refreshed_at, hours = excluded.hours",
+    )
+    .bind(i64::try_from(hours.len()).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(Refreshed {
+        hours: hours.len(),
+        full: since.is_none(),
+    }))
+}

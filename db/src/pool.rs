@@ -1,0 +1,132 @@
+//! The two kinds of database handle. A write only compiles against `Primary`; `Replica`
+//! offers nothing but the reads in `crate::replica`, so no code path can write to a
+//! replica or read a stale answer where it needs the primary's.
+//!
+//! Each keeps the driver that serves it best: sqlx on the primary (migrations, typed
+//! transactions, the `PgExecutor` functions the guarded path composes), deadpool-postgres
+//! on the replicas (pipelined reads, row streaming for recovery, repeatable-read
+//! read-only snapshots for analytics).
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::DbError;
+
+/// The primary: every write, and reads that must see the latest commit.
+#[derive(Clone, Debug)]
+pub struct Primary(PgPool);
+
+impl Primary {
+    /// Opens lazily: a service starts (and says it is unready) while the primary is down.
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Primary, DbError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(url)
+            .map_err(|e| DbError::Config(format!("primary url: {e}")))?;
+        Ok(Primary(pool))
+    }
+
+    /// Opens now, so that a wrong URL or a down primary fails here (tools, tests).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Primary, DbError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        Ok(Primary(pool))
+    }
+
+    /// Wraps a pool a test harness already holds.
+    pub fn from_pool(pool: PgPool) -> Primary {
+        Primary(pool)
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.0
+    }
+
+    /// Readiness: the primary answers.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.0).await?;
+        Ok(())
+    }
+
+    /// (open, idle) connections, for the metrics.
+    pub fn connections(&self) -> (u32, usize) {
+        (self.0.size(), self.0.num_idle())
+    }
+
+    /// Applies the embedded migrations (the same ones `sqlx migrate run` would); returns
+    /// how many the database now has.
+    pub async fn migrate(&self) -> Result<usize, DbError> {
+        let migrator = sqlx::migrate!("../migrations");
+        migrator
+            .run(&self.0)
+            .await
+            .map_err(|e| DbError::Config(format!("migrations: {e}")))?;
+        Ok(migrator.iter().count())
+    }
+
+    /// The primary's current WAL position: a replica that has replayed this far has seen
+    /// every commit made before now.
+    pub async fn wal_position(&self) -> Result<WalPosition, DbError> {
+        let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&self.0)
+            .await?;
+        Ok(WalPosition(lsn))
+    }
+}
+
+impl From<PgPool> for Primary {
+    fn from(pool: PgPool) -> Primary {
+        Primary(pool)
+    }
+}
+
+/// A position in the primary's WAL (`pg_lsn` as text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalPosition(pub(crate) String);
+
+impl std::fmt::Display for WalPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A read replica (or nginx in front of several): reads that may lag a little.
+#[derive(Clone)]
+pub struct Replica(deadpool_postgres::Pool);
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL holds a password: only the pool's shape is shown.
+        f.debug_struct("Replica")
+            .field("max_size", &self.0.status().max_size)
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Connections open on first use. A malformed URL is a configuration error here, not
+    /// a failure of the first request that needs the replica.
+    pub fn new(url: &str, max_size: usize) -> Result<Replica, DbError> {
+        let pg: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| DbError::Config(format!("replica url: {e}")))?;
+        let manager = deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls);
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(max_size.max(1))
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| DbError::Config(format!("replica pool: {e}")))?;
+        Ok(Replica(pool))
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, DbError> {
+        Ok(self.0.get().await?)
+    }
+}

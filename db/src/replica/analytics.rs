@@ -1,0 +1,199 @@
+//! The analytics reads: rollups for whole hours, raw rows for a window's partial edges,
+//! all in one repeatable-read snapshot so that the freshness reported, the rollups and
+//! the raw edges agree.
+
+use chrono::{DateTime, Utc};
+use paystream_core::PaymentStatus;
+use tokio_postgres::types::ToSql;
+
+use crate::payments::{Source, parse_source, parse_status};
+use crate::{DbError, Replica};
+
+/// How series are bucketed (`date_trunc`'s unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trunc {
+    Hour,
+    Day,
+}
+
+impl Trunc {
+    fn unit(self) -> &'static str {
+        match self {
+            Trunc::Hour => "hour",
+            Trunc::Day => "day",
+        }
+    }
+}
+
+/// What the replica says of itself when the snapshot is taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freshness {
+    pub in_recovery: bool,
+    /// `pg_last_xact_replay_timestamp()`.
+    pub replayed_at: Option<DateTime<Utc>>,
+    /// 0 when it has replayed all it received, else the age of its last replayed commit.
+    pub lag_ms: Option<i64>,
+    pub streaming: bool,
+    pub rollups_refreshed_at: Option<DateTime<Utc>>,
+}
+
+/// One group of payments: bucket start (series only), currency, status, resolution source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub start: Option<DateTime<Utc>>,
+    pub currency: String,
+    pub status: PaymentStatus,
+    pub source: Option<Source>,
+    pub count: i64,
+    pub volume: i64,
+}
+
+pub struct Request<'a> {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub currency: Option<&'a str>,
+    /// Per bucket (a series), or one total per group (a summary).
+    pub trunc: Option<Trunc>,
+    /// Also read the creation-to-resolution histogram.
+    pub resolution_times: bool,
+}
+
+pub struct Answer {
+    pub freshness: Freshness,
+    /// The whole hours read from the rollups (`start == end`: none).
+    pub split: (DateTime<Utc>, DateTime<Utc>),
+    pub groups: Vec<Group>,
+    /// (bucket's lower bound in ms, payments) of the resolution-time histogram.
+    pub resolution_ms: Vec<(i64, i64)>,
+}
+
+/// Reads `req` in one snapshot. `plan` sees the replica's freshness first and answers
+/// which whole hours to read from the rollups, or refuses (a lagging replica, a primary).
+pub async fn read<E: From<DbError>>(
+    replica: &Replica,
+    req: &Request<'_>,
+    plan: impl FnOnce(&Freshness) -> Result<(DateTime<Utc>, DateTime<Utc>), E>,
+) -> Result<Answer, E> {
+    let mut client = replica.client().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(DbError::from)?;
+    let row = tx
+        .query_one(FRESHNESS_SQL, &[])
+        .await
+        .map_err(DbError::from)?;
+    let freshness = Freshness {
+        in_recovery: row.try_get(0).map_err(DbError::from)?,
+        replayed_at: row.try_get(1).map_err(DbError::from)?,
+        lag_ms: row.try_get(2).map_err(DbError::from)?,
+        streaming: row.try_get(3).map_err(DbError::from)?,
+        rollups_refreshed_at: row.try_get(4).map_err(DbError::from)?,
+    };
+    // Dropping the transaction on a refusal rolls it back.
+    let split = plan(&freshness)?;
+    let params: [&(dyn ToSql + Sync); 5] = [&req.from, &split.0, &split.1, &req.to, &req.currency];
+    let groups = tx
+        .query(&totals_sql(req.trunc), &params)
+        .await
+        .map_err(DbError::from)?
+        .iter()
+        .map(|r| -> Result<Group, DbError> {
+            let source: &str = r.try_get(3)?;
+            Ok(Group {
+                start: r.try_get(0)?,
+                currency: r.try_get(1)?,
+                status: parse_status(r.try_get(2)?)?,
+                source: (!source.is_empty())
+                    .then(|| parse_source(source))
+                    .transpose()?,
+                count: r.try_get(4)?,
+                volume: r.try_get(5)?,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let resolution_ms = if req.resolution_times {
+        tx.query(RESOLUTION_SQL, &params)
+            .await
+            .map_err(DbError::from)?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<Vec<_>, DbError>>()?
+    } else {
+        Vec::new()
+    };
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(Answer {
+        freshness,
+        split,
+        groups,
+        resolution_ms,
+    })
+}
+
+const FRESHNESS_SQL: &str = "
+SELECT pg_is_in_recovery(),
+       pg_last_xact_replay_timestamp(),
+       CASE WHEN pg_last_wal_receive_lsn() IS NULL
+              OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0::bigint
+            ELSE greatest(0, floor(extract(epoch FROM clock_timestamp()
+                                   - pg_last_xact_replay_timestamp()) * 1000))::bigint
+       END,
+       EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming'),
+       (SELECT refreshed_at FROM analytics_refresh WHERE id = 1)";
+
+/// `$1` from, `$2`/`$3` the rollups' whole hours, `$4` to, `$5` the currency or null.
+/// Each part reads through an index range: rollups by hour, raw rows by `created_at`
+/// (index-only, the index covers every column read).
+fn totals_sql(trunc: Option<Trunc>) -> String {
+    let (rolled, raw) = match trunc {
+        None => (
+            "NULL::timestamptz".to_owned(),
+            "NULL::timestamptz".to_owned(),
+        ),
+        Some(t) => (
+            format!("date_trunc('{}', hour, 'UTC')", t.unit()),
+            format!("date_trunc('{}', created_at, 'UTC')", t.unit()),
+        ),
+    };
+    let cur = "($5::text IS NULL OR currency = $5::text)";
+    format!(
+        "SELECT start, currency, status, resolution_source, sum(payments)::bigint, sum(volume)::bigint
+         FROM (
+            SELECT {rolled} AS start, currency, status, resolution_source, payments, volume
+              FROM analytics_hourly WHERE hour >= $2 AND hour < $3 AND {cur}
+            UNION ALL
+            SELECT {raw}, currency, status, coalesce(resolution_source, ''), 1, amount
+              FROM payments WHERE created_at >= $1 AND created_at < $2 AND {cur}
+            UNION ALL
+            SELECT {raw}, currency, status, coalesce(resolution_source, ''), 1, amount
+              FROM payments WHERE created_at >= $3 AND created_at < $4 AND {cur}
+         ) parts GROUP BY 1, 2, 3, 4"
+    )
+}
+
+const RESOLUTION_SQL: &str = "
+SELECT lo_ms, sum(payments)::bigint FROM (
+    SELECT lo_ms, payments FROM analytics_resolution_hourly
+     WHERE hour >= $2 AND hour < $3 AND ($5::text IS NULL OR currency = $5::text)
+    UNION ALL
+    SELECT analytics_ms_bucket(analytics_resolution_ms(created_at, resolved_at)), 1 FROM payments
+     WHERE created_at >= $1 AND created_at < $2 AND resolved_at IS NOT NULL
+       AND ($5::text IS NULL OR currency = $5::text)
+    UNION ALL
+    SELECT analytics_ms_bucket(analytics_resolution_ms(created_at, resolved_at)), 1 FROM payments
+     WHERE created_at >= $3 AND created_at < $4 AND resolved_at IS NOT NULL
+       AND ($5::text IS NULL OR currency = $5::text)
+) parts GROUP BY 1";
+
+/// The SQL each answer runs, for `EXPLAIN` in the plan checks and the benchmark.
+pub fn sql_for_explain() -> [(&'static str, String); 3] {
+    [
+        ("summary totals", totals_sql(None)),
+        ("summary resolution times", RESOLUTION_SQL.to_owned()),
+        ("hourly series", totals_sql(Some(Trunc::Hour))),
+    ]
+}

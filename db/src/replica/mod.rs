@@ -1,0 +1,256 @@
+//! Every read served by a replica: reports, analytics, the reconciler's recovery and key
+//! checks that must not load the primary. Nothing here writes; `Replica` can do nothing
+//! else.
+
+pub mod analytics;
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::{TryStreamExt, pin_mut};
+use paystream_core::PaymentStatus;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::keys::{self, Principal};
+use crate::payments::{Attention, Source};
+use crate::{DbError, Replica, WalPosition};
+
+/// A payment as a reconciliation report compares it with Stripe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRow {
+    pub id: Uuid,
+    pub intent: Option<String>,
+    pub status: PaymentStatus,
+    pub amount: i64,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolution_source: Option<Source>,
+    /// Why it waits for an operator, if it does.
+    pub attention: Option<Attention>,
+}
+
+const PAYMENT_ROW: &str =
+    "SELECT id, stripe_payment_intent_id, status, amount, currency, created_at,
+        resolved_at, resolution_source, attention FROM payments";
+
+fn payment_row(r: &Row) -> Result<PaymentRow, DbError> {
+    Ok(PaymentRow {
+        id: r.try_get(0)?,
+        intent: r.try_get(1)?,
+        status: crate::payments::parse_status(r.try_get(2)?)?,
+        amount: r.try_get(3)?,
+        currency: r.try_get(4)?,
+        created_at: r.try_get(5)?,
+        resolved_at: r.try_get(6)?,
+        resolution_source: r
+            .try_get::<_, Option<&str>>(7)?
+            .map(crate::payments::parse_source)
+            .transpose()?,
+        attention: r
+            .try_get::<_, Option<&str>>(8)?
+            .map(|a| Attention::parse(a).ok_or_else(|| DbError::Corrupt(format!("attention {a}"))))
+            .transpose()?,
+    })
+}
+
+/// Payments created in `[since, until)`, oldest first, and the replica's last replayed
+/// commit (what the answer is as fresh as).
+pub async fn payments_created(
+    replica: &Replica,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<(Vec<PaymentRow>, Option<DateTime<Utc>>), DbError> {
+    let client = replica.client().await?;
+    let rows = client
+        .query(
+            &format!(
+                "{PAYMENT_ROW} WHERE created_at >= $1 AND created_at < $2 ORDER BY created_at"
+            ),
+            &[&since, &until],
+        )
+        .await?;
+    let payments = rows.iter().map(payment_row).collect::<Result<_, _>>()?;
+    let as_of: Option<DateTime<Utc>> = client
+        .query_one("SELECT pg_last_xact_replay_timestamp()", &[])
+        .await?
+        .try_get(0)?;
+    Ok((payments, as_of))
+}
+
+/// Payments flagged for an operator that were created outside `[since, until)`, oldest
+/// flag first (at most 10,000).
+pub async fn flagged_outside(
+    replica: &Replica,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<Vec<PaymentRow>, DbError> {
+    let client = replica.client().await?;
+    let rows = client
+        .query(
+            &format!(
+                "{PAYMENT_ROW} WHERE attention IS NOT NULL AND (created_at < $1 OR created_at >= $2)
+                 ORDER BY attention_at LIMIT 10000"
+            ),
+            &[&since, &until],
+        )
+        .await?;
+    rows.iter().map(payment_row).collect()
+}
+
+/// A webhook event that named a payment of ours and never matched one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanedEvent {
+    pub id: String,
+    pub kind: String,
+    pub intent: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// The orphaned webhook events, newest first (at most 10,000).
+pub async fn orphaned_events(replica: &Replica) -> Result<Vec<OrphanedEvent>, DbError> {
+    let client = replica.client().await?;
+    let rows = client
+        .query(
+            "SELECT id, type, payment_intent_id, received_at FROM stripe_events_orphaned
+             ORDER BY received_at DESC LIMIT 10000",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(OrphanedEvent {
+                id: r.try_get(0)?,
+                kind: r.try_get(1)?,
+                intent: r.try_get(2)?,
+                received_at: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+/// One line of the stored report runs' list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub id: Uuid,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub generated_at: DateTime<Utc>,
+    pub discrepancies: i64,
+}
+
+/// The newest stored report runs.
+pub async fn runs(replica: &Replica, limit: i64) -> Result<Vec<RunSummary>, DbError> {
+    let client = replica.client().await?;
+    let rows = client
+        .query(
+            "SELECT id, since, until, generated_at, discrepancies FROM reconciliation_runs
+             ORDER BY generated_at DESC LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(RunSummary {
+                id: r.try_get(0)?,
+                since: r.try_get(1)?,
+                until: r.try_get(2)?,
+                generated_at: r.try_get(3)?,
+                discrepancies: r.try_get(4)?,
+            })
+        })
+        .collect()
+}
+
+/// A stored run's report, as the JSON it was stored as.
+pub async fn run_report(replica: &Replica, id: Uuid) -> Result<Option<String>, DbError> {
+    let client = replica.client().await?;
+    let row = client
+        .query_opt(
+            "SELECT report::text FROM reconciliation_runs WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+}
+
+/// The key check on a replica (the analytics routes keep this load off the primary).
+/// A key created a moment ago may not be there yet: the caller asks the primary then.
+pub async fn authenticate(replica: &Replica, key: &str) -> Result<Option<Principal>, DbError> {
+    let client = replica.client().await?;
+    let row = client
+        .query_opt(keys::AUTHENTICATE_SQL, &[&keys::hash(key)])
+        .await?;
+    row.map(|r| keys::principal(r.try_get(0)?, r.try_get(1)?))
+        .transpose()
+}
+
+/// A pending payment as the reconciler's state needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPayment {
+    pub id: Uuid,
+    pub intent: Option<String>,
+    pub idempotency_key: String,
+    pub amount: i64,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+/// Every pending, unflagged payment, streamed to `each`, once the replica has replayed at
+/// least `position` (so the answer includes every commit made before it was taken).
+/// One connection for the wait and the read: behind nginx, two connections may reach two
+/// different replicas.
+pub async fn pending_payments(
+    replica: &Replica,
+    position: &WalPosition,
+    catch_up_limit: Duration,
+    mut each: impl FnMut(PendingPayment),
+) -> Result<u64, DbError> {
+    let client = replica.client().await?;
+    let started = Instant::now();
+    loop {
+        // On a primary (no replay position) the answer is true: a dev setup may point the
+        // replica setting at the primary.
+        let caught_up: bool = client
+            .query_one(
+                "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, true)",
+                &[&position.0],
+            )
+            .await?
+            .try_get(0)?;
+        if caught_up {
+            break;
+        }
+        if started.elapsed() > catch_up_limit {
+            return Err(DbError::ReplicaBehind {
+                lsn: position.0.clone(),
+                waited: started.elapsed(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = client
+        .query_raw(
+            "SELECT id, stripe_payment_intent_id, idempotency_key, amount, currency, created_at, version
+             FROM payments WHERE status = 'pending' AND attention IS NULL",
+            std::iter::empty::<&str>(),
+        )
+        .await?;
+    pin_mut!(rows);
+    let mut n = 0;
+    while let Some(r) = rows.try_next().await? {
+        each(PendingPayment {
+            id: r.try_get(0)?,
+            intent: r.try_get(1)?,
+            idempotency_key: r.try_get(2)?,
+            amount: r.try_get(3)?,
+            currency: r.try_get(4)?,
+            created_at: r.try_get(5)?,
+            version: r.try_get(6)?,
+        });
+        n += 1;
+    }
+    Ok(n)
+}

@@ -1,0 +1,140 @@
+//! The `/v1` endpoints, thin: read the parsed form, call the state, render. Everything
+//! else (auth, limits, faults, idempotency) happened in the layers in front.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{Method, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::idempotency::Executed;
+use super::request_id::RequestId;
+use crate::Sim;
+use crate::error::StripeError;
+use crate::form::Params;
+use crate::state::Ctx;
+
+/// An endpoint's outcome. Success, and errors of an endpoint that began executing, are
+/// marked for the idempotency layer to store.
+pub struct Reply(Result<Value, StripeError>);
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let (mut res, executed) = match self.0 {
+            Ok(v) => (Json(v).into_response(), true),
+            Err(e) => {
+                let executed = e.executed;
+                (e.into_response(), executed)
+            }
+        };
+        if executed {
+            res.extensions_mut().insert(Executed);
+        }
+        res
+    }
+}
+
+impl FromRequestParts<Sim> for Ctx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, sim: &Sim) -> Result<Self, Self::Rejection> {
+        Ok(Ctx {
+            request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()),
+            idempotency_key: parts
+                .headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            now_ms: sim.inner.clock.now_ms(),
+        })
+    }
+}
+
+/// The object id in the URL. An id axum cannot decode is no URL Stripe knows.
+pub struct Id(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = StripeError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(Id(id)),
+            Err(_) => Err(StripeError::unrecognized_url(
+                parts.method.as_str(),
+                parts.uri.path(),
+            )),
+        }
+    }
+}
+
+type Form = Extension<Params>;
+
+pub async fn create_intent(State(sim): State<Sim>, ctx: Ctx, Extension(p): Form) -> Reply {
+    Reply(sim.state().create_intent(&p, &ctx))
+}
+
+pub async fn list_intents(State(sim): State<Sim>, Extension(p): Form) -> Reply {
+    Reply(sim.state().list_intents(&p))
+}
+
+pub async fn search_intents(State(sim): State<Sim>, Extension(p): Form) -> Reply {
+    Reply(sim.state().search_intents(&p))
+}
+
+pub async fn retrieve_intent(State(sim): State<Sim>, Id(id): Id) -> Reply {
+    Reply(sim.state().retrieve(&id))
+}
+
+pub async fn update_intent(State(sim): State<Sim>, Id(id): Id, Extension(p): Form) -> Reply {
+    Reply(sim.state().update(&id, &p))
+}
+
+pub async fn confirm_intent(
+    State(sim): State<Sim>,
+    Id(id): Id,
+    ctx: Ctx,
+    Extension(p): Form,
+) -> Reply {
+    Reply(sim.state().confirm(&id, p.string("payment_method"), &ctx))
+}
+
+pub async fn cancel_intent(
+    State(sim): State<Sim>,
+    Id(id): Id,
+    ctx: Ctx,
+    Extension(p): Form,
+) -> Reply {
+    Reply(sim.state().cancel(&id, &p, &ctx))
+}
+
+pub async fn capture_intent(
+    State(sim): State<Sim>,
+    Id(id): Id,
+    ctx: Ctx,
+    Extension(p): Form,
+) -> Reply {
+    Reply(sim.state().capture(&id, &p, &ctx))
+}
+
+pub async fn list_events(State(sim): State<Sim>, Extension(p): Form) -> Reply {
+    Reply(sim.state().list_events(&p))
+}
+
+pub async fn retrieve_event(State(sim): State<Sim>, Id(id): Id) -> Reply {
+    Reply(sim.state().event(&id))
+}
+
+pub async fn create_endpoint(State(sim): State<Sim>, ctx: Ctx, Extension(p): Form) -> Reply {
+    Reply(sim.state().create_endpoint(&p, &ctx, None))
+}
+
+pub async fn list_endpoints(State(sim): State<Sim>) -> Reply {
+    Reply(Ok(sim.state().list_endpoints()))
+}
+
+/// Stripe answers an unknown path, or a method a path does not take, with a 404.
+pub async fn unrecognized(method: Method, uri: Uri) -> StripeError {
+    StripeError::unrecognized_url(method.as_str(), uri.path())
+}
