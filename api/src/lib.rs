@@ -106,8 +106,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
         // Public: the contract is no secret.
-        .route("/openapi.json", get(openapi::spec))
-        .route("/docs", get(openapi::docs))
+        .merge(openapi::docs())
 }
 
 /// The bearer key of a request, if any.

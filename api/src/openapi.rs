@@ -1,9 +1,7 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations, and a small
-//! offline page that renders it and lets you try calls (no CDN: the stack has no
-//! internet, and neither may an operator's browser).
+//! The OpenAPI 3.1 document, generated from the handlers' annotations, and Swagger UI to
+//! read it and try calls (its assets are compiled in: the stack has no internet, and
+//! neither may an operator's browser).
 
-use axum::Json;
-use axum::response::Html;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -105,10 +103,8 @@ impl Modify for CommonResponses {
 )]
 pub struct ApiDoc;
 
-pub async fn spec() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
-}
-
-pub async fn docs() -> Html<&'static str> {
-    Html(include_str!("docs.html"))
+/// `/openapi.json` and Swagger UI at `/docs`, its assets compiled in (no CDN: the page
+/// works offline and behind a strict proxy).
+pub fn docs() -> utoipa_swagger_ui::SwaggerUi {
+    utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())
 }

@@ -373,9 +373,10 @@ async fn an_intent_is_linked_only_to_a_payment_that_holds_none() {
     payments::apply_status(&app.primary, lone, &canceled)
         .await
         .unwrap();
+    let late_intent = format!("pi_lone_{}", lone.simple());
     let late = Observation {
         status: PaymentStatus::Canceled,
-        intent: Some("pi_lone_late"),
+        intent: Some(&late_intent),
         stripe_status: Some("canceled"),
         error: None,
         source: Source::Webhook,
@@ -391,9 +392,10 @@ async fn an_intent_is_linked_only_to_a_payment_that_holds_none() {
     let row = payments::by_id(&app.primary, lone).await.unwrap().unwrap();
     assert_eq!(
         row.stripe_payment_intent_id.as_deref(),
-        Some("pi_lone_late")
+        Some(late_intent.as_str())
     );
 }
+
 /// I2: a request whose lease ran out (and was taken over by a retry) can neither store
 /// nor release the key; the holder's answer stands.
 #[tokio::test]

@@ -627,8 +627,21 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it() {
     assert_eq!(docs.status(), StatusCode::OK);
     let html = docs.text().await.unwrap();
     assert!(
-        html.contains("fetch(\"/openapi.json\")") && !html.contains("https://"),
+        html.contains("swagger-ui") && !html.contains("https://"),
         "the page must work offline"
+    );
+    // Every asset it loads is served here, and it reads this instance's contract.
+    let init = app
+        .http
+        .get(format!("{}/docs/swagger-initializer.js", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(init.status(), StatusCode::OK);
+    let init = init.text().await.unwrap();
+    assert!(
+        init.contains("/openapi.json") && !init.contains("https://"),
+        "{init}"
     );
 }
 

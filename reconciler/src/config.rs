@@ -82,14 +82,17 @@ pub struct PollConfig {
 }
 
 impl Default for PollConfig {
-    /// 20 calls/s stays under Stripe's 25/s test-mode limit per endpoint.
+    /// The schedule is `Schedule::default()`'s, so that what the schedule's tests check is
+    /// what runs. 20 calls/s stays under Stripe's 25/s test-mode limit per endpoint.
     fn default() -> Self {
+        let s = Schedule::default();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         PollConfig {
-            first_ms: 60_000,
-            frequent_ms: 300_000,
-            frequent_for_ms: 3_600_000,
-            slow_ms: 3_600_000,
-            expire_after_ms: 24 * 3_600_000,
+            first_ms: ms(s.first),
+            frequent_ms: ms(s.frequent),
+            frequent_for_ms: ms(s.frequent_for),
+            slow_ms: ms(s.slow),
+            expire_after_ms: ms(s.expire_after),
             create_after_ms: 300_000,
             rate_per_sec: 20,
             burst: 20,
@@ -119,5 +122,15 @@ impl PollConfig {
                 i64::try_from(self.attention_after_ms).unwrap_or(i64::MAX),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_runs_the_default_schedule() {
+        assert_eq!(PollConfig::default().rules().schedule, Schedule::default());
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -13,7 +13,13 @@ use paystream_db::Primary;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tower::ServiceBuilder;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
 
 use crate::metrics::Metrics;
 use crate::runtime::{Runtime, TaskState};
@@ -31,8 +37,9 @@ pub struct Health {
 
 impl Health {
     /// `/health/live` (the process answers) and `/health/ready` (it can reach the
-    /// primary), plus an `x-served-by` header on every response of `app`, so that
-    /// an operator behind nginx can tell which instance answered.
+    /// primary and its background tasks run), plus an `x-served-by` header on every
+    /// response of `app`, so that an operator behind nginx can tell which instance
+    /// answered.
     pub fn wrap(self, app: Router) -> Router {
         let served_by =
             HeaderValue::from_str(&self.instance).unwrap_or(HeaderValue::from_static("unknown"));
@@ -42,46 +49,97 @@ impl Health {
             .route("/health/ready", get(ready))
             .route("/metrics", get(prometheus))
             .with_state(self);
+        // Outermost first: a request id (nginx's `X-Request-Id` if it is one, else a new
+        // one), a span carrying it with one log line at the end, the id echoed back.
+        let tracing = ServiceBuilder::new()
+            .layer(axum::middleware::map_request(drop_invalid_request_id))
+            .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), NewRequestId))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_request(())
+                    .on_response(log_response)
+                    .on_failure(()),
+            )
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()));
         app.merge(health)
             .layer(axum::middleware::from_fn_with_state(metrics, observe))
-            .layer(axum::middleware::map_response(
-                move |mut res: axum::response::Response| {
-                    let served_by = served_by.clone();
-                    async move {
-                        res.headers_mut().insert("x-served-by", served_by);
-                        res
-                    }
-                },
+            .layer(tracing)
+            .layer(SetResponseHeaderLayer::overriding(
+                HeaderName::from_static("x-served-by"),
+                served_by,
             ))
     }
 }
 
-/// One span per request, carrying its request id (nginx's `X-Request-Id`, or a new one),
-/// echoed in the response; one log line and one metrics sample when it ends. Headers
-/// (which carry API keys) are never logged.
-async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let request_id = req
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// An incoming id is kept only if it is short and plain: it goes into every log line of
+/// the request, and anyone can send anything.
+async fn drop_invalid_request_id(mut req: Request) -> Request {
+    let valid = req
         .headers()
-        .get("x-request-id")
+        .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
+        .is_none_or(|v| {
             !v.is_empty()
                 && v.len() <= 64
                 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id);
-    let route = req
-        .extensions()
+        });
+    if !valid {
+        req.headers_mut().remove(&REQUEST_ID);
+    }
+    req
+}
+
+#[derive(Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&new_request_id())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Routes as matched, never raw paths: a bounded set of span and metric labels.
+fn route_of<B>(req: &axum::http::Request<B>) -> String {
+    req.extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
+        .to_owned()
+}
+
+fn request_span<B>(req: &axum::http::Request<B>) -> Span {
+    let request_id = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = method_label(req.method()),
+        route = %route_of(req)
+    )
+}
+
+/// One line per request, inside its span. Headers (which carry API keys) are never logged.
+fn log_response<B>(res: &axum::http::Response<B>, took: Duration, _: &Span) {
+    tracing::info!(
+        status = res.status().as_u16(),
+        latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+}
+
+/// One metrics sample per request, by route as matched, method and status.
+async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
+    let route = route_of(&req);
     let method = method_label(req.method());
-    let span =
-        tracing::info_span!("request", request_id = %request_id, method = method, route = %route);
     let started = Instant::now();
-    let mut res = next.run(req).instrument(span.clone()).await;
-    let took = started.elapsed();
+    let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
     metrics.inc(
         "http_requests_total",
@@ -92,12 +150,8 @@ async fn observe(State(metrics): State<Arc<Metrics>>, req: Request, next: Next) 
         "http_request_duration_seconds",
         "HTTP request latency by route",
         &[("route", &route), ("method", method)],
-        took,
+        started.elapsed(),
     );
-    tracing::info!(parent: &span, status = res.status().as_u16(), latency_us = took.as_micros() as u64, "request");
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut().insert("x-request-id", v);
-    }
     res
 }
 
@@ -233,7 +287,68 @@ pub(crate) async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
     use axum::http::Method;
+    use tower::ServiceExt;
+
+    fn app(runtime: Option<Runtime>) -> Router {
+        let metrics = Arc::new(Metrics::default());
+        Health {
+            service: "test",
+            instance: "test-1".into(),
+            primary: Primary::connect_lazy("postgres://x:y@127.0.0.1:1/none", 1).unwrap(),
+            metrics,
+            runtime,
+        }
+        .wrap(Router::new().route("/hello", get(|| async { "hi" })))
+    }
+
+    async fn call(app: Router, path: &str, request_id: Option<&str>) -> Response {
+        let mut req = axum::http::Request::get(path);
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
+        app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plain_request_id_is_echoed_and_anything_else_replaced() {
+        let res = call(app(None), "/hello", Some("req-abc-123")).await;
+        assert_eq!(res.headers()["x-request-id"], "req-abc-123");
+        assert_eq!(res.headers()["x-served-by"], "test-1");
+        for bad in ["has space", "semi;colon", &"x".repeat(65)] {
+            let res = call(app(None), "/hello", Some(bad)).await;
+            let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+            assert!(id != bad && !id.is_empty(), "{bad:?} -> {id:?}");
+        }
+        let res = call(app(None), "/hello", None).await;
+        let a = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let res = call(app(None), "/hello", None).await;
+        assert_ne!(res.headers()["x-request-id"].to_str().unwrap(), a);
+    }
+
+    #[tokio::test]
+    async fn readiness_lists_the_background_tasks_and_fails_while_one_restarts() {
+        let rt = Runtime::without_signals(Arc::default());
+        rt.supervise("dies", crate::OnExit::Restart, |_| async {
+            Err("lost it".to_owned())
+        });
+        rt.supervise("lives", crate::OnExit::Restart, |token| async move {
+            token.cancelled().await;
+            Ok(())
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let res = call(app(Some(rt.clone())), "/health/ready", None).await;
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["tasks"]["lives"], "running", "{v}");
+        assert_eq!(v["tasks"]["dies"]["state"], "restarting", "{v}");
+        assert_eq!(v["tasks"]["dies"]["last_error"], "lost it", "{v}");
+        rt.shutdown();
+    }
 
     #[test]
     fn method_labels_are_a_bounded_set() {

@@ -1,0 +1,128 @@
+//! What the bench reads from a service's Prometheus exposition (`/metrics`).
+
+use std::time::{Duration, Instant};
+
+/// A service's Prometheus exposition.
+async fn metrics(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+/// The sum of every series whose line starts with `prefix` (a metric over its labels).
+fn sum_series(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Stripe polls the reconciler has made, all outcomes.
+pub async fn polls_total(http: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    let text = metrics(http, base).await?;
+    Ok(sum_series(&text, "reconciler_polls_total{") as u64)
+}
+
+/// Cumulative buckets `(le, count)` of the reconciler's CDC latency histogram.
+pub async fn cdc_histogram(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec<(f64, u64)>> {
+    let buckets = cdc_buckets(&metrics(http, base).await?);
+    anyhow::ensure!(
+        !buckets.is_empty(),
+        "no CDC latency histogram at {base}/metrics"
+    );
+    Ok(buckets)
+}
+
+fn cdc_buckets(text: &str) -> Vec<(f64, u64)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("reconciler_cdc_latency_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits until the reconciler has consumed everything on the CDC topic (its lag metric,
+/// summed over partitions, reads 0); returns how long that took.
+pub async fn drained(http: &reqwest::Client, base: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(300) {
+        let text = metrics(http, base).await?;
+        if sum_series(&text, "reconciler_consumer_lag{") == 0.0 {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("the reconciler did not catch up with the CDC topic in 300 s")
+}
+
+/// Prometheus' histogram_quantile: linear within the bucket holding the rank.
+pub fn quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut prev = (0.0, 0u64);
+    for &(le, count) in buckets {
+        if count as f64 >= rank {
+            if le.is_infinite() {
+                return Some(prev.0);
+            }
+            let within = (rank - prev.1 as f64) / (count - prev.1).max(1) as f64;
+            return Some(prev.0 + (le - prev.0) * within);
+        }
+        prev = (le, count);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXPOSITION: &str = "\
+# TYPE reconciler_cdc_latency_seconds histogram
+reconciler_cdc_latency_seconds_bucket{le=\"0.1\"} 10
+reconciler_cdc_latency_seconds_bucket{le=\"0.5\"} 90
+reconciler_cdc_latency_seconds_bucket{le=\"+Inf\"} 100
+reconciler_cdc_latency_seconds_sum 20.5
+reconciler_consumer_lag{partition=\"0\"} 3
+reconciler_consumer_lag{partition=\"1\"} 4
+reconciler_polls_total{outcome=\"ok\"} 7
+";
+
+    #[test]
+    fn buckets_parse_with_inf_last() {
+        assert_eq!(
+            cdc_buckets(EXPOSITION),
+            vec![(0.1, 10), (0.5, 90), (f64::INFINITY, 100)]
+        );
+    }
+
+    #[test]
+    fn series_sum_over_labels() {
+        assert_eq!(sum_series(EXPOSITION, "reconciler_consumer_lag{"), 7.0);
+        assert_eq!(sum_series(EXPOSITION, "reconciler_missing{"), 0.0);
+    }
+
+    #[test]
+    fn quantile_interpolates_within_the_bucket() {
+        let b = cdc_buckets(EXPOSITION);
+        let p50 = quantile(&b, 0.5).unwrap_or_default();
+        assert!((p50 - 0.3).abs() < 1e-9, "{p50}");
+        // Beyond the last finite bucket Prometheus answers that bucket's bound.
+        assert_eq!(quantile(&b, 0.99), Some(0.5));
+        assert_eq!(quantile(&[(0.1, 0), (f64::INFINITY, 0)], 0.5), None);
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+}

@@ -1,0 +1,137 @@
+//! Stage 6, webhook ingest through nginx: signed payment_intent.succeeded events, each for
+//! its own pending payment, so every one is verified, stored and applied; against pgbench
+//! applying the same events (`webhook.sql`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::Ctx;
+
+/// Enough for three 5 s runs at 1,300/s; the unused rest is deleted after the stage.
+const FIXTURES: i64 = 20_000;
+
+pub async fn measure(ctx: &mut Ctx<'_>, client: Uuid) -> anyhow::Result<()> {
+    println!("webhook ingest ...");
+    let run = Uuid::now_v7().simple().to_string();
+    let ids = Arc::new(pending_payments(&ctx.primary, client, &run).await?);
+    // Shared by all runs, so no run resends an event an earlier one applied.
+    let next = Arc::new(AtomicUsize::new(0));
+    let (http, api, counter, events) =
+        (ctx.http.clone(), ctx.api.clone(), next.clone(), ids.clone());
+    let secret = ctx.stack.var("STRIPE_WEBHOOK_SECRET").to_owned();
+    let r = ctx
+        .median_load(32, move |_, _| {
+            let request = events
+                .get(counter.fetch_add(1, Ordering::Relaxed))
+                .map(|(pi, id)| {
+                    let body = webhook_event(&format!("evt_{pi}"), pi, *id);
+                    let t = chrono::Utc::now().timestamp();
+                    http.post(format!("{api}/webhook/stripe"))
+                        .header(
+                            "Stripe-Signature",
+                            stripe_sim::webhooks::header(&[&secret], t, &body),
+                        )
+                        .header("Content-Type", "application/json")
+                        .body(body)
+                });
+            async move {
+                let Some(request) = request else { return false };
+                request.send().await.is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+    let sent = next.load(Ordering::Relaxed).min(ids.len());
+    check_applied(&ctx.primary, &run, sent, r.errors).await?;
+    floor_fixtures(&ctx.primary, client).await?;
+    let floor = ctx.floor("webhook.sql", 32, &[("n", "500".into())]).await?;
+    ctx.report
+        .against_floor("6. Webhook ingest, 32 senders", &r, " applied", floor);
+    Ok(())
+}
+
+/// The payments the events resolve: `(intent id, payment id)`.
+async fn pending_payments(
+    primary: &PgPool,
+    client: Uuid,
+    run: &str,
+) -> anyhow::Result<Vec<(String, Uuid)>> {
+    sqlx::query(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, stripe_payment_intent_id, stripe_status)
+         SELECT gen_random_uuid(), $1, 'wh-' || $2 || '-' || g, 1250, 'usd', 'pi_wh_' || $2 || '_' || g, 'requires_payment_method'
+         FROM generate_series(1, $3::bigint) g",
+    )
+    .bind(client)
+    .bind(run)
+    .bind(FIXTURES)
+    .execute(primary)
+    .await?;
+    Ok(sqlx::query_as(
+        "SELECT stripe_payment_intent_id, id FROM payments WHERE idempotency_key LIKE 'wh-' || $1 || '-%'",
+    )
+    .bind(run)
+    .fetch_all(primary)
+    .await?)
+}
+
+/// Fails if accepted events were not applied, then removes the fixtures no event reached.
+async fn check_applied(
+    primary: &PgPool,
+    run: &str,
+    sent: usize,
+    errors: u64,
+) -> anyhow::Result<()> {
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM payments WHERE idempotency_key LIKE 'wh-' || $1 || '-%' AND status = 'succeeded'",
+    )
+    .bind(run)
+    .fetch_one(primary)
+    .await?;
+    anyhow::ensure!(
+        applied as usize + errors as usize >= sent.saturating_sub(64),
+        "webhooks accepted but not applied: {applied} of {sent}"
+    );
+    // Never shown to a client nor sent to Stripe, so removed rather than left pending for
+    // the reconciler to poll.
+    sqlx::query(
+        "DELETE FROM payments WHERE idempotency_key LIKE 'wh-' || $1 || '-%' AND status = 'pending'",
+    )
+    .bind(run)
+    .execute(primary)
+    .await?;
+    Ok(())
+}
+
+/// The floor's payments: final already, so the reconciler never polls them.
+async fn floor_fixtures(primary: &PgPool, client: Uuid) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, status, resolution_source,
+                               resolved_at, stripe_payment_intent_id, stripe_status)
+         SELECT gen_random_uuid(), $1, 'wfloor-' || g, 1250, 'usd', 'succeeded', 'webhook', now(),
+                'pi_wfloor_' || g, 'succeeded'
+         FROM generate_series(1, 32 * 500) g
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(client)
+    .execute(primary)
+    .await?;
+    Ok(())
+}
+
+/// A Stripe event as Stripe sends it for a PaymentIntent that succeeded.
+fn webhook_event(event_id: &str, pi: &str, payment: Uuid) -> String {
+    json!({
+        "id": event_id,
+        "object": "event",
+        "type": "payment_intent.succeeded",
+        "created": chrono::Utc::now().timestamp(),
+        "data": {"object": {
+            "id": pi, "object": "payment_intent", "status": "succeeded",
+            "amount": 1250, "currency": "usd", "metadata": {"payment_id": payment.to_string()}
+        }}
+    })
+    .to_string()
+}
