@@ -145,11 +145,10 @@ mod tests {
     use paystream_db::keys::Role;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use uuid::Uuid;
 
     fn principal() -> Principal {
         Principal {
-            client_id: Uuid::now_v7(),
+            client_id: paystream_core::ClientId::generate(),
             role: Role::Client,
         }
     }

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use paystream_core::gateway::{
     GatewayError, IntentView, NewIntent, StripeGateway, attempt_key, intent_key,
 };
+use paystream_core::{ClientId, PaymentId};
 use paystream_core::{Currency, Money, PaymentStatus};
 use paystream_db::idempotency::{self, Begin, Take};
 use paystream_db::keys::Principal;
@@ -56,7 +57,7 @@ pub struct PaymentView {
 
 fn payment_json(p: &Payment, client_secret: Option<&str>) -> Value {
     let view = PaymentView {
-        id: p.id,
+        id: p.id.as_uuid(),
         status: p.status.as_str().to_owned(),
         amount: p.amount,
         currency: p.currency.clone(),
@@ -306,7 +307,7 @@ async fn adopt(s: &AppState, payment: Payment, pi: IntentView) -> Result<Finish,
 /// Applies what Stripe says of the payment's intent (source `api`).
 async fn observe(
     s: &AppState,
-    id: Uuid,
+    id: PaymentId,
     status: PaymentStatus,
     pi: &IntentView,
 ) -> Result<Payment, ApiError> {
@@ -318,7 +319,7 @@ async fn observe(
 
 /// Best effort: a stray that stays open is still never paid (nobody has its secret), and
 /// the report lists it as `orphan_at_stripe`.
-async fn cancel_stray(s: &AppState, payment_id: Uuid, pi: &IntentView) {
+async fn cancel_stray(s: &AppState, payment_id: PaymentId, pi: &IntentView) {
     if pi.status().is_some_and(|st| st.is_final()) {
         return;
     }
@@ -337,9 +338,9 @@ async fn cancel_stray(s: &AppState, payment_id: Uuid, pi: &IntentView) {
     }
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+fn parse_id(raw: &str) -> Result<PaymentId, ApiError> {
     // A malformed id names no payment: 404, like an unknown one.
-    Uuid::parse_str(raw).map_err(|_| ApiError::not_found())
+    raw.parse().map_err(|_| ApiError::not_found())
 }
 
 #[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments",
@@ -409,7 +410,7 @@ pub async fn list(
                 f.created_lt = Some(timestamp(v).ok_or_else(|| bad("an RFC 3339 timestamp"))?)
             }
             "starting_after" => {
-                f.starting_after = Some(Uuid::parse_str(v).map_err(|_| bad("a payment id"))?)
+                f.starting_after = Some(v.parse().map_err(|_| bad("a payment id"))?)
             }
             "limit" => {
                 f.limit = v
@@ -501,7 +502,11 @@ fn cancel_answer(p: &Payment) -> Result<Option<Json<Value>>, ApiError> {
     }
 }
 
-async fn cancel_held(s: &AppState, client_id: Uuid, id: Uuid) -> Result<Json<Value>, ApiError> {
+async fn cancel_held(
+    s: &AppState,
+    client_id: ClientId,
+    id: PaymentId,
+) -> Result<Json<Value>, ApiError> {
     // Read again under the lease: a create may have finished meanwhile.
     let p = payments::get(&s.db, client_id, id)
         .await?

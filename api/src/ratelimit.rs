@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use paystream_core::ClientId;
 use paystream_core::TokenBucket;
-use uuid::Uuid;
 
 use crate::config::RateLimitConfig;
 
 pub struct RateLimiter {
     cfg: RateLimitConfig,
-    buckets: Mutex<HashMap<Uuid, TokenBucket>>,
+    buckets: Mutex<HashMap<ClientId, TokenBucket>>,
 }
 
 impl RateLimiter {
@@ -23,7 +23,7 @@ impl RateLimiter {
     }
 
     /// `Ok(())` if `client` may go on, else `Err(whole seconds until it may)`.
-    pub fn check(&self, client: Uuid, now: Instant) -> Result<(), u64> {
+    pub fn check(&self, client: ClientId, now: Instant) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let bucket = buckets
             .entry(client)
@@ -45,11 +45,14 @@ mod tests {
             per_second: 2,
             burst: 3,
         });
-        let c = Uuid::now_v7();
+        let c = ClientId::generate();
         let t0 = Instant::now();
         assert!((0..3).all(|_| l.check(c, t0).is_ok()));
         assert_eq!(l.check(c, t0), Err(1));
         assert!(l.check(c, t0 + Duration::from_millis(500)).is_ok());
-        assert!(l.check(Uuid::now_v7(), t0).is_ok(), "buckets are per key");
+        assert!(
+            l.check(ClientId::generate(), t0).is_ok(),
+            "buckets are per key"
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{STRIPE_KEY, TestApp, idem, serve_api_with_key, spawn_app};
 use paystream_api::config::RateLimitConfig;
-use paystream_core::{Currency, Money, PaymentStatus};
+use paystream_core::{ClientId, Currency, Money, PaymentId, PaymentStatus};
 use paystream_db::idempotency::{self, Begin};
 use paystream_db::keys::{self, Role};
 use paystream_db::payments::{self, NewPayment, Observation, Source};
@@ -80,7 +80,7 @@ async fn a_retry_after_stripe_forgot_its_key_never_makes_a_second_intent() {
     let expired_key = idem();
     app.faults(json!({"api_error_rate": 1.0})).await;
     let (_, _, first) = app.create(&expired_key, &body).await;
-    let expired = Uuid::parse_str(first["payment"]["id"].as_str().unwrap()).unwrap();
+    let expired: PaymentId = first["payment"]["id"].as_str().unwrap().parse().unwrap();
     let obs = Observation {
         status: PaymentStatus::Canceled,
         intent: None,
@@ -189,7 +189,7 @@ async fn money_taken_after_a_cancel_overturns_it_and_flags_it() {
     let (_, _, p) = app
         .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
         .await;
-    let id = Uuid::parse_str(p["id"].as_str().unwrap()).unwrap();
+    let id: PaymentId = p["id"].as_str().unwrap().parse().unwrap();
     let pi = p["stripe_payment_intent_id"].as_str().unwrap().to_owned();
     // Our side says canceled (say, an expiry whose cancel at Stripe was lost)...
     let canceled = Observation {
@@ -255,16 +255,16 @@ async fn every_update_of_a_payment_bumps_its_version() {
     let (_, _, p) = app
         .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
         .await;
-    let id = Uuid::parse_str(p["id"].as_str().unwrap()).unwrap();
+    let id: PaymentId = p["id"].as_str().unwrap().parse().unwrap();
     let before = payments::by_id(&app.primary, id).await.unwrap().unwrap();
     // An UPDATE that forgets the version, and one that tries to set it back.
     sqlx::query("UPDATE payments SET description = 'edited' WHERE id = $1")
-        .bind(id)
+        .bind(id.as_uuid())
         .execute(&app.db)
         .await
         .unwrap();
     sqlx::query("UPDATE payments SET version = 1, updated_at = '2000-01-01' WHERE id = $1")
-        .bind(id)
+        .bind(id.as_uuid())
         .execute(&app.db)
         .await
         .unwrap();
@@ -283,11 +283,15 @@ async fn the_database_refuses_what_no_path_may_do() {
     let (_, _, p) = app
         .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
         .await;
-    let id = Uuid::parse_str(p["id"].as_str().unwrap()).unwrap();
+    let id: PaymentId = p["id"].as_str().unwrap().parse().unwrap();
     let refused = |sql: &'static str| {
         let db = app.db.clone();
         async move {
-            let e = sqlx::query(sql).bind(id).execute(&db).await.expect_err(sql);
+            let e = sqlx::query(sql)
+                .bind(id.as_uuid())
+                .execute(&db)
+                .await
+                .expect_err(sql);
             let code = e
                 .as_database_error()
                 .and_then(|d| d.code())
@@ -330,7 +334,7 @@ async fn an_intent_is_linked_only_to_a_payment_that_holds_none() {
     let (_, _, p) = app
         .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
         .await;
-    let id = Uuid::parse_str(p["id"].as_str().unwrap()).unwrap();
+    let id: PaymentId = p["id"].as_str().unwrap().parse().unwrap();
     let held = p["stripe_payment_intent_id"].as_str().unwrap().to_owned();
     let other = Observation {
         status: PaymentStatus::Pending,
@@ -352,8 +356,8 @@ async fn an_intent_is_linked_only_to_a_payment_that_holds_none() {
     assert_ne!(row.stripe_status.as_deref(), Some("processing"));
 
     // A payment canceled before any intent existed, then Stripe's word on one.
-    let client_id = Uuid::now_v7();
-    let lone = Uuid::now_v7();
+    let client_id = ClientId::generate();
+    let lone = PaymentId::generate();
     let key = format!("lone-{lone}");
     payments::create_pending(
         &app.primary,
@@ -373,7 +377,7 @@ async fn an_intent_is_linked_only_to_a_payment_that_holds_none() {
     payments::apply_status(&app.primary, lone, &canceled)
         .await
         .unwrap();
-    let late_intent = format!("pi_lone_{}", lone.simple());
+    let late_intent = format!("pi_lone_{}", lone.as_uuid().simple());
     let late = Observation {
         status: PaymentStatus::Canceled,
         intent: Some(&late_intent),

@@ -84,7 +84,7 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
         source: Source::Webhook,
         detail: None,
     };
-    payments::apply_status(&world.primary, matched, &obs)
+    payments::apply_status(&world.primary, matched.into(), &obs)
         .await
         .unwrap();
     // Paid at Stripe; we never heard of it.
@@ -108,7 +108,7 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     world.insert_pending(missing).await;
     payments::attach_intent(
         &world.primary,
-        missing,
+        missing.into(),
         &format!("pi_unknown_{}", missing.simple()),
         "requires_payment_method",
     )

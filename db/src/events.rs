@@ -1,9 +1,9 @@
 //! Stripe's events as we received them (`stripe_events`): each stored once by its id and
 //! applied through the guarded status path in the same transaction.
 
+use paystream_core::PaymentId;
 use serde_json::Value;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use crate::payments::{self, Applied, Observation, Source};
 use crate::{DbError, Primary};
@@ -13,7 +13,7 @@ use paystream_core::PaymentStatus;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
     pub intent_id: String,
-    pub payment_id: Option<Uuid>,
+    pub payment_id: Option<PaymentId>,
     pub stripe_status: String,
     pub status: PaymentStatus,
     pub error: Option<String>,
@@ -150,7 +150,7 @@ async fn apply(
     )
     .bind(event_id)
     .bind(outcome.as_str())
-    .bind(payment_id)
+    .bind(payment_id.map(PaymentId::as_uuid))
     .bind(MAX_BACKOFF_SECS)
     .execute(&mut *tx)
     .await?;

@@ -6,6 +6,7 @@
 //! was taken over by a retry) can do neither, so it never overwrites the holder's work.
 //! A cancel takes the same lease, so it never runs beside a create of its payment.
 
+use paystream_core::{ClientId, PaymentId};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,7 +18,7 @@ use crate::{DbError, Primary};
 /// A request's hold on an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    pub client_id: Uuid,
+    pub client_id: ClientId,
     pub key: String,
     pub token: Uuid,
 }
@@ -71,7 +72,7 @@ pub async fn begin(
          VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond', $5)
          ON CONFLICT DO NOTHING",
     )
-    .bind(new.client_id)
+    .bind(new.client_id.as_uuid())
     .bind(new.idempotency_key)
     .bind(request_hash)
     .bind(millis(lease))
@@ -81,12 +82,12 @@ pub async fn begin(
     .rows_affected()
         == 1;
     if claimed {
-        let id = Uuid::now_v7();
+        let id = PaymentId::generate();
         let payment = payments::insert_pending(&mut tx, id, new).await?;
         sqlx::query("UPDATE idempotency_keys SET payment_id = $3 WHERE client_id = $1 AND idempotency_key = $2")
-            .bind(new.client_id)
+            .bind(new.client_id.as_uuid())
             .bind(new.idempotency_key)
-            .bind(id)
+            .bind(id.as_uuid())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -96,7 +97,7 @@ pub async fn begin(
         "SELECT request_hash, payment_id, coalesce(locked_until > now(), false) AS locked, response_status, response_body
          FROM idempotency_keys WHERE client_id = $1 AND idempotency_key = $2 FOR UPDATE",
     )
-    .bind(new.client_id)
+    .bind(new.client_id.as_uuid())
     .bind(new.idempotency_key)
     .fetch_one(&mut *tx)
     .await?;
@@ -113,6 +114,7 @@ pub async fn begin(
     }
     let payment_id = row
         .payment_id
+        .map(PaymentId::from)
         .ok_or_else(|| DbError::Corrupt("idempotency key without payment".into()))?;
     relock(&mut tx, &held, lease).await?;
     let payment = payments::get_in(&mut *tx, new.client_id, payment_id)
@@ -131,7 +133,7 @@ async fn relock(
         "UPDATE idempotency_keys SET locked_until = now() + $3::bigint * interval '1 millisecond', lease_token = $4
          WHERE client_id = $1 AND idempotency_key = $2",
     )
-    .bind(lease.client_id)
+    .bind(lease.client_id.as_uuid())
     .bind(&lease.key)
     .bind(millis(duration))
     .bind(lease.token)
@@ -155,7 +157,7 @@ pub enum Take {
 /// two never run at once.
 pub async fn take(
     db: &Primary,
-    client_id: Uuid,
+    client_id: ClientId,
     key: &str,
     lease: Duration,
 ) -> Result<Take, DbError> {
@@ -164,7 +166,7 @@ pub async fn take(
         "SELECT coalesce(locked_until > now(), false), response_status IS NOT NULL
          FROM idempotency_keys WHERE client_id = $1 AND idempotency_key = $2 FOR UPDATE",
     )
-    .bind(client_id)
+    .bind(client_id.as_uuid())
     .bind(key)
     .fetch_optional(&mut *tx)
     .await?;
@@ -199,7 +201,7 @@ pub async fn complete(
         "UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = NULL, lease_token = NULL
          WHERE client_id = $1 AND idempotency_key = $2 AND lease_token = $5 AND response_status IS NULL",
     )
-    .bind(lease.client_id)
+    .bind(lease.client_id.as_uuid())
     .bind(&lease.key)
     .bind(i16::try_from(status).unwrap_or(500))
     .bind(body)
@@ -220,7 +222,7 @@ pub async fn release(db: &Primary, lease: &Lease) -> Result<bool, DbError> {
         "UPDATE idempotency_keys SET locked_until = NULL, lease_token = NULL
          WHERE client_id = $1 AND idempotency_key = $2 AND lease_token = $3",
     )
-    .bind(lease.client_id)
+    .bind(lease.client_id.as_uuid())
     .bind(&lease.key)
     .bind(lease.token)
     .execute(db.pool())

@@ -1,5 +1,6 @@
 //! API keys: random, shown once, stored as SHA-256 only.
 
+use paystream_core::ClientId;
 use rand::Rng;
 use rand::distributions::Alphanumeric;
 use sha2::{Digest, Sha256};
@@ -37,7 +38,7 @@ impl Role {
 /// Who a request comes from, once its key checked out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Principal {
-    pub client_id: Uuid,
+    pub client_id: ClientId,
     pub role: Role,
 }
 
@@ -63,7 +64,12 @@ fn prefix(key: &str) -> String {
 /// already registered to that client is left as it is. Refused, changing nothing, when
 /// `name` exists with another role (the key would silently get that role's rights) or
 /// the key belongs to another client.
-pub async fn register(db: &Primary, name: &str, role: Role, key: &str) -> Result<Uuid, DbError> {
+pub async fn register(
+    db: &Primary,
+    name: &str,
+    role: Role,
+    key: &str,
+) -> Result<ClientId, DbError> {
     let mut tx = db.pool().begin().await?;
     let (client_id, existing_role): (Uuid, String) = sqlx::query_as(
         "INSERT INTO api_clients (id, name, role) VALUES ($1, $2, $3)
@@ -74,6 +80,7 @@ pub async fn register(db: &Primary, name: &str, role: Role, key: &str) -> Result
     .bind(role.as_str())
     .fetch_one(&mut *tx)
     .await?;
+    let client_id = ClientId::from(client_id);
     if existing_role != role.as_str() {
         return Err(DbError::Refused(format!(
             "client {name} exists with role {existing_role}, not {}: use another name",
@@ -85,12 +92,12 @@ pub async fn register(db: &Primary, name: &str, role: Role, key: &str) -> Result
          ON CONFLICT (key_hash) DO UPDATE SET key_hash = excluded.key_hash RETURNING client_id",
     )
     .bind(Uuid::now_v7())
-    .bind(client_id)
+    .bind(client_id.as_uuid())
     .bind(hash(key))
     .bind(prefix(key))
     .fetch_one(&mut *tx)
     .await?;
-    if owner != client_id {
+    if owner != client_id.as_uuid() {
         return Err(DbError::Refused(
             "this key is already registered to another client".into(),
         ));
@@ -100,7 +107,7 @@ pub async fn register(db: &Primary, name: &str, role: Role, key: &str) -> Result
 }
 
 /// A new key for client `name`; the only time the key exists in clear.
-pub async fn create(db: &Primary, name: &str, role: Role) -> Result<(Uuid, String), DbError> {
+pub async fn create(db: &Primary, name: &str, role: Role) -> Result<(ClientId, String), DbError> {
     let key = generate(role);
     let client_id = register(db, name, role, &key).await?;
     Ok((client_id, key))
@@ -109,7 +116,7 @@ pub async fn create(db: &Primary, name: &str, role: Role) -> Result<(Uuid, Strin
 /// Revokes the one active key whose stored prefix starts with `prefix` (or which `prefix`,
 /// a whole key, is). A prefix that names several keys revokes none: a short or mistyped
 /// prefix must not take many clients offline. Returns the revoked key's client.
-pub async fn revoke(db: &Primary, prefix: &str) -> Result<Uuid, DbError> {
+pub async fn revoke(db: &Primary, prefix: &str) -> Result<ClientId, DbError> {
     let mut tx = db.pool().begin().await?;
     let matches: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "SELECT id, client_id FROM api_keys
@@ -140,7 +147,7 @@ pub async fn revoke(db: &Primary, prefix: &str) -> Result<Uuid, DbError> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(client_id)
+    Ok(ClientId::from(client_id))
 }
 
 /// The lookup behind every key check, `$1` being the key's hash: on the primary here, on
@@ -150,7 +157,7 @@ pub(crate) const AUTHENTICATE_SQL: &str =
      WHERE k.key_hash = $1 AND k.revoked_at IS NULL";
 
 /// The principal of a row `AUTHENTICATE_SQL` returned.
-pub(crate) fn principal(client_id: Uuid, role: &str) -> Result<Principal, DbError> {
+pub(crate) fn principal(client_id: ClientId, role: &str) -> Result<Principal, DbError> {
     Role::parse(role)
         .map(|role| Principal { client_id, role })
         .ok_or_else(|| DbError::Corrupt(format!("unknown role {role}")))
@@ -161,7 +168,7 @@ pub async fn authenticate(db: &Primary, key: &str) -> Result<Option<Principal>, 
         .bind(hash(key))
         .fetch_optional(db.pool())
         .await?;
-    row.map(|(client_id, role)| principal(client_id, &role))
+    row.map(|(client_id, role)| principal(client_id.into(), &role))
         .transpose()
 }
 

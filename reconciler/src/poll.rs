@@ -3,6 +3,7 @@
 //! The state is never changed here: the DB change comes back through CDC and removes it.
 
 use chrono::{DateTime, Utc};
+use paystream_core::PaymentId;
 use paystream_core::gateway::{
     GatewayError, IntentView, NewIntent, StripeGateway, attempt_key, intent_key,
 };
@@ -124,7 +125,7 @@ pub async fn poll<G: StripeGateway>(
         _ => Attention::UnknownAtStripe,
     };
     tracing::error!(payment_id = %t.id, attention = why.as_str(), misses = t.misses + 1, "payment flagged for an operator; no longer polled");
-    payments::flag_attention(db, t.id, why).await?;
+    payments::flag_attention(db, t.id.into(), why).await?;
     Ok(Outcome::Flagged(why))
 }
 
@@ -135,6 +136,7 @@ async fn poll_once<G: StripeGateway>(
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> Result<Outcome, PollError> {
+    let id = PaymentId::from(t.id);
     let expired = rules.schedule.expired(t.created_at, now);
     let intent = match &t.intent {
         Some(pi) => match stripe.retrieve_intent(pi).await {
@@ -143,7 +145,7 @@ async fn poll_once<G: StripeGateway>(
             Err(e) => return Err(e.into()),
         },
         None if now - t.created_at < rules.create_after => return Ok(Outcome::Pending),
-        None => match intent_of_orphan(stripe, db, t.id, expired).await? {
+        None => match intent_of_orphan(stripe, db, id, expired).await? {
             Orphan::Intent(v) => v,
             Orphan::Done(outcome) => return Ok(outcome),
         },
@@ -152,31 +154,31 @@ async fn poll_once<G: StripeGateway>(
         return Ok(Outcome::UnknownStatus(intent.stripe_status));
     };
     if status.is_final() || !expired {
-        return apply(db, t.id, status, &intent, Source::Poll).await;
+        return apply(db, id, status, &intent, Source::Poll).await;
     }
     // Past its age limit and still open at Stripe: cancel it there first, so Stripe and we
     // agree. Stripe may have moved on meanwhile (a success wins over our cancel). A fresh
     // key per attempt: a fixed one would replay a first refusal (the intent was
     // `processing` then) for 24 hours.
-    let key = attempt_key("expire", &t.id, &Uuid::now_v7());
+    let key = attempt_key("expire", &id, &Uuid::now_v7());
     match stripe
         .cancel_intent(&intent.id, Some(EXPIRY_REASON), &key)
         .await
     {
         Ok(v) if v.status() == Some(PaymentStatus::Canceled) => {
-            apply(db, t.id, PaymentStatus::Canceled, &v, Source::Expiry).await
+            apply(db, id, PaymentStatus::Canceled, &v, Source::Expiry).await
         }
-        Ok(v) => follow(db, t.id, &v).await,
+        Ok(v) => follow(db, id, &v).await,
         Err(GatewayError::Rejected { .. }) => {
             let v = stripe.retrieve_intent(&intent.id).await?;
-            follow(db, t.id, &v).await
+            follow(db, id, &v).await
         }
         Err(e) => Err(e.into()),
     }
 }
 
 /// Applies whatever Stripe now says about an intent, as a poll.
-async fn follow(db: &Primary, id: Uuid, v: &IntentView) -> Result<Outcome, PollError> {
+async fn follow(db: &Primary, id: PaymentId, v: &IntentView) -> Result<Outcome, PollError> {
     match v.status() {
         Some(status) => apply(db, id, status, v, Source::Poll).await,
         None => Ok(Outcome::UnknownStatus(v.stripe_status.clone())),
@@ -185,7 +187,7 @@ async fn follow(db: &Primary, id: Uuid, v: &IntentView) -> Result<Outcome, PollE
 
 async fn apply(
     db: &Primary,
-    id: Uuid,
+    id: PaymentId,
     status: PaymentStatus,
     intent: &IntentView,
     source: Source,
@@ -220,7 +222,7 @@ enum Orphan {
 async fn intent_of_orphan<G: StripeGateway>(
     stripe: &G,
     db: &Primary,
-    id: Uuid,
+    id: PaymentId,
     expired: bool,
 ) -> Result<Orphan, PollError> {
     let Some(row) = payments::by_id(db, id).await? else {
@@ -301,7 +303,7 @@ async fn intent_of_orphan<G: StripeGateway>(
 /// expired before one existed): only our side knows of it.
 async fn intentless(
     db: &Primary,
-    id: Uuid,
+    id: PaymentId,
     to: PaymentStatus,
     why: &str,
     source: Source,

@@ -42,11 +42,11 @@ pub async fn load(
     }
     let position = primary.wal_position().await?;
     replica::pending_payments(replica, &position, CATCH_UP_LIMIT, |r| {
-        let Some(state) = states.get_mut(&partition_for(r.id, total)) else {
+        let Some(state) = states.get_mut(&partition_for(r.id.as_uuid(), total)) else {
             return;
         };
         let row = PaymentRow {
-            id: r.id,
+            id: r.id.as_uuid(),
             status: "pending".into(),
             stripe_payment_intent_id: r.intent,
             idempotency_key: r.idempotency_key,

@@ -12,6 +12,8 @@
 //! metrics.
 
 pub mod engine;
+mod sink;
+mod telemetry;
 mod unconfirmed;
 
 use std::collections::HashMap;
@@ -27,20 +29,19 @@ use paystream_core::gateway::{GatewayError, StripeGateway};
 use paystream_service::Metrics;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::DeliveryFuture;
 use tokio::task::{JoinError, JoinSet};
 use uuid::Uuid;
 
-use self::engine::{Command, Count, DeliveryId, Engine, Event, Halt, Handed, Now, PollAnswer};
+use self::engine::{Command, DeliveryId, Engine, Event, Halt, Handed, Now, PollAnswer};
+use self::sink::{Sink, SinkError};
 use crate::config::{KafkaConfig, ReconcilerConfig};
 use crate::envelope;
-use crate::output::{self, OutputError, StatusUpdate};
 use crate::poll::{self, Outcome, PollError, Rules, Target};
 use crate::recovery::{self, RecoveryError};
 use crate::source::{self, CdcConsumer, Rebalanced};
-use crate::state::Effect;
 
 /// The database handles, only ever passed through to `poll` and `recovery`: a change of
 /// their pool types is a change of these two lines.
@@ -55,8 +56,8 @@ pub enum WorkerError {
     Recovery(#[from] RecoveryError),
     #[error("publishing a status update failed: {0}")]
     Publish(String),
-    #[error("encoding a status update: {0}")]
-    Encode(#[from] OutputError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     #[error(
         "{0} undecodable CDC records in a row (all in the dead-letter topic): the stream's format changed? stopping rather than skipping every change"
     )]
@@ -106,7 +107,7 @@ pub struct Worker<G> {
     replica: ReplicaDb,
     stripe: Arc<G>,
     metrics: Arc<Metrics>,
-    producer: FutureProducer,
+    sink: Sink,
     engine: Engine,
     in_flight: InFlight,
 }
@@ -119,12 +120,6 @@ impl<G: StripeGateway + 'static> Worker<G> {
         stripe: Arc<G>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, WorkerError> {
-        let producer: FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &cfg.kafka.brokers)
-            // Retries keep one payment's updates in order.
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()?;
         Ok(Worker {
             kafka: cfg.kafka.clone(),
             rules: cfg.poll.rules(),
@@ -132,7 +127,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
             replica,
             stripe,
             metrics,
-            producer,
+            sink: Sink::new(&cfg.kafka)?,
             engine: Engine::new(cfg.poll, Instant::now()),
             in_flight: InFlight::default(),
         })
@@ -164,7 +159,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
                     self.rebalance(consumer).await?;
                     self.step(consumer, Event::Tick, None).await?;
                 }
-                _ = gauges.tick() => self.gauges(),
+                _ = gauges.tick() => telemetry::gauges(&self.metrics, &self.engine, self.in_flight.polls.len()),
                 msg = consumer.recv() => {
                     self.rebalance(consumer).await?;
                     match msg {
@@ -240,7 +235,8 @@ impl<G: StripeGateway + 'static> Worker<G> {
                     }
                 }
                 Command::Publish { delivery, update } => {
-                    let f = self.publish(&update).await?;
+                    telemetry::published(&self.metrics, &update);
+                    let f = self.sink.status(&update).await?;
                     self.track(delivery, f);
                 }
                 Command::DeadLetter {
@@ -252,7 +248,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
                     let m = record
                         .filter(|m| m.partition() == partition && m.offset() == offset)
                         .ok_or(WorkerError::NoRecord { partition, offset })?;
-                    let f = self.dead_letter(m, &error).await?;
+                    let f = self.sink.dead_letter(m, &error).await?;
                     self.track(delivery, f);
                 }
                 Command::StartPoll { partition, target } => self.spawn_poll(partition, target),
@@ -292,7 +288,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
                     consumer.subscribe(&[&self.kafka.cdc_topic])?;
                 }
                 Command::Halt(h) => return Err(h.into()),
-                Command::Count(c) => self.count(c),
+                Command::Count(c) => telemetry::count(&self.metrics, c),
             }
         }
         Ok(committed)
@@ -307,75 +303,6 @@ impl<G: StripeGateway + 'static> Worker<G> {
             };
             (delivery, result)
         }));
-    }
-
-    /// Sends an undecodable record, whole, to the dead-letter topic.
-    async fn dead_letter(
-        &mut self,
-        m: &BorrowedMessage<'_>,
-        error: &str,
-    ) -> Result<DeliveryFuture, WorkerError> {
-        use rdkafka::message::{Header, OwnedHeaders};
-        let (partition, offset) = (m.partition().to_string(), m.offset().to_string());
-        loop {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "source_topic",
-                    value: Some(m.topic()),
-                })
-                .insert(Header {
-                    key: "source_partition",
-                    value: Some(&partition),
-                })
-                .insert(Header {
-                    key: "source_offset",
-                    value: Some(&offset),
-                })
-                .insert(Header {
-                    key: "error",
-                    value: Some(error),
-                });
-            let mut record =
-                FutureRecord::<[u8], [u8]>::to(&self.kafka.dead_letter_topic).headers(headers);
-            if let Some(k) = m.key() {
-                record = record.key(k);
-            }
-            if let Some(p) = m.payload() {
-                record = record.payload(p);
-            }
-            match self.producer.send_result(record) {
-                Ok(f) => return Ok(f),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-    }
-
-    async fn publish(&mut self, u: &StatusUpdate) -> Result<DeliveryFuture, WorkerError> {
-        let payload = output::encode(u)?;
-        let key = u.payment_id.to_string();
-        self.metrics.inc(
-            "reconciler_resolutions_total",
-            "final transitions seen in the CDC stream and published, by resolution source",
-            &[(
-                "source",
-                u.resolution_source.as_deref().unwrap_or("unknown"),
-            )],
-        );
-        loop {
-            let record = FutureRecord::to(&self.kafka.status_topic)
-                .key(&key)
-                .payload(&payload);
-            match self.producer.send_result(record) {
-                Ok(f) => return Ok(f),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
     }
 
     async fn rebalance(&mut self, consumer: &CdcConsumer) -> Result<(), WorkerError> {
@@ -412,7 +339,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
                         took,
                     );
                     tracing::info!(partitions = ?ps, pending, took_ms = took.as_millis() as u64, "state loaded");
-                    self.gauges();
+                    telemetry::gauges(&self.metrics, &self.engine, self.in_flight.polls.len());
                 }
             }
         }
@@ -540,96 +467,11 @@ impl<G: StripeGateway + 'static> Worker<G> {
             answer,
         }
     }
-
-    fn count(&self, c: Count) {
-        match c {
-            Count::Undecodable => self.metrics.inc(
-                "reconciler_undecodable_total",
-                "CDC records that could not be decoded (sent to the dead-letter topic)",
-                &[],
-            ),
-            Count::Applied {
-                effect,
-                commit_ts_ms,
-            } => {
-                if let Some(ts) = commit_ts_ms {
-                    let lag_ms = Utc::now().timestamp_millis().saturating_sub(ts).max(0);
-                    self.metrics.observe(
-                        "reconciler_cdc_latency_seconds",
-                        "from the commit on the primary (source.ts_ms) to the change in the state",
-                        &[],
-                        Duration::from_millis(lag_ms.unsigned_abs()),
-                    );
-                }
-                self.metrics.inc(
-                    "reconciler_changes_total",
-                    "CDC changes applied to the state, by effect",
-                    &[("effect", effect_label(effect))],
-                );
-            }
-            Count::Confirmed(n) => {
-                for _ in 0..n {
-                    self.metrics.inc(
-                        "reconciler_published_total",
-                        "messages confirmed by the broker (updates and the offsets behind them)",
-                        &[],
-                    );
-                }
-            }
-            Count::RateLimitWait => self.metrics.inc(
-                "reconciler_rate_limit_waits_total",
-                "dispatch rounds that had a due poll but no token",
-                &[],
-            ),
-        }
-    }
-
-    fn gauges(&self) {
-        let mut bytes = 0;
-        for (p, s) in self.engine.states() {
-            bytes += s.approx_bytes();
-            self.metrics.set_gauge(
-                "reconciler_pending",
-                "pending payments held in the state, per partition",
-                &[("partition", &p.to_string())],
-                i64::try_from(s.len()).unwrap_or(i64::MAX),
-            );
-        }
-        self.metrics.set_gauge(
-            "reconciler_state_bytes",
-            "approximate heap bytes of the pending state",
-            &[],
-            i64::try_from(bytes).unwrap_or(i64::MAX),
-        );
-        self.metrics.set_gauge(
-            "reconciler_partitions",
-            "CDC partitions this instance holds state for (0 for long: the group gave it none)",
-            &[],
-            i64::try_from(self.engine.partitions()).unwrap_or(i64::MAX),
-        );
-        self.metrics.set_gauge(
-            "reconciler_polls_in_flight",
-            "Stripe polls running now",
-            &[],
-            i64::try_from(self.in_flight.polls.len()).unwrap_or(i64::MAX),
-        );
-    }
 }
 
 fn commit_stored(consumer: &CdcConsumer) {
     if let Err(e) = tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync))
     {
         tracing::debug!(error = %e, "nothing to commit at shutdown");
-    }
-}
-
-fn effect_label(e: Effect) -> &'static str {
-    match e {
-        Effect::Added => "added",
-        Effect::Updated => "updated",
-        Effect::Resolved { .. } => "resolved",
-        Effect::Parked => "parked",
-        Effect::Stale => "stale",
-        Effect::Ignored => "ignored",
     }
 }

@@ -4,10 +4,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use paystream_core::{IntentView, PaymentStatus};
+use paystream_core::{IntentView, PaymentId, PaymentStatus};
 use paystream_db::payments::{Attention, Source};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 /// Our side of a payment, as the replica has it.
 pub use paystream_db::replica::PaymentRow as Ours;
@@ -87,7 +86,7 @@ impl Class {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     pub class: Class,
-    pub payment_id: Option<Uuid>,
+    pub payment_id: Option<PaymentId>,
     pub intent_id: Option<String>,
     pub ours: Option<String>,
     pub stripe: Option<String>,
@@ -228,7 +227,7 @@ pub fn classify(
         *counts.entry(Class::OrphanAtStripe).or_default() += 1;
         findings.push(Finding {
             class: Class::OrphanAtStripe,
-            payment_id: Uuid::parse_str(pid).ok(),
+            payment_id: pid.parse().ok(),
             intent_id: Some(i.id.clone()),
             ours: None,
             stripe: Some(i.stripe_status.clone()),
@@ -305,7 +304,7 @@ mod tests {
 
     fn ours(status: &str, intent: Option<&str>) -> Ours {
         Ours {
-            id: Uuid::now_v7(),
+            id: PaymentId::generate(),
             intent: intent.map(str::to_owned),
             status: status.parse().unwrap(),
             amount: 1000,

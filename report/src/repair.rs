@@ -1,23 +1,22 @@
 //! `--repair`: gives `status_mismatch` payments Stripe's final status through the core's
 //! one status function (source `operator`). Nothing else is ever touched.
 
-use paystream_core::PaymentStatus;
+use paystream_core::{PaymentId, PaymentStatus};
 use paystream_db::payments::{self, Applied, Observation, Source};
 use paystream_db::{DbError, Primary};
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::{Class, Finding};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Repair {
     Changed {
-        id: Uuid,
+        id: PaymentId,
         from: String,
         to: PaymentStatus,
     },
     /// Stripe's status is not final, or ours is final and disagrees: left for a human.
-    Refused { id: Uuid, reason: String },
+    Refused { id: PaymentId, reason: String },
 }
 
 pub async fn repair(primary: &Primary, findings: &[Finding]) -> Result<Vec<Repair>, DbError> {

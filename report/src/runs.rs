@@ -104,7 +104,7 @@ mod tests {
             .into_iter()
             .map(|(id, class)| Finding {
                 class,
-                payment_id: Some(id),
+                payment_id: Some(id.into()),
                 intent_id: None,
                 ours: None,
                 stripe: None,

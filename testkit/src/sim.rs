@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use paystream_core::ClientId;
 use paystream_core::gateway::{NewIntent, StripeGateway, intent_key};
 use paystream_core::{Currency, Money};
 use paystream_db::Primary;
@@ -92,7 +93,7 @@ impl SimWorld {
         let id = Uuid::now_v7();
         self.insert_pending(id).await;
         let pi = self.intent_for(id).await;
-        payments::attach_intent(&self.primary, id, &pi, "requires_payment_method")
+        payments::attach_intent(&self.primary, id.into(), &pi, "requires_payment_method")
             .await
             .expect("attach intent");
         (id, pi)
@@ -102,14 +103,14 @@ impl SimWorld {
     pub async fn insert_pending(&self, id: Uuid) {
         let key = format!("test-{id}");
         let new = NewPayment {
-            client_id: Uuid::now_v7(),
+            client_id: ClientId::generate(),
             idempotency_key: &key,
             money: money(),
             description: None,
             customer_email: None,
             metadata: &json!({}),
         };
-        payments::create_pending(&self.primary, id, &new)
+        payments::create_pending(&self.primary, id.into(), &new)
             .await
             .expect("insert pending");
     }

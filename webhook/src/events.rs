@@ -6,7 +6,6 @@ use paystream_db::events::{self, Received, Via};
 pub use paystream_db::events::{Outcome, Reading, Retried};
 use paystream_db::{DbError, Primary};
 use serde_json::Value;
-use uuid::Uuid;
 
 /// Only `payment_intent.*` events carry a PaymentIntent snapshot; its `status` (not the
 /// event type) is what Stripe says, so a duplicate or late event says the same thing as
@@ -34,7 +33,7 @@ pub fn read(event: &Value) -> Option<Reading> {
         intent_id: object["id"].as_str()?.to_owned(),
         payment_id: object["metadata"]["payment_id"]
             .as_str()
-            .and_then(|s| Uuid::parse_str(s).ok()),
+            .and_then(|s| s.parse().ok()),
         stripe_status,
         status,
         error,
@@ -74,7 +73,7 @@ mod tests {
 
     #[test]
     fn reads_payment_intent_events_leniently() {
-        let pid = Uuid::now_v7();
+        let pid = paystream_core::PaymentId::generate();
         let e = json!({"id": "evt_1", "type": "payment_intent.payment_failed", "unknown": 1, "data": {"object": {
             "id": "pi_1", "status": "requires_payment_method", "metadata": {"payment_id": pid.to_string()},
             "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds", "message": "No money."}}}});

@@ -157,7 +157,7 @@ impl Keys {
         }
         let keyhash = hex(&keys::hash(all.first().context("no keys")?));
         Ok(Keys {
-            client: first.context("no keys")?,
+            client: first.context("no keys")?.as_uuid(),
             all: Arc::new(all),
             keyhash,
         })

@@ -4,6 +4,7 @@
 //! `payments_guard` trigger (migration 0008) refuses anything else, whichever statement
 //! tries. Nothing else in the crate UPDATEs `payments`.
 
+use paystream_core::PaymentId;
 use paystream_core::status::{Transition, transition};
 use paystream_core::{IntentView, PaymentStatus};
 use serde_json::Value;
@@ -30,7 +31,7 @@ pub enum Attached {
 /// a cancel, the reconciler); webhooks link intents through `find_for_intent`.
 pub async fn attach_intent(
     db: &Primary,
-    id: Uuid,
+    id: PaymentId,
     intent_id: &str,
     stripe_status: &str,
 ) -> Result<Attached, DbError> {
@@ -41,7 +42,7 @@ pub async fn attach_intent(
            AND (stripe_payment_intent_id IS NULL OR stripe_payment_intent_id = $2)
          RETURNING {COLUMNS}"
     ))
-    .bind(id)
+    .bind(id.as_uuid())
     .bind(intent_id)
     .bind(stripe_status)
     .fetch_optional(db.pool())
@@ -57,12 +58,12 @@ pub async fn attach_intent(
 
 /// Flags a pending payment for an operator; the reconciler stops polling it. Returns
 /// whether this call set the flag.
-pub async fn flag_attention(db: &Primary, id: Uuid, why: Attention) -> Result<bool, DbError> {
+pub async fn flag_attention(db: &Primary, id: PaymentId, why: Attention) -> Result<bool, DbError> {
     let done = sqlx::query(
         "UPDATE payments SET attention = $2, attention_at = now()
          WHERE id = $1 AND status = 'pending' AND attention IS NULL",
     )
-    .bind(id)
+    .bind(id.as_uuid())
     .bind(why.as_str())
     .execute(db.pool())
     .await?;
@@ -71,14 +72,14 @@ pub async fn flag_attention(db: &Primary, id: Uuid, why: Attention) -> Result<bo
 
 /// An operator has dealt with it: the flag goes, and a pending payment is polled again.
 /// Returns the flag it had.
-pub async fn clear_attention(db: &Primary, id: Uuid) -> Result<Option<Attention>, DbError> {
+pub async fn clear_attention(db: &Primary, id: PaymentId) -> Result<Option<Attention>, DbError> {
     let had: Option<Option<String>> = sqlx::query_scalar(
         "UPDATE payments p SET attention = NULL, attention_at = NULL
          FROM (SELECT id, attention FROM payments WHERE id = $1 FOR UPDATE) old
          WHERE p.id = old.id AND old.attention IS NOT NULL
          RETURNING old.attention",
     )
-    .bind(id)
+    .bind(id.as_uuid())
     .fetch_optional(db.pool())
     .await?;
     Ok(had.flatten().as_deref().and_then(Attention::parse))
@@ -159,7 +160,7 @@ impl Applied {
 /// The one function that changes a payment's status, in its own transaction.
 pub async fn apply_status(
     db: &Primary,
-    id: Uuid,
+    id: PaymentId,
     obs: &Observation<'_>,
 ) -> Result<Applied, DbError> {
     let mut tx = db.pool().begin().await?;
@@ -172,13 +173,13 @@ pub async fn apply_status(
 /// the row, asks the core's transition table, writes the change and its history row.
 pub async fn apply_status_in(
     tx: &mut PgConnection,
-    id: Uuid,
+    id: PaymentId,
     obs: &Observation<'_>,
 ) -> Result<Applied, DbError> {
     let current: Option<Payment> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
     ))
-    .bind(id)
+    .bind(id.as_uuid())
     .fetch_optional(&mut *tx)
     .await?;
     let Some(mut current) = current else {
@@ -197,7 +198,7 @@ pub async fn apply_status_in(
         current = sqlx::query_as(&format!(
             "UPDATE payments SET stripe_payment_intent_id = $2 WHERE id = $1 RETURNING {COLUMNS}"
         ))
-        .bind(id)
+        .bind(id.as_uuid())
         .bind(intent)
         .fetch_one(&mut *tx)
         .await?;
@@ -217,7 +218,7 @@ pub async fn apply_status_in(
                     "UPDATE payments SET stripe_status = coalesce($2, stripe_status), last_error = coalesce($3, last_error)
                      WHERE id = $1 RETURNING {COLUMNS}"
                 ))
-                .bind(id)
+                .bind(id.as_uuid())
                 .bind(obs.stripe_status)
                 .bind(obs.error)
                 .fetch_one(&mut *tx)
@@ -238,7 +239,7 @@ pub async fn apply_status_in(
                         attention_at = CASE WHEN $6 IS NULL THEN attention_at ELSE now() END
                  WHERE id = $1 RETURNING {COLUMNS}"
             ))
-            .bind(id)
+            .bind(id.as_uuid())
             .bind(obs.status.as_str())
             .bind(obs.stripe_status)
             .bind(obs.error)
@@ -267,7 +268,7 @@ pub async fn apply_status_in(
                 "INSERT INTO payment_status_history (payment_id, from_status, to_status, source, detail)
                  VALUES ($1, $2, $3, $4, $5)",
             )
-            .bind(id)
+            .bind(id.as_uuid())
             .bind(from.as_str())
             .bind(obs.status.as_str())
             .bind(obs.source.as_str())
@@ -291,9 +292,9 @@ pub async fn apply_status_in(
 pub async fn find_for_intent(
     tx: &mut PgConnection,
     intent_id: &str,
-    payment_id: Option<Uuid>,
-) -> Result<Option<Uuid>, DbError> {
-    Ok(sqlx::query_scalar(
+    payment_id: Option<PaymentId>,
+) -> Result<Option<PaymentId>, DbError> {
+    let found: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM (
             SELECT id, 1 AS pref FROM payments WHERE stripe_payment_intent_id = $1
             UNION ALL
@@ -301,7 +302,8 @@ pub async fn find_for_intent(
          ) found ORDER BY pref LIMIT 1",
     )
     .bind(intent_id)
-    .bind(payment_id)
+    .bind(payment_id.map(PaymentId::as_uuid))
     .fetch_optional(&mut *tx)
-    .await?)
+    .await?;
+    Ok(found.map(PaymentId::from))
 }

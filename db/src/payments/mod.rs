@@ -1,6 +1,7 @@
 //! Payments and their status history.
 
 use chrono::{DateTime, Utc};
+use paystream_core::{ClientId, PaymentId};
 use paystream_core::{Money, PaymentStatus};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
@@ -18,8 +19,8 @@ pub use guarded::{
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Payment {
-    pub id: Uuid,
-    pub client_id: Uuid,
+    pub id: PaymentId,
+    pub client_id: ClientId,
     pub idempotency_key: String,
     pub amount: i64,
     pub currency: String,
@@ -43,8 +44,8 @@ impl FromRow<'_, PgRow> for Payment {
     fn from_row(r: &PgRow) -> Result<Self, sqlx::Error> {
         let corrupt = |e: DbError| sqlx::Error::Decode(e.to_string().into());
         Ok(Payment {
-            id: r.try_get("id")?,
-            client_id: r.try_get("client_id")?,
+            id: r.try_get::<Uuid, _>("id")?.into(),
+            client_id: r.try_get::<Uuid, _>("client_id")?.into(),
             idempotency_key: r.try_get("idempotency_key")?,
             amount: r.try_get("amount")?,
             currency: r.try_get("currency")?,
@@ -120,7 +121,7 @@ impl Source {
 }
 
 pub struct NewPayment<'a> {
-    pub client_id: Uuid,
+    pub client_id: ClientId,
     pub idempotency_key: &'a str,
     pub money: Money,
     pub description: Option<&'a str>,
@@ -185,7 +186,7 @@ pub(crate) const COLUMNS: &str = "id, client_id, idempotency_key, amount, curren
 /// Stripe (without an idempotency record: for tools and tests that stand in for the API).
 pub async fn create_pending(
     db: &Primary,
-    id: Uuid,
+    id: PaymentId,
     new: &NewPayment<'_>,
 ) -> Result<Payment, DbError> {
     let mut tx = db.pool().begin().await?;
@@ -197,15 +198,15 @@ pub async fn create_pending(
 /// Inserts a `pending` payment and its first history row, inside the caller's transaction.
 pub(crate) async fn insert_pending(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: PaymentId,
     new: &NewPayment<'_>,
 ) -> Result<Payment, DbError> {
     let payment: Payment = sqlx::query_as(&format!(
         "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, description, customer_email, metadata)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
     ))
-    .bind(id)
-    .bind(new.client_id)
+    .bind(id.as_uuid())
+    .bind(new.client_id.as_uuid())
     .bind(new.idempotency_key)
     .bind(new.money.amount())
     .bind(new.money.currency().code())
@@ -215,7 +216,7 @@ pub(crate) async fn insert_pending(
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query("INSERT INTO payment_status_history (payment_id, from_status, to_status, source) VALUES ($1, NULL, 'pending', 'api')")
-        .bind(id)
+        .bind(id.as_uuid())
         .execute(&mut *conn)
         .await?;
     Ok(payment)
@@ -232,29 +233,33 @@ pub async fn needing_attention(db: &Primary, limit: i64) -> Result<Vec<Payment>,
 }
 
 /// A client's payment.
-pub async fn get(db: &Primary, client_id: Uuid, id: Uuid) -> Result<Option<Payment>, DbError> {
+pub async fn get(
+    db: &Primary,
+    client_id: ClientId,
+    id: PaymentId,
+) -> Result<Option<Payment>, DbError> {
     get_in(db.pool(), client_id, id).await
 }
 
 pub(crate) async fn get_in<'e, E: sqlx::PgExecutor<'e>>(
     db: E,
-    client_id: Uuid,
-    id: Uuid,
+    client_id: ClientId,
+    id: PaymentId,
 ) -> Result<Option<Payment>, DbError> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments WHERE id = $1 AND client_id = $2"
     ))
-    .bind(id)
-    .bind(client_id)
+    .bind(id.as_uuid())
+    .bind(client_id.as_uuid())
     .fetch_optional(db)
     .await?)
 }
 
 /// A payment whoever owns it (for the services, never for clients).
-pub async fn by_id(db: &Primary, id: Uuid) -> Result<Option<Payment>, DbError> {
+pub async fn by_id(db: &Primary, id: PaymentId) -> Result<Option<Payment>, DbError> {
     Ok(
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM payments WHERE id = $1"))
-            .bind(id)
+            .bind(id.as_uuid())
             .fetch_optional(db.pool())
             .await?,
     )
@@ -265,13 +270,17 @@ pub struct ListFilter {
     pub status: Option<PaymentStatus>,
     pub created_gte: Option<DateTime<Utc>>,
     pub created_lt: Option<DateTime<Utc>>,
-    pub starting_after: Option<Uuid>,
+    pub starting_after: Option<PaymentId>,
     pub limit: i64,
 }
 
 /// Newest first; `starting_after` is the last id of the previous page (keyset pagination
 /// on (created_at, id), so pages stay stable while payments are added).
-pub async fn list(db: &Primary, client_id: Uuid, f: &ListFilter) -> Result<Vec<Payment>, DbError> {
+pub async fn list(
+    db: &Primary,
+    client_id: ClientId,
+    f: &ListFilter,
+) -> Result<Vec<Payment>, DbError> {
     Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments p
          WHERE client_id = $1
@@ -282,11 +291,11 @@ pub async fn list(db: &Primary, client_id: Uuid, f: &ListFilter) -> Result<Vec<P
          ORDER BY created_at DESC, id DESC
          LIMIT $6"
     ))
-    .bind(client_id)
+    .bind(client_id.as_uuid())
     .bind(f.status.map(PaymentStatus::as_str))
     .bind(f.created_gte)
     .bind(f.created_lt)
-    .bind(f.starting_after)
+    .bind(f.starting_after.map(PaymentId::as_uuid))
     .bind(f.limit)
     .fetch_all(db.pool())
     .await?)
@@ -321,8 +330,8 @@ impl FromRow<'_, PgRow> for HistoryEntry {
 /// The payment's status history, oldest first; `None` if the client has no such payment.
 pub async fn history(
     db: &Primary,
-    client_id: Uuid,
-    id: Uuid,
+    client_id: ClientId,
+    id: PaymentId,
 ) -> Result<Option<Vec<HistoryEntry>>, DbError> {
     if get(db, client_id, id).await?.is_none() {
         return Ok(None);
@@ -331,7 +340,7 @@ pub async fn history(
         "SELECT from_status, to_status, source, detail, created_at FROM payment_status_history
          WHERE payment_id = $1 ORDER BY id",
     )
-    .bind(id)
+    .bind(id.as_uuid())
     .fetch_all(db.pool())
     .await?;
     Ok(Some(rows))

@@ -4,6 +4,7 @@
 
 pub mod analytics;
 
+use paystream_core::PaymentId;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -19,7 +20,7 @@ use crate::{DbError, Replica, WalPosition};
 /// A payment as a reconciliation report compares it with Stripe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentRow {
-    pub id: Uuid,
+    pub id: PaymentId,
     pub intent: Option<String>,
     pub status: PaymentStatus,
     pub amount: i64,
@@ -37,7 +38,7 @@ const PAYMENT_ROW: &str =
 
 fn payment_row(r: &Row) -> Result<PaymentRow, DbError> {
     Ok(PaymentRow {
-        id: r.try_get(0)?,
+        id: r.try_get::<_, Uuid>(0)?.into(),
         intent: r.try_get(1)?,
         status: crate::payments::parse_status(r.try_get(2)?)?,
         amount: r.try_get(3)?,
@@ -182,14 +183,14 @@ pub async fn authenticate(replica: &Replica, key: &str) -> Result<Option<Princip
     let row = client
         .query_opt(keys::AUTHENTICATE_SQL, &[&keys::hash(key)])
         .await?;
-    row.map(|r| keys::principal(r.try_get(0)?, r.try_get(1)?))
+    row.map(|r| keys::principal(r.try_get::<_, Uuid>(0)?.into(), r.try_get(1)?))
         .transpose()
 }
 
 /// A pending payment as the reconciler's state needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingPayment {
-    pub id: Uuid,
+    pub id: PaymentId,
     pub intent: Option<String>,
     pub idempotency_key: String,
     pub amount: i64,
@@ -242,7 +243,7 @@ pub async fn pending_payments(
     let mut n = 0;
     while let Some(r) = rows.try_next().await? {
         each(PendingPayment {
-            id: r.try_get(0)?,
+            id: r.try_get::<_, Uuid>(0)?.into(),
             intent: r.try_get(1)?,
             idempotency_key: r.try_get(2)?,
             amount: r.try_get(3)?,

@@ -1,0 +1,106 @@
+//! The worker's metrics: what the engine counted, and the gauges of its state.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use paystream_service::Metrics;
+
+use super::engine::{Count, Engine};
+use crate::output::StatusUpdate;
+use crate::state::Effect;
+
+pub fn count(metrics: &Metrics, c: Count) {
+    match c {
+        Count::Undecodable => metrics.inc(
+            "reconciler_undecodable_total",
+            "CDC records that could not be decoded (sent to the dead-letter topic)",
+            &[],
+        ),
+        Count::Applied {
+            effect,
+            commit_ts_ms,
+        } => {
+            if let Some(ts) = commit_ts_ms {
+                let lag_ms = Utc::now().timestamp_millis().saturating_sub(ts).max(0);
+                metrics.observe(
+                    "reconciler_cdc_latency_seconds",
+                    "from the commit on the primary (source.ts_ms) to the change in the state",
+                    &[],
+                    Duration::from_millis(lag_ms.unsigned_abs()),
+                );
+            }
+            metrics.inc(
+                "reconciler_changes_total",
+                "CDC changes applied to the state, by effect",
+                &[("effect", effect_label(effect))],
+            );
+        }
+        Count::Confirmed(n) => {
+            for _ in 0..n {
+                metrics.inc(
+                    "reconciler_published_total",
+                    "messages confirmed by the broker (updates and the offsets behind them)",
+                    &[],
+                );
+            }
+        }
+        Count::RateLimitWait => metrics.inc(
+            "reconciler_rate_limit_waits_total",
+            "dispatch rounds that had a due poll but no token",
+            &[],
+        ),
+    }
+}
+
+pub fn published(metrics: &Metrics, u: &StatusUpdate) {
+    metrics.inc(
+        "reconciler_resolutions_total",
+        "final transitions seen in the CDC stream and published, by resolution source",
+        &[(
+            "source",
+            u.resolution_source.as_deref().unwrap_or("unknown"),
+        )],
+    );
+}
+
+pub fn gauges(metrics: &Metrics, engine: &Engine, polls_in_flight: usize) {
+    let mut bytes = 0;
+    for (p, s) in engine.states() {
+        bytes += s.approx_bytes();
+        metrics.set_gauge(
+            "reconciler_pending",
+            "pending payments held in the state, per partition",
+            &[("partition", &p.to_string())],
+            i64::try_from(s.len()).unwrap_or(i64::MAX),
+        );
+    }
+    metrics.set_gauge(
+        "reconciler_state_bytes",
+        "approximate heap bytes of the pending state",
+        &[],
+        i64::try_from(bytes).unwrap_or(i64::MAX),
+    );
+    metrics.set_gauge(
+        "reconciler_partitions",
+        "CDC partitions this instance holds state for (0 for long: the group gave it none)",
+        &[],
+        i64::try_from(engine.partitions()).unwrap_or(i64::MAX),
+    );
+    metrics.set_gauge(
+        "reconciler_polls_in_flight",
+        "Stripe polls running now",
+        &[],
+        i64::try_from(polls_in_flight).unwrap_or(i64::MAX),
+    );
+}
+
+fn effect_label(e: Effect) -> &'static str {
+    match e {
+        Effect::Added => "added",
+        Effect::Updated => "updated",
+        Effect::Resolved { .. } => "resolved",
+        Effect::Parked => "parked",
+        Effect::Stale => "stale",
+        Effect::Ignored => "ignored",
+    }
+}
