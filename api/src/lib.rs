@@ -166,9 +166,11 @@ async fn authenticate(
                     let replica = state.replica.as_ref().ok_or_else(|| {
                         analytics::unavailable("this instance has no replica configured")
                     })?;
-                    replica::authenticate(replica, key)
-                        .await
-                        .map_err(|e| analytics::unavailable(format!("replica: {e}")))
+                    replica::authenticate(replica, key).await.map_err(|e| {
+                        // The cause is logged, never shown: the caller is not known yet.
+                        tracing::warn!(error = %e, "key check on the replica failed");
+                        analytics::unavailable("the replicas are unavailable; retry later")
+                    })
                 }
             }
         })

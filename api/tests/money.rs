@@ -348,7 +348,7 @@ async fn an_intent_is_linked_only_to_a_payment_that_holds_none() {
         .await
         .unwrap();
     assert!(
-        matches!(applied, payments::Applied::Conflict(_)),
+        matches!(applied, payments::Applied::ForeignIntent(_)),
         "{applied:?}"
     );
     let row = payments::by_id(&app.primary, id).await.unwrap().unwrap();

@@ -250,7 +250,7 @@ enum AttentionAction {
         limit: i64,
     },
     /// The operator has dealt with it: the flag goes.
-    Clear { id: uuid::Uuid },
+    Clear { id: paystream_core::PaymentId },
 }
 
 async fn attention(action: AttentionAction, pool: &Primary) -> anyhow::Result<()> {
@@ -271,7 +271,7 @@ async fn attention(action: AttentionAction, pool: &Primary) -> anyhow::Result<()
             use std::io::Write;
             std::io::stdout().write_all(out.as_bytes())?;
         }
-        AttentionAction::Clear { id } => match payments::clear_attention(pool, id.into()).await? {
+        AttentionAction::Clear { id } => match payments::clear_attention(pool, id).await? {
             Some(was) => eprintln!("{id}: {} cleared", was.as_str()),
             None => anyhow::bail!("{id} is not flagged (or does not exist)"),
         },

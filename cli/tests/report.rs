@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use paystream_core::PaymentStatus;
+use paystream_core::{PaymentId, PaymentStatus};
 use paystream_db::payments::{self, Observation, Source};
 use paystream_testkit::Stack;
 use paystream_testkit::sim::{SIM_KEY, SimWorld};
@@ -84,7 +84,7 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
         source: Source::Webhook,
         detail: None,
     };
-    payments::apply_status(&world.primary, matched.into(), &obs)
+    payments::apply_status(&world.primary, PaymentId::from_uuid(matched), &obs)
         .await
         .unwrap();
     // Paid at Stripe; we never heard of it.
@@ -108,7 +108,7 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     world.insert_pending(missing).await;
     payments::attach_intent(
         &world.primary,
-        missing.into(),
+        PaymentId::from_uuid(missing),
         &format!("pi_unknown_{}", missing.simple()),
         "requires_payment_method",
     )

@@ -1,5 +1,7 @@
 //! Typed ids. A payment id and a client id are both UUIDs; as types they cannot be
-//! swapped (`payments::get(db, client, id)` with the two reversed does not compile).
+//! swapped (`payments::get(db, client, id)` with the two reversed does not compile). A
+//! bare UUID becomes one only by name (`PaymentId::from_uuid`), never by `.into()`, which
+//! would pick whichever the signature wants.
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,12 +28,6 @@ macro_rules! typed_id {
 
             pub const fn as_uuid(self) -> Uuid {
                 self.0
-            }
-        }
-
-        impl From<Uuid> for $name {
-            fn from(id: Uuid) -> Self {
-                $name(id)
             }
         }
 

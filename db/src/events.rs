@@ -132,7 +132,10 @@ async fn apply(
                     }
                     Applied::Unchanged(_) => Outcome::Unchanged,
                     Applied::Conflict(_) => Outcome::Stale,
-                    Applied::NotFound => Outcome::Unmatched,
+                    // The payment took another intent between the lookup and the lock:
+                    // retried like an unmatched event, `orphaned` (and reported) if it
+                    // never matches.
+                    Applied::ForeignIntent(_) | Applied::NotFound => Outcome::Unmatched,
                 };
                 (o, Some(pid))
             }

@@ -114,7 +114,7 @@ pub async fn begin(
     }
     let payment_id = row
         .payment_id
-        .map(PaymentId::from)
+        .map(PaymentId::from_uuid)
         .ok_or_else(|| DbError::Corrupt("idempotency key without payment".into()))?;
     relock(&mut tx, &held, lease).await?;
     let payment = payments::get_in(&mut *tx, new.client_id, payment_id)

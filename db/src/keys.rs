@@ -80,7 +80,7 @@ pub async fn register(
     .bind(role.as_str())
     .fetch_one(&mut *tx)
     .await?;
-    let client_id = ClientId::from(client_id);
+    let client_id = ClientId::from_uuid(client_id);
     if existing_role != role.as_str() {
         return Err(DbError::Refused(format!(
             "client {name} exists with role {existing_role}, not {}: use another name",
@@ -147,7 +147,7 @@ pub async fn revoke(db: &Primary, prefix: &str) -> Result<ClientId, DbError> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(ClientId::from(client_id))
+    Ok(ClientId::from_uuid(client_id))
 }
 
 /// The lookup behind every key check, `$1` being the key's hash: on the primary here, on
@@ -168,7 +168,7 @@ pub async fn authenticate(db: &Primary, key: &str) -> Result<Option<Principal>, 
         .bind(hash(key))
         .fetch_optional(db.pool())
         .await?;
-    row.map(|(client_id, role)| principal(client_id.into(), &role))
+    row.map(|(client_id, role)| principal(ClientId::from_uuid(client_id), &role))
         .transpose()
 }
 

@@ -35,17 +35,3 @@ pub enum DbError {
     #[error("{0}")]
     Refused(String),
 }
-
-impl DbError {
-    /// Whether retrying later may succeed (the database was unreachable or busy), as
-    /// opposed to a request that can never succeed.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            DbError::Sql(_)
-                | DbError::Replica(_)
-                | DbError::ReplicaPool(_)
-                | DbError::ReplicaBehind { .. }
-        )
-    }
-}

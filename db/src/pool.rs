@@ -116,7 +116,15 @@ impl Replica {
         let pg: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| DbError::Config(format!("replica url: {e}")))?;
-        let manager = deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls);
+        // Verified: a connection is checked before reuse, so that after a replica fails
+        // over behind nginx no request gets the stale one.
+        let manager = deadpool_postgres::Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Verified,
+            },
+        );
         let pool = deadpool_postgres::Pool::builder(manager)
             .max_size(max_size.max(1))
             .wait_timeout(Some(Duration::from_secs(5)))

@@ -125,7 +125,7 @@ pub async fn poll<G: StripeGateway>(
         _ => Attention::UnknownAtStripe,
     };
     tracing::error!(payment_id = %t.id, attention = why.as_str(), misses = t.misses + 1, "payment flagged for an operator; no longer polled");
-    payments::flag_attention(db, t.id.into(), why).await?;
+    payments::flag_attention(db, PaymentId::from_uuid(t.id), why).await?;
     Ok(Outcome::Flagged(why))
 }
 
@@ -136,7 +136,7 @@ async fn poll_once<G: StripeGateway>(
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> Result<Outcome, PollError> {
-    let id = PaymentId::from(t.id);
+    let id = PaymentId::from_uuid(t.id);
     let expired = rules.schedule.expired(t.created_at, now);
     let intent = match &t.intent {
         Some(pi) => match stripe.retrieve_intent(pi).await {
@@ -205,6 +205,9 @@ async fn apply(
             ours: p.status.as_str().to_owned(),
             stripe: intent.stripe_status.clone(),
         },
+        // A poll reads the intent the payment holds; another one attached meanwhile is
+        // polled next time.
+        Applied::ForeignIntent(_) => Outcome::Pending,
         Applied::NotFound => Outcome::NoRow,
     })
 }

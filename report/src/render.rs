@@ -210,7 +210,7 @@ mod tests {
                 counts,
                 findings: vec![Finding {
                     class: Class::AmountMismatch,
-                    payment_id: Some(uuid::Uuid::nil().into()),
+                    payment_id: Some(paystream_core::PaymentId::from_uuid(uuid::Uuid::nil())),
                     intent_id: Some("pi_1".into()),
                     ours: Some("1,000".into()),
                     stripe: Some("999".into()),

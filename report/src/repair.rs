@@ -34,7 +34,9 @@ pub async fn repair(primary: &Primary, findings: &[Finding]) -> Result<Vec<Repai
         };
         let obs = Observation {
             status: to,
-            intent: f.intent_id.as_deref(),
+            // Only the status: which intent a payment holds is not the report's to decide
+            // (several may claim one payment id).
+            intent: None,
             stripe_status: Some(stripe),
             error: None,
             source: Source::Operator,
@@ -50,6 +52,13 @@ pub async fn repair(primary: &Primary, findings: &[Finding]) -> Result<Vec<Repai
             Applied::Conflict(p) => Repair::Refused {
                 id,
                 reason: format!("ours is final ({}) and stripe says {stripe}", p.status),
+            },
+            Applied::ForeignIntent(p) => Repair::Refused {
+                id,
+                reason: format!(
+                    "the payment holds another PaymentIntent ({})",
+                    p.stripe_payment_intent_id.unwrap_or_default()
+                ),
             },
             Applied::NotFound => Repair::Refused {
                 id,

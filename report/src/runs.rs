@@ -104,7 +104,7 @@ mod tests {
             .into_iter()
             .map(|(id, class)| Finding {
                 class,
-                payment_id: Some(id.into()),
+                payment_id: Some(paystream_core::PaymentId::from_uuid(id)),
                 intent_id: None,
                 ours: None,
                 stripe: None,

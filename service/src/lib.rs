@@ -39,6 +39,10 @@ pub fn load_config<C: serde::de::DeserializeOwned>() -> Result<C, ConfigError> {
     config::load(path.as_deref())
 }
 
+/// How long background tasks get to finish after shutdown (a reconciler drains its polls
+/// and deliveries and commits in this time).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
 /// What every service runs on: logging, the primary's pool, the metrics registry and the
 /// runtime that supervises its background tasks and owns its one signal handler.
 pub struct Service {
@@ -75,7 +79,15 @@ impl Service {
         addr: SocketAddr,
         app: Router,
     ) -> Result<(), RunError> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                // Tasks may already run (the reconciler's worker): stop them first.
+                self.runtime.shutdown();
+                let _ = self.runtime.wait(SHUTDOWN_GRACE).await;
+                return Err(e.into());
+            }
+        };
         tracing::info!(service = self.name, instance = %instance, addr = %addr, "listening");
         let health = Health {
             service: self.name,
@@ -84,11 +96,12 @@ impl Service {
             metrics: self.metrics,
             runtime: Some(self.runtime.clone()),
         };
-        serve(listener, health.wrap(app), self.runtime.token()).await?;
-        // However serving ended, everything else stops too.
+        let served = serve(listener, health.wrap(app), self.runtime.token()).await;
+        // However serving ended, everything else stops too, and is waited for.
         self.runtime.shutdown();
-        let tasks = self.runtime.wait(Duration::from_secs(30)).await;
+        let tasks = self.runtime.wait(SHUTDOWN_GRACE).await;
         tracing::info!(service = self.name, "stopped");
+        served?;
         tasks.map_err(RunError::Task)
     }
 }

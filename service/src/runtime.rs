@@ -16,8 +16,9 @@ use crate::metrics::Metrics;
 /// What to do when a supervised task ends before shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnExit {
-    /// Start it again after a backoff (1 s, doubling, at most `MAX_RESTART_DELAY`); the
-    /// service is unready until it runs again.
+    /// Start it again after a backoff (1 s, doubling, at most `MAX_RESTART_DELAY`).
+    /// Readiness lists it as restarting meanwhile but stays ready: a loop beside the
+    /// service (retries, catch-up, rollups) must not take the service out of rotation.
     Restart,
     /// The service cannot work without it: shut the whole process down, with an error.
     Fatal,
@@ -100,15 +101,22 @@ impl Runtime {
             loop {
                 let child = rt.token.child_token();
                 let ended = tokio::spawn(make(child)).await;
-                if rt.token.is_cancelled() {
-                    return;
-                }
                 let error = match ended {
+                    Ok(Ok(())) if rt.token.is_cancelled() => return,
                     Ok(Ok(())) => "returned".to_owned(),
                     Ok(Err(e)) => e,
                     Err(join) if join.is_panic() => "panicked".to_owned(),
                     Err(join) => join.to_string(),
                 };
+                if rt.token.is_cancelled() {
+                    // Shutting down: nothing is restarted, but a task that failed while
+                    // winding down is still said.
+                    tracing::warn!(task = name, error = %error, "background task failed while shutting down");
+                    if on_exit == OnExit::Fatal {
+                        rt.fail(name, error);
+                    }
+                    return;
+                }
                 if on_exit == OnExit::Fatal {
                     rt.fail(name, error);
                     return;
@@ -187,21 +195,29 @@ impl Runtime {
         self.tasks().values().all(|s| *s == TaskState::Running)
     }
 
+    /// Whether the service can take traffic: not shutting down, no task it needs failed.
+    pub fn serving(&self) -> bool {
+        !self.token.is_cancelled()
+            && !self
+                .tasks()
+                .values()
+                .any(|s| matches!(s, TaskState::Failed { .. }))
+    }
+
     /// Waits (at most `grace`) for every task to finish after shutdown. Returns the error
     /// of a fatal task, if one brought the service down.
     pub async fn wait(&self, grace: Duration) -> Result<(), String> {
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
+        let finished = tokio::time::timeout(grace, self.tracker.wait())
             .await
-            .is_err()
-        {
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "background tasks did not finish in time"
-            );
-        }
+            .is_ok();
         match self.fatal.lock().ok().and_then(|f| f.clone()) {
             Some(e) => Err(e),
+            // Abandoned mid-drain (a worker's last commit, say): replay covers it, but the
+            // exit status must not say all went well.
+            None if !finished => Err(format!(
+                "background tasks did not finish within {grace:?} of shutdown"
+            )),
             None => Ok(()),
         }
     }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use paystream_core::ClientId;
 use paystream_core::gateway::{NewIntent, StripeGateway, intent_key};
+use paystream_core::{ClientId, PaymentId};
 use paystream_core::{Currency, Money};
 use paystream_db::Primary;
 use paystream_db::payments::{self, NewPayment};
@@ -93,9 +93,14 @@ impl SimWorld {
         let id = Uuid::now_v7();
         self.insert_pending(id).await;
         let pi = self.intent_for(id).await;
-        payments::attach_intent(&self.primary, id.into(), &pi, "requires_payment_method")
-            .await
-            .expect("attach intent");
+        payments::attach_intent(
+            &self.primary,
+            PaymentId::from_uuid(id),
+            &pi,
+            "requires_payment_method",
+        )
+        .await
+        .expect("attach intent");
         (id, pi)
     }
 
@@ -110,7 +115,7 @@ impl SimWorld {
             customer_email: None,
             metadata: &json!({}),
         };
-        payments::create_pending(&self.primary, id.into(), &new)
+        payments::create_pending(&self.primary, PaymentId::from_uuid(id), &new)
             .await
             .expect("insert pending");
     }

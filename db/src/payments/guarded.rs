@@ -28,7 +28,7 @@ pub enum Attached {
 
 /// Records the PaymentIntent created for a payment: only onto a pending payment, never
 /// replacing a different one. The one UPDATE that sets an intent for a creator (the API,
-/// a cancel, the reconciler); webhooks link intents through `find_for_intent`.
+/// a cancel, the reconciler); an observed intent is linked in `apply_status_in`.
 pub async fn attach_intent(
     db: &Primary,
     id: PaymentId,
@@ -135,9 +135,12 @@ pub enum Applied {
     Changed(Payment),
     /// Already in that status; Stripe's finer status and error may have been refreshed.
     Unchanged(Payment),
-    /// The payment is final and the observation disagrees, or the observation is about
-    /// another PaymentIntent than the one the payment holds: nothing written.
+    /// The payment is final and the observation disagrees: no status written (an intent
+    /// the payment held none of is linked all the same: it is this payment's).
     Conflict(Payment),
+    /// The observation is about another PaymentIntent than the one the payment holds (it
+    /// was attached meanwhile): nothing written. Whoever sent it may try again later.
+    ForeignIntent(Payment),
     /// Stripe took the money after we said canceled or failed: now `succeeded`, flagged
     /// `charged_after_cancel` (see `Transition::Overturn`).
     Overturned(Payment),
@@ -151,6 +154,7 @@ impl Applied {
             Applied::Changed(p)
             | Applied::Unchanged(p)
             | Applied::Conflict(p)
+            | Applied::ForeignIntent(p)
             | Applied::Overturned(p) => Some(p),
             Applied::NotFound => None,
         }
@@ -190,7 +194,7 @@ pub async fn apply_status_in(
     {
         // About another PaymentIntent than the one this payment holds: never ours to
         // write, whatever it says.
-        return Ok(Applied::Conflict(current));
+        return Ok(Applied::ForeignIntent(current));
     }
     if let (None, Some(intent)) = (&current.stripe_payment_intent_id, obs.intent) {
         // Whatever this intent says (Stripe took the money, say) is about this payment,
@@ -305,5 +309,5 @@ pub async fn find_for_intent(
     .bind(payment_id.map(PaymentId::as_uuid))
     .fetch_optional(&mut *tx)
     .await?;
-    Ok(found.map(PaymentId::from))
+    Ok(found.map(PaymentId::from_uuid))
 }

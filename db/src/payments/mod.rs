@@ -6,7 +6,6 @@ use paystream_core::{Money, PaymentStatus};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, Row};
-use uuid::Uuid;
 
 use crate::{DbError, Primary};
 
@@ -44,8 +43,8 @@ impl FromRow<'_, PgRow> for Payment {
     fn from_row(r: &PgRow) -> Result<Self, sqlx::Error> {
         let corrupt = |e: DbError| sqlx::Error::Decode(e.to_string().into());
         Ok(Payment {
-            id: r.try_get::<Uuid, _>("id")?.into(),
-            client_id: r.try_get::<Uuid, _>("client_id")?.into(),
+            id: PaymentId::from_uuid(r.try_get("id")?),
+            client_id: ClientId::from_uuid(r.try_get("client_id")?),
             idempotency_key: r.try_get("idempotency_key")?,
             amount: r.try_get("amount")?,
             currency: r.try_get("currency")?,

@@ -4,7 +4,7 @@
 
 pub mod analytics;
 
-use paystream_core::PaymentId;
+use paystream_core::{ClientId, PaymentId};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -38,7 +38,7 @@ const PAYMENT_ROW: &str =
 
 fn payment_row(r: &Row) -> Result<PaymentRow, DbError> {
     Ok(PaymentRow {
-        id: r.try_get::<_, Uuid>(0)?.into(),
+        id: PaymentId::from_uuid(r.try_get(0)?),
         intent: r.try_get(1)?,
         status: crate::payments::parse_status(r.try_get(2)?)?,
         amount: r.try_get(3)?,
@@ -176,14 +176,14 @@ pub async fn run_report(replica: &Replica, id: Uuid) -> Result<Option<String>, D
     row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
 }
 
-/// The key check on a replica (the analytics routes keep this load off the primary).
-/// A key created a moment ago may not be there yet: the caller asks the primary then.
+/// The key check on a replica (the analytics routes keep this load off the primary). A
+/// key created or revoked on the primary counts here once the replica has replayed it.
 pub async fn authenticate(replica: &Replica, key: &str) -> Result<Option<Principal>, DbError> {
     let client = replica.client().await?;
     let row = client
         .query_opt(keys::AUTHENTICATE_SQL, &[&keys::hash(key)])
         .await?;
-    row.map(|r| keys::principal(r.try_get::<_, Uuid>(0)?.into(), r.try_get(1)?))
+    row.map(|r| keys::principal(ClientId::from_uuid(r.try_get(0)?), r.try_get(1)?))
         .transpose()
 }
 
@@ -243,7 +243,7 @@ pub async fn pending_payments(
     let mut n = 0;
     while let Some(r) = rows.try_next().await? {
         each(PendingPayment {
-            id: r.try_get::<_, Uuid>(0)?.into(),
+            id: PaymentId::from_uuid(r.try_get(0)?),
             intent: r.try_get(1)?,
             idempotency_key: r.try_get(2)?,
             amount: r.try_get(3)?,

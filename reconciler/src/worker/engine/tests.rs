@@ -108,6 +108,16 @@ fn holding(cfg: PollConfig, partitions: Vec<Handed>, total: i32, now: Now) -> En
     e
 }
 
+/// One partition of one, holding `due` payments whose polls are all due.
+fn holding_due(cfg: PollConfig, due: usize, now: Now) -> Engine {
+    let handed = Handed {
+        partition: 0,
+        state: due_state(due),
+        start_at: None,
+    };
+    holding(cfg, vec![handed], 1, now)
+}
+
 fn engine(partitions: &[i32]) -> Engine {
     let handed = partitions.iter().map(|p| handed(*p)).collect();
     holding(PollConfig::default(), handed, 4, now0())
@@ -327,16 +337,7 @@ fn polls_start_within_the_rate() {
         ..PollConfig::default()
     };
     let t0 = now0();
-    let mut e = holding(
-        cfg,
-        vec![Handed {
-            partition: 0,
-            state: due_state(10),
-            start_at: None,
-        }],
-        1,
-        t0,
-    );
+    let mut e = holding_due(cfg, 10, t0);
     let cmds = e.step(Event::Tick, t0);
     assert_eq!(polls(&cmds), 2, "the burst");
     assert!(
@@ -364,16 +365,7 @@ fn polls_pause_after_a_429_for_twice_as_long_each_time() {
         ..PollConfig::default()
     };
     let t0 = now0();
-    let mut e = holding(
-        cfg,
-        vec![Handed {
-            partition: 0,
-            state: due_state(10),
-            start_at: None,
-        }],
-        1,
-        t0,
-    );
+    let mut e = holding_due(cfg, 10, t0);
     let started = |cmds: Vec<Command>| {
         cmds.into_iter().find_map(|c| match c {
             Command::StartPoll { target, .. } => Some(target.id),
@@ -419,16 +411,7 @@ fn polls_in_flight_are_bounded_and_each_answer_lets_one_more_start() {
         ..PollConfig::default()
     };
     let t0 = now0();
-    let mut e = holding(
-        cfg,
-        vec![Handed {
-            partition: 0,
-            state: due_state(5),
-            start_at: None,
-        }],
-        1,
-        t0,
-    );
+    let mut e = holding_due(cfg, 5, t0);
     let started: Vec<Uuid> = e
         .step(Event::Tick, t0)
         .into_iter()
@@ -510,16 +493,7 @@ fn shutdown_commits_once_in_flight_work_is_done_and_starts_no_poll() {
         max_in_flight: 1,
         ..PollConfig::default()
     };
-    let mut e = holding(
-        one_poll,
-        vec![Handed {
-            partition: 0,
-            state: due_state(3),
-            start_at: None,
-        }],
-        1,
-        t0,
-    );
+    let mut e = holding_due(one_poll, 3, t0);
     let id = e
         .step(Event::Tick, t0)
         .into_iter()
@@ -773,7 +747,7 @@ proptest! {
     ) {
         let cfg = PollConfig { rate_per_sec: rate, burst, max_in_flight, ..PollConfig::default() };
         let t0 = now0();
-        let mut e = holding(cfg, vec![Handed { partition: 0, state: due_state(200), start_at: None }], 1, t0);
+        let mut e = holding_due(cfg, 200, t0);
         let mut running: Vec<Uuid> = Vec::new();
         let mut started: u64 = 0;
         let mut elapsed_ms: u64 = 0;
