@@ -6,12 +6,13 @@
 //! - `recovery`: state of newly assigned partitions, rebuilt from a replica;
 //! - `schedule` and `poll`: when and how a pending payment is polled at Stripe, expired;
 //! - `backoff`: how polling slows down on Stripe's 429s and recovers;
-//! - `output`: `payment-status-update` in Avro;
+//! - `output`: `payment-status-update` in Avro (`fingerprint`: the spec's schema fingerprint);
 //! - `worker`: the loop that ties them together.
 
 pub mod backoff;
 pub mod config;
 pub mod envelope;
+pub mod fingerprint;
 pub mod output;
 pub mod partition;
 pub mod poll;

@@ -21,7 +21,15 @@ const SYMBOLS: [PaymentStatus; 3] = [
 static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
     Schema::parse_str(SCHEMA_JSON).expect("schemas/payment_status_update.avsc is valid Avro")
 });
-static FINGERPRINT: LazyLock<Vec<u8>> = LazyLock::new(|| SCHEMA.fingerprint::<Rabin>().bytes);
+/// The specification's fingerprint, which Java, Python and Flink readers compute too.
+static FINGERPRINT: LazyLock<[u8; 8]> = LazyLock::new(|| {
+    crate::fingerprint::fingerprint(SCHEMA_JSON)
+        .expect("schemas/payment_status_update.avsc is valid Avro")
+});
+/// What messages written before it carried (apache-avro 0.21's canonical form keeps
+/// logical types): still read, so that a topic's older messages stay readable.
+static LEGACY_FINGERPRINT: LazyLock<Vec<u8>> =
+    LazyLock::new(|| SCHEMA.fingerprint::<Rabin>().bytes);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusUpdate {
@@ -56,7 +64,7 @@ fn optional(v: &Option<String>) -> Value {
 }
 
 pub fn fingerprint() -> &'static [u8] {
-    &FINGERPRINT
+    FINGERPRINT.as_slice()
 }
 
 pub fn encode(u: &StatusUpdate) -> Result<Vec<u8>, OutputError> {
@@ -93,7 +101,10 @@ pub fn encode(u: &StatusUpdate) -> Result<Vec<u8>, OutputError> {
 
 pub fn decode(bytes: &[u8]) -> Result<StatusUpdate, OutputError> {
     let header = MAGIC.len() + fingerprint().len();
-    if bytes.len() < header || bytes[..2] != MAGIC || bytes[2..header] != *fingerprint() {
+    if bytes.len() < header
+        || bytes[..2] != MAGIC
+        || (bytes[2..header] != *fingerprint() && bytes[2..header] != *LEGACY_FINGERPRINT)
+    {
         return Err(OutputError::WrongHeader);
     }
     let Value::Record(fields) = from_avro_datum(&SCHEMA, &mut &bytes[header..], None)? else {
@@ -168,6 +179,17 @@ mod tests {
             assert_eq!(decode(&bytes).unwrap(), u);
         }
         assert_eq!(fingerprint().len(), 8);
+    }
+
+    /// Messages written before the header carried the specification's fingerprint (the
+    /// topic keeps them) still decode.
+    #[test]
+    fn messages_with_the_earlier_fingerprint_still_decode() {
+        let u = update(PaymentStatus::Canceled);
+        let mut bytes = encode(&u).unwrap();
+        assert_ne!(LEGACY_FINGERPRINT.as_slice(), fingerprint());
+        bytes[2..10].copy_from_slice(&LEGACY_FINGERPRINT);
+        assert_eq!(decode(&bytes).unwrap(), u);
     }
 
     #[test]
