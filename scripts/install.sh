@@ -62,10 +62,19 @@ install_schemathesis() {
     command -v schemathesis >/dev/null || die "schemathesis installed but not on PATH"
 }
 
+# fastavro reads the status updates in the tests, as a consumer in another language would.
+install_fastavro() {
+    python3 -c 'import fastavro' 2>/dev/null && return 0
+    log "installing fastavro 1.13 (PyPI)"
+    python3 -m pip install --quiet --disable-pip-version-check "fastavro>=1.13,<2" ||
+        die "pip could not install fastavro"
+}
+
 mkdir -p "$PAYSTREAM_CACHE"
 install_apt
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"
 install_localstripe
 install_schemathesis
+install_fastavro
 install_debezium
 install_tansu
