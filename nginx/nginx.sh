@@ -8,6 +8,7 @@ set -euo pipefail
 export NGINX_PREFIX=$STACK_DIR/nginx
 export NGINX_LOG_DIR=$LOG_DIR
 export NGINX_MODULES_DIR=${NGINX_MODULES_DIR:-/usr/lib/nginx/modules}
+export NGINX_LOAD_STREAM="load_module $NGINX_MODULES_DIR/ngx_stream_module.so;"
 export NGINX_LISTEN_HOST=127.0.0.1
 export API_1_ADDR=127.0.0.1:$API_1_PORT API_2_ADDR=127.0.0.1:$API_2_PORT
 export WEBHOOK_ADDR=127.0.0.1:$WEBHOOK_PORT

@@ -10,4 +10,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     pg_basebackup -h postgres-primary -p 5432 -U replicator -D "$PGDATA" -R -X stream -C -S "$REPLICA_NAME"
     chmod 700 "$PGDATA"
 fi
-exec postgres -c hot_standby=on -c hot_standby_feedback=on -c max_standby_streaming_delay=30s
+# A hot standby refuses to start with fewer of these than its primary has (see the
+# primary's command in docker-compose.yml): the values must match or exceed them.
+exec postgres -c hot_standby=on -c hot_standby_feedback=on -c max_standby_streaming_delay=30s \
+    -c max_wal_senders=16 -c max_replication_slots=16

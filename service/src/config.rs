@@ -30,6 +30,23 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>) -> Result<T, ConfigError> 
     Ok(cfg.try_deserialize()?)
 }
 
+/// Loads `T` from the `APP_*` variables of `vars` alone, as a service started with
+/// exactly that environment would (the compose check runs every service's config this
+/// way).
+pub fn load_from_vars<T: DeserializeOwned>(
+    vars: std::collections::HashMap<String, String>,
+) -> Result<T, ConfigError> {
+    let cfg = config::Config::builder()
+        .add_source(
+            config::Environment::with_prefix("APP")
+                .prefix_separator("_")
+                .separator("__")
+                .source(Some(vars)),
+        )
+        .build()?;
+    Ok(cfg.try_deserialize()?)
+}
+
 /// Settings every service has.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServiceConfig {

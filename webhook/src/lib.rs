@@ -4,6 +4,7 @@
 //! Stripe could not deliver.
 
 pub mod catchup;
+pub mod config;
 pub mod events;
 pub mod signature;
 

@@ -3,40 +3,14 @@
 
 use std::time::Duration;
 
-use paystream_service::config::{DatabaseConfig, LogFormat};
 use paystream_service::{OnExit, Service, load_config};
-use paystream_webhook::catchup::{self, StripeConfig};
-use paystream_webhook::{AppState, WebhookSettings, router, unmatched_loop};
-use serde::Deserialize;
-
-#[derive(Debug, Deserialize)]
-struct Config {
-    listen_addr: std::net::SocketAddr,
-    instance: String,
-    database: DatabaseConfig,
-    #[serde(default)]
-    log_format: LogFormat,
-    webhook: WebhookSettings,
-    stripe: StripeConfig,
-    #[serde(default = "default_catchup_secs")]
-    catchup_interval_secs: u64,
-    /// An event naming a payment we have no row for is retried until it is this old, then
-    /// `orphaned` (listed by the report).
-    #[serde(default = "default_orphan_after_secs")]
-    orphan_after_secs: u64,
-}
-
-fn default_catchup_secs() -> u64 {
-    60
-}
-
-fn default_orphan_after_secs() -> u64 {
-    3600
-}
+use paystream_webhook::catchup;
+use paystream_webhook::config::WebhookConfig;
+use paystream_webhook::{AppState, router, unmatched_loop};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cfg: Config = load_config()?;
+    let cfg: WebhookConfig = load_config()?;
     let service = Service::start("webhook", &cfg.database, cfg.log_format)?;
     let db = service.primary.clone();
     let state = AppState::new(db.clone(), &cfg.webhook, service.metrics.clone());
