@@ -6,6 +6,8 @@ export CARGO_TERM_COLOR ?= auto
 PAYSTREAM_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/paystream
 export PAYSTREAM_CACHE
 export CARGO_TARGET_DIR ?= $(PAYSTREAM_CACHE)/target
+# The Python tools the tests run come from the venv scripts/install.sh makes (PEP 668).
+export PATH := $(PAYSTREAM_CACHE)/venv/bin:$(PATH)
 
 .PHONY: help up down status logs clean demo test lint bench chaos
 

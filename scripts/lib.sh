@@ -11,6 +11,10 @@ export RUN_DIR=$STACK_DIR/run
 # Installed tools and downloads live outside the clone so a fresh clone (CI) reuses them.
 export PAYSTREAM_CACHE=${PAYSTREAM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/paystream}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PAYSTREAM_CACHE/target}
+# The Python tools (localstripe, schemathesis, fastavro, PyYAML) live in a venv in the
+# cache: Debian 12 refuses pip installs into the system Python (PEP 668).
+export PY_VENV=$PAYSTREAM_CACHE/venv
+export PATH=$PY_VENV/bin:$PATH
 # debug for development and tests; `make bench` runs the services as release builds.
 export PAYSTREAM_PROFILE=${PAYSTREAM_PROFILE:-debug}
 

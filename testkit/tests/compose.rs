@@ -73,6 +73,28 @@ fn interpolate(s: &str) -> String {
 fn every_rust_service_loads_its_config_from_the_compose_environment() {
     use paystream_service::config::load_from_vars;
     let c = compose();
+    let services = c["services"].as_object().expect("services");
+    for name in [
+        "postgres-primary",
+        "postgres-replica-1",
+        "postgres-replica-2",
+        "migrate",
+        "kafka",
+        "kafka-topics",
+        "connect",
+        "connect-register",
+        "nginx",
+        "api-1",
+        "api-2",
+        "webhook",
+        "reconciler",
+        "stripe-sim",
+    ] {
+        assert!(
+            services.contains_key(name),
+            "docker-compose.yml lacks {name}"
+        );
+    }
     for api in ["api-1", "api-2"] {
         let cfg: paystream_api::config::ApiConfig =
             load_from_vars(env_of(&c, api)).unwrap_or_else(|e| panic!("{api}: {e}"));
