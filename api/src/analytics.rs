@@ -87,7 +87,7 @@ fn analytics_reader(who: Principal) -> Result<(), ApiError> {
     }
 }
 
-fn replica(s: &AppState) -> Result<&Replica, ApiError> {
+pub(crate) fn replica(s: &AppState) -> Result<&Replica, ApiError> {
     s.replica
         .as_ref()
         .ok_or_else(|| unavailable("this instance has no replica configured"))

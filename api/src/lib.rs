@@ -163,9 +163,7 @@ async fn authenticate(
             match on {
                 KeysOn::Primary => Ok(paystream_db::keys::authenticate(&state.db, key).await?),
                 KeysOn::Replica => {
-                    let replica = state.replica.as_ref().ok_or_else(|| {
-                        analytics::unavailable("this instance has no replica configured")
-                    })?;
+                    let replica = analytics::replica(&state)?;
                     replica::authenticate(replica, key).await.map_err(|e| {
                         // The cause is logged, never shown: the caller is not known yet.
                         tracing::warn!(error = %e, "key check on the replica failed");

@@ -25,6 +25,28 @@ pub struct PaymentRow {
     pub flagged: bool,
 }
 
+/// A row as the tests of the state and of the worker's engine build them.
+#[cfg(test)]
+pub(crate) fn test_row(
+    id: Uuid,
+    status: &str,
+    created_at: DateTime<Utc>,
+    version: i64,
+) -> PaymentRow {
+    PaymentRow {
+        id,
+        status: status.into(),
+        stripe_payment_intent_id: Some("pi_1".into()),
+        idempotency_key: "k".into(),
+        amount: 100,
+        currency: "usd".into(),
+        created_at,
+        version,
+        resolution_source: None,
+        flagged: false,
+    }
+}
+
 impl PaymentRow {
     /// Pending and not parked for an operator: the reconciler's to poll.
     pub fn is_open(&self) -> bool {

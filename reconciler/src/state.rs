@@ -253,18 +253,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn row(id: Uuid, status: &str, version: i64) -> PaymentRow {
-        PaymentRow {
-            id,
-            status: status.into(),
-            stripe_payment_intent_id: Some("pi_1".into()),
-            idempotency_key: "k".into(),
-            amount: 100,
-            currency: "usd".into(),
-            created_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
-            version,
-            resolution_source: None,
-            flagged: false,
-        }
+        let created_at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        crate::envelope::test_row(id, status, created_at, version)
     }
 
     #[test]

@@ -178,16 +178,17 @@ fn new_request_id() -> String {
 }
 
 async fn prometheus(State(h): State<Health>) -> impl IntoResponse {
+    let (open, idle) = h.primary.connections();
     let gauges = [
         (
             "db_pool_connections",
             "connections open in the primary's pool",
-            i64::from(h.primary.connections().0),
+            i64::from(open),
         ),
         (
             "db_pool_idle_connections",
             "idle connections in the primary's pool",
-            h.primary.connections().1 as i64,
+            idle as i64,
         ),
     ];
     (

@@ -101,24 +101,18 @@ impl Runtime {
             loop {
                 let child = rt.token.child_token();
                 let ended = tokio::spawn(make(child)).await;
-                let error = match ended {
-                    Ok(Ok(())) if rt.token.is_cancelled() => return,
-                    Ok(Ok(())) => "returned".to_owned(),
-                    Ok(Err(e)) => e,
-                    Err(join) if join.is_panic() => "panicked".to_owned(),
-                    Err(join) => join.to_string(),
+                let cancelled = rt.token.is_cancelled();
+                let Some(error) = failure(ended, cancelled, "returned") else {
+                    return;
                 };
-                if rt.token.is_cancelled() {
+                if on_exit == OnExit::Fatal {
+                    rt.fail(name, error);
+                    return;
+                }
+                if cancelled {
                     // Shutting down: nothing is restarted, but a task that failed while
                     // winding down is still said.
                     tracing::warn!(task = name, error = %error, "background task failed while shutting down");
-                    if on_exit == OnExit::Fatal {
-                        rt.fail(name, error);
-                    }
-                    return;
-                }
-                if on_exit == OnExit::Fatal {
-                    rt.fail(name, error);
                     return;
                 }
                 restarts += 1;
@@ -154,14 +148,10 @@ impl Runtime {
         self.set(name, TaskState::Running);
         let rt = self.clone();
         self.tracker.spawn(async move {
-            let error = match tokio::spawn(work).await {
-                Ok(Ok(())) if rt.token.is_cancelled() => return,
-                Ok(Ok(())) => "stopped on its own".to_owned(),
-                Ok(Err(e)) => e,
-                Err(join) if join.is_panic() => "panicked".to_owned(),
-                Err(join) => join.to_string(),
-            };
-            rt.fail(name, error);
+            let ended = tokio::spawn(work).await;
+            if let Some(error) = failure(ended, rt.token.is_cancelled(), "stopped on its own") {
+                rt.fail(name, error);
+            }
         });
     }
 
@@ -188,11 +178,6 @@ impl Runtime {
     /// Every supervised task and its state.
     pub fn tasks(&self) -> BTreeMap<&'static str, TaskState> {
         self.tasks.lock().map(|t| t.clone()).unwrap_or_default()
-    }
-
-    /// Whether every supervised task is running.
-    pub fn all_running(&self) -> bool {
-        self.tasks().values().all(|s| *s == TaskState::Running)
     }
 
     /// Whether the service can take traffic: not shutting down, no task it needs failed.
@@ -223,6 +208,22 @@ impl Runtime {
     }
 }
 
+/// Why a task's run counts as a failure, if it does: an error, a panic, or a return
+/// (`returned` says how) before shutdown began. A clean return during shutdown is none.
+fn failure(
+    ended: Result<Result<(), String>, tokio::task::JoinError>,
+    cancelled: bool,
+    returned: &str,
+) -> Option<String> {
+    match ended {
+        Ok(Ok(())) if cancelled => None,
+        Ok(Ok(())) => Some(returned.to_owned()),
+        Ok(Err(e)) => Some(e),
+        Err(join) if join.is_panic() => Some("panicked".to_owned()),
+        Err(join) => Some(join.to_string()),
+    }
+}
+
 /// Sleeps `every`, or returns false once `token` is cancelled: the pacing of a loop that
 /// must stop at shutdown.
 pub async fn tick(token: &CancellationToken, every: Duration) -> bool {
@@ -236,6 +237,10 @@ pub async fn tick(token: &CancellationToken, every: Duration) -> bool {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn all_running(rt: &Runtime) -> bool {
+        rt.tasks().values().all(|s| *s == TaskState::Running)
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_task_that_dies_is_restarted_with_backoff_and_readiness_says_so() {
@@ -254,7 +259,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(starts.load(Ordering::SeqCst), 1);
-        assert!(!rt.all_running(), "{:?}", rt.tasks());
+        assert!(!all_running(&rt), "{:?}", rt.tasks());
         assert!(matches!(
             rt.tasks()["flaky"],
             TaskState::Restarting { restarts: 1, .. }
@@ -264,7 +269,7 @@ mod tests {
         assert_eq!(starts.load(Ordering::SeqCst), 2);
         tokio::time::sleep(Duration::from_millis(2_100)).await;
         assert_eq!(starts.load(Ordering::SeqCst), 3);
-        assert!(rt.all_running(), "{:?}", rt.tasks());
+        assert!(all_running(&rt), "{:?}", rt.tasks());
         rt.shutdown();
         assert_eq!(rt.wait(Duration::from_secs(5)).await, Ok(()));
     }

@@ -74,11 +74,6 @@ impl Stack {
         run_script(&self.root, script, args);
     }
 
-    /// The database behind `url_key` as the services see it.
-    pub async fn primary(&self, url_key: &str) -> Primary {
-        Primary::from_pool(self.pool(url_key).await)
-    }
-
     /// A pool for the tests' own SQL: what they assert reads the tables themselves.
     pub async fn pool(&self, url_key: &str) -> PgPool {
         PgPoolOptions::new()

@@ -66,9 +66,7 @@ impl FromRow<'_, PgRow> for Payment {
             resolved_at: r.try_get("resolved_at")?,
             attention: r
                 .try_get::<Option<&str>, _>("attention")?
-                .map(|a| {
-                    Attention::parse(a).ok_or_else(|| DbError::Corrupt(format!("attention {a}")))
-                })
+                .map(parse_attention)
                 .transpose()
                 .map_err(corrupt)?,
         })
@@ -78,6 +76,10 @@ impl FromRow<'_, PgRow> for Payment {
 pub(crate) fn parse_status(s: &str) -> Result<PaymentStatus, DbError> {
     s.parse()
         .map_err(|e: paystream_core::StatusError| DbError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn parse_attention(s: &str) -> Result<Attention, DbError> {
+    Attention::parse(s).ok_or_else(|| DbError::Corrupt(format!("attention {s}")))
 }
 
 pub(crate) fn parse_source(s: &str) -> Result<Source, DbError> {

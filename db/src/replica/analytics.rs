@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use paystream_core::PaymentStatus;
+use tokio_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use crate::payments::{Source, parse_source, parse_status};
@@ -82,24 +83,40 @@ pub async fn read<E: From<DbError>>(
         .start()
         .await
         .map_err(DbError::from)?;
-    let row = tx
-        .query_one(FRESHNESS_SQL, &[])
-        .await
-        .map_err(DbError::from)?;
-    let freshness = Freshness {
-        in_recovery: row.try_get(0).map_err(DbError::from)?,
-        replayed_at: row.try_get(1).map_err(DbError::from)?,
-        lag_ms: row.try_get(2).map_err(DbError::from)?,
-        streaming: row.try_get(3).map_err(DbError::from)?,
-        rollups_refreshed_at: row.try_get(4).map_err(DbError::from)?,
-    };
+    let freshness = freshness(&tx).await?;
     // Dropping the transaction on a refusal rolls it back.
     let split = plan(&freshness)?;
+    let (groups, resolution_ms) = totals(&tx, req, split).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(Answer {
+        freshness,
+        split,
+        groups,
+        resolution_ms,
+    })
+}
+
+async fn freshness(tx: &Transaction<'_>) -> Result<Freshness, DbError> {
+    let row = tx.query_one(FRESHNESS_SQL, &[]).await?;
+    Ok(Freshness {
+        in_recovery: row.try_get(0)?,
+        replayed_at: row.try_get(1)?,
+        lag_ms: row.try_get(2)?,
+        streaming: row.try_get(3)?,
+        rollups_refreshed_at: row.try_get(4)?,
+    })
+}
+
+/// The groups, and the resolution-time histogram if asked for.
+async fn totals(
+    tx: &Transaction<'_>,
+    req: &Request<'_>,
+    split: (DateTime<Utc>, DateTime<Utc>),
+) -> Result<(Vec<Group>, Vec<(i64, i64)>), DbError> {
     let params: [&(dyn ToSql + Sync); 5] = [&req.from, &split.0, &split.1, &req.to, &req.currency];
     let groups = tx
         .query(&totals_sql(req.trunc), &params)
-        .await
-        .map_err(DbError::from)?
+        .await?
         .iter()
         .map(|r| -> Result<Group, DbError> {
             let source: &str = r.try_get(3)?;
@@ -117,21 +134,14 @@ pub async fn read<E: From<DbError>>(
         .collect::<Result<Vec<_>, _>>()?;
     let resolution_ms = if req.resolution_times {
         tx.query(RESOLUTION_SQL, &params)
-            .await
-            .map_err(DbError::from)?
+            .await?
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<Vec<_>, DbError>>()?
     } else {
         Vec::new()
     };
-    tx.commit().await.map_err(DbError::from)?;
-    Ok(Answer {
-        freshness,
-        split,
-        groups,
-        resolution_ms,
-    })
+    Ok((groups, resolution_ms))
 }
 
 const FRESHNESS_SQL: &str = "

@@ -51,7 +51,7 @@ fn payment_row(r: &Row) -> Result<PaymentRow, DbError> {
             .transpose()?,
         attention: r
             .try_get::<_, Option<&str>>(8)?
-            .map(|a| Attention::parse(a).ok_or_else(|| DbError::Corrupt(format!("attention {a}"))))
+            .map(crate::payments::parse_attention)
             .transpose()?,
     })
 }

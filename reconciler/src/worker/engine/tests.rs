@@ -17,18 +17,7 @@ fn now0() -> Now {
 }
 
 fn row(id: Uuid, status: &str, created_at: DateTime<Utc>) -> PaymentRow {
-    PaymentRow {
-        id,
-        status: status.into(),
-        stripe_payment_intent_id: Some("pi_1".into()),
-        idempotency_key: "k".into(),
-        amount: 100,
-        currency: "usd".into(),
-        created_at,
-        version: 2,
-        resolution_source: None,
-        flagged: false,
-    }
+    crate::envelope::test_row(id, status, created_at, 2)
 }
 
 /// A change that only updates the state.
