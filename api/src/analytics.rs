@@ -100,7 +100,7 @@ pub(crate) fn replica(s: &AppState) -> Result<&Replica, ApiError> {
         ("currency" = Option<String>, Query, description = "ISO 4217, lowercase; default all"),
     ),
     responses(
-        (status = 200, description = "Counts and volume by status, success rate, resolution sources, time to resolution", body = Summary),
+        (status = 200, description = "Counts and volume by status, success rate, resolution sources, time to resolution; gross, refunded and net volume per currency, refunds and the refund rate in basis points", body = Summary),
         (status = 400, description = "`invalid_request`", body = crate::openapi::ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = crate::openapi::ErrorBody),
         (status = 403, description = "`analytics_forbidden`: client keys", body = crate::openapi::ErrorBody),
@@ -124,7 +124,7 @@ pub async fn summary(
         ("from" = Option<String>, Query, description = "RFC 3339 or a duration back from now; default `24h`"),
         ("to" = Option<String>, Query, description = "Same forms; default now"),
         ("bucket" = Option<String>, Query, description = "`hour` (default) or `day`, in UTC"),
-        ("metric" = Option<String>, Query, description = "`count` (default), `volume` (succeeded minor units; needs `currency`) or `success_rate`"),
+        ("metric" = Option<String>, Query, description = "`count` (default), `volume` (succeeded minor units; needs `currency`), `success_rate`, `gross_volume`, `refunded_volume`, `net_volume` (captured, refunded and their difference, minor units; need `currency`), `refunds` (succeeded refunds of the bucket's payments) or `refund_rate_bps` (refunded per 10,000 succeeded payments)"),
         ("currency" = Option<String>, Query, description = "ISO 4217, lowercase"),
     ),
     responses(

@@ -12,8 +12,9 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after_secs: Option<u64>,
-    /// The payment concerned, when there is one (e.g. a payment that failed at Stripe).
-    pub payment: Option<Value>,
+    /// The objects concerned, by name, when there are some (`payment`: e.g. a payment
+    /// that failed at Stripe; `refund`).
+    pub objects: Vec<(&'static str, Value)>,
 }
 
 impl ApiError {
@@ -23,7 +24,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
-            payment: None,
+            objects: Vec::new(),
         }
     }
 
@@ -48,14 +49,19 @@ impl ApiError {
     }
 
     pub fn with_payment(mut self, payment: Value) -> Self {
-        self.payment = Some(payment);
+        self.objects.push(("payment", payment));
+        self
+    }
+
+    pub fn with_refund(mut self, refund: Value) -> Self {
+        self.objects.push(("refund", refund));
         self
     }
 
     pub fn body(&self) -> Value {
         let mut body = json!({"error": {"code": self.code, "message": self.message}});
-        if let Some(p) = &self.payment {
-            body["payment"] = p.clone();
+        for (name, object) in &self.objects {
+            body[*name] = object.clone();
         }
         body
     }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod openapi;
 pub mod payments;
 pub mod ratelimit;
+pub mod refunds;
 pub mod reports;
 pub mod validation;
 
@@ -97,6 +98,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/payments/{id}", get(payments::get))
         .route("/v1/payments/{id}/events", get(payments::events))
         .route("/v1/payments/{id}/cancel", post(payments::cancel))
+        .route("/v1/payments/{id}/capture", post(payments::capture))
+        .route(
+            "/v1/payments/{id}/refunds",
+            post(refunds::create).get(refunds::list),
+        )
+        .route("/v1/refunds/{id}", get(refunds::get))
         .route("/v1/reports/reconciliation", get(reports::reconciliation))
         .layer(middleware::from_fn_with_state(
             (state.clone(), KeysOn::Primary),

@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 use paystream_core::gateway::{
     GatewayError, IntentView, NewIntent, StripeGateway, attempt_key, intent_key,
 };
+use paystream_core::{CaptureMethod, Currency, Money, PaymentStatus};
 use paystream_core::{ClientId, PaymentId};
-use paystream_core::{Currency, Money, PaymentStatus};
-use paystream_db::idempotency::{self, Begin, Take};
+use paystream_db::idempotency::{self, Begin, Claim, Take};
 use paystream_db::keys::Principal;
 use paystream_db::payments::{
     self, Attached, ListFilter, NewPayment, Observation, Payment, Source,
@@ -53,9 +53,20 @@ pub struct PaymentView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
+    // The three below are absent from replays of answers stored before they existed
+    // (a replay is the first answer, byte for byte): not required.
+    /// `automatic` or `manual` (held at Stripe's `requires_capture` until captured).
+    #[schema(required = false)]
+    pub capture_method: String,
+    /// What Stripe took: 0 until it succeeded, then the amount or a partial capture.
+    #[schema(required = false)]
+    pub amount_captured: i64,
+    /// The sum of its succeeded refunds.
+    #[schema(required = false)]
+    pub amount_refunded: i64,
 }
 
-fn payment_json(p: &Payment, client_secret: Option<&str>) -> Value {
+pub(crate) fn payment_json(p: &Payment, client_secret: Option<&str>) -> Value {
     let view = PaymentView {
         id: p.id.as_uuid(),
         status: p.status.as_str().to_owned(),
@@ -73,6 +84,9 @@ fn payment_json(p: &Payment, client_secret: Option<&str>) -> Value {
         created_at: p.created_at,
         updated_at: p.updated_at,
         resolved_at: p.resolved_at,
+        capture_method: p.capture_method.as_str().to_owned(),
+        amount_captured: p.captured(),
+        amount_refunded: p.amount_refunded,
     };
     serde_json::to_value(view).unwrap_or(Value::Null)
 }
@@ -96,17 +110,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("bodies are limited to {} bytes", crate::BODY_LIMIT),
-            )
-        } else {
-            ApiError::bad_request("invalid_body", e.body_text())
-        }
-    })?;
+    let body = body_bytes(body)?;
     let key =
         validation::idempotency_key(headers.get("idempotency-key").map(HeaderValue::as_bytes))?;
     let valid = validation::create_payment(&body, s.max_amount)?;
@@ -122,32 +126,15 @@ pub async fn create(
         description: valid.request.description.as_deref(),
         customer_email: valid.request.customer_email.as_deref(),
         metadata: &metadata,
+        capture_method: valid.request.capture_method,
     };
     let (payment, lease, fresh) =
         match idempotency::begin(&s.db, &new, &request_hash, s.lease).await? {
             Begin::Created(p, lease) => (p, lease, true),
             Begin::Resume(p, lease) => (p, lease, false),
-            Begin::Replay { status, body } => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                let mut res = (status, Json(body)).into_response();
-                res.headers_mut()
-                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
-                return Ok(res);
-            }
-            Begin::Mismatch => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used with a different request",
-                ));
-            }
-            Begin::InFlight => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_in_use",
-                    "a request with this Idempotency-Key is in progress; retry later",
-                ));
-            }
+            Begin::Replay { status, body } => return Ok(replayed(status, body)),
+            Begin::Mismatch => return Err(key_reused()),
+            Begin::InFlight => return Err(key_in_use()),
         };
     tracing::info!(payment_id = %payment.id, client_id = %who.client_id, fresh, "payment pending; finding its PaymentIntent");
     match finish_create(&s, payment, fresh).await? {
@@ -163,6 +150,46 @@ pub async fn create(
             Ok((err.status, Json(err.body())).into_response())
         }
     }
+}
+
+/// A request's body, or the error that says why it could not be read.
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("bodies are limited to {} bytes", crate::BODY_LIMIT),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", e.body_text())
+        }
+    })
+}
+
+/// The stored first answer to a repeated request.
+pub(crate) fn replayed(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut res = (status, Json(body)).into_response();
+    res.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    res
+}
+
+pub(crate) fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used with a different request",
+    )
+}
+
+pub(crate) fn key_in_use() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_in_use",
+        "a request with this Idempotency-Key is in progress; retry later",
+    )
 }
 
 /// How a create request ends: a final answer, stored for replay, or an unfinished one
@@ -264,6 +291,7 @@ async fn create_intent(s: &AppState, p: &Payment) -> Result<IntentView, GatewayE
             money,
             description: p.description.as_deref(),
             receipt_email: p.customer_email.as_deref(),
+            capture_method: p.capture_method,
             idempotency_key: &intent_key(&p.id),
         })
         .await
@@ -338,7 +366,7 @@ async fn cancel_stray(s: &AppState, payment_id: PaymentId, pi: &IntentView) {
     }
 }
 
-fn parse_id(raw: &str) -> Result<PaymentId, ApiError> {
+pub(crate) fn parse_id(raw: &str) -> Result<PaymentId, ApiError> {
     // A malformed id names no payment: 404, like an unknown one.
     raw.parse().map_err(|_| ApiError::not_found())
 }
@@ -361,7 +389,7 @@ pub async fn get(
 
 #[utoipa::path(get, path = "/v1/payments/{id}/events", tag = "payments",
     params(("id" = Uuid, Path, description = "Payment id (anything else is 404)")),
-    responses((status = 200, description = "Status history, oldest first: `{data: [{from_status, to_status, source, detail, created_at}]}`", body = Object), (status = 404, body = crate::openapi::ErrorBody)),
+    responses((status = 200, description = "Status history of the payment and its refunds, oldest first: `{data: [{from_status, to_status, source, detail, created_at}]}`; a refund's entries also carry its `refund_id`", body = Object), (status = 404, body = crate::openapi::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn events(
     State(s): State<AppState>,
@@ -372,7 +400,21 @@ pub async fn events(
     let history = payments::history(&s.db, who.client_id, id)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(json!({"data": history})))
+    let refunds = paystream_db::refunds::history_of_payment(&s.db, id).await?;
+    // One timeline: the payment's changes and its refunds' (which name their refund).
+    let mut data: Vec<(DateTime<Utc>, Value)> = history
+        .iter()
+        .map(|h| (h.created_at, serde_json::to_value(h).unwrap_or(Value::Null)))
+        .chain(
+            refunds
+                .iter()
+                .map(|h| (h.created_at, serde_json::to_value(h).unwrap_or(Value::Null))),
+        )
+        .collect();
+    data.sort_by_key(|(at, _)| *at);
+    Ok(Json(
+        json!({"data": data.into_iter().map(|(_, v)| v).collect::<Vec<_>>()}),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/payments", tag = "payments",
@@ -590,4 +632,130 @@ fn unavailable(e: GatewayError) -> ApiError {
         "processor_unavailable",
         "the payment processor is unavailable; retry later",
     )
+}
+
+/// Captures a manual payment that Stripe holds at `requires_capture`: all of it, or part
+/// (the rest is released to the customer). Idempotent by its own key; Stripe is called
+/// with one key per payment, so two captures of one payment can never both take money.
+#[utoipa::path(post, path = "/v1/payments/{id}/capture", tag = "payments",
+    request_body = crate::validation::CapturePayment,
+    params(("id" = Uuid, Path, description = "Payment id (anything else is 404)"),
+        ("Idempotency-Key" = String, Header, min_length = 1, max_length = 255, pattern = "^[\\x20-\\x7E]+$",
+        description = "a retry with the same key and body replays the first final answer")),
+    responses(
+        (status = 200, description = "Captured: `succeeded`, with `amount_captured`", body = PaymentView),
+        (status = 400, description = "Invalid request (see `error.code`)", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`payment_not_found` (also another client's payment)", body = crate::openapi::ErrorBody),
+        (status = 409, description = "`payment_not_capturable`: not a manual payment, not awaiting capture (not paid yet, already captured, canceled or its authorization expired); `idempotency_key_in_use`", body = crate::openapi::ErrorBody),
+        (status = 422, description = "`capture_exceeds_authorized`: more than the payment's amount; `idempotency_key_reused`", body = crate::openapi::ErrorBody),
+        (status = 503, description = "`processor_unavailable` or `database_unavailable`: retry with the same key", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn capture(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let id = parse_id(&id)?;
+    let key =
+        validation::idempotency_key(headers.get("idempotency-key").map(HeaderValue::as_bytes))?;
+    let valid = validation::capture_payment(&body, s.max_amount)?;
+    let p = payments::get(&s.db, who.client_id, id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    if let Some(amount) = valid.amount_to_capture
+        && amount > p.amount
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "capture_exceeds_authorized",
+            format!("at most {} {} can be captured", p.amount, p.currency),
+        )
+        .with_payment(payment_json(&p, None)));
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(b"capture\0");
+    hasher.update(id.to_string());
+    hasher.update(b"\0");
+    hasher.update(serde_json::to_vec(&valid).unwrap_or_default());
+    let request_hash = hasher.finalize().to_vec();
+    let lease = match idempotency::claim(&s.db, who.client_id, &key, &request_hash, s.lease).await?
+    {
+        Claim::New(lease) | Claim::Resume { lease, .. } => lease,
+        Claim::Replay { status, body } => return Ok(replayed(status, body)),
+        Claim::Mismatch => return Err(key_reused()),
+        Claim::InFlight => return Err(key_in_use()),
+    };
+    match capture_held(&s, p, valid.amount_to_capture).await {
+        Ok((status, body)) => {
+            idempotency::complete(&s.db, &lease, status.as_u16(), &body).await?;
+            Ok((status, Json(body)).into_response())
+        }
+        Err(e) => {
+            idempotency::release(&s.db, &lease).await?;
+            Err(e)
+        }
+    }
+}
+
+/// The capture itself: a final answer (stored for the key), or an error that leaves the
+/// key free for a retry.
+async fn capture_held(
+    s: &AppState,
+    p: Payment,
+    amount: Option<i64>,
+) -> Result<(StatusCode, Value), ApiError> {
+    let not_capturable = |p: &Payment, why: String| {
+        let err = ApiError::new(StatusCode::CONFLICT, "payment_not_capturable", why)
+            .with_payment(payment_json(p, None));
+        (err.status, err.body())
+    };
+    if p.capture_method != CaptureMethod::Manual {
+        return Ok(not_capturable(
+            &p,
+            "the payment is captured automatically".into(),
+        ));
+    }
+    let Some(intent) = p.stripe_payment_intent_id.clone() else {
+        return Ok(not_capturable(
+            &p,
+            format!("the payment is {} and was never sent to Stripe", p.status),
+        ));
+    };
+    if p.status != PaymentStatus::Pending {
+        return Ok(not_capturable(&p, format!("the payment is {}", p.status)));
+    }
+    let captured = s
+        .stripe
+        .capture_intent(&intent, amount, &format!("paystream-capture-{}", p.id))
+        .await;
+    let (pi, ours) = match captured {
+        Ok(pi) => (pi, true),
+        // Stripe refuses: not paid yet, already captured or canceled (an expired
+        // authorization), or another capture of ours with other parameters won. What
+        // the intent says now is recorded, and this capture answered as refused.
+        Err(GatewayError::Rejected { .. } | GatewayError::KeyReused) => (
+            s.stripe
+                .retrieve_intent(&intent)
+                .await
+                .map_err(unavailable)?,
+            false,
+        ),
+        Err(e) => return Err(unavailable(e)),
+    };
+    let after = match pi.status() {
+        Some(status) => observe(s, p.id, status, &pi).await?,
+        None => p,
+    };
+    if ours && after.status == PaymentStatus::Succeeded {
+        return Ok((StatusCode::OK, payment_json(&after, None)));
+    }
+    let why = format!(
+        "the payment is {} (Stripe: {}): only a payment awaiting capture can be captured",
+        after.status, pi.stripe_status
+    );
+    Ok(not_capturable(&after, why))
 }

@@ -34,7 +34,7 @@ fn bad(message: String) -> ApiError {
 #[utoipa::path(get, path = "/v1/reports/reconciliation", tag = "reports",
     params(ReportQuery),
     responses(
-        (status = 200, description = "The report; `X-Discrepancies` says how many payments are not `matched`"),
+        (status = 200, description = "The report; `X-Discrepancies` says how many payments and refunds are not matched (`matched`, `refund_matched`)"),
         (status = 400, description = "`invalid_request`: bad window or format", body = crate::openapi::ErrorBody),
         (status = 401, description = "Missing or invalid API key", body = crate::openapi::ErrorBody),
         (status = 403, description = "`operator_only`: client keys cannot read reports", body = crate::openapi::ErrorBody),

@@ -94,13 +94,16 @@ async fn get(http: &reqwest::Client, url: &str, key: &str) -> (StatusCode, Value
 }
 
 /// 3,000 payments over ~51 hours from `t0`, in three currencies, every status and source,
-/// resolution times spread over 1 ms to ~3 h. Deterministic: derived from hashes of g.
+/// resolution times spread over 1 ms to ~3 h. A third of the succeeded ones captured less
+/// than their amount (partial capture), the others as rows from before capture existed
+/// (`amount_captured` NULL: their amount). Their refunded sums follow `seed_refunds`'
+/// rules. Deterministic: derived from hashes of g.
 async fn seed(primary: &PgPool, t0: DateTime<Utc>) {
     sqlx::query(
         "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, status,
-                               resolution_source, created_at, resolved_at, updated_at)
-         SELECT gen_random_uuid(), gen_random_uuid(), 'seed-' || g,
-                100 + abs(hashtext('a' || g)) % 100000,
+                               resolution_source, created_at, resolved_at, updated_at,
+                               amount_captured, amount_refunded)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'seed-' || g, a.amount,
                 (ARRAY['usd', 'eur', 'jpy'])[1 + abs(hashtext('c' || g)) % 3],
                 s.status,
                 CASE WHEN s.status <> 'pending' THEN
@@ -110,8 +113,15 @@ async fn seed(primary: &PgPool, t0: DateTime<Utc>) {
                     + (abs(hashtext('t' || g)) % (10 ^ (1 + abs(hashtext('d' || g)) % 7))::int)
                       * interval '1 millisecond' END,
                 -- Long settled: only what changes later is dirty for the next refresh.
-                now() - interval '1 day'
+                now() - interval '1 day',
+                CASE WHEN s.status = 'succeeded' AND abs(hashtext('k' || g)) % 3 = 0
+                     THEN a.amount - a.amount / 10 END,
+                CASE WHEN s.status = 'succeeded' THEN
+                    CASE WHEN abs(hashtext('ra' || 'seed-' || g)) % 3 = 0 THEN a.amount / 4 ELSE 0 END
+                  + CASE WHEN abs(hashtext('rb' || 'seed-' || g)) % 5 = 0 THEN a.amount / 10 ELSE 0 END
+                ELSE 0 END
          FROM generate_series(1, 3000) g,
+         LATERAL (SELECT 100 + abs(hashtext('a' || g)) % 100000 AS amount) a,
          LATERAL (SELECT (ARRAY['pending', 'succeeded', 'succeeded', 'succeeded', 'failed', 'canceled'])
                          [1 + abs(hashtext('s' || g)) % 6] AS status) s",
     )
@@ -119,6 +129,63 @@ async fn seed(primary: &PgPool, t0: DateTime<Utc>) {
     .execute(primary)
     .await
     .unwrap();
+}
+
+/// Refunds of the succeeded seeded payments numbered `from..=to`: a quarter back for a
+/// third of them, a tenth for a fifth, and pending and failed ones that count nowhere.
+/// Made a day after their payment: they count in its hour all the same. Only the refunds
+/// table changes (the seed set the refunded sums), so for the rollups only the refunds'
+/// own `updated_at` can make their payments' hours dirty: `settled` ones are long
+/// settled, as the seeded payments.
+async fn seed_refunds(primary: &PgPool, from: i32, to: i32, settled: bool) {
+    sqlx::query(
+        "INSERT INTO refunds (id, payment_id, requested_by, idempotency_key, amount, currency,
+                              status, resolution_source, resolved_at, created_at, updated_at)
+         SELECT gen_random_uuid(), p.id, p.client_id, 'refund-' || k.kind || '-' || p.idempotency_key,
+                p.amount / k.part, p.currency, k.status,
+                CASE WHEN k.status <> 'pending' THEN 'webhook' END,
+                CASE WHEN k.status <> 'pending' THEN p.created_at + interval '1 day 1 second' END,
+                p.created_at + interval '1 day',
+                CASE WHEN $3 THEN now() - interval '1 day' ELSE now() END
+         FROM payments p
+         CROSS JOIN (VALUES ('ra', 3, 4, 'succeeded'), ('rb', 5, 10, 'succeeded'),
+                            ('rc', 7, 5, 'pending'), ('rd', 11, 5, 'failed')) k(kind, every, part, status)
+         WHERE p.status = 'succeeded'
+           AND p.idempotency_key IN (SELECT 'seed-' || g FROM generate_series($1, $2) g)
+           AND abs(hashtext(k.kind || p.idempotency_key)) % k.every = 0",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(settled)
+    .execute(primary)
+    .await
+    .unwrap();
+}
+
+/// The window's money, straight from the raw rows on the primary: per currency (succeeded
+/// payments, captured, refunded payments, succeeded refunds, refunded).
+async fn expected_money(
+    primary: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    currency: Option<&str>,
+) -> Vec<(String, i64, i64, i64, i64, i64)> {
+    sqlx::query_as(
+        "WITH r AS (SELECT payment_id, count(*) AS n, sum(amount) AS amount FROM refunds
+                    WHERE status = 'succeeded' GROUP BY payment_id)
+         SELECT p.currency, count(*), sum(coalesce(p.amount_captured, p.amount))::bigint,
+                count(r.payment_id), coalesce(sum(r.n), 0)::bigint, coalesce(sum(r.amount), 0)::bigint
+         FROM payments p LEFT JOIN r ON r.payment_id = p.id
+         WHERE p.status = 'succeeded' AND p.created_at >= $1 AND p.created_at < $2
+           AND ($3::text IS NULL OR p.currency = $3)
+         GROUP BY 1",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(currency)
+    .fetch_all(primary)
+    .await
+    .unwrap()
 }
 
 /// The window's truth, straight from the raw rows on the primary.
@@ -215,6 +282,40 @@ async fn check_summary(
     let rate = got["success_rate"].as_f64().unwrap();
     assert!((rate * fin as f64 - count("succeeded") as f64).abs() < 1e-6);
 
+    // Gross (captured), refunded and net volume per currency; refunds and the rate.
+    let money = expected_money(primary, from, to, currency).await;
+    let (mut gross, mut refunded, mut net) = (
+        serde_json::Map::new(),
+        serde_json::Map::new(),
+        serde_json::Map::new(),
+    );
+    let (mut succeeded, mut refunded_payments, mut refunds) = (0, 0, 0);
+    for (cur, n, captured, refunded_n, refunds_n, back) in money {
+        gross.insert(cur.clone(), captured.into());
+        refunded.insert(cur.clone(), back.into());
+        net.insert(cur, (captured - back).into());
+        succeeded += n;
+        refunded_payments += refunded_n;
+        refunds += refunds_n;
+    }
+    assert_eq!(succeeded, count("succeeded"));
+    assert!(refunded_payments > 0, "the window must hold refunds");
+    assert_eq!(
+        got["gross_volume"],
+        Value::Object(gross),
+        "{from}..{to} {currency:?}"
+    );
+    assert_eq!(got["refunded_volume"], Value::Object(refunded));
+    assert_eq!(got["net_volume"], Value::Object(net));
+    assert_eq!(
+        (&got["refunds"], &got["refunded_payments"]),
+        (&refunds.into(), &refunded_payments.into())
+    );
+    assert_eq!(
+        got["refund_rate_bps"],
+        refunded_payments * 10_000 / succeeded
+    );
+
     let (resolved, exact) = exact_percentiles(primary, from, to, currency).await;
     let t = &got["time_to_resolution"];
     assert_eq!(t["resolved"], resolved);
@@ -286,6 +387,75 @@ async fn check_series(
         truth.len(),
         "every bucket with payments is reported"
     );
+
+    // The money metrics: (succeeded, refunded payments, refunds) across currencies, and
+    // (captured, refunded) in usd, per bucket.
+    let rows: Vec<(DateTime<Utc>, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "WITH r AS (SELECT payment_id, count(*) AS n, sum(amount) AS amount FROM refunds
+                    WHERE status = 'succeeded' GROUP BY payment_id)
+         SELECT date_trunc($3, p.created_at, 'UTC'), count(*), count(r.payment_id),
+                coalesce(sum(r.n), 0)::bigint,
+                coalesce(sum(coalesce(p.amount_captured, p.amount)) FILTER (WHERE p.currency = 'usd'), 0)::bigint,
+                coalesce(sum(r.amount) FILTER (WHERE p.currency = 'usd'), 0)::bigint
+         FROM payments p LEFT JOIN r ON r.payment_id = p.id
+         WHERE p.status = 'succeeded' AND p.created_at >= $1 AND p.created_at < $2 GROUP BY 1",
+    )
+    .bind(from)
+    .bind(to)
+    .bind(bucket)
+    .fetch_all(primary)
+    .await
+    .unwrap();
+    let money: std::collections::HashMap<DateTime<Utc>, (i64, i64, i64, i64, i64)> = rows
+        .into_iter()
+        .map(|(t, a, b, c, d, e)| (t, (a, b, c, d, e)))
+        .collect();
+    let (_, gross) = get(http, &url("gross_volume", "&currency=usd"), key).await;
+    let (_, back) = get(http, &url("refunded_volume", "&currency=usd"), key).await;
+    let (_, net) = get(http, &url("net_volume", "&currency=usd"), key).await;
+    let (_, refunds) = get(http, &url("refunds", ""), key).await;
+    let (status, rate) = get(http, &url("refund_rate_bps", ""), key).await;
+    assert_eq!(status, StatusCode::OK, "{rate}");
+    let (status, body) = get(http, &url("net_volume", ""), key).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "amounts need a currency"
+    );
+    let mut refunded_buckets = 0;
+    for (i, p) in points.iter().enumerate() {
+        let start: DateTime<Utc> = p["start"].as_str().unwrap().parse().unwrap();
+        let (ok, refunded, n, captured, given_back) =
+            money.get(&start).copied().unwrap_or_default();
+        assert_eq!(
+            gross["points"][i]["value"], captured,
+            "{bucket} gross at {start}"
+        );
+        assert_eq!(
+            back["points"][i]["value"], given_back,
+            "{bucket} refunded at {start}"
+        );
+        assert_eq!(
+            net["points"][i]["value"],
+            captured - given_back,
+            "{bucket} net at {start}"
+        );
+        assert_eq!(
+            refunds["points"][i]["value"], n,
+            "{bucket} refunds at {start}"
+        );
+        let want = if ok > 0 {
+            Value::from(refunded * 10_000 / ok)
+        } else {
+            Value::Null
+        };
+        assert_eq!(
+            rate["points"][i]["value"], want,
+            "{bucket} refund rate at {start}"
+        );
+        refunded_buckets += usize::from(n > 0);
+    }
+    assert!(refunded_buckets > 0, "the series must hold refunds");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,6 +480,10 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
         .unwrap();
     let t0: DateTime<Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
     seed(&primary, t0).await;
+    // Refunds of every seeded payment but those in hours 33-34, refunded after the first
+    // refresh.
+    seed_refunds(&primary, 1, 1999, true).await;
+    seed_refunds(&primary, 2061, 3000, true).await;
     let first = paystream_analytics::refresh::refresh(&primary.clone().into(), false)
         .await
         .unwrap()
@@ -336,6 +510,7 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     .execute(&primary)
     .await
     .unwrap();
+    seed_refunds(&primary, 2000, 2060, false).await;
     let second = paystream_analytics::refresh::refresh(&primary.clone().into(), false)
         .await
         .unwrap()
@@ -396,6 +571,28 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     )
     .await;
     assert!(whole["rollups_as_of"].is_string(), "{whole}");
+    assert!(
+        whole["refunds"].as_i64() > whole["refunded_payments"].as_i64(),
+        "some payments were refunded twice: {whole}"
+    );
+    for cur in ["usd", "eur", "jpy"] {
+        let gross = whole["gross_volume"][cur].as_i64().unwrap();
+        let amounts = whole["by_status"]["succeeded"]["volume"][cur]
+            .as_i64()
+            .unwrap();
+        let net = whole["net_volume"][cur].as_i64().unwrap();
+        assert!(
+            net < gross && gross < amounts,
+            "{cur}: gross is what was captured (partial captures take less than the amount), net what was kept: {whole}"
+        );
+    }
+    // The hours refunded after the first refresh are in the rollups: refreshed through the
+    // refunds' own changes.
+    let late = check_summary(&http, &base, &analyst, &primary, (h(33, 0), h(35, 0), None)).await;
+    assert!(
+        late["rollups_as_of"].is_string() && late["refunds"].as_i64() > Some(0),
+        "{late}"
+    );
     check_summary(
         &http,
         &base,

@@ -88,6 +88,7 @@ async fn a_retry_after_stripe_forgot_its_key_never_makes_a_second_intent() {
         error: Some("expired before any PaymentIntent existed"),
         source: Source::Expiry,
         detail: None,
+        amount_received: None,
     };
     payments::apply_status(&app.primary, expired, &obs)
         .await
@@ -199,6 +200,7 @@ async fn money_taken_after_a_cancel_overturns_it_and_flags_it() {
         error: None,
         source: Source::Expiry,
         detail: None,
+        amount_received: None,
     };
     payments::apply_status(&app.primary, id, &canceled)
         .await
@@ -212,6 +214,7 @@ async fn money_taken_after_a_cancel_overturns_it_and_flags_it() {
         error: None,
         source: Source::Webhook,
         detail: Some(json!({"event": "evt_test"})),
+        amount_received: None,
     };
     let after = payments::apply_status(&app.primary, id, &paid)
         .await
@@ -343,6 +346,7 @@ async fn an_intent_is_linked_only_to_a_payment_that_holds_none() {
         error: None,
         source: Source::Webhook,
         detail: None,
+        amount_received: None,
     };
     let applied = payments::apply_status(&app.primary, id, &other)
         .await
@@ -369,6 +373,7 @@ async fn an_intent_is_linked_only_to_a_payment_that_holds_none() {
             description: None,
             customer_email: None,
             metadata: &json!({}),
+            capture_method: paystream_core::CaptureMethod::Automatic,
         },
     )
     .await
@@ -385,6 +390,7 @@ async fn an_intent_is_linked_only_to_a_payment_that_holds_none() {
         error: None,
         source: Source::Webhook,
         detail: None,
+        amount_received: None,
     };
     let applied = payments::apply_status(&app.primary, lone, &late)
         .await
@@ -420,6 +426,7 @@ async fn a_lease_taken_over_cannot_overwrite_the_holders_answer() {
         description: None,
         customer_email: None,
         metadata: &json!({}),
+        capture_method: paystream_core::CaptureMethod::Automatic,
     };
     let lease = Duration::from_millis(50);
     let Begin::Created(p, first) = idempotency::begin(&app.primary, &new, b"h", lease)

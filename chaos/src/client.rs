@@ -1,15 +1,19 @@
 //! Clients and customers: each payment's script run against the stack's API (through
 //! nginx, as a client would) and against Stripe (as the customer's browser would, with the
-//! client secret the client was handed). Every API answer is kept for the checks.
+//! client secret the client was handed), then its captures and refunds. Every API answer
+//! is kept for the checks.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::check::{Answer, Told};
-use crate::plan::{Cancel, Customer, PaymentScript};
+use crate::check::{Answer, NamedRefund, Told, ToldCapture};
+use crate::plan::{Cancel, Capture, Customer, PaymentScript, RefundRequest};
 
 pub struct Client {
     pub http: reqwest::Client,
@@ -31,6 +35,39 @@ struct Reply {
 /// Answers a client retries by itself (the same request, the same key).
 fn transient(status: u16) -> bool {
     matches!(status, 0 | 409 | 429 | 502 | 503 | 504)
+}
+
+/// The same for captures and refunds, whose 409s are mostly final answers
+/// (`payment_not_capturable`, `payment_not_refundable`).
+fn retry_money(r: &Reply) -> bool {
+    match r.status {
+        409 => r.body["error"]["code"] == "idempotency_key_in_use",
+        s => matches!(s, 0 | 429 | 502 | 503 | 504),
+    }
+}
+
+/// Runs futures of one kind at once, their outputs in their order.
+async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *o = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 impl Client {
@@ -165,12 +202,12 @@ impl Client {
         }
     }
 
-    async fn customer(&self, pi: &str, c: Customer) {
+    async fn customer(&self, pi: &str, c: Customer, card: &str) {
         match c {
-            Customer::Pay => self.confirm(pi, "pm_card_visa").await,
+            Customer::Pay => self.confirm(pi, card).await,
             Customer::DeclineThenPay => {
                 self.confirm(pi, "pm_card_chargeDeclined").await;
-                self.confirm(pi, "pm_card_visa").await;
+                self.confirm(pi, card).await;
             }
             Customer::Decline => self.confirm(pi, "pm_card_chargeDeclined").await,
             Customer::ThreeDs => {
@@ -209,12 +246,164 @@ impl Client {
         }
         // The customer can pay only what the client was handed the secret of.
         if let Some(pi) = told.secrets_for.iter().next().cloned() {
-            self.customer(&pi, s.customer).await;
+            let card = if s.refund_fail_card {
+                "pm_card_refundFail"
+            } else {
+                "pm_card_visa"
+            };
+            self.customer(&pi, s.customer, card).await;
         }
         if let (Some(Cancel::AfterPaying), Some(id)) = (s.cancel, told.payment_id) {
             self.cancel(id, &mut told).await;
         }
+        let Some(id) = told.payment_id else {
+            return told;
+        };
+        if let Some(c) = s.capture {
+            self.capture(id, s, c, &mut told).await;
+        }
+        if let Some(plan) = &s.refunds {
+            // Refunds are for succeeded payments: the client waits for its payment first
+            // (a while for one whose customer pays, a moment for one who does not).
+            let limit = if s.pays() { 30 } else { 3 };
+            self.wait_for(id, Duration::from_secs(limit), |p| p["status"] != "pending")
+                .await;
+            for round in &plan.rounds {
+                let sent = join_all(
+                    round
+                        .iter()
+                        .map(|q| self.refund(id, &told.key, *q))
+                        .collect(),
+                )
+                .await;
+                for (key, named) in sent {
+                    told.refunds.entry(key).or_default().extend(named);
+                }
+            }
+        }
         told
+    }
+
+    /// Reads the payment until `done` says so or `limit` passes.
+    async fn wait_for(&self, id: Uuid, limit: Duration, done: impl Fn(&Value) -> bool) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            let req = self
+                .http
+                .get(format!("{}/v1/payments/{id}", self.api))
+                .bearer_auth(&self.api_key);
+            let r = self.send("get", req).await;
+            if r.status == 200 && done(&r.body) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Captures a manual payment as its plan says, once its customer authorized it (or
+    /// gave up, or the wait ran out: then the capture is refused).
+    async fn capture(&self, id: Uuid, s: &PaymentScript, c: Capture, told: &mut Told) {
+        if c == Capture::Never {
+            return;
+        }
+        let limit = Duration::from_secs(if s.pays() { 20 } else { 2 });
+        self.wait_for(id, limit, |p| {
+            p["status"] != "pending" || p["stripe_status"] == "requires_capture"
+        })
+        .await;
+        let key = |k: u8| format!("{}-capture-{k}", told.key);
+        let captured = match c {
+            Capture::Full => self.capture_once(id, &key(0), None).await,
+            Capture::Partial(a) => self.capture_once(id, &key(0), Some(a)).await,
+            Capture::TwiceSameKey(a) => {
+                let (k, l) = (key(0), key(0));
+                let (mut one, two) =
+                    tokio::join!(self.capture_once(id, &k, a), self.capture_once(id, &l, a));
+                one.extend(two);
+                one
+            }
+            Capture::TwiceNewKey(a) => {
+                let mut one = self.capture_once(id, &key(0), a).await;
+                one.extend(self.capture_once(id, &key(1), None).await);
+                one
+            }
+            Capture::OverThenFull => {
+                let mut one = self.capture_once(id, &key(0), Some(s.amount + 1)).await;
+                one.extend(self.capture_once(id, &key(1), None).await);
+                one
+            }
+            Capture::Never => Vec::new(),
+        };
+        told.captures.extend(captured);
+    }
+
+    /// One capture request, retried with its key while the answer says "try again";
+    /// what each 200 said was captured.
+    async fn capture_once(&self, id: Uuid, key: &str, amount: Option<i64>) -> Vec<ToldCapture> {
+        let body = match amount {
+            Some(a) => json!({"amount_to_capture": a}),
+            None => json!({}),
+        };
+        let mut told = Vec::new();
+        for attempt in 0..12 {
+            let req = self
+                .http
+                .post(format!("{}/v1/payments/{id}/capture", self.api))
+                .bearer_auth(&self.api_key)
+                .header("Idempotency-Key", key)
+                .json(&body);
+            let r = self.send("capture", req).await;
+            if r.status == 200
+                && let Some(captured) = r.body["amount_captured"].as_i64()
+            {
+                told.push(ToldCapture {
+                    requested: amount,
+                    captured,
+                });
+            }
+            if !retry_money(&r) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250 * (attempt + 1))).await;
+        }
+        told
+    }
+
+    /// One refund request, retried with its key while the answer says "try again"; a 202
+    /// (recorded, Stripe unavailable) is left to the reconciler. Returns its key and the
+    /// refunds its answers named.
+    async fn refund(
+        &self,
+        id: Uuid,
+        payment_key: &str,
+        q: RefundRequest,
+    ) -> (String, Vec<NamedRefund>) {
+        let key = format!("{payment_key}-refund-{}", q.key);
+        let mut body = json!({});
+        if let Some(a) = q.amount {
+            body["amount"] = json!(a);
+        }
+        if let Some(r) = q.reason {
+            body["reason"] = json!(r);
+        }
+        let mut named = Vec::new();
+        for attempt in 0..12 {
+            let req = self
+                .http
+                .post(format!("{}/v1/payments/{id}/refunds", self.api))
+                .bearer_auth(&self.api_key)
+                .header("Idempotency-Key", &key)
+                .json(&body);
+            let r = self.send("refund", req).await;
+            if let Some(n) = named_refund(&r, q.amount) {
+                named.push(n);
+            }
+            if !retry_money(&r) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250 * (attempt + 1))).await;
+        }
+        (key, named)
     }
 
     /// The same create again, long after (Stripe has forgotten its key by now).
@@ -228,7 +417,27 @@ pub fn key(seed: u64, n: usize) -> String {
 }
 
 fn body(s: &PaymentScript) -> Value {
-    json!({"amount": s.amount, "currency": s.currency, "description": format!("chaos payment {}", s.n)})
+    let mut body = json!({"amount": s.amount, "currency": s.currency, "description": format!("chaos payment {}", s.n)});
+    if s.capture.is_some() {
+        body["capture_method"] = json!("manual");
+    }
+    body
+}
+
+/// The refund an answer names: the body itself (201, or 200 for a final one resumed), or
+/// its `refund` (202 `processor_unavailable`, 422 `processor_rejected`).
+fn named_refund(r: &Reply, requested: Option<i64>) -> Option<NamedRefund> {
+    let refund = match r.status {
+        200 | 201 => &r.body,
+        _ => &r.body["refund"],
+    };
+    Some(NamedRefund {
+        id: refund["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())?,
+        amount: refund["amount"].as_i64()?,
+        requested,
+    })
 }
 
 /// What an answer tells the client: its payment id, and a client secret (whose intent id
@@ -281,5 +490,58 @@ mod tests {
             },
         );
         assert_eq!(told.payment_id, Some(id));
+    }
+
+    #[test]
+    fn a_refund_is_named_by_every_answer_that_carries_one() {
+        let id = Uuid::now_v7();
+        let reply = |status, body| Reply { status, body };
+        let named = |r: &Reply| named_refund(r, Some(5)).map(|n| (n.id, n.amount));
+        assert_eq!(
+            named(&reply(
+                201,
+                json!({"id": id, "amount": 5, "status": "pending"})
+            )),
+            Some((id, 5))
+        );
+        assert_eq!(
+            named(&reply(
+                202,
+                json!({"error": {"code": "processor_unavailable"}, "refund": {"id": id, "amount": 5}})
+            )),
+            Some((id, 5))
+        );
+        assert_eq!(
+            named(&reply(
+                422,
+                json!({"error": {"code": "refund_exceeds_remaining"}, "payment": {"id": Uuid::now_v7(), "amount": 9}})
+            )),
+            None,
+            "a payment is not a refund"
+        );
+        assert_eq!(named(&reply(0, Value::Null)), None);
+    }
+
+    #[tokio::test]
+    async fn join_all_runs_them_at_once_and_keeps_their_order() {
+        // Each waits for the other two: run one after another, they would never finish.
+        let barrier = tokio::sync::Barrier::new(3);
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            join_all(
+                [3, 1, 2]
+                    .into_iter()
+                    .map(|n| {
+                        let barrier = &barrier;
+                        async move {
+                            barrier.wait().await;
+                            n
+                        }
+                    })
+                    .collect(),
+            ),
+        )
+        .await;
+        assert_eq!(out.ok(), Some(vec![3, 1, 2]));
     }
 }

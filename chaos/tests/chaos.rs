@@ -1,5 +1,6 @@
 //! The adversarial suite in `make test`: a short run with a fixed seed (every fault kind,
-//! every customer behaviour, a few hundred payments) that must end with no violation.
+//! every customer behaviour, captures and refunds, a few hundred payments) that must end
+//! with no violation.
 //! `make chaos` runs the long one with a fresh seed.
 
 use std::time::Duration;
@@ -38,6 +39,11 @@ async fn every_invariant_holds_under_every_fault_kind() {
             && summary.outcomes.keys().any(|k| k.starts_with("canceled"))
             && summary.outcomes.keys().any(|k| k.starts_with("failed")),
         "the run exercised every outcome\n{report}"
+    );
+    assert!(
+        summary.refunds.keys().any(|k| k.starts_with("succeeded"))
+            && summary.captures.keys().any(|k| k.starts_with("captured")),
+        "the run refunded and captured\n{report}"
     );
     assert!(summary.violations.is_empty(), "{report}");
 }

@@ -22,8 +22,8 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
-    /// Reconcile our payments (read from a replica) with Stripe for a time window. Exits 2
-    /// when there are discrepancies, so cron can alert on it.
+    /// Reconcile our payments and refunds (read from a replica) with Stripe for a time
+    /// window. Exits 2 when there are discrepancies, so cron can alert on it.
     Report(ReportArgs),
     /// Stored report runs, read from a replica: list them, re-render one, diff two.
     Reports {
@@ -62,7 +62,8 @@ struct ReportArgs {
     /// Write the report here instead of stdout.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
-    /// A payment pending longer than this is `stuck_pending`.
+    /// A payment (refund) pending longer than this is `stuck_pending`
+    /// (`refund_stuck_pending`); younger refunds on their way are not discrepancies.
     #[arg(long, default_value = "1h")]
     stuck_after: String,
     /// Stripe calls per second.

@@ -1,15 +1,17 @@
 //! `paystream report` on the real replicas and a stripe-sim of its own, seeded with one
-//! payment of every class by editing rows and Stripe's state behind the system's back.
+//! payment of every class (and refunds of several refund classes) by editing rows and
+//! Stripe's state behind the system's back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use paystream_core::gateway::{NewRefund, StripeGateway, refund_key};
 use paystream_core::{PaymentId, PaymentStatus};
 use paystream_db::payments::{self, Observation, Source};
 use paystream_testkit::Stack;
 use paystream_testkit::sim::{SIM_KEY, SimWorld};
-use serde_json::Value;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// One `paystream report` run: exit code, output, log and the stored run's id.
@@ -69,6 +71,91 @@ async fn edit(world: &SimWorld, sql: &str, id: Uuid) {
         .expect(sql);
 }
 
+/// A payment paid at Stripe and succeeded in our books, as after its webhook.
+async fn paid(world: &SimWorld) -> (Uuid, String) {
+    let (id, pi) = world.payment().await;
+    world.confirm(&pi, "pm_card_visa").await;
+    let obs = Observation {
+        status: PaymentStatus::Succeeded,
+        intent: None,
+        stripe_status: Some("succeeded"),
+        error: None,
+        source: Source::Webhook,
+        detail: None,
+        amount_received: None,
+    };
+    payments::apply_status(&world.primary, PaymentId::from_uuid(id), &obs)
+        .await
+        .unwrap();
+    (id, pi)
+}
+
+/// A refund of `pi` at Stripe naming `refund_id` in its metadata, as the API makes them.
+async fn stripe_refund(world: &SimWorld, pi: &str, refund_id: Uuid, amount: i64) -> String {
+    let id = refund_id.to_string();
+    let r = world
+        .stripe
+        .create_refund(&NewRefund {
+            refund_id: &id,
+            payment_intent: pi,
+            amount,
+            reason: None,
+            idempotency_key: &refund_key(&refund_id),
+        })
+        .await
+        .expect("create refund");
+    assert_eq!(r.stripe_status, "succeeded", "refunds settle at once here");
+    r.id
+}
+
+/// Our refund row as the pipeline would have left it, and the payment's refunded sum.
+async fn our_refund(
+    world: &SimWorld,
+    payment: Uuid,
+    id: Uuid,
+    amount: i64,
+    status: &str,
+    stripe_id: Option<&str>,
+) {
+    sqlx::query(
+        "INSERT INTO refunds (id, payment_id, requested_by, idempotency_key, amount, currency,
+                              status, stripe_refund_id, stripe_status, resolution_source, resolved_at)
+         VALUES ($1, $2, $3, 'test-refund-' || $1::text, $4, 'usd', $5::text, $6,
+                 CASE WHEN $5::text = 'pending' THEN NULL ELSE $5::text END,
+                 CASE WHEN $5::text = 'pending' THEN NULL ELSE 'webhook' END,
+                 CASE WHEN $5::text = 'pending' THEN NULL ELSE now() END)",
+    )
+    .bind(id)
+    .bind(payment)
+    .bind(Uuid::now_v7())
+    .bind(amount)
+    .bind(status)
+    .bind(stripe_id)
+    .execute(&world.db)
+    .await
+    .expect("insert refund");
+    edit(
+        world,
+        "UPDATE payments SET amount_refunded = (SELECT coalesce(sum(amount), 0) FROM refunds
+                                                WHERE payment_id = $1 AND status = 'succeeded')
+         WHERE id = $1",
+        payment,
+    )
+    .await;
+}
+
+/// What a refund finding is about: Stripe's refund for orphans, the payment for its
+/// refunded sum, else our refund.
+fn refund_subject(f: &Value) -> Option<String> {
+    let field = match f["class"].as_str()? {
+        "refund_orphan_at_stripe" => "stripe_refund_id",
+        "refunded_amount_mismatch" => "payment_id",
+        c if c.starts_with("refund_") => "refund_id",
+        _ => return None,
+    };
+    f[field].as_str().map(str::to_owned)
+}
+
 #[tokio::test]
 async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     let stack = Stack::get();
@@ -83,6 +170,7 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
         error: None,
         source: Source::Webhook,
         detail: None,
+        amount_received: None,
     };
     payments::apply_status(&world.primary, PaymentId::from_uuid(matched), &obs)
         .await
@@ -117,6 +205,116 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     // Created at Stripe for a payment id that has no row.
     let orphan = Uuid::now_v7();
     let orphan_pi = world.intent_for(orphan).await;
+
+    // Refunds. Stripe settles them at once here.
+    let mut sim_world: Value = world
+        .http
+        .get(format!("{}/_sim/world", world.sim))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    sim_world["refund_ms"] = json!(0);
+    world
+        .http
+        .put(format!("{}/_sim/world", world.sim))
+        .json(&sim_world)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("PUT /_sim/world");
+    // Agrees on both sides: no finding.
+    let (refunded_ok, pi) = paid(&world).await;
+    let refund_ok = Uuid::now_v7();
+    let re_ok = stripe_refund(&world, &pi, refund_ok, 500).await;
+    our_refund(
+        &world,
+        refunded_ok,
+        refund_ok,
+        500,
+        "succeeded",
+        Some(&re_ok),
+    )
+    .await;
+    // We hold a Stripe refund Stripe never made.
+    let (refund_missing_payment, _) = paid(&world).await;
+    let refund_missing = Uuid::now_v7();
+    let re_unknown = format!("re_unknown_{}", refund_missing.simple());
+    our_refund(
+        &world,
+        refund_missing_payment,
+        refund_missing,
+        700,
+        "pending",
+        Some(&re_unknown),
+    )
+    .await;
+    // Stripe gave back 500; our refund (and so the payment's refunded sum) says 600.
+    let (refund_amount_payment, pi) = paid(&world).await;
+    let refund_amount = Uuid::now_v7();
+    let re_amount = stripe_refund(&world, &pi, refund_amount, 500).await;
+    our_refund(
+        &world,
+        refund_amount_payment,
+        refund_amount,
+        600,
+        "succeeded",
+        Some(&re_amount),
+    )
+    .await;
+    // A Stripe refund naming a refund id we have no row for, on a payment of ours.
+    let (refund_orphan_payment, pi) = paid(&world).await;
+    let nobody = Uuid::now_v7();
+    let re_orphan = stripe_refund(&world, &pi, nobody, 300).await;
+    // A refund made at Stripe outside Paystream (no metadata) on a payment of ours.
+    let (refund_dashboard_payment, pi) = paid(&world).await;
+    let dashboard: Value = world
+        .http
+        .post(format!("{}/v1/refunds", world.sim))
+        .bearer_auth(SIM_KEY)
+        .form(&[("payment_intent", pi.as_str()), ("amount", "200")])
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("dashboard refund")
+        .json()
+        .await
+        .unwrap();
+    let re_dashboard = dashboard["id"].as_str().unwrap().to_owned();
+    let refund_payments: HashSet<String> = [
+        refunded_ok,
+        refund_missing_payment,
+        refund_amount_payment,
+        refund_orphan_payment,
+        refund_dashboard_payment,
+    ]
+    .iter()
+    .map(Uuid::to_string)
+    .collect();
+    let want_refunds: HashSet<(String, String)> = [
+        ("refund_missing_at_stripe", refund_missing.to_string()),
+        ("refund_amount_mismatch", refund_amount.to_string()),
+        (
+            "refunded_amount_mismatch",
+            refund_amount_payment.to_string(),
+        ),
+        ("refund_orphan_at_stripe", re_orphan.clone()),
+        (
+            "refunded_amount_mismatch",
+            refund_orphan_payment.to_string(),
+        ),
+        ("refund_orphan_at_stripe", re_dashboard.clone()),
+        (
+            "refunded_amount_mismatch",
+            refund_dashboard_payment.to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(c, s)| (c.to_owned(), s))
+    .collect();
+
     let (stuck, _) = world.payment().await;
     edit(&world, "UPDATE payments SET created_at = now() - interval '2 hours', version = version + 1 WHERE id = $1", stuck).await;
 
@@ -195,6 +393,75 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
     );
     assert!(v["resolved_by"]["webhook"].as_u64() >= Some(1));
 
+    // Exactly the seeded refund findings, and the matched refund in none.
+    let seeded_stripe: HashSet<&str> =
+        [re_ok.as_str(), re_orphan.as_str(), re_dashboard.as_str()].into();
+    let refund_findings: Vec<&Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| refund_subject(f).is_some())
+        .filter(|f| {
+            f["payment_id"]
+                .as_str()
+                .is_some_and(|p| refund_payments.contains(p))
+                || f["stripe_refund_id"]
+                    .as_str()
+                    .is_some_and(|s| seeded_stripe.contains(s))
+        })
+        .collect();
+    let found_refunds: HashSet<(String, String)> = refund_findings
+        .iter()
+        .map(|f| {
+            (
+                f["class"].as_str().unwrap().to_owned(),
+                refund_subject(f).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        (found_refunds.len(), &found_refunds),
+        (refund_findings.len(), &want_refunds),
+        "exactly the seeded refund classes, once each: {refund_findings:#?}"
+    );
+    let finding = |class: &str, subject: &str| {
+        *refund_findings
+            .iter()
+            .find(|f| f["class"] == class && refund_subject(f).as_deref() == Some(subject))
+            .unwrap()
+    };
+    let f = finding("refund_amount_mismatch", &refund_amount.to_string());
+    assert_eq!(
+        (&f["ours"], &f["stripe"], &f["stripe_refund_id"]),
+        (&json!("600 usd"), &json!("500 usd"), &json!(re_amount))
+    );
+    let f = finding(
+        "refunded_amount_mismatch",
+        &refund_amount_payment.to_string(),
+    );
+    assert_eq!(
+        (&f["ours"], &f["stripe"]),
+        (&json!("600 usd"), &json!("500 usd"))
+    );
+    let f = finding("refund_orphan_at_stripe", &re_orphan);
+    assert_eq!(
+        (&f["refund_id"], &f["payment_id"]),
+        (
+            &json!(nobody.to_string()),
+            &json!(refund_orphan_payment.to_string())
+        )
+    );
+    assert_eq!(
+        finding("refund_missing_at_stripe", &refund_missing.to_string())["ours"],
+        re_unknown.as_str()
+    );
+    assert!(
+        v["counts"]["refund_matched"].as_u64() >= Some(1),
+        "{}",
+        v["counts"]
+    );
+    assert!(v["refunds"].as_u64() >= Some(3) && v["stripe_refunds"].as_u64() >= Some(4));
+
     let Run {
         code,
         stdout: csv,
@@ -210,6 +477,19 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
         );
     }
     assert!(!csv.contains(&matched.to_string()));
+    for (class, subject) in &want_refunds {
+        assert!(
+            csv.lines()
+                .any(|l| l.starts_with(&format!("{class},")) && l.contains(subject.as_str())),
+            "{class} {subject} in CSV"
+        );
+    }
+    assert!(
+        csv.lines().any(|l| l.starts_with("refund_amount_mismatch,")
+            && l.ends_with(&format!(",{refund_amount},{re_amount}"))),
+        "the refund ids close the CSV line"
+    );
+    assert!(!csv.contains(&refund_ok.to_string()) && !csv.contains(&re_ok));
     let Run {
         code,
         stdout: table,
@@ -225,6 +505,15 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
         );
     }
     assert!(table.contains("matched"), "{table}");
+    for (class, subject) in &want_refunds {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(class.as_str()) && l.contains(subject.as_str())),
+            "{class} {subject} in the table"
+        );
+    }
+    assert!(table.contains("refund_matched"), "{table}");
 
     // --repair fixes exactly the status mismatch, as an operator change.
     let log = report(stack, &world, "json", &["--repair"]).await.log;

@@ -5,6 +5,7 @@
 use std::future::Future;
 
 use crate::money::Money;
+use crate::refund::{CaptureMethod, RefundReason, RefundStatus};
 use crate::status::PaymentStatus;
 
 /// The Stripe idempotency key of a payment's PaymentIntent, derived from our payment id:
@@ -14,6 +15,12 @@ use crate::status::PaymentStatus;
 /// first (by then the search index has long had the first intent).
 pub fn intent_key(payment_id: &impl std::fmt::Display) -> String {
     format!("paystream-create-{payment_id}")
+}
+
+/// The Stripe idempotency key of a refund, derived from our refund id: the API and the
+/// reconciler (sending a refund the API never managed to) can never make two at Stripe.
+pub fn refund_key(refund_id: &impl std::fmt::Display) -> String {
+    format!("paystream-refund-{refund_id}")
 }
 
 /// A fresh Stripe idempotency key for one cancel attempt. Cancelling twice is harmless
@@ -35,6 +42,7 @@ pub struct NewIntent<'a> {
     pub money: Money,
     pub description: Option<&'a str>,
     pub receipt_email: Option<&'a str>,
+    pub capture_method: CaptureMethod,
     /// Sent as Stripe's `Idempotency-Key`: a retry can never create a second intent.
     pub idempotency_key: &'a str,
 }
@@ -51,6 +59,10 @@ pub struct IntentView {
     pub client_secret: Option<String>,
     pub last_error: Option<String>,
     pub created: i64,
+    /// What a manual-capture intent holds and may still capture (`requires_capture`).
+    pub amount_capturable: i64,
+    /// What Stripe took: the amount, or less after a partial capture.
+    pub amount_received: i64,
 }
 
 impl IntentView {
@@ -58,6 +70,47 @@ impl IntentView {
     pub fn status(&self) -> Option<PaymentStatus> {
         PaymentStatus::from_stripe(&self.stripe_status)
     }
+}
+
+/// A refund to create at Stripe for one of our refunds.
+#[derive(Debug, Clone)]
+pub struct NewRefund<'a> {
+    /// Our refund id, stored as `metadata.refund_id` so the refund can be found again.
+    pub refund_id: &'a str,
+    pub payment_intent: &'a str,
+    pub amount: i64,
+    pub reason: Option<RefundReason>,
+    /// `refund_key(refund_id)`: a retry can never refund twice.
+    pub idempotency_key: &'a str,
+}
+
+/// What Paystream reads of a Stripe refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundView {
+    pub id: String,
+    /// Stripe's status: `pending`, `requires_action`, `succeeded`, `failed`, `canceled`.
+    pub stripe_status: String,
+    pub amount: i64,
+    pub currency: String,
+    pub payment_intent: Option<String>,
+    /// Our refund id, from `metadata.refund_id`.
+    pub refund_id: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created: i64,
+}
+
+impl RefundView {
+    /// Our status for it; `None` for a status this code does not know (never guessed).
+    pub fn status(&self) -> Option<RefundStatus> {
+        RefundStatus::from_stripe(&self.stripe_status)
+    }
+}
+
+/// A page of Stripe's refund list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundPage {
+    pub data: Vec<RefundView>,
+    pub has_more: bool,
 }
 
 /// A page of Stripe's intent list.
@@ -157,6 +210,39 @@ pub trait StripeGateway: Send + Sync {
         &self,
         payment_id: &str,
     ) -> impl Future<Output = Result<Option<IntentView>, GatewayError>> + Send;
+
+    /// Captures a `requires_capture` intent: all of it, or `amount` (the rest is released).
+    fn capture_intent(
+        &self,
+        id: &str,
+        amount: Option<i64>,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<IntentView, GatewayError>> + Send;
+
+    fn create_refund(
+        &self,
+        req: &NewRefund<'_>,
+    ) -> impl Future<Output = Result<RefundView, GatewayError>> + Send;
+
+    fn retrieve_refund(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<RefundView, GatewayError>> + Send;
+
+    /// Every refund of an intent (newest first), to find one whose id we never stored.
+    fn list_refunds(
+        &self,
+        payment_intent: &str,
+    ) -> impl Future<Output = Result<Vec<RefundView>, GatewayError>> + Send;
+
+    /// One page (up to 100, newest first) of the refunds created in
+    /// `[created_gte, created_lt)` (unix seconds), after `starting_after`.
+    fn list_refunds_created(
+        &self,
+        created_gte: i64,
+        created_lt: i64,
+        starting_after: Option<&str>,
+    ) -> impl Future<Output = Result<RefundPage, GatewayError>> + Send;
 }
 
 #[cfg(test)]
@@ -191,6 +277,8 @@ mod tests {
             client_secret: None,
             last_error: None,
             created: 0,
+            amount_capturable: 0,
+            amount_received: 0,
         };
         assert_eq!(v.status(), Some(PaymentStatus::Pending));
         v.stripe_status = "succeeded".into();

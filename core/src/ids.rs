@@ -60,6 +60,10 @@ typed_id!(
     /// An API client: the owner of payments and keys.
     ClientId
 );
+typed_id!(
+    /// A refund, ours (never Stripe's refund id).
+    RefundId
+);
 
 #[cfg(test)]
 mod tests {

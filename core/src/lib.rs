@@ -5,10 +5,15 @@ pub mod gateway;
 pub mod ids;
 pub mod money;
 pub mod ratelimit;
+pub mod refund;
 pub mod status;
 
-pub use gateway::{GatewayError, IntentPage, IntentView, NewIntent, StripeGateway};
-pub use ids::{ClientId, PaymentId};
+pub use gateway::{
+    GatewayError, IntentPage, IntentView, NewIntent, NewRefund, RefundPage, RefundView,
+    StripeGateway,
+};
+pub use ids::{ClientId, PaymentId, RefundId};
 pub use money::{Currency, Money, MoneyError};
 pub use ratelimit::TokenBucket;
+pub use refund::{CaptureMethod, RefundReason, RefundStatus};
 pub use status::{PaymentStatus, StatusError, Transition};

@@ -1,7 +1,8 @@
-//! Keeps the hourly rollups in step with `payments`, on the primary. Each run recomputes,
-//! whole, every hour holding a payment changed since the previous run, in one transaction:
-//! readers on the replicas see an hour either before or after, never half-made. Their
-//! reads are in `replica::analytics`.
+//! Keeps the hourly rollups in step with `payments` and `refunds`, on the primary. Each
+//! run recomputes, whole, every hour holding a payment changed since the previous run (or
+//! a payment whose refunds changed: refunds count in their payment's hour), in one
+//! transaction: readers on the replicas see an hour either before or after, never
+//! half-made. Their reads are in `replica::analytics`.
 
 use std::time::Duration;
 
@@ -14,7 +15,11 @@ use crate::{DbError, Primary};
 pub const GRACE: Duration = Duration::from_secs(60);
 
 /// The tables a refresh rewrites, hour by hour.
-const ROLLUPS: [&str; 2] = ["analytics_hourly", "analytics_resolution_hourly"];
+const ROLLUPS: [&str; 3] = [
+    "analytics_hourly",
+    "analytics_resolution_hourly",
+    "analytics_money_hourly",
+];
 
 /// One instance refreshes at a time; the others skip their turn.
 const LOCK_KEY: i64 = 0x7073_5f61_6e61_6c79; // "ps_analy"
@@ -44,8 +49,12 @@ pub async fn refresh(primary: &Primary, full: bool) -> Result<Option<Refreshed>,
     let hours: Vec<DateTime<Utc>> = match since {
         Some(since) => {
             let hours = sqlx::query_scalar(
-                "SELECT DISTINCT date_trunc('hour', created_at, 'UTC') FROM payments
-                 WHERE updated_at >= $1 - make_interval(secs => $2)",
+                "SELECT date_trunc('hour', created_at, 'UTC') FROM payments
+                 WHERE updated_at >= $1 - make_interval(secs => $2)
+                 UNION
+                 SELECT date_trunc('hour', p.created_at, 'UTC') FROM refunds r
+                 JOIN payments p ON p.id = r.payment_id
+                 WHERE r.updated_at >= $1 - make_interval(secs => $2)",
             )
             .bind(since)
             .bind(GRACE.as_secs_f64())
@@ -90,6 +99,24 @@ pub async fn refresh(primary: &Primary, full: bool) -> Result<Option<Refreshed>,
              JOIN payments p ON p.created_at >= h AND p.created_at < h + interval '1 hour'
              WHERE p.resolved_at IS NOT NULL
              GROUP BY 1, 2, 3",
+        )
+        .bind(&hours)
+        .execute(&mut *tx)
+        .await?;
+        // Gross is what was captured; refunds count in their payment's hour.
+        sqlx::query(
+            "INSERT INTO analytics_money_hourly
+                    (hour, currency, payments, captured, refunded_payments, refunds, refunded)
+             SELECT h, p.currency, count(*), sum(coalesce(p.amount_captured, p.amount))::bigint,
+                    count(*) FILTER (WHERE r.n > 0), sum(r.n)::bigint, coalesce(sum(r.amount), 0)::bigint
+             FROM unnest($1::timestamptz[]) h
+             JOIN payments p ON p.status = 'succeeded'
+                            AND p.created_at >= h AND p.created_at < h + interval '1 hour'
+             CROSS JOIN LATERAL (
+                 SELECT count(*) AS n, sum(amount) AS amount FROM refunds
+                 WHERE payment_id = p.id AND status = 'succeeded'
+             ) r
+             GROUP BY 1, 2",
         )
         .bind(&hours)
         .execute(&mut *tx)

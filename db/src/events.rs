@@ -1,22 +1,42 @@
 //! Stripe's events as we received them (`stripe_events`): each stored once by its id and
 //! applied through the guarded status path in the same transaction.
 
-use paystream_core::PaymentId;
+use paystream_core::{PaymentId, RefundId};
 use serde_json::Value;
 use sqlx::PgConnection;
 
 use crate::payments::{self, Applied, Observation, Source};
+use crate::refunds::{self, RefundApplied, RefundObservation};
 use crate::{DbError, Primary};
-use paystream_core::PaymentStatus;
+use paystream_core::{PaymentStatus, RefundStatus};
 
-/// What an event says about one of our PaymentIntents.
+/// What an event says, about one of our PaymentIntents or one of our refunds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reading {
+pub enum Reading {
+    Intent(IntentReading),
+    Refund(RefundReading),
+}
+
+/// What an event says about a PaymentIntent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentReading {
     pub intent_id: String,
     pub payment_id: Option<PaymentId>,
     pub stripe_status: String,
     pub status: PaymentStatus,
     pub error: Option<String>,
+    /// What Stripe took (after a capture, possibly less than the amount).
+    pub amount_received: Option<i64>,
+}
+
+/// What an event says about a Stripe refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundReading {
+    pub stripe_refund_id: String,
+    pub refund_id: Option<RefundId>,
+    pub stripe_status: String,
+    pub status: RefundStatus,
+    pub failure_reason: Option<String>,
 }
 
 /// How an event reached us.
@@ -53,9 +73,8 @@ pub struct Received<'a> {
 pub enum Outcome {
     /// Seen before (same event id): nothing done.
     Duplicate,
-    /// Changed our payment's status (always from `pending`: the transition table allows
-    /// no other change but an overturn).
-    Applied { to: PaymentStatus },
+    /// Changed our payment's or refund's status.
+    Applied,
     /// Our payment already said so (or only Stripe's finer status was refreshed).
     Unchanged,
     /// Our payment is final and this (late) event says otherwise: not written.
@@ -72,7 +91,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Duplicate => "duplicate",
-            Outcome::Applied { .. } => "applied",
+            Outcome::Applied => "applied",
             Outcome::Unchanged => "unchanged",
             Outcome::Stale => "stale",
             Outcome::Unmatched => "unmatched",
@@ -90,7 +109,10 @@ pub async fn process(db: &Primary, e: &Received<'_>) -> Result<Outcome, DbError>
     )
     .bind(e.id)
     .bind(e.kind)
-    .bind(e.reading.as_ref().map(|r| r.intent_id.as_str()))
+    .bind(match &e.reading {
+        Some(Reading::Intent(r)) => Some(r.intent_id.as_str()),
+        _ => None,
+    })
     .bind(e.payload)
     .bind(e.via.as_str())
     .bind(e.stripe_created)
@@ -110,41 +132,21 @@ async fn apply(
     event_id: &str,
     reading: Option<&Reading>,
 ) -> Result<Outcome, DbError> {
-    let (outcome, payment_id) = match reading {
-        None => (Outcome::Ignored, None),
-        Some(r) => match payments::find_for_intent(tx, &r.intent_id, r.payment_id).await? {
-            // Every intent we create carries our payment id: one without it is another
-            // integration's on the same account, and will never match.
-            None if r.payment_id.is_none() => (Outcome::Ignored, None),
-            None => (Outcome::Unmatched, None),
-            Some(pid) => {
-                let obs = Observation {
-                    status: r.status,
-                    intent: Some(&r.intent_id),
-                    stripe_status: Some(&r.stripe_status),
-                    error: r.error.as_deref(),
-                    source: Source::Webhook,
-                    detail: Some(serde_json::json!({"event": event_id})),
-                };
-                let o = match payments::apply_status_in(tx, pid, &obs).await? {
-                    Applied::Changed(_) | Applied::Overturned(_) => {
-                        Outcome::Applied { to: r.status }
-                    }
-                    Applied::Unchanged(_) => Outcome::Unchanged,
-                    Applied::Conflict(_) => Outcome::Stale,
-                    // The payment took another intent between the lookup and the lock:
-                    // retried like an unmatched event, `orphaned` (and reported) if it
-                    // never matches.
-                    Applied::ForeignIntent(_) | Applied::NotFound => Outcome::Unmatched,
-                };
-                (o, Some(pid))
-            }
-        },
+    let (outcome, payment_id, refund_id) = match reading {
+        None => (Outcome::Ignored, None, None),
+        Some(Reading::Intent(r)) => {
+            let (o, p) = apply_intent(tx, event_id, r).await?;
+            (o, p, None)
+        }
+        Some(Reading::Refund(r)) => {
+            let (o, refund) = apply_refund(tx, event_id, r).await?;
+            (o, None, refund)
+        }
     };
     // An unmatched event is tried again after 1 s, 2 s, 4 s... at most MAX_BACKOFF apart:
     // events that will never match drift to the back of the line instead of pinning it.
     sqlx::query(
-        "UPDATE stripe_events SET outcome = $2, payment_id = $3, processed_at = now(),
+        "UPDATE stripe_events SET outcome = $2, payment_id = $3, refund_id = $5, processed_at = now(),
                 attempts = attempts + ($2 = 'unmatched')::int,
                 next_attempt_at = CASE WHEN $2 = 'unmatched'
                     THEN now() + least(interval '1 second' * power(2, least(attempts, 20)), $4::bigint * interval '1 second')
@@ -155,9 +157,78 @@ async fn apply(
     .bind(outcome.as_str())
     .bind(payment_id.map(PaymentId::as_uuid))
     .bind(MAX_BACKOFF_SECS)
+    .bind(refund_id.map(RefundId::as_uuid))
     .execute(&mut *tx)
     .await?;
     Ok(outcome)
+}
+
+async fn apply_intent(
+    tx: &mut PgConnection,
+    event_id: &str,
+    r: &IntentReading,
+) -> Result<(Outcome, Option<PaymentId>), DbError> {
+    let Some(pid) = payments::find_for_intent(tx, &r.intent_id, r.payment_id).await? else {
+        // Every intent we create carries our payment id: one without it is another
+        // integration's on the same account, and will never match.
+        let o = if r.payment_id.is_none() {
+            Outcome::Ignored
+        } else {
+            Outcome::Unmatched
+        };
+        return Ok((o, None));
+    };
+    let obs = Observation {
+        status: r.status,
+        intent: Some(&r.intent_id),
+        stripe_status: Some(&r.stripe_status),
+        error: r.error.as_deref(),
+        source: Source::Webhook,
+        detail: Some(serde_json::json!({"event": event_id})),
+        amount_received: r.amount_received,
+    };
+    let o = match payments::apply_status_in(tx, pid, &obs).await? {
+        Applied::Changed(_) | Applied::Overturned(_) => Outcome::Applied,
+        Applied::Unchanged(_) => Outcome::Unchanged,
+        Applied::Conflict(_) => Outcome::Stale,
+        // The payment took another intent between the lookup and the lock: retried like
+        // an unmatched event, `orphaned` (and reported) if it never matches.
+        Applied::ForeignIntent(_) | Applied::NotFound => Outcome::Unmatched,
+    };
+    Ok((o, Some(pid)))
+}
+
+async fn apply_refund(
+    tx: &mut PgConnection,
+    event_id: &str,
+    r: &RefundReading,
+) -> Result<(Outcome, Option<RefundId>), DbError> {
+    let Some(id) = refunds::find_for_stripe_refund(tx, &r.stripe_refund_id, r.refund_id).await?
+    else {
+        // Every refund we create carries our refund id: one without it was made in
+        // Stripe's dashboard or by another integration.
+        let o = if r.refund_id.is_none() {
+            Outcome::Ignored
+        } else {
+            Outcome::Unmatched
+        };
+        return Ok((o, None));
+    };
+    let obs = RefundObservation {
+        status: r.status,
+        stripe_refund: Some(&r.stripe_refund_id),
+        stripe_status: Some(&r.stripe_status),
+        failure_reason: r.failure_reason.as_deref(),
+        source: Source::Webhook,
+        detail: Some(serde_json::json!({"event": event_id})),
+    };
+    let o = match refunds::apply_status_in(tx, id, &obs).await? {
+        RefundApplied::Changed(_) | RefundApplied::Overturned(_) => Outcome::Applied,
+        RefundApplied::Unchanged(_) => Outcome::Unchanged,
+        RefundApplied::Conflict(_) => Outcome::Stale,
+        RefundApplied::ForeignRefund(_) | RefundApplied::NotFound => Outcome::Unmatched,
+    };
+    Ok((o, Some(id)))
 }
 
 /// The longest wait between two tries of an unmatched event.

@@ -6,7 +6,8 @@
 //! was taken over by a retry) can do neither, so it never overwrites the holder's work.
 //! A cancel takes the same lease, so it never runs beside a create of its payment.
 
-use paystream_core::{ClientId, PaymentId};
+use paystream_core::{ClientId, PaymentId, RefundId};
+use sqlx::PgConnection;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -43,6 +44,7 @@ pub enum Begin {
 struct KeyRow {
     request_hash: Vec<u8>,
     payment_id: Option<Uuid>,
+    refund_id: Option<Uuid>,
     locked: bool,
     response_status: Option<i16>,
     response_body: Option<Value>,
@@ -52,83 +54,172 @@ fn millis(lease: Duration) -> i64 {
     i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Claims `key` for this request for `lease` (a crashed request frees it after that).
-pub async fn begin(
-    db: &Primary,
-    new: &NewPayment<'_>,
+/// What claiming a key found, before anything is created for it.
+#[derive(Debug)]
+pub enum Claim {
+    /// A new key: this request holds it (inside the caller's transaction).
+    New(Lease),
+    /// The first request with this key finished: replay its response.
+    Replay { status: u16, body: Value },
+    /// The first request stopped before a final outcome: this request holds the key now,
+    /// and resumes the row it made (if it made one).
+    Resume {
+        lease: Lease,
+        payment_id: Option<PaymentId>,
+        refund_id: Option<RefundId>,
+    },
+    /// The same key came with a different request (or for another endpoint).
+    Mismatch,
+    /// Another request is working on this key right now.
+    InFlight,
+}
+
+/// Claims `key` for a request whose identity is `request_hash`, for `lease` (a crashed
+/// request frees it after that), inside the caller's transaction: the caller commits the
+/// claim with whatever it creates, or rolls both back.
+pub(crate) async fn claim_in(
+    tx: &mut PgConnection,
+    client_id: ClientId,
+    key: &str,
     request_hash: &[u8],
     lease: Duration,
-) -> Result<Begin, DbError> {
-    let token = Uuid::now_v7();
+) -> Result<Claim, DbError> {
     let held = Lease {
-        client_id: new.client_id,
-        key: new.idempotency_key.to_owned(),
-        token,
+        client_id,
+        key: key.to_owned(),
+        token: Uuid::now_v7(),
     };
-    let mut tx = db.pool().begin().await?;
     // Concurrent requests with one key queue on this insert; the losers see the winner's row.
     let claimed = sqlx::query(
         "INSERT INTO idempotency_keys (client_id, idempotency_key, request_hash, locked_until, lease_token)
          VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond', $5)
          ON CONFLICT DO NOTHING",
     )
-    .bind(new.client_id.as_uuid())
-    .bind(new.idempotency_key)
+    .bind(client_id.as_uuid())
+    .bind(key)
     .bind(request_hash)
     .bind(millis(lease))
-    .bind(token)
+    .bind(held.token)
     .execute(&mut *tx)
     .await?
     .rows_affected()
         == 1;
     if claimed {
-        let id = PaymentId::generate();
-        let payment = payments::insert_pending(&mut tx, id, new).await?;
-        sqlx::query("UPDATE idempotency_keys SET payment_id = $3 WHERE client_id = $1 AND idempotency_key = $2")
-            .bind(new.client_id.as_uuid())
-            .bind(new.idempotency_key)
-            .bind(id.as_uuid())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        return Ok(Begin::Created(payment, held));
+        return Ok(Claim::New(held));
     }
     let row: KeyRow = sqlx::query_as(
-        "SELECT request_hash, payment_id, coalesce(locked_until > now(), false) AS locked, response_status, response_body
+        "SELECT request_hash, payment_id, refund_id, coalesce(locked_until > now(), false) AS locked, response_status, response_body
          FROM idempotency_keys WHERE client_id = $1 AND idempotency_key = $2 FOR UPDATE",
     )
-    .bind(new.client_id.as_uuid())
-    .bind(new.idempotency_key)
+    .bind(client_id.as_uuid())
+    .bind(key)
     .fetch_one(&mut *tx)
     .await?;
     if row.request_hash != request_hash {
-        return Ok(Begin::Mismatch);
+        return Ok(Claim::Mismatch);
     }
     if let (Some(status), Some(body)) = (row.response_status, row.response_body) {
         let status = u16::try_from(status)
             .map_err(|_| DbError::Corrupt(format!("response status {status}")))?;
-        return Ok(Begin::Replay { status, body });
+        return Ok(Claim::Replay { status, body });
     }
     if row.locked {
-        return Ok(Begin::InFlight);
+        return Ok(Claim::InFlight);
     }
-    let payment_id = row
-        .payment_id
-        .map(PaymentId::from_uuid)
-        .ok_or_else(|| DbError::Corrupt("idempotency key without payment".into()))?;
-    relock(&mut tx, &held, lease).await?;
-    let payment = payments::get_in(&mut *tx, new.client_id, payment_id)
-        .await?
-        .ok_or_else(|| DbError::Corrupt("idempotency key points to a missing payment".into()))?;
-    tx.commit().await?;
-    Ok(Begin::Resume(payment, held))
+    relock(&mut *tx, &held, lease).await?;
+    Ok(Claim::Resume {
+        lease: held,
+        payment_id: row.payment_id.map(PaymentId::from_uuid),
+        refund_id: row.refund_id.map(RefundId::from_uuid),
+    })
 }
 
-async fn relock(
-    tx: &mut sqlx::PgConnection,
+/// Claims a key for a request that creates no row of its own (a capture), in its own
+/// transaction.
+pub async fn claim(
+    db: &Primary,
+    client_id: ClientId,
+    key: &str,
+    request_hash: &[u8],
+    lease: Duration,
+) -> Result<Claim, DbError> {
+    let mut tx = db.pool().begin().await?;
+    let claim = claim_in(&mut tx, client_id, key, request_hash, lease).await?;
+    tx.commit().await?;
+    Ok(claim)
+}
+
+/// Records the refund a key's request created, in the transaction that created it.
+pub(crate) async fn link_refund(
+    tx: &mut PgConnection,
     lease: &Lease,
-    duration: Duration,
+    refund_id: RefundId,
 ) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET refund_id = $3 WHERE client_id = $1 AND idempotency_key = $2",
+    )
+    .bind(lease.client_id.as_uuid())
+    .bind(&lease.key)
+    .bind(refund_id.as_uuid())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Claims `key` for a payment create (a crashed request frees it after `lease`): the key
+/// and the pending payment are committed together.
+pub async fn begin(
+    db: &Primary,
+    new: &NewPayment<'_>,
+    request_hash: &[u8],
+    lease: Duration,
+) -> Result<Begin, DbError> {
+    let mut tx = db.pool().begin().await?;
+    let claim = claim_in(
+        &mut tx,
+        new.client_id,
+        new.idempotency_key,
+        request_hash,
+        lease,
+    )
+    .await?;
+    let begin = match claim {
+        Claim::New(held) => {
+            let id = PaymentId::generate();
+            let payment = payments::insert_pending(&mut tx, id, new).await?;
+            sqlx::query("UPDATE idempotency_keys SET payment_id = $3 WHERE client_id = $1 AND idempotency_key = $2")
+                .bind(new.client_id.as_uuid())
+                .bind(new.idempotency_key)
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await?;
+            Begin::Created(payment, held)
+        }
+        Claim::Replay { status, body } => Begin::Replay { status, body },
+        Claim::Mismatch => Begin::Mismatch,
+        Claim::InFlight => Begin::InFlight,
+        Claim::Resume {
+            lease,
+            payment_id,
+            refund_id: _,
+        } => {
+            // A key that made a refund, not a payment, cannot have this payment request's
+            // hash; this guards against a corrupt row all the same.
+            let payment_id = payment_id
+                .ok_or_else(|| DbError::Corrupt("idempotency key without payment".into()))?;
+            let payment = payments::get_in(&mut *tx, new.client_id, payment_id)
+                .await?
+                .ok_or_else(|| {
+                    DbError::Corrupt("idempotency key points to a missing payment".into())
+                })?;
+            Begin::Resume(payment, lease)
+        }
+    };
+    tx.commit().await?;
+    Ok(begin)
+}
+
+async fn relock(tx: &mut PgConnection, lease: &Lease, duration: Duration) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE idempotency_keys SET locked_until = now() + $3::bigint * interval '1 millisecond', lease_token = $4
          WHERE client_id = $1 AND idempotency_key = $2",

@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod keys;
 pub mod payments;
 mod pool;
+pub mod refunds;
 pub mod replica;
 pub mod runs;
 

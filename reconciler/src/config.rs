@@ -38,6 +38,33 @@ pub struct KafkaConfig {
     /// Where undecodable CDC records go, whole.
     #[serde(default = "default_dead_letter_topic")]
     pub dead_letter_topic: String,
+    /// Debezium's topic of the refunds table (named like the payments topic).
+    #[serde(default = "default_refund_cdc_topic")]
+    pub refund_cdc_topic: String,
+    #[serde(default = "default_refund_status_topic")]
+    pub refund_status_topic: String,
+    #[serde(default = "default_refund_dead_letter_topic")]
+    pub refund_dead_letter_topic: String,
+}
+
+impl KafkaConfig {
+    /// The refund worker's consumer group: its own, so that its partitions and offsets
+    /// never mix with the payment worker's.
+    pub fn refund_group_id(&self) -> String {
+        format!("{}-refunds", self.group_id)
+    }
+}
+
+fn default_refund_cdc_topic() -> String {
+    "dbserver1.public.refunds".into()
+}
+
+fn default_refund_status_topic() -> String {
+    "refund-status-update".into()
+}
+
+fn default_refund_dead_letter_topic() -> String {
+    "dbserver1.public.refunds.dead-letter".into()
 }
 
 fn default_group() -> String {
@@ -105,6 +132,14 @@ impl Default for PollConfig {
 }
 
 impl PollConfig {
+    /// The rules of refund polls: the payments' schedule, without an age limit (a refund
+    /// is Stripe's to finish, however long it takes; ours only ever follows).
+    pub fn refund_rules(&self) -> Rules {
+        let mut rules = self.rules();
+        rules.schedule.expire_after = Duration::from_secs(100 * 365 * 24 * 3600);
+        rules
+    }
+
     pub fn rules(&self) -> Rules {
         Rules {
             schedule: Schedule {

@@ -156,6 +156,7 @@ struct Source {
     ts_ms: i64,
 }
 
+/// Debezium's envelope, for any table whose rows have a `status` (payments, refunds).
 #[derive(Deserialize)]
 struct Envelope {
     before: Option<BeforeJson>,
@@ -186,11 +187,39 @@ struct RowJson {
     attention: Option<String>,
 }
 
-pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, DecodeError> {
+/// One Debezium record of a table with an `id` key and a `status` column, its row read
+/// as `R`: what the payments' and the refunds' decoders share.
+pub(crate) enum Record<R> {
+    Upsert {
+        row: R,
+        before_status: Option<String>,
+        snapshot: bool,
+        lsn: i64,
+        commit_ts_ms: i64,
+    },
+    Delete {
+        id: Uuid,
+        lsn: i64,
+        commit_ts_ms: i64,
+    },
+    Tombstone {
+        id: Uuid,
+    },
+}
+
+/// A row that names its own id, checked against the record's key.
+pub(crate) trait Keyed: serde::de::DeserializeOwned {
+    fn id(&self) -> Uuid;
+}
+
+pub(crate) fn decode_record<R: Keyed>(
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<Record<R>, DecodeError> {
     let key: Key = serde_json::from_slice(key.ok_or(DecodeError::NoKey)?)
         .map_err(|e| DecodeError::BadKey(e.to_string()))?;
     let Some(value) = value else {
-        return Ok(Change::Tombstone { id: key.id });
+        return Ok(Record::Tombstone { id: key.id });
     };
     let env: Envelope =
         serde_json::from_slice(value).map_err(|e| DecodeError::BadEnvelope(e.to_string()))?;
@@ -199,14 +228,46 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, Decode
             let after = env
                 .after
                 .ok_or_else(|| DecodeError::BadEnvelope(format!("op {} without after", env.op)))?;
-            let r: RowJson = serde_json::from_value(after)
+            let row: R = serde_json::from_value(after)
                 .map_err(|e| DecodeError::BadEnvelope(e.to_string()))?;
-            if r.id != key.id {
+            if row.id() != key.id {
                 return Err(DecodeError::BadEnvelope(
                     "key and row disagree on the id".into(),
                 ));
             }
-            let row = PaymentRow {
+            Ok(Record::Upsert {
+                row,
+                before_status: env.before.and_then(|b| b.status),
+                snapshot: env.op == "r",
+                lsn: env.source.lsn,
+                commit_ts_ms: env.source.ts_ms,
+            })
+        }
+        "d" => Ok(Record::Delete {
+            id: key.id,
+            lsn: env.source.lsn,
+            commit_ts_ms: env.source.ts_ms,
+        }),
+        other => Err(DecodeError::UnknownOp(other.to_owned())),
+    }
+}
+
+impl Keyed for RowJson {
+    fn id(&self) -> Uuid {
+        self.id
+    }
+}
+
+pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, DecodeError> {
+    Ok(match decode_record::<RowJson>(key, value)? {
+        Record::Upsert {
+            row: r,
+            before_status,
+            snapshot,
+            lsn,
+            commit_ts_ms,
+        } => Change::Upsert {
+            row: PaymentRow {
                 id: r.id,
                 status: r.status,
                 stripe_payment_intent_id: r.stripe_payment_intent_id,
@@ -217,22 +278,23 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, Decode
                 version: r.version,
                 resolution_source: r.resolution_source,
                 flagged: r.attention.is_some(),
-            };
-            Ok(Change::Upsert {
-                row,
-                before_status: env.before.and_then(|b| b.status),
-                snapshot: env.op == "r",
-                lsn: env.source.lsn,
-                commit_ts_ms: env.source.ts_ms,
-            })
-        }
-        "d" => Ok(Change::Delete {
-            id: key.id,
-            lsn: env.source.lsn,
-            commit_ts_ms: env.source.ts_ms,
-        }),
-        other => Err(DecodeError::UnknownOp(other.to_owned())),
-    }
+            },
+            before_status,
+            snapshot,
+            lsn,
+            commit_ts_ms,
+        },
+        Record::Delete {
+            id,
+            lsn,
+            commit_ts_ms,
+        } => Change::Delete {
+            id,
+            lsn,
+            commit_ts_ms,
+        },
+        Record::Tombstone { id } => Change::Tombstone { id },
+    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod output;
 pub mod partition;
 pub mod poll;
 pub mod recovery;
+pub mod refunds;
 pub mod schedule;
 pub mod source;
 pub mod state;

@@ -11,7 +11,7 @@ use paystream_core::PaymentStatus;
 use uuid::Uuid;
 
 pub const SCHEMA_JSON: &str = include_str!("../../schemas/payment_status_update.avsc");
-const MAGIC: [u8; 2] = [0xC3, 0x01];
+pub(crate) const MAGIC: [u8; 2] = [0xC3, 0x01];
 const SYMBOLS: [PaymentStatus; 3] = [
     PaymentStatus::Succeeded,
     PaymentStatus::Failed,
@@ -47,7 +47,7 @@ pub struct StatusUpdate {
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("{0} is not a final status: only final transitions are published")]
-    NotFinal(PaymentStatus),
+    NotFinal(String),
     #[error("not a single-object Avro message of this schema")]
     WrongHeader,
     #[error("avro: {0}")]
@@ -56,7 +56,7 @@ pub enum OutputError {
     Shape,
 }
 
-fn optional(v: &Option<String>) -> Value {
+pub(crate) fn optional(v: &Option<String>) -> Value {
     match v {
         None => Value::Union(0, Box::new(Value::Null)),
         Some(s) => Value::Union(1, Box::new(Value::String(s.clone()))),
@@ -71,7 +71,7 @@ pub fn encode(u: &StatusUpdate) -> Result<Vec<u8>, OutputError> {
     let index = SYMBOLS
         .iter()
         .position(|s| *s == u.status)
-        .ok_or(OutputError::NotFinal(u.status))?;
+        .ok_or_else(|| OutputError::NotFinal(u.status.to_string()))?;
     let record = Value::Record(vec![
         ("payment_id".into(), Value::Uuid(u.payment_id)),
         (
@@ -110,45 +110,62 @@ pub fn decode(bytes: &[u8]) -> Result<StatusUpdate, OutputError> {
     let Value::Record(fields) = from_avro_datum(&SCHEMA, &mut &bytes[header..], None)? else {
         return Err(OutputError::Shape);
     };
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    let long = |name: &str| match field(name) {
-        Some(Value::Long(v)) | Some(Value::TimestampMillis(v)) => Ok(v),
-        _ => Err(OutputError::Shape),
-    };
-    let text = |v: Option<Value>| match v {
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(Value::Union(_, inner)) => match *inner {
-            Value::String(s) => Ok(Some(s)),
-            Value::Null => Ok(None),
-            _ => Err(OutputError::Shape),
-        },
-        _ => Err(OutputError::Shape),
-    };
-    let payment_id = match field("payment_id") {
-        Some(Value::Uuid(u)) => u,
-        Some(Value::String(s)) => Uuid::parse_str(&s).map_err(|_| OutputError::Shape)?,
-        _ => return Err(OutputError::Shape),
-    };
-    let status = match field("status") {
+    let f = Fields(fields);
+    let status = match f.get("status") {
         Some(Value::Enum(i, _)) => *SYMBOLS.get(i as usize).ok_or(OutputError::Shape)?,
         _ => return Err(OutputError::Shape),
     };
     Ok(StatusUpdate {
-        payment_id,
+        payment_id: f.uuid("payment_id")?,
         status,
-        amount: long("amount")?,
-        currency: text(field("currency"))?.ok_or(OutputError::Shape)?,
-        stripe_payment_intent_id: text(field("stripe_payment_intent_id"))?,
-        resolution_source: text(field("resolution_source"))?,
-        version: long("version")?,
-        source_lsn: long("source_lsn")?,
-        committed_at_ms: long("committed_at")?,
+        amount: f.long("amount")?,
+        currency: f.text("currency")?.ok_or(OutputError::Shape)?,
+        stripe_payment_intent_id: f.text("stripe_payment_intent_id")?,
+        resolution_source: f.text("resolution_source")?,
+        version: f.long("version")?,
+        source_lsn: f.long("source_lsn")?,
+        committed_at_ms: f.long("committed_at")?,
     })
+}
+
+/// A decoded record's fields, read by name and type.
+pub(crate) struct Fields(pub(crate) Vec<(String, Value)>);
+
+impl Fields {
+    pub(crate) fn get(&self, name: &str) -> Option<Value> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub(crate) fn long(&self, name: &str) -> Result<i64, OutputError> {
+        match self.get(name) {
+            Some(Value::Long(v)) | Some(Value::TimestampMillis(v)) => Ok(v),
+            _ => Err(OutputError::Shape),
+        }
+    }
+
+    /// A string, or an optional one (`["null", "string"]`).
+    pub(crate) fn text(&self, name: &str) -> Result<Option<String>, OutputError> {
+        match self.get(name) {
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::Union(_, inner)) => match *inner {
+                Value::String(s) => Ok(Some(s)),
+                Value::Null => Ok(None),
+                _ => Err(OutputError::Shape),
+            },
+            _ => Err(OutputError::Shape),
+        }
+    }
+
+    pub(crate) fn uuid(&self, name: &str) -> Result<Uuid, OutputError> {
+        match self.get(name) {
+            Some(Value::Uuid(u)) => Ok(u),
+            Some(Value::String(s)) => Uuid::parse_str(&s).map_err(|_| OutputError::Shape),
+            _ => Err(OutputError::Shape),
+        }
+    }
 }
 
 #[cfg(test)]

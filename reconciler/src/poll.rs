@@ -153,7 +153,11 @@ async fn poll_once<G: StripeGateway>(
     let Some(status) = intent.status() else {
         return Ok(Outcome::UnknownStatus(intent.stripe_status));
     };
-    if status.is_final() || !expired {
+    // An authorization the customer gave waits for our capture for as long as Stripe
+    // holds it (7 days for cards, then Stripe cancels it): our own age limit is for
+    // payments nobody paid, never for money waiting to be captured.
+    let awaiting_capture = intent.stripe_status == "requires_capture";
+    if status.is_final() || !expired || awaiting_capture {
         return apply(db, id, status, &intent, Source::Poll).await;
     }
     // Past its age limit and still open at Stripe: cancel it there first, so Stripe and we
@@ -259,6 +263,7 @@ async fn intent_of_orphan<G: StripeGateway>(
                 money,
                 description: row.description.as_deref(),
                 receipt_email: row.customer_email.as_deref(),
+                capture_method: row.capture_method,
                 idempotency_key: &intent_key(&id),
             };
             match stripe.create_intent(&req).await {

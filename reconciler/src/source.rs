@@ -23,6 +23,8 @@ pub enum Rebalanced {
 /// and drops state in its own loop) and reports consumer lag from librdkafka's stats.
 pub struct SourceContext {
     topic: String,
+    /// The consumer-lag gauge this consumer reports.
+    lag_gauge: &'static str,
     metrics: Arc<Metrics>,
     rebalances: Mutex<Vec<Rebalanced>>,
 }
@@ -57,7 +59,7 @@ impl ClientContext for SourceContext {
             // -1 is librdkafka's internal "unassigned" partition; lag -1 means unknown yet.
             if *p >= 0 && s.consumer_lag >= 0 {
                 self.metrics.set_gauge(
-                    "reconciler_consumer_lag",
+                    self.lag_gauge,
                     "messages of the CDC topic not yet consumed, per partition",
                     &[("partition", &p.to_string())],
                     s.consumer_lag,
@@ -79,7 +81,7 @@ impl ConsumerContext for SourceContext {
                 tracing::info!(partitions = ?ps, "partitions revoked");
                 for p in &ps {
                     self.metrics
-                        .remove_gauge("reconciler_consumer_lag", &[("partition", &p.to_string())]);
+                        .remove_gauge(self.lag_gauge, &[("partition", &p.to_string())]);
                 }
                 self.record(Rebalanced::Revoked(ps));
             }
@@ -138,18 +140,50 @@ impl Rejoin {
     }
 }
 
+/// The payment worker's consumer of the payments CDC topic.
 pub fn consumer(
     cfg: &KafkaConfig,
     metrics: Arc<Metrics>,
 ) -> rdkafka::error::KafkaResult<CdcConsumer> {
+    consumer_of(
+        cfg,
+        &cfg.group_id,
+        &cfg.cdc_topic,
+        "reconciler_consumer_lag",
+        metrics,
+    )
+}
+
+/// The refund worker's consumer of the refunds CDC topic, in a group of its own.
+pub fn refund_consumer(
+    cfg: &KafkaConfig,
+    metrics: Arc<Metrics>,
+) -> rdkafka::error::KafkaResult<CdcConsumer> {
+    consumer_of(
+        cfg,
+        &cfg.refund_group_id(),
+        &cfg.refund_cdc_topic,
+        "reconciler_refund_consumer_lag",
+        metrics,
+    )
+}
+
+fn consumer_of(
+    cfg: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    lag_gauge: &'static str,
+    metrics: Arc<Metrics>,
+) -> rdkafka::error::KafkaResult<CdcConsumer> {
     let ctx = SourceContext {
-        topic: cfg.cdc_topic.clone(),
+        topic: topic.to_owned(),
+        lag_gauge,
         metrics,
         rebalances: Mutex::new(Vec::new()),
     };
     let consumer: CdcConsumer = ClientConfig::new()
         .set("bootstrap.servers", &cfg.brokers)
-        .set("group.id", &cfg.group_id)
+        .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
@@ -162,7 +196,7 @@ pub fn consumer(
         .set("heartbeat.interval.ms", "1000")
         .set("statistics.interval.ms", "2000")
         .create_with_context(ctx)?;
-    consumer.subscribe(&[&cfg.cdc_topic])?;
+    consumer.subscribe(&[topic])?;
     Ok(consumer)
 }
 

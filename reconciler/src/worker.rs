@@ -68,6 +68,15 @@ pub enum WorkerError {
     NoRecord { partition: i32, offset: i64 },
 }
 
+impl WorkerError {
+    /// Whether starting the worker again cannot help: a run of undecodable records would
+    /// only be read, and dead-lettered, again. Everything else (a lost broker, a replica
+    /// that lags) a fresh start from the committed offsets mends.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, WorkerError::Undecodable(_))
+    }
+}
+
 impl From<Halt> for WorkerError {
     fn from(h: Halt) -> Self {
         match h {
@@ -119,6 +128,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
         replica: ReplicaDb,
         stripe: Arc<G>,
         metrics: Arc<Metrics>,
+        budget: engine::StripeBudget,
     ) -> Result<Self, WorkerError> {
         Ok(Worker {
             kafka: cfg.kafka.clone(),
@@ -128,7 +138,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
             stripe,
             metrics,
             sink: Sink::new(&cfg.kafka)?,
-            engine: Engine::new(cfg.poll, Instant::now()),
+            engine: Engine::with_budget(cfg.poll, budget),
             in_flight: InFlight::default(),
         })
     }

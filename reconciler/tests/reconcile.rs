@@ -436,6 +436,26 @@ async fn a_poll_applies_stripes_final_status_and_expiry_cancels_at_stripe_first(
         "canceled at Stripe too"
     );
 
+    // An authorization waiting for our capture is not ours to expire: Stripe holds it
+    // for 7 days, then cancels it itself, and the poll follows.
+    let (held, pi) = world
+        .payment_with(paystream_core::CaptureMethod::Manual)
+        .await;
+    world.confirm(&pi, "pm_card_visa").await;
+    let out = poll_at(&world, &target(held, &pi, old), now).await;
+    assert_eq!(out, Outcome::Pending, "past our age limit, still held");
+    assert_eq!(world.stripe_status(&pi).await, "requires_capture");
+    world.advance_clock(7 * 24 * 3600 + 60).await;
+    let out = poll_at(&world, &target(held, &pi, old), now).await;
+    assert_eq!(
+        out,
+        Outcome::Resolved {
+            to: PaymentStatus::Canceled,
+            source: Source::Poll
+        },
+        "Stripe dropped the authorization"
+    );
+
     // The customer pays just before the expiry's cancel: the success wins.
     let (raced, pi) = world.payment().await;
     world.confirm(&pi, "pm_card_visa").await;

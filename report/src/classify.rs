@@ -1,15 +1,18 @@
 //! The heart of a reconciliation report: every payment of a window, ours and Stripe's,
-//! put in exactly one class. Pure: the loaders fetch, this decides.
+//! put in exactly one class, and so is every refund (`classify_refunds`). Pure: the
+//! loaders fetch, this decides.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use paystream_core::{IntentView, PaymentId, PaymentStatus};
+use paystream_core::{IntentView, PaymentId, PaymentStatus, RefundId, RefundStatus, RefundView};
 use paystream_db::payments::{Attention, Source};
 use serde::{Deserialize, Serialize};
 
 /// Our side of a payment, as the replica has it.
 pub use paystream_db::replica::PaymentRow as Ours;
+/// Our side of a refund, and of a payment whose refunds are checked.
+pub use paystream_db::replica::{RefundRow as OursRefund, RefundedPayment};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,10 +36,33 @@ pub enum Class {
     /// A webhook event naming a payment of ours that never matched one within the age
     /// bound (`ours` is the event id, `stripe` its type).
     OrphanedEvent,
+    /// A refund of ours that agrees with Stripe's (or is young and on its way).
+    RefundMatched,
+    /// Ours and Stripe's status of a linked refund differ (ours `pending` while Stripe's
+    /// is final is in flight, not a mismatch, within the stuck threshold).
+    RefundStatusMismatch,
+    /// Ours and Stripe's amount (or currency) of a linked refund differ.
+    RefundAmountMismatch,
+    /// We hold a Stripe refund id Stripe does not know, or a refund is pending with no
+    /// Stripe refund past the stuck threshold (or says succeeded with none).
+    RefundMissingAtStripe,
+    /// A Stripe refund whose `metadata.refund_id` names no refund of ours (or one that
+    /// holds another Stripe refund), or on one of our PaymentIntents with no refund of
+    /// ours pointing to it.
+    RefundOrphanAtStripe,
+    /// Pending, at Stripe too, longer than the SLA.
+    RefundStuckPending,
+    /// A refund flagged for an operator (it failed after it had succeeded, Stripe does
+    /// not know it, or says a status we do not know): listed, whatever its window, until
+    /// cleared.
+    RefundNeedsAttention,
+    /// A payment whose `amount_refunded` differs from the sum of its succeeded refunds at
+    /// Stripe (`ours` and `stripe` are the two sums).
+    RefundedAmountMismatch,
 }
 
 impl Class {
-    pub const ALL: [Class; 10] = [
+    pub const ALL: [Class; 18] = [
         Class::Matched,
         Class::StatusMismatch,
         Class::AmountMismatch,
@@ -47,6 +73,14 @@ impl Class {
         Class::ChargedAfterCancel,
         Class::NeedsAttention,
         Class::OrphanedEvent,
+        Class::RefundMatched,
+        Class::RefundStatusMismatch,
+        Class::RefundAmountMismatch,
+        Class::RefundMissingAtStripe,
+        Class::RefundOrphanAtStripe,
+        Class::RefundStuckPending,
+        Class::RefundNeedsAttention,
+        Class::RefundedAmountMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,7 +95,35 @@ impl Class {
             Class::ChargedAfterCancel => "charged_after_cancel",
             Class::NeedsAttention => "needs_attention",
             Class::OrphanedEvent => "orphaned_event",
+            Class::RefundMatched => "refund_matched",
+            Class::RefundStatusMismatch => "refund_status_mismatch",
+            Class::RefundAmountMismatch => "refund_amount_mismatch",
+            Class::RefundMissingAtStripe => "refund_missing_at_stripe",
+            Class::RefundOrphanAtStripe => "refund_orphan_at_stripe",
+            Class::RefundStuckPending => "refund_stuck_pending",
+            Class::RefundNeedsAttention => "refund_needs_attention",
+            Class::RefundedAmountMismatch => "refunded_amount_mismatch",
         }
+    }
+
+    /// Whether this class is a discrepancy (every class but the two `matched` ones).
+    pub fn is_discrepancy(self) -> bool {
+        !matches!(self, Class::Matched | Class::RefundMatched)
+    }
+
+    /// Whether a finding of this class is about one refund (its `refund_id` or
+    /// `stripe_refund_id` names it) rather than a payment.
+    pub fn is_refund(self) -> bool {
+        matches!(
+            self,
+            Class::RefundMatched
+                | Class::RefundStatusMismatch
+                | Class::RefundAmountMismatch
+                | Class::RefundMissingAtStripe
+                | Class::RefundOrphanAtStripe
+                | Class::RefundStuckPending
+                | Class::RefundNeedsAttention
+        )
     }
 
     /// Classes listed whatever the report's window (what waits for an operator): they can
@@ -69,7 +131,10 @@ impl Class {
     pub fn outlives_windows(self) -> bool {
         matches!(
             self,
-            Class::ChargedAfterCancel | Class::NeedsAttention | Class::OrphanedEvent
+            Class::ChargedAfterCancel
+                | Class::NeedsAttention
+                | Class::OrphanedEvent
+                | Class::RefundNeedsAttention
         )
     }
 
@@ -94,6 +159,12 @@ pub struct Finding {
     /// What an operator should do about it, when that is not obvious from the class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The refund of ours a refund finding is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<RefundId>,
+    /// Stripe's refund a refund finding is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe_refund_id: Option<String>,
 }
 
 /// Nearest-rank percentiles of time from creation to resolution, in milliseconds.
@@ -118,7 +189,7 @@ impl Classified {
     pub fn discrepancies(&self) -> u64 {
         self.counts
             .iter()
-            .filter(|(c, _)| **c != Class::Matched)
+            .filter(|(c, _)| c.is_discrepancy())
             .map(|(_, n)| n)
             .sum()
     }
@@ -214,6 +285,8 @@ pub fn classify(
                 stripe: stripe_says,
                 created_at: Some(p.created_at),
                 note: p.attention.map(|a| a.action().to_owned()),
+                refund_id: None,
+                stripe_refund_id: None,
             });
         }
     }
@@ -233,6 +306,8 @@ pub fn classify(
             stripe: Some(i.stripe_status.clone()),
             created_at: DateTime::from_timestamp(i.created, 0),
             note: None,
+            refund_id: None,
+            stripe_refund_id: None,
         });
     }
 
@@ -249,6 +324,194 @@ pub fn classify(
         resolved_by,
         time_to_resolution,
     }
+}
+
+/// Classifies refunds into `c`: each of `ours` (our refunds checked, see
+/// `replica::refund_books`) in exactly one refund class, each Stripe refund of `theirs`
+/// that says it is ours (`metadata.refund_id`) or sits on one of `payments`' intents and
+/// that no refund of ours claims as one orphan, and each of `payments` whose
+/// `amount_refunded` differs from the sum of its succeeded refunds at Stripe as one
+/// `refunded_amount_mismatch`.
+///
+/// Young refunds in flight (ours `pending`, Stripe's final, within `stuck_after`) are
+/// neither a status mismatch nor counted in Stripe's sum: ours has not heard yet.
+pub fn classify_refunds(
+    c: &mut Classified,
+    ours: &[OursRefund],
+    theirs: &[RefundView],
+    payments: &[RefundedPayment],
+    now: DateTime<Utc>,
+    stuck_after: chrono::Duration,
+) {
+    // A refund listed twice (the window's list and an intent's) is one refund.
+    let mut seen: HashSet<&str> = HashSet::new();
+    let theirs: Vec<&RefundView> = theirs.iter().filter(|s| seen.insert(&s.id)).collect();
+    let by_id: HashMap<&str, &RefundView> = theirs.iter().map(|s| (s.id.as_str(), *s)).collect();
+    let mut by_ours: HashMap<&str, &RefundView> = HashMap::new();
+    for s in &theirs {
+        if let Some(rid) = s.refund_id.as_deref() {
+            by_ours.entry(rid).or_insert(s);
+        }
+    }
+    let ours_by_id: HashMap<String, &OursRefund> =
+        ours.iter().map(|r| (r.id.to_string(), r)).collect();
+    let our_intents: HashMap<&str, &RefundedPayment> = payments
+        .iter()
+        .filter_map(|p| p.intent.as_deref().map(|pi| (pi, p)))
+        .collect();
+    let mut claimed: HashSet<&str> = HashSet::new();
+    let mut in_flight: HashSet<&str> = HashSet::new();
+    let add = |c: &mut Classified, class: Class, f: Option<Finding>| {
+        *c.counts.entry(class).or_default() += 1;
+        c.findings.extend(f);
+    };
+
+    for r in ours {
+        let rid = r.id.to_string();
+        // The API may have died before storing Stripe's id: the metadata links it.
+        let stripe = match &r.stripe_refund_id {
+            Some(id) => by_id.get(id.as_str()).copied(),
+            None => by_ours.get(rid.as_str()).copied(),
+        };
+        if let Some(s) = stripe {
+            claimed.insert(s.id.as_str());
+        }
+        let old = now - r.created_at > stuck_after;
+        let status = r.status.as_str().to_owned();
+        let (class, ours_says, stripe_says) = match stripe {
+            _ if r.attention.is_some() => (
+                Class::RefundNeedsAttention,
+                Some(status),
+                stripe.map(|s| s.stripe_status.clone()),
+            ),
+            None if r.stripe_refund_id.is_some() => (
+                Class::RefundMissingAtStripe,
+                r.stripe_refund_id.clone(),
+                None,
+            ),
+            None if (r.status == RefundStatus::Pending && old)
+                || r.status == RefundStatus::Succeeded =>
+            {
+                (Class::RefundMissingAtStripe, Some(status), None)
+            }
+            // Young and not sent yet, or refused before Stripe made one: nothing to see.
+            None => (Class::RefundMatched, None, None),
+            Some(s) if s.amount != r.amount || s.currency != r.currency => (
+                Class::RefundAmountMismatch,
+                Some(format!("{} {}", r.amount, r.currency)),
+                Some(format!("{} {}", s.amount, s.currency)),
+            ),
+            Some(s) => match s.status() {
+                Some(st) if st == r.status && st == RefundStatus::Pending && old => (
+                    Class::RefundStuckPending,
+                    Some(status),
+                    Some(s.stripe_status.clone()),
+                ),
+                Some(st) if st == r.status => (Class::RefundMatched, None, None),
+                Some(st) if r.status == RefundStatus::Pending && st.is_final() && !old => {
+                    in_flight.insert(s.id.as_str());
+                    (Class::RefundMatched, None, None)
+                }
+                _ => (
+                    Class::RefundStatusMismatch,
+                    Some(status),
+                    Some(s.stripe_status.clone()),
+                ),
+            },
+        };
+        let finding = (class != Class::RefundMatched).then(|| Finding {
+            class,
+            payment_id: Some(r.payment_id),
+            intent_id: r
+                .intent
+                .clone()
+                .or_else(|| stripe.and_then(|s| s.payment_intent.clone())),
+            ours: ours_says,
+            stripe: stripe_says,
+            created_at: Some(r.created_at),
+            note: r.attention.map(|a| a.action().to_owned()),
+            refund_id: Some(r.id),
+            stripe_refund_id: stripe
+                .map(|s| s.id.clone())
+                .or_else(|| r.stripe_refund_id.clone()),
+        });
+        add(c, class, finding);
+    }
+
+    for s in &theirs {
+        if claimed.contains(s.id.as_str()) {
+            continue;
+        }
+        let named = s.refund_id.as_deref().and_then(|id| ours_by_id.get(id));
+        let payment = s
+            .payment_intent
+            .as_deref()
+            .and_then(|pi| our_intents.get(pi));
+        // Only refunds that say they are ours or refund our payments: others on the
+        // account are not our books.
+        if s.refund_id.is_none() && payment.is_none() {
+            continue;
+        }
+        let note = match (named, s.refund_id.as_deref()) {
+            (Some(r), _) => Some(format!(
+                "a second Stripe refund for refund {} (which holds {})",
+                r.id,
+                r.stripe_refund_id.as_deref().unwrap_or("none")
+            )),
+            (None, Some(_)) => Some("its metadata.refund_id names no refund of ours".to_owned()),
+            (None, None) => {
+                Some("made outside Paystream (no metadata.refund_id): in Stripe's dashboard or by another system".to_owned())
+            }
+        };
+        add(
+            c,
+            Class::RefundOrphanAtStripe,
+            Some(Finding {
+                class: Class::RefundOrphanAtStripe,
+                payment_id: payment
+                    .map(|p| p.id)
+                    .or_else(|| named.map(|r| r.payment_id)),
+                intent_id: s.payment_intent.clone(),
+                ours: None,
+                stripe: Some(format!("{} {} {}", s.stripe_status, s.amount, s.currency)),
+                created_at: DateTime::from_timestamp(s.created, 0),
+                note,
+                refund_id: s.refund_id.as_deref().and_then(|id| id.parse().ok()),
+                stripe_refund_id: Some(s.id.clone()),
+            }),
+        );
+    }
+
+    for p in payments {
+        let at_stripe: i64 = p.intent.as_deref().map_or(0, |pi| {
+            theirs
+                .iter()
+                .filter(|s| s.payment_intent.as_deref() == Some(pi))
+                .filter(|s| s.status() == Some(RefundStatus::Succeeded))
+                .filter(|s| !in_flight.contains(s.id.as_str()))
+                .map(|s| s.amount)
+                .sum()
+        });
+        if at_stripe == p.amount_refunded {
+            continue;
+        }
+        add(
+            c,
+            Class::RefundedAmountMismatch,
+            Some(Finding {
+                class: Class::RefundedAmountMismatch,
+                payment_id: Some(p.id),
+                intent_id: p.intent.clone(),
+                ours: Some(format!("{} {}", p.amount_refunded, p.currency)),
+                stripe: Some(format!("{at_stripe} {}", p.currency)),
+                created_at: Some(p.created_at),
+                note: None,
+                refund_id: None,
+                stripe_refund_id: None,
+            }),
+        );
+    }
+    c.findings.sort_by_key(|f| (f.class, f.created_at));
 }
 
 /// Payments created and resolved in one slice of the window.
@@ -296,6 +559,7 @@ pub fn timeline(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use paystream_db::refunds::RefundAttention;
     use proptest::prelude::*;
 
     fn t0() -> DateTime<Utc> {
@@ -326,7 +590,77 @@ mod tests {
             client_secret: None,
             last_error: None,
             created: t0().timestamp(),
+            amount_capturable: 0,
+            amount_received: payment.amount,
         }
+    }
+
+    /// A refund of ours of 500 usd on its own intent, created at `t0`.
+    fn refund(status: &str, stripe_id: Option<&str>) -> OursRefund {
+        let id = RefundId::generate();
+        let final_ = status != "pending";
+        OursRefund {
+            id,
+            payment_id: PaymentId::generate(),
+            intent: Some(format!("pi_for_{}", id.as_uuid().simple())),
+            stripe_refund_id: stripe_id.map(str::to_owned),
+            status: status.parse().unwrap(),
+            amount: 500,
+            currency: "usd".into(),
+            created_at: t0(),
+            resolved_at: final_.then(|| t0() + chrono::Duration::seconds(2)),
+            resolution_source: final_.then_some(Source::Webhook),
+            attention: None,
+        }
+    }
+
+    /// Stripe's side of `r`, linked by `metadata.refund_id`.
+    fn stripe_refund(id: &str, status: &str, r: &OursRefund) -> RefundView {
+        RefundView {
+            id: id.into(),
+            stripe_status: status.into(),
+            amount: r.amount,
+            currency: r.currency.clone(),
+            payment_intent: r.intent.clone(),
+            refund_id: Some(r.id.to_string()),
+            failure_reason: None,
+            created: r.created_at.timestamp(),
+        }
+    }
+
+    fn refunded(intent: &str, amount_refunded: i64) -> RefundedPayment {
+        RefundedPayment {
+            id: PaymentId::generate(),
+            intent: Some(intent.into()),
+            currency: "usd".into(),
+            created_at: t0(),
+            amount_refunded,
+        }
+    }
+
+    /// The refund classes found, `refund_matched` included once per matched refund.
+    fn refund_classes(
+        o: &[OursRefund],
+        t: &[RefundView],
+        p: &[RefundedPayment],
+        now_after_s: i64,
+    ) -> (Vec<Class>, Classified) {
+        let mut c = classify(&[], &[], t0(), chrono::Duration::hours(1));
+        classify_refunds(
+            &mut c,
+            o,
+            t,
+            p,
+            t0() + chrono::Duration::seconds(now_after_s),
+            chrono::Duration::hours(1),
+        );
+        let mut classes: Vec<Class> = c.findings.iter().map(|f| f.class).collect();
+        classes.extend(std::iter::repeat_n(
+            Class::RefundMatched,
+            c.counts[&Class::RefundMatched] as usize,
+        ));
+        classes.sort();
+        (classes, c)
     }
 
     fn class_of(o: &[Ours], t: &[IntentView], now_after_s: i64) -> Vec<Class> {
@@ -447,6 +781,248 @@ mod tests {
             [(1, 0), (0, 1), (1, 0)]
         );
         assert_eq!(b[1].start, t0() + chrono::Duration::hours(1));
+    }
+
+    #[test]
+    fn every_refund_class() {
+        let ok = refund("succeeded", Some("re_ok"));
+        let status = refund("failed", Some("re_status"));
+        let amount = refund("succeeded", Some("re_amount"));
+        let missing = refund("pending", Some("re_missing"));
+        let unsent = refund("pending", None);
+        let stuck = refund("pending", Some("re_stuck"));
+        let mut flagged = refund("failed", Some("re_flagged"));
+        flagged.attention = Some(RefundAttention::FailedAfterSuccess);
+        // Stored no Stripe id (the API died), found through the metadata.
+        let unlinked = refund("succeeded", None);
+        let refused = refund("failed", None);
+        let mut t = vec![
+            stripe_refund("re_ok", "succeeded", &ok),
+            stripe_refund("re_status", "succeeded", &status),
+            RefundView {
+                amount: 499,
+                ..stripe_refund("re_amount", "succeeded", &amount)
+            },
+            stripe_refund("re_stuck", "requires_action", &stuck),
+            stripe_refund("re_flagged", "failed", &flagged),
+            stripe_refund("re_unlinked", "succeeded", &unlinked),
+        ];
+        // Says it is ours; no refund of ours has that id.
+        let stranger = refund("succeeded", None);
+        t.push(stripe_refund("re_orphan", "succeeded", &stranger));
+        // On one of our payments, made outside Paystream.
+        let ours_pi = refunded("pi_ours", 0);
+        t.push(RefundView {
+            payment_intent: Some("pi_ours".into()),
+            refund_id: None,
+            amount: 300,
+            ..stripe_refund("re_dashboard", "succeeded", &stranger)
+        });
+        // Not ours at all: another system's refund on another intent.
+        t.push(RefundView {
+            payment_intent: Some("pi_elsewhere".into()),
+            refund_id: None,
+            ..stripe_refund("re_elsewhere", "succeeded", &stranger)
+        });
+        let o = [
+            ok, status, amount, missing, unsent, stuck, flagged, unlinked, refused,
+        ];
+        let (got, c) = refund_classes(&o, &t, std::slice::from_ref(&ours_pi), 7200);
+        assert_eq!(
+            got,
+            [
+                Class::RefundMatched,
+                Class::RefundMatched,
+                Class::RefundMatched,
+                Class::RefundStatusMismatch,
+                Class::RefundAmountMismatch,
+                Class::RefundMissingAtStripe,
+                Class::RefundMissingAtStripe,
+                Class::RefundOrphanAtStripe,
+                Class::RefundOrphanAtStripe,
+                Class::RefundStuckPending,
+                Class::RefundNeedsAttention,
+                Class::RefundedAmountMismatch,
+            ]
+        );
+        assert_eq!(c.discrepancies(), 9, "refund_matched is no discrepancy");
+        let find = |class: Class, stripe_id: &str| {
+            c.findings
+                .iter()
+                .find(|f| f.class == class && f.stripe_refund_id.as_deref() == Some(stripe_id))
+                .unwrap_or_else(|| panic!("{class:?} {stripe_id}: {:#?}", c.findings))
+        };
+        let f = find(Class::RefundAmountMismatch, "re_amount");
+        assert_eq!(
+            (f.ours.as_deref(), f.stripe.as_deref(), f.refund_id),
+            (Some("500 usd"), Some("499 usd"), Some(o[2].id))
+        );
+        let f = find(Class::RefundStatusMismatch, "re_status");
+        assert_eq!(
+            (f.ours.as_deref(), f.stripe.as_deref()),
+            (Some("failed"), Some("succeeded"))
+        );
+        assert_eq!(
+            find(Class::RefundMissingAtStripe, "re_missing")
+                .ours
+                .as_deref(),
+            Some("re_missing")
+        );
+        assert!(
+            c.findings
+                .iter()
+                .any(|f| f.class == Class::RefundMissingAtStripe
+                    && f.refund_id == Some(o[4].id)
+                    && f.stripe_refund_id.is_none()),
+            "pending with no Stripe refund past the threshold"
+        );
+        assert_eq!(
+            find(Class::RefundStuckPending, "re_stuck")
+                .stripe
+                .as_deref(),
+            Some("requires_action")
+        );
+        let f = find(Class::RefundNeedsAttention, "re_flagged");
+        assert_eq!(
+            f.note.as_deref(),
+            Some(RefundAttention::FailedAfterSuccess.action())
+        );
+        let f = find(Class::RefundOrphanAtStripe, "re_orphan");
+        assert_eq!(f.refund_id, Some(stranger.id));
+        let f = find(Class::RefundOrphanAtStripe, "re_dashboard");
+        assert_eq!(
+            (f.payment_id, f.intent_id.as_deref(), f.refund_id),
+            (Some(ours_pi.id), Some("pi_ours"), None)
+        );
+        let f = c
+            .findings
+            .iter()
+            .find(|f| f.class == Class::RefundedAmountMismatch)
+            .unwrap();
+        assert_eq!(
+            (f.payment_id, f.ours.as_deref(), f.stripe.as_deref()),
+            (Some(ours_pi.id), Some("0 usd"), Some("300 usd"))
+        );
+        assert!(
+            !c.findings
+                .iter()
+                .any(|f| f.stripe_refund_id.as_deref() == Some("re_elsewhere")),
+            "refunds of intents not ours are not our books"
+        );
+    }
+
+    #[test]
+    fn young_refunds_in_flight_are_no_discrepancy_until_the_threshold() {
+        // Ours pending while Stripe is final: the webhook or poll has not landed yet.
+        let done = refund("pending", Some("re_done"));
+        let failed = refund("pending", Some("re_failed"));
+        let unsent = refund("pending", None);
+        let waiting = refund("pending", Some("re_waiting"));
+        let t = [
+            stripe_refund("re_done", "succeeded", &done),
+            stripe_refund("re_failed", "failed", &failed),
+            stripe_refund("re_waiting", "pending", &waiting),
+        ];
+        let intent = done.intent.clone().unwrap();
+        let p = [refunded(&intent, 0)];
+        let o = [done, failed, unsent, waiting];
+        let (young, c) = refund_classes(&o, &t, &p, 60);
+        assert_eq!(young, [Class::RefundMatched; 4], "{:#?}", c.findings);
+        let (old, _) = refund_classes(&o, &t, &p, 7200);
+        assert_eq!(
+            old,
+            [
+                Class::RefundStatusMismatch,
+                Class::RefundStatusMismatch,
+                Class::RefundMissingAtStripe,
+                Class::RefundStuckPending,
+                Class::RefundedAmountMismatch,
+            ],
+            "past the threshold, a succeeded refund we still call pending is missing from amount_refunded"
+        );
+    }
+
+    #[test]
+    fn each_payments_refunded_sum_is_checked_against_stripes() {
+        // Agrees: 500 succeeded on both sides, 200 in flight (not counted on either side),
+        // a failed one counted on neither, listed twice at Stripe.
+        let a1 = refund("succeeded", Some("re_a1"));
+        let mut a2 = refund("pending", Some("re_a2"));
+        let mut a3 = refund("failed", Some("re_a3"));
+        a2.intent = a1.intent.clone();
+        a3.intent = a1.intent.clone();
+        a2.amount = 200;
+        a2.created_at = t0() + chrono::Duration::minutes(119);
+        // Disagrees: we say 700 went back, Stripe says 500 (one of ours failed there).
+        let b1 = refund("succeeded", Some("re_b1"));
+        let mut b2 = refund("succeeded", Some("re_b2"));
+        b2.intent = b1.intent.clone();
+        b2.amount = 200;
+        let t = [
+            stripe_refund("re_a1", "succeeded", &a1),
+            stripe_refund("re_a1", "succeeded", &a1),
+            stripe_refund("re_a2", "succeeded", &a2),
+            stripe_refund("re_a3", "failed", &a3),
+            stripe_refund("re_b1", "succeeded", &b1),
+            stripe_refund("re_b2", "failed", &b2),
+        ];
+        let mut no_intent = refunded("-", 0);
+        no_intent.intent = None;
+        let p = [
+            refunded(a1.intent.as_deref().unwrap(), 500),
+            refunded(b1.intent.as_deref().unwrap(), 700),
+            no_intent,
+        ];
+        let (got, c) = refund_classes(&[a1, a2, a3, b1, b2], &t, &p, 7200);
+        assert_eq!(
+            got,
+            [
+                Class::RefundMatched,
+                Class::RefundMatched,
+                Class::RefundMatched,
+                Class::RefundMatched,
+                Class::RefundStatusMismatch,
+                Class::RefundedAmountMismatch,
+            ],
+            "{:#?}",
+            c.findings
+        );
+        let f = c.findings.last().unwrap();
+        assert_eq!(
+            (f.payment_id, f.ours.as_deref(), f.stripe.as_deref()),
+            (Some(p[1].id), Some("700 usd"), Some("500 usd"))
+        );
+    }
+
+    proptest! {
+        /// Every refund of ours lands in exactly one refund class, whatever either side
+        /// says; orphans and refunded sums are counted on their own.
+        #[test]
+        fn each_refund_is_counted_once(refunds in proptest::collection::vec((0_usize..4, 0_usize..6, 0_usize..3, any::<bool>(), 0i64..3), 0..30), now_s in 0i64..10_000) {
+            let names = ["pending", "succeeded", "failed", "canceled"];
+            let stripe = ["pending", "succeeded", "failed", "canceled", "requires_action", "mystery"];
+            let mut o = Vec::new();
+            let mut t = Vec::new();
+            for (n, (ours_s, stripe_s, link, same_amount, age_h)) in refunds.iter().enumerate() {
+                let id = format!("re_{n}");
+                let mut r = refund(names[*ours_s], (*link == 0).then_some(id.as_str()));
+                r.created_at = t0() - chrono::Duration::hours(*age_h);
+                let mut s = stripe_refund(&id, stripe[*stripe_s], &r);
+                if !same_amount {
+                    s.amount += 1;
+                }
+                if *link != 2 {
+                    t.push(s);
+                }
+                o.push(r);
+            }
+            let mut c = classify(&[], &[], t0(), chrono::Duration::hours(1));
+            classify_refunds(&mut c, &o, &t, &[], t0() + chrono::Duration::seconds(now_s), chrono::Duration::hours(1));
+            let per_refund: u64 = c.counts.iter().filter(|(k, _)| k.is_refund() && **k != Class::RefundOrphanAtStripe).map(|(_, n)| n).sum();
+            prop_assert_eq!(per_refund, o.len() as u64);
+            prop_assert_eq!(c.counts[&Class::RefundOrphanAtStripe], 0, "every Stripe refund here is claimed");
+            prop_assert_eq!(c.findings.len() as u64, c.discrepancies());
+        }
     }
 
     proptest! {

@@ -38,11 +38,13 @@ pub fn html(r: &Report) -> String {
     );
     let _ = write!(
         o,
-        "<h1>Reconciliation</h1><p class=\"meta\">{} &rarr; {} &middot; {} payments, {} Stripe intents &middot; generated {} &middot; replica data as of {}</p>",
+        "<h1>Reconciliation</h1><p class=\"meta\">{} &rarr; {} &middot; {} payments, {} Stripe intents &middot; {} refunds, {} Stripe refunds &middot; generated {} &middot; replica data as of {}</p>",
         r.since.format("%Y-%m-%d %H:%M"),
         r.until.format("%Y-%m-%d %H:%M UTC"),
         r.payments,
         r.stripe_intents,
+        r.refunds,
+        r.stripe_refunds,
         r.generated_at.format("%Y-%m-%d %H:%M:%S UTC"),
         r.data_as_of
             .map_or("unknown".into(), |t| t.format("%H:%M:%S UTC").to_string())
@@ -51,7 +53,7 @@ pub fn html(r: &Report) -> String {
     for class in Class::ALL {
         let n = c.counts.get(&class).copied().unwrap_or(0);
         let kind = match (class, n) {
-            (Class::Matched, _) => "ok",
+            (c, _) if !c.is_discrepancy() => "ok",
             (_, 0) => "",
             _ => "bad",
         };
@@ -89,15 +91,16 @@ pub fn html(r: &Report) -> String {
     if c.findings.is_empty() {
         o.push_str("<p>None: our books agree with Stripe.</p>");
     } else {
-        o.push_str("<table><tr><th>class</th><th>payment</th><th>intent</th><th>ours</th><th>stripe</th><th>created</th></tr>");
+        o.push_str("<table><tr><th>class</th><th>payment</th><th>intent</th><th>refund</th><th>ours</th><th>stripe</th><th>created</th></tr>");
         let mut last_note = None;
         for (f, more) in crate::render::capped(&c.findings) {
             let _ = write!(
                 o,
-                "<tr><td><span class=\"tag\">{}</span></td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><span class=\"tag\">{}</span></td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 f.class.as_str(),
                 f.payment_id.map_or("-".into(), |p| p.to_string()),
                 esc(f.intent_id.as_deref().unwrap_or("-")),
+                esc(&crate::render::refund(f)),
                 esc(f.ours.as_deref().unwrap_or("-")),
                 esc(f.stripe.as_deref().unwrap_or("-")),
                 f.created_at
@@ -106,7 +109,7 @@ pub fn html(r: &Report) -> String {
             if let Some(note) = f.note.as_ref().filter(|n| last_note != Some(*n)) {
                 let _ = write!(
                     o,
-                    "<tr><td></td><td colspan=\"5\" class=\"meta\">{}</td></tr>",
+                    "<tr><td></td><td colspan=\"6\" class=\"meta\">{}</td></tr>",
                     esc(note)
                 );
             }
@@ -114,7 +117,7 @@ pub fn html(r: &Report) -> String {
             if more > 0 {
                 let _ = write!(
                     o,
-                    "<tr><td></td><td colspan=\"5\" class=\"meta\">... and {more} more {} (json or csv have them all)</td></tr>",
+                    "<tr><td></td><td colspan=\"6\" class=\"meta\">... and {more} more {} (json or csv have them all)</td></tr>",
                     f.class.as_str()
                 );
             }

@@ -1,6 +1,6 @@
 //! Reconciliation reports for operators: our payments of a window (from a replica)
-//! against Stripe's PaymentIntents, each put in one class, with how each final payment
-//! was resolved and how long it took.
+//! against Stripe's PaymentIntents, and our refunds against Stripe's refunds, each put in
+//! one class, with how each final payment was resolved and how long it took.
 
 pub mod classify;
 pub mod html;
@@ -16,7 +16,7 @@ use paystream_db::Replica;
 use paystream_db::replica::{self, OrphanedEvent};
 use serde::{Deserialize, Serialize};
 
-pub use classify::{Class, Classified, Finding, Ours, classify};
+pub use classify::{Class, Classified, Finding, Ours, OursRefund, classify, classify_refunds};
 pub use source::SourceError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +29,13 @@ pub struct Report {
     pub stuck_after_secs: i64,
     pub payments: usize,
     pub stripe_intents: usize,
+    /// Our refunds checked: those made in the window, every other refund of their
+    /// payments, those Stripe's refunds of the window name, and the flagged ones.
+    #[serde(default)]
+    pub refunds: usize,
+    /// Stripe's refunds compared with them.
+    #[serde(default)]
+    pub stripe_refunds: usize,
     #[serde(flatten)]
     pub classified: Classified,
     /// Payments created and resolved per slice of the window (24 slices).
@@ -58,6 +65,15 @@ pub async fn run<G: StripeGateway>(
     let flagged = replica::flagged_outside(replica, s.since, s.until).await?;
     let orphaned = replica::orphaned_events(replica).await?;
     add_operator_items(&mut classified, &flagged, &orphaned);
+    let refunds = source::refunds(replica, stripe, s.since, s.until, s.stripe_rate).await?;
+    classify_refunds(
+        &mut classified,
+        &refunds.ours,
+        &refunds.theirs,
+        &refunds.payments,
+        now,
+        s.stuck_after,
+    );
     Ok(Report {
         since: s.since,
         until: s.until,
@@ -66,6 +82,8 @@ pub async fn run<G: StripeGateway>(
         stuck_after_secs: s.stuck_after.num_seconds(),
         payments: ours.len(),
         stripe_intents: theirs.len(),
+        refunds: refunds.ours.len(),
+        stripe_refunds: refunds.theirs.len(),
         classified,
         timeline: classify::timeline(&ours, s.since, s.until, 24),
     })
@@ -88,6 +106,8 @@ fn add_operator_items(c: &mut Classified, flagged: &[Ours], orphaned: &[Orphaned
             stripe: None,
             created_at: Some(p.created_at),
             note: Some(attention.action().to_owned()),
+            refund_id: None,
+            stripe_refund_id: None,
         });
     }
     for e in orphaned {
@@ -100,6 +120,8 @@ fn add_operator_items(c: &mut Classified, flagged: &[Ours], orphaned: &[Orphaned
             stripe: Some(e.kind.clone()),
             created_at: Some(e.received_at),
             note: Some("Stripe sent an event for a payment id we have no row for: another environment on the same Stripe account, or a lost row; check the intent's metadata at Stripe".into()),
+            refund_id: None,
+            stripe_refund_id: None,
         });
     }
     c.findings.sort_by_key(|f| (f.class, f.created_at));

@@ -58,14 +58,14 @@ fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{} payments, {} Stripe intents, stuck after {} s\n",
-        r.payments, r.stripe_intents, r.stuck_after_secs
+        "{} payments, {} Stripe intents, {} refunds, {} Stripe refunds, stuck after {} s\n",
+        r.payments, r.stripe_intents, r.refunds, r.stripe_refunds, r.stuck_after_secs
     );
-    let _ = writeln!(out, "{:<20} {:>8}", "class", "count");
+    let _ = writeln!(out, "{:<26} {:>8}", "class", "count");
     for class in Class::ALL {
         let _ = writeln!(
             out,
-            "{:<20} {:>8}",
+            "{:<26} {:>8}",
             class.as_str(),
             c.counts.get(&class).copied().unwrap_or(0)
         );
@@ -99,35 +99,49 @@ fn table(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:<18} {:<36} {:<30} {:<24} {:<24}",
-        "class", "payment", "intent", "ours", "stripe"
+        "\n{:<24} {:<36} {:<30} {:<36} {:<24} {:<24}",
+        "class", "payment", "intent", "refund", "ours", "stripe"
     );
     let mut last_note = None;
     for (f, more) in capped(&c.findings) {
         let _ = writeln!(
             out,
-            "{:<18} {:<36} {:<30} {:<24} {:<24}",
+            "{:<24} {:<36} {:<30} {:<36} {:<24} {:<24}",
             f.class.as_str(),
             f.payment_id.map_or("-".into(), |p| p.to_string()),
             f.intent_id.as_deref().unwrap_or("-"),
+            refund(f),
             f.ours.as_deref().unwrap_or("-"),
             f.stripe.as_deref().unwrap_or("-"),
         );
         // Once per run of rows saying the same thing.
         if let Some(note) = f.note.as_ref().filter(|n| last_note != Some(*n)) {
-            let _ = writeln!(out, "{:<18} -> {note}", "");
+            let _ = writeln!(out, "{:<24} -> {note}", "");
         }
         last_note = f.note.as_ref();
         if more > 0 {
             let _ = writeln!(
                 out,
-                "{:<18} ... and {more} more {} (json or csv have them all)",
+                "{:<24} ... and {more} more {} (json or csv have them all)",
                 "",
                 f.class.as_str()
             );
         }
     }
     out
+}
+
+/// The refund a finding is about, as a screen shows it: ours, else Stripe's, else `-`;
+/// Stripe's first for an orphan (the id ours names, if any, has no row).
+pub fn refund(f: &crate::Finding) -> String {
+    let ours = f.refund_id.map(|r| r.to_string());
+    let stripe = f.stripe_refund_id.clone();
+    if f.class == Class::RefundOrphanAtStripe {
+        stripe.or(ours)
+    } else {
+        ours.or(stripe)
+    }
+    .unwrap_or_else(|| "-".into())
 }
 
 /// Rows a page or a terminal shows of each class listed whatever the window (flagged
@@ -167,7 +181,9 @@ fn field(v: &str) -> String {
 }
 
 fn csv(r: &Report) -> String {
-    let mut out = String::from("class,payment_id,intent_id,ours,stripe,created_at,note\n");
+    let mut out = String::from(
+        "class,payment_id,intent_id,ours,stripe,created_at,note,refund_id,stripe_refund_id\n",
+    );
     for f in &r.classified.findings {
         let cells = [
             f.class.as_str().to_owned(),
@@ -177,6 +193,8 @@ fn csv(r: &Report) -> String {
             f.stripe.clone().unwrap_or_default(),
             f.created_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
             f.note.clone().unwrap_or_default(),
+            f.refund_id.map(|r| r.to_string()).unwrap_or_default(),
+            f.stripe_refund_id.clone().unwrap_or_default(),
         ];
         let line: Vec<String> = cells.iter().map(|c| field(c)).collect();
         out.push_str(&line.join(","));
@@ -205,6 +223,8 @@ mod tests {
             stuck_after_secs: 3600,
             payments: 4,
             stripe_intents: 4,
+            refunds: 0,
+            stripe_refunds: 0,
             timeline: Vec::new(),
             classified: Classified {
                 counts,
@@ -216,6 +236,8 @@ mod tests {
                     stripe: Some("999".into()),
                     created_at: Some(t),
                     note: None,
+                    refund_id: None,
+                    stripe_refund_id: None,
                 }],
                 resolved_by: [("webhook".to_owned(), 3)].into(),
                 time_to_resolution: Some(Latency {
@@ -231,7 +253,10 @@ mod tests {
     fn every_format_carries_the_discrepancy() {
         let r = report();
         let t = render(&r, Format::Table);
-        assert!(t.contains("amount_mismatch             1"), "{t}");
+        assert!(
+            t.contains(&format!("amount_mismatch{}1", " ".repeat(19))),
+            "{t}"
+        );
         assert!(t.contains("p50 1.500 s, p95 2.250 s, max 3.001 s"), "{t}");
         assert!(t.contains("resolved by: webhook 3"), "{t}");
         let j: serde_json::Value = serde_json::from_str(&render(&r, Format::Json)).unwrap();
@@ -240,7 +265,7 @@ mod tests {
         let c = render(&r, Format::Csv);
         assert_eq!(
             c.lines().nth(1).unwrap(),
-            "amount_mismatch,00000000-0000-0000-0000-000000000000,pi_1,\"1,000\",999,2027-01-15T08:00:00+00:00,"
+            "amount_mismatch,00000000-0000-0000-0000-000000000000,pi_1,\"1,000\",999,2027-01-15T08:00:00+00:00,,,"
         );
         assert!("xml".parse::<Format>().is_err());
         let h = render(&r, Format::Html);
@@ -254,6 +279,82 @@ mod tests {
             !h.contains("http") && !h.contains("<script"),
             "works offline: nothing fetched"
         );
+    }
+
+    #[test]
+    fn refund_findings_carry_their_refunds_in_every_format() {
+        let mut r = report();
+        let refund = paystream_core::RefundId::from_uuid(uuid::Uuid::max());
+        let payment_finding = r.classified.findings[0].clone();
+        r.classified.findings.push(Finding {
+            class: Class::RefundAmountMismatch,
+            ours: Some("500 usd".into()),
+            stripe: Some("499 usd".into()),
+            refund_id: Some(refund),
+            stripe_refund_id: Some("re_1".into()),
+            ..payment_finding.clone()
+        });
+        r.classified.findings.push(Finding {
+            class: Class::RefundOrphanAtStripe,
+            ours: None,
+            stripe: Some("succeeded 300 usd".into()),
+            refund_id: None,
+            stripe_refund_id: Some("re_2".into()),
+            ..payment_finding
+        });
+        r.classified.counts.insert(Class::RefundAmountMismatch, 1);
+        r.classified.counts.insert(Class::RefundOrphanAtStripe, 1);
+        r.classified.counts.insert(Class::RefundMatched, 4);
+        r.refunds = 5;
+        r.stripe_refunds = 5;
+        assert_eq!(r.classified.discrepancies(), 3);
+        let t = render(&r, Format::Table);
+        assert!(
+            t.contains(&format!("refunded_amount_mismatch{}0", " ".repeat(10))),
+            "every class is counted: {t}"
+        );
+        assert!(t.contains("5 refunds, 5 Stripe refunds"), "{t}");
+        assert!(
+            t.lines().any(|l| l.starts_with("refund_amount_mismatch")
+                && l.contains(&refund.to_string())
+                && l.contains("500 usd")
+                && l.contains("499 usd")),
+            "{t}"
+        );
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("refund_orphan_at_stripe") && l.contains("re_2")),
+            "{t}"
+        );
+        let j: serde_json::Value = serde_json::from_str(&render(&r, Format::Json)).unwrap();
+        assert_eq!(j["counts"]["refund_matched"], 4);
+        assert_eq!(j["findings"][1]["refund_id"], refund.to_string());
+        assert_eq!(j["findings"][1]["stripe_refund_id"], "re_1");
+        assert!(
+            j["findings"][0].get("refund_id").is_none(),
+            "payment findings as before"
+        );
+        let back: Report = serde_json::from_value(j).unwrap();
+        assert_eq!(back.classified, r.classified);
+        let c = render(&r, Format::Csv);
+        assert!(c.starts_with(
+            "class,payment_id,intent_id,ours,stripe,created_at,note,refund_id,stripe_refund_id\n"
+        ));
+        assert!(
+            c.lines().any(|l| l.starts_with("refund_amount_mismatch,")
+                && l.ends_with(&format!(",{refund},re_1"))),
+            "{c}"
+        );
+        let h = render(&r, Format::Html);
+        assert!(
+            h.contains("<div class=\"card ok\"><div class=\"n\">4</div><div class=\"l\">refund matched</div>"),
+            "{h}"
+        );
+        assert!(
+            h.contains("<div class=\"card bad\"><div class=\"n\">1</div><div class=\"l\">refund orphan at stripe</div>"),
+            "{h}"
+        );
+        assert!(h.contains("re_2") && h.contains(&refund.to_string()));
     }
 
     #[test]

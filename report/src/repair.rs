@@ -41,6 +41,7 @@ pub async fn repair(primary: &Primary, findings: &[Finding]) -> Result<Vec<Repai
             error: None,
             source: Source::Operator,
             detail: Some(json!({"repair": "reconciliation report", "intent": f.intent_id})),
+            amount_received: None,
         };
         out.push(match payments::apply_status(primary, id, &obs).await? {
             Applied::Changed(_) | Applied::Overturned(_) => Repair::Changed {

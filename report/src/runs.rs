@@ -38,7 +38,8 @@ pub async fn load(replica: &Replica, id: Uuid) -> Result<Option<Report>, DbError
         .and_then(|text| serde_json::from_str(&text).ok()))
 }
 
-/// What changed between two runs, per payment (or intent, for orphans).
+/// What changed between two runs, per payment (or intent, for orphans), per refund (`refund
+/// <id>`, ours or Stripe's), and per payment's refunded sum (`refunded <payment id>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub key: String,
@@ -52,11 +53,18 @@ pub fn diff(a: &Report, b: &Report) -> Vec<Change> {
             .findings
             .iter()
             .map(|f| {
-                let key = f
+                let payment = f
                     .payment_id
                     .map(|p| p.to_string())
                     .or_else(|| f.intent_id.clone())
                     .unwrap_or_default();
+                let key = if f.class.is_refund() {
+                    format!("refund {}", crate::render::refund(f))
+                } else if f.class == Class::RefundedAmountMismatch {
+                    format!("refunded {payment}")
+                } else {
+                    payment
+                };
                 (key, f.class)
             })
             .collect()
@@ -82,7 +90,7 @@ pub fn render_diff(changes: &[Change]) -> String {
     let mut out = format!("{} change(s)\n", changes.len());
     for c in changes {
         out.push_str(&format!(
-            "{:<40} {:<18} -> {}\n",
+            "{:<48} {:<24} -> {}\n",
             c.key,
             name(c.before),
             name(c.after)
@@ -110,6 +118,8 @@ mod tests {
                 stripe: None,
                 created_at: Some(t),
                 note: None,
+                refund_id: None,
+                stripe_refund_id: None,
             })
             .collect();
         Report {
@@ -120,6 +130,8 @@ mod tests {
             stuck_after_secs: 3600,
             payments: 0,
             stripe_intents: 0,
+            refunds: 0,
+            stripe_refunds: 0,
             classified: c,
             timeline: Vec::new(),
         }
@@ -149,5 +161,41 @@ mod tests {
             ]
         );
         assert!(render_diff(&d).starts_with("2 change(s)"));
+    }
+
+    #[test]
+    fn refund_findings_diff_apart_from_their_payments() {
+        let p = Uuid::now_v7();
+        let mut old = report(vec![
+            (p, Class::AmountMismatch),
+            (p, Class::RefundStuckPending),
+        ]);
+        let refund = paystream_core::RefundId::generate();
+        old.classified.findings[1].refund_id = Some(refund);
+        let mut new = report(vec![
+            (p, Class::AmountMismatch),
+            (p, Class::RefundOrphanAtStripe),
+            (p, Class::RefundedAmountMismatch),
+        ]);
+        new.classified.findings[1].stripe_refund_id = Some("re_9".into());
+        let d = diff(&old, &new);
+        assert_eq!(
+            d.iter()
+                .map(|c| (c.key.as_str(), c.before, c.after))
+                .collect::<Vec<_>>(),
+            [
+                (
+                    format!("refund {refund}").as_str(),
+                    Some(Class::RefundStuckPending),
+                    None
+                ),
+                ("refund re_9", None, Some(Class::RefundOrphanAtStripe)),
+                (
+                    format!("refunded {p}").as_str(),
+                    None,
+                    Some(Class::RefundedAmountMismatch)
+                ),
+            ]
+        );
     }
 }

@@ -155,7 +155,9 @@ impl Runtime {
         });
     }
 
-    fn fail(&self, name: &'static str, error: String) {
+    /// Stops the service with an error: for a supervised task whose failure a restart
+    /// cannot mend (a stream it can no longer read, say), which then returns `Ok`.
+    pub fn fail(&self, name: &'static str, error: String) {
         tracing::error!(task = name, error = %error, "a task the service cannot run without ended: shutting down");
         self.set(
             name,
@@ -292,6 +294,33 @@ mod tests {
             Err("worker: lost the broker".to_owned())
         );
         assert!(matches!(rt.tasks()["worker"], TaskState::Failed { .. }));
+    }
+
+    /// A restartable task restarts on what a restart mends, and stops the service on what
+    /// it cannot.
+    #[tokio::test(start_paused = true)]
+    async fn a_restartable_task_can_still_stop_the_service_for_good() {
+        let rt = Runtime::without_signals(Arc::default());
+        let starts = Arc::new(AtomicU32::new(0));
+        let (s, inner) = (starts.clone(), rt.clone());
+        rt.supervise("worker", OnExit::Restart, move |_| {
+            let (n, rt) = (s.fetch_add(1, Ordering::SeqCst), inner.clone());
+            async move {
+                if n == 0 {
+                    return Err("the broker lost an update".to_owned());
+                }
+                rt.fail("worker", "undecodable records".to_owned());
+                Ok(())
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), rt.token().cancelled())
+            .await
+            .expect("the second run stops the service");
+        assert_eq!(starts.load(Ordering::SeqCst), 2, "restarted once");
+        assert_eq!(
+            rt.wait(Duration::from_secs(5)).await,
+            Err("worker: undecodable records".to_owned())
+        );
     }
 
     #[tokio::test(start_paused = true)]

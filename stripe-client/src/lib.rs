@@ -6,7 +6,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
-use paystream_core::gateway::{GatewayError, IntentPage, IntentView, NewIntent, StripeGateway};
+use paystream_core::CaptureMethod;
+use paystream_core::gateway::{
+    GatewayError, IntentPage, IntentView, NewIntent, NewRefund, RefundPage, RefundView,
+    StripeGateway,
+};
 use serde::Deserialize;
 
 #[derive(Clone)]
@@ -39,6 +43,46 @@ struct IntentJson {
     last_payment_error: Option<ErrorJson>,
     #[serde(default)]
     created: i64,
+    #[serde(default)]
+    amount_capturable: i64,
+    #[serde(default)]
+    amount_received: i64,
+}
+
+#[derive(Deserialize)]
+struct RefundJson {
+    id: String,
+    status: String,
+    amount: i64,
+    currency: String,
+    payment_intent: Option<String>,
+    #[serde(default)]
+    metadata: HashMap<String, String>,
+    failure_reason: Option<String>,
+    #[serde(default)]
+    created: i64,
+}
+
+impl From<RefundJson> for RefundView {
+    fn from(j: RefundJson) -> Self {
+        RefundView {
+            id: j.id,
+            stripe_status: j.status,
+            amount: j.amount,
+            currency: j.currency,
+            payment_intent: j.payment_intent,
+            refund_id: j.metadata.get("refund_id").cloned(),
+            failure_reason: j.failure_reason,
+            created: j.created,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RefundListJson {
+    data: Vec<RefundJson>,
+    #[serde(default)]
+    has_more: bool,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +120,8 @@ impl From<IntentJson> for IntentView {
                 format!("{code}: {}", e.message.unwrap_or_default())
             }),
             created: j.created,
+            amount_capturable: j.amount_capturable,
+            amount_received: j.amount_received,
         }
     }
 }
@@ -187,6 +233,15 @@ impl HttpStripe {
         Ok(json.into())
     }
 
+    async fn refund(&self, req: reqwest::RequestBuilder) -> Result<RefundView, GatewayError> {
+        let res = self.call(req).await?;
+        let json: RefundJson = res
+            .json()
+            .await
+            .map_err(|e| GatewayError::Unavailable(format!("unreadable refund: {e}")))?;
+        Ok(json.into())
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/v1{path}", self.base)
     }
@@ -200,6 +255,12 @@ impl StripeGateway for HttpStripe {
             ("currency", req.money.currency().code()),
             ("metadata[payment_id]", req.payment_id),
         ];
+        // Sent only when manual: Stripe's default depends on the API version
+        // (`automatic` or `automatic_async`, both capture at once), and peers such as
+        // localstripe know no other.
+        if req.capture_method == CaptureMethod::Manual {
+            form.push(("capture_method", req.capture_method.as_str()));
+        }
         if let Some(d) = req.description {
             form.push(("description", d));
         }
@@ -296,6 +357,110 @@ impl StripeGateway for HttpStripe {
             .into_iter()
             .min_by_key(|i| i.created)
             .map(Into::into))
+    }
+
+    async fn capture_intent(
+        &self,
+        id: &str,
+        amount: Option<i64>,
+        idempotency_key: &str,
+    ) -> Result<IntentView, GatewayError> {
+        let amount = amount.map(|a| a.to_string());
+        let form: Vec<(&str, &str)> = amount
+            .as_deref()
+            .map(|a| ("amount_to_capture", a))
+            .into_iter()
+            .collect();
+        let req = self
+            .http
+            .post(self.url(&format!("/payment_intents/{}/capture", encode(id))))
+            .header("Idempotency-Key", idempotency_key)
+            .form(&form);
+        self.intent(req).await
+    }
+
+    async fn create_refund(&self, req: &NewRefund<'_>) -> Result<RefundView, GatewayError> {
+        let amount = req.amount.to_string();
+        let mut form = vec![
+            ("payment_intent", req.payment_intent),
+            ("amount", amount.as_str()),
+            ("metadata[refund_id]", req.refund_id),
+        ];
+        if let Some(r) = req.reason {
+            form.push(("reason", r.as_str()));
+        }
+        let http = self
+            .http
+            .post(self.url("/refunds"))
+            .header("Idempotency-Key", req.idempotency_key)
+            .form(&form);
+        self.refund(http).await
+    }
+
+    async fn retrieve_refund(&self, id: &str) -> Result<RefundView, GatewayError> {
+        self.refund(self.http.get(self.url(&format!("/refunds/{}", encode(id)))))
+            .await
+    }
+
+    async fn list_refunds(&self, payment_intent: &str) -> Result<Vec<RefundView>, GatewayError> {
+        let mut out: Vec<RefundView> = Vec::new();
+        loop {
+            let page = self
+                .list_refunds_page(payment_intent, out.last().map(|r| r.id.as_str()))
+                .await?;
+            out.extend(page.data.into_iter().map(RefundView::from));
+            // A charge has at most a few refunds; the bound stops a peer that loops.
+            if !page.has_more || out.len() >= 10_000 {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn list_refunds_created(
+        &self,
+        created_gte: i64,
+        created_lt: i64,
+        starting_after: Option<&str>,
+    ) -> Result<RefundPage, GatewayError> {
+        let mut query = vec![
+            ("created[gte]", created_gte.to_string()),
+            ("created[lt]", created_lt.to_string()),
+        ];
+        if let Some(after) = starting_after {
+            query.push(("starting_after", after.to_owned()));
+        }
+        let page = self.refund_list(query).await?;
+        Ok(RefundPage {
+            data: page.data.into_iter().map(Into::into).collect(),
+            has_more: page.has_more,
+        })
+    }
+}
+
+impl HttpStripe {
+    async fn list_refunds_page(
+        &self,
+        payment_intent: &str,
+        starting_after: Option<&str>,
+    ) -> Result<RefundListJson, GatewayError> {
+        let mut query = vec![("payment_intent", payment_intent.to_owned())];
+        if let Some(after) = starting_after {
+            query.push(("starting_after", after.to_owned()));
+        }
+        self.refund_list(query).await
+    }
+
+    async fn refund_list(
+        &self,
+        mut query: Vec<(&str, String)>,
+    ) -> Result<RefundListJson, GatewayError> {
+        query.push(("limit", "100".to_owned()));
+        let res = self
+            .call(self.http.get(self.url("/refunds")).query(&query))
+            .await?;
+        res.json()
+            .await
+            .map_err(|e| GatewayError::Unavailable(format!("unreadable refund list: {e}")))
     }
 }
 

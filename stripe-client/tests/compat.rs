@@ -112,6 +112,7 @@ async fn check(peer: &Peer) {
         money: Money::new(1250, usd, 99_999_999).unwrap(),
         description: peer.description.then_some("compat"),
         receipt_email: None,
+        capture_method: paystream_core::CaptureMethod::Automatic,
         idempotency_key: "compat-key-1",
     };
     let created = gw

@@ -35,6 +35,11 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every parameter name, in order (`metadata[k]` as is).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| k.as_str())
+    }
+
     pub fn has(&self, key: &str) -> bool {
         self.get(key).is_some()
     }

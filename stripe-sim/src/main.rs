@@ -30,6 +30,10 @@ struct Args {
     /// How long `pm_sim_processing` stays processing (simulated ms).
     #[arg(long, default_value_t = 5_000)]
     processing_ms: i64,
+    /// How long an ordinary card refund stays `pending` (simulated ms; 0: `succeeded` at
+    /// once, as in Stripe's test mode).
+    #[arg(long, default_value_t = 2_000)]
+    refund_ms: i64,
     /// Register a webhook endpoint at start-up (URL), signed with --webhook-secret.
     #[arg(long)]
     webhook_url: Option<String>,
@@ -55,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
         per_endpoint_rate: args.per_endpoint_rate,
         global_rate: args.global_rate,
         processing_ms: args.processing_ms,
+        refund_ms: args.refund_ms,
         ..World::default()
     };
     let sim = Sim::new(SimConfig {

@@ -632,3 +632,618 @@ async fn a_secret_roll_signs_with_both_secrets() {
         .expect("old secret still verifies during the roll");
     Webhook::construct_event(body, sig, "whsec_new").expect("new secret verifies");
 }
+
+fn refund_form<'a>(pi: &'a str, amount: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    let mut form = vec![("payment_intent", pi)];
+    if let Some(a) = amount {
+        form.push(("amount", a));
+    }
+    form
+}
+
+#[tokio::test]
+async fn refunds_full_and_partial_with_stripes_errors() {
+    let t = common::start().await;
+    let pi = t.paid("1000", "pm_card_visa", false).await;
+    let (pi_id, ch) = (id(&pi), pi["latest_charge"].as_str().unwrap().to_owned());
+
+    let form = [
+        ("payment_intent", pi_id.as_str()),
+        ("amount", "300"),
+        ("reason", "requested_by_customer"),
+        ("metadata[order]", "7"),
+    ];
+    let (s, _, r1) = t.post("/v1/refunds", &form, Some("refund-1")).await;
+    assert_eq!(s, 200, "{r1}");
+    assert!(id(&r1).starts_with("re_"));
+    assert_eq!(
+        (&r1["object"], &r1["amount"], &r1["status"], &r1["charge"]),
+        (&json!("refund"), &json!(300), &json!("pending"), &json!(ch))
+    );
+    assert_eq!(r1["payment_intent"], pi_id.as_str());
+    assert_eq!(r1["reason"], "requested_by_customer");
+    assert_eq!(r1["metadata"], json!({"order": "7"}));
+    assert_eq!(r1["payment_method"], pi["payment_method"]);
+    // A replay of the same request is the same refund.
+    let (_, h, again) = t.post("/v1/refunds", &form, Some("refund-1")).await;
+    assert_eq!(again, r1);
+    assert_eq!(h["idempotent-replayed"], "true");
+
+    // Pending refunds count on the charge at once.
+    let (_, charge) = t.get(&format!("/v1/charges/{ch}")).await;
+    assert_eq!(
+        (&charge["amount_refunded"], &charge["refunded"]),
+        (&json!(300), &json!(false))
+    );
+
+    let (s, _, e) = t
+        .post("/v1/refunds", &refund_form(&pi_id, Some("800")), None)
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert_eq!(e["error"]["code"], "amount_too_large");
+    assert_eq!(e["error"]["param"], "amount");
+    assert_eq!(
+        e["error"]["message"],
+        "Refund amount ($8.00) is greater than unrefunded amount on charge ($7.00)"
+    );
+
+    // No amount: what remains.
+    let (s, _, r2) = t
+        .post("/v1/refunds", &refund_form(&pi_id, None), None)
+        .await;
+    assert_eq!((s, &r2["amount"]), (200, &json!(700)));
+    let (_, charge) = t.get(&format!("/v1/charges/{ch}")).await;
+    assert_eq!(
+        (&charge["amount_refunded"], &charge["refunded"]),
+        (&json!(1000), &json!(true))
+    );
+    let (s, _, e) = t
+        .post("/v1/refunds", &refund_form(&pi_id, None), None)
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["code"], "charge_already_refunded");
+    assert_eq!(
+        e["error"]["message"],
+        format!("Charge {ch} has already been refunded.")
+    );
+
+    // By charge, as Stripe also takes it.
+    let other = t.paid("2000", "pm_card_mastercard", false).await;
+    let other_ch = other["latest_charge"].as_str().unwrap();
+    let (s, _, r3) = t
+        .post(
+            "/v1/refunds",
+            &[("charge", other_ch), ("amount", "50")],
+            None,
+        )
+        .await;
+    assert_eq!((s, &r3["payment_intent"]), (200, &other["id"]));
+
+    // Lists: newest first, by intent, by charge, with cursors.
+    let (_, v) = t.get(&format!("/v1/refunds?payment_intent={pi_id}")).await;
+    let ids: Vec<String> = v["data"].as_array().unwrap().iter().map(id).collect();
+    assert_eq!(ids, [id(&r2), id(&r1)]);
+    let (_, v) = t.get(&format!("/v1/refunds?charge={other_ch}")).await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    let (_, v) = t.get("/v1/refunds?limit=1").await;
+    assert_eq!((id(&v["data"][0]), &v["has_more"]), (id(&r3), &json!(true)));
+    let (_, v) = t
+        .get(&format!("/v1/refunds?limit=5&starting_after={}", id(&r3)))
+        .await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    let (s, v) = t.get(&format!("/v1/refunds/{}", id(&r1))).await;
+    assert_eq!((s, id(&v)), (200, id(&r1)));
+
+    // The intent's charge, expanded with its refunds.
+    let (_, v) = t
+        .get(&format!(
+            "/v1/payment_intents/{pi_id}?expand[]=latest_charge.refunds"
+        ))
+        .await;
+    assert_eq!(v["latest_charge"]["id"], ch.as_str());
+    let listed: Vec<String> = v["latest_charge"]["refunds"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(id)
+        .collect();
+    assert_eq!(listed, [id(&r2), id(&r1)]);
+    let (_, v) = t.get(&format!("/v1/payment_intents/{pi_id}")).await;
+    assert_eq!(v["latest_charge"], ch.as_str(), "an id unless expanded");
+
+    // Metadata updates; nothing else may be updated; card refunds cannot be canceled.
+    let path = format!("/v1/refunds/{}", id(&r1));
+    let (s, _, v) = t.post(&path, &[("metadata[order]", "8")], None).await;
+    assert_eq!((s, &v["metadata"]), (200, &json!({"order": "8"})));
+    let (s, _, v) = t.post(&path, &[("amount", "1")], None).await;
+    assert_eq!((s, &v["error"]["param"]), (400, &json!("amount")));
+    let (s, _, v) = t.post(&format!("{path}/cancel"), &[], None).await;
+    assert_eq!(
+        (s, &v["error"]["type"]),
+        (400, &json!("invalid_request_error"))
+    );
+}
+
+#[tokio::test]
+async fn refunds_of_what_cannot_be_refunded_are_refused() {
+    let t = common::start().await;
+    let open = id(&t.create("1000", None).await);
+    let (s, _, e) = t.post("/v1/refunds", &refund_form(&open, None), None).await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        e["error"]["message"],
+        format!("This PaymentIntent ({open}) does not have a successful charge to refund.")
+    );
+    let (s, _, e) = t
+        .post("/v1/refunds", &refund_form("pi_missing", None), None)
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        (&e["error"]["code"], &e["error"]["param"]),
+        (&json!("resource_missing"), &json!("payment_intent"))
+    );
+    let (s, _, e) = t.post("/v1/refunds", &[("amount", "5")], None).await;
+    assert_eq!((s, &e["error"]["code"]), (400, &json!("parameter_missing")));
+    let paid = id(&t.paid("1000", "pm_card_visa", false).await);
+    for bad in [
+        refund_form(&paid, Some("0")),
+        vec![("payment_intent", paid.as_str()), ("reason", "because")],
+    ] {
+        let (s, _, e) = t.post("/v1/refunds", &bad, None).await;
+        assert_eq!(s, 400, "{bad:?}: {e}");
+    }
+    let (s, v) = t.get("/v1/refunds/re_missing").await;
+    assert_eq!((s, &v["error"]["code"]), (404, &json!("resource_missing")));
+    let (_, v) = t.get("/v1/refunds").await;
+    assert_eq!(v["data"], json!([]), "no refused request made a refund");
+}
+
+#[tokio::test]
+async fn refunds_settle_on_the_simulated_clock() {
+    let t = common::start().await;
+    let pi = t.paid("1000", "pm_card_visa", false).await;
+    let (_, _, r) = t
+        .post(
+            "/v1/refunds",
+            &refund_form(pi["id"].as_str().unwrap(), None),
+            None,
+        )
+        .await;
+    assert_eq!(r["status"], "pending");
+    assert_eq!(r["pending_reason"], "processing");
+    let path = format!("/v1/refunds/{}", id(&r));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        t.get(&path).await.1["status"],
+        "pending",
+        "real time does not settle it"
+    );
+    t.advance(3).await;
+    let done = t.get_until(&path, |v| v["status"] == "succeeded").await;
+    assert_eq!(done["status"], "succeeded");
+    assert!(done.get("pending_reason").is_none());
+
+    let created = t.events("refund.created").await;
+    assert_eq!(created[0]["data"]["object"]["id"], id(&r).as_str());
+    let refunded = t.events("charge.refunded").await;
+    assert_eq!(refunded[0]["data"]["object"]["amount_refunded"], 1000);
+    assert_eq!(
+        refunded[0]["data"]["previous_attributes"],
+        json!({"amount_refunded": 0, "refunded": false})
+    );
+    for kind in ["refund.updated", "charge.refund.updated"] {
+        let updated = t.events(kind).await;
+        assert_eq!(updated.len(), 1, "{kind}");
+        assert_eq!(updated[0]["data"]["object"]["status"], "succeeded");
+        let previous = &updated[0]["data"]["previous_attributes"];
+        assert_eq!(previous["status"], "pending", "{kind}: {previous}");
+        assert_eq!(previous["pending_reason"], "processing");
+    }
+    assert!(t.events("refund.failed").await.is_empty());
+
+    // refund_ms = 0: card refunds succeed at once, as in Stripe's test mode.
+    t.world(json!({"refund_ms": 0})).await;
+    let pi = t.paid("1000", "pm_card_visa", false).await;
+    let (_, _, r) = t
+        .post(
+            "/v1/refunds",
+            &refund_form(pi["id"].as_str().unwrap(), None),
+            None,
+        )
+        .await;
+    assert_eq!(r["status"], "succeeded");
+    // pm_card_pendingRefund stays pending whatever refund_ms says, until it comes due.
+    t.world(json!({"refund_ms": 60_000})).await;
+    let pi = t.paid("1000", "pm_card_pendingRefund", false).await;
+    let (_, _, r) = t
+        .post(
+            "/v1/refunds",
+            &refund_form(pi["id"].as_str().unwrap(), None),
+            None,
+        )
+        .await;
+    assert_eq!(r["status"], "pending");
+    t.advance(61).await;
+    let path = format!("/v1/refunds/{}", id(&r));
+    assert_eq!(
+        t.get_until(&path, |v| v["status"] == "succeeded").await["status"],
+        "succeeded"
+    );
+}
+
+#[tokio::test]
+async fn a_refund_fail_card_refund_fails_later_and_gives_the_amount_back() {
+    let t = common::start().await;
+    let pi = t.paid("1500", "pm_card_refundFail", false).await;
+    let (pi_id, ch) = (id(&pi), pi["latest_charge"].as_str().unwrap().to_owned());
+    let (_, _, r) = t
+        .post("/v1/refunds", &refund_form(&pi_id, None), None)
+        .await;
+    assert_eq!(
+        r["status"], "succeeded",
+        "it looks successful at first, as Stripe documents"
+    );
+    assert!(r.get("failure_reason").is_none());
+    let charge_path = format!("/v1/charges/{ch}");
+    assert_eq!(t.get(&charge_path).await.1["amount_refunded"], 1500);
+
+    let path = format!("/v1/refunds/{}", id(&r));
+    t.advance(24 * 3600).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(t.get(&path).await.1["status"], "succeeded", "one day on");
+    t.advance(24 * 3600).await;
+    let failed = t.get_until(&path, |v| v["status"] == "failed").await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["failure_reason"], "expired_or_canceled_card");
+    assert!(
+        failed["failure_balance_transaction"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("txn_"))
+    );
+    let charge = t.get(&charge_path).await.1;
+    assert_eq!(
+        (&charge["amount_refunded"], &charge["refunded"]),
+        (&json!(0), &json!(false))
+    );
+
+    let failed_events = t.events("refund.failed").await;
+    assert_eq!(failed_events.len(), 1);
+    assert_eq!(failed_events[0]["data"]["object"]["status"], "failed");
+    let updated = t.events("charge.refund.updated").await;
+    assert_eq!(
+        updated[0]["data"]["previous_attributes"],
+        json!({"status": "succeeded", "failure_reason": null, "failure_balance_transaction": null})
+    );
+    // The amount is refundable again.
+    let (s, _, again) = t
+        .post("/v1/refunds", &refund_form(&pi_id, None), None)
+        .await;
+    assert_eq!((s, &again["amount"]), (200, &json!(1500)));
+}
+
+#[tokio::test]
+async fn uncaptured_authorizations_are_canceled_after_seven_days() {
+    let t = common::start().await;
+    let pi = t.paid("2500", "pm_card_visa", true).await;
+    let pi_id = id(&pi);
+    assert_eq!(pi["status"], "requires_capture");
+    let capturable = t.events("payment_intent.amount_capturable_updated").await;
+    assert_eq!(capturable.len(), 1);
+    assert_eq!(capturable[0]["data"]["object"]["amount_capturable"], 2500);
+    let path = format!("/v1/payment_intents/{pi_id}");
+
+    t.advance(7 * 24 * 3600 - 3600).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(t.get(&path).await.1["status"], "requires_capture");
+    t.advance(2 * 3600).await;
+    let v = t.get_until(&path, |v| v["status"] == "canceled").await;
+    assert_eq!(
+        (
+            &v["status"],
+            &v["cancellation_reason"],
+            &v["amount_capturable"]
+        ),
+        (&json!("canceled"), &json!("automatic"), &json!(0))
+    );
+    let canceled = t.events("payment_intent.canceled").await;
+    assert_eq!(
+        canceled[0]["data"]["object"]["cancellation_reason"],
+        "automatic"
+    );
+    let expired = t.events("charge.expired").await;
+    assert_eq!(expired.len(), 1);
+    let charge = &expired[0]["data"]["object"];
+    assert_eq!(
+        (
+            &charge["captured"],
+            &charge["refunded"],
+            &charge["amount_refunded"]
+        ),
+        (&json!(false), &json!(true), &json!(2500))
+    );
+
+    let (s, _, e) = t.post(&format!("{path}/capture"), &[], None).await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["code"], "payment_intent_unexpected_state");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("because it has a status of canceled")
+    );
+    let (s, _, _) = t
+        .post("/v1/refunds", &refund_form(&pi_id, None), None)
+        .await;
+    assert_eq!(s, 400, "nothing was captured, so nothing can be refunded");
+}
+
+#[tokio::test]
+async fn a_partial_capture_limits_refunds_to_what_was_captured() {
+    let t = common::start().await;
+    let pi = t.paid("1000", "pm_card_visa", true).await;
+    let (pi_id, ch) = (id(&pi), pi["latest_charge"].as_str().unwrap().to_owned());
+    let (s, _, v) = t
+        .post(
+            &format!("/v1/payment_intents/{pi_id}/capture"),
+            &[("amount_to_capture", "600")],
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["status"], &v["amount_received"], &v["amount_capturable"]),
+        (&json!("succeeded"), &json!(600), &json!(0))
+    );
+    let (_, charge) = t.get(&format!("/v1/charges/{ch}")).await;
+    assert_eq!(
+        (
+            &charge["amount"],
+            &charge["amount_captured"],
+            &charge["amount_refunded"],
+            &charge["captured"],
+            &charge["refunded"]
+        ),
+        (
+            &json!(1000),
+            &json!(600),
+            &json!(400),
+            &json!(true),
+            &json!(false)
+        ),
+        "the uncaptured rest is released as refunded"
+    );
+    let captured = t.events("charge.captured").await;
+    assert_eq!(captured[0]["data"]["object"]["amount_captured"], 600);
+    assert_eq!(
+        captured[0]["data"]["previous_attributes"]["captured"],
+        false
+    );
+
+    let (s, _, e) = t
+        .post("/v1/refunds", &refund_form(&pi_id, Some("700")), None)
+        .await;
+    assert_eq!((s, &e["error"]["code"]), (400, &json!("amount_too_large")));
+    assert_eq!(
+        e["error"]["message"],
+        "Refund amount ($7.00) is greater than unrefunded amount on charge ($6.00)"
+    );
+    let (s, _, r) = t
+        .post("/v1/refunds", &refund_form(&pi_id, None), None)
+        .await;
+    assert_eq!((s, &r["amount"]), (200, &json!(600)));
+    let (_, charge) = t.get(&format!("/v1/charges/{ch}")).await;
+    assert_eq!(charge["refunded"], true);
+
+    // Canceling a held authorization refunds its charge in full.
+    let held = t.paid("800", "pm_card_visa", true).await;
+    let (s, _, v) = t
+        .post(
+            &format!("/v1/payment_intents/{}/cancel", id(&held)),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!((s, &v["status"]), (200, &json!("canceled")));
+    let refunded = t.events("charge.refunded").await;
+    assert_eq!(refunded[0]["data"]["object"]["id"], held["latest_charge"]);
+    assert_eq!(refunded[0]["data"]["object"]["amount_refunded"], 800);
+}
+
+#[tokio::test]
+async fn test_tokens_attach_fresh_payment_methods_that_keep_their_card() {
+    let t = common::start().await;
+    let a = t.create("1000", Some("pm_card_visa")).await;
+    let b = t.create("1000", Some("pm_card_visa")).await;
+    let pm = a["payment_method"].as_str().unwrap().to_owned();
+    assert!(pm.starts_with("pm_") && pm != "pm_card_visa", "{pm}");
+    assert_ne!(a["payment_method"], b["payment_method"]);
+    let (s, _, v) = t
+        .post(
+            &format!("/v1/payment_intents/{}/confirm", id(&a)),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, &v["status"], &v["payment_method"]),
+        (200, &json!("succeeded"), &json!(pm))
+    );
+    let charge = t
+        .get(&format!(
+            "/v1/charges/{}",
+            v["latest_charge"].as_str().unwrap()
+        ))
+        .await
+        .1;
+    assert_eq!(charge["payment_method"], pm.as_str());
+
+    // The id made from a token behaves as the token's card when used again.
+    let again = t.paid("1000", &pm, false).await;
+    assert_eq!(
+        (&again["status"], &again["payment_method"]),
+        (&json!("succeeded"), &json!(pm))
+    );
+    let declined = id(&t.create("1000", None).await);
+    let (s, _, e) = t
+        .post(
+            &format!("/v1/payment_intents/{declined}/confirm"),
+            &[("payment_method", "pm_card_chargeDeclined")],
+            None,
+        )
+        .await;
+    assert_eq!(s, 402);
+    let attached = e["error"]["payment_intent"]["payment_method"]
+        .as_str()
+        .unwrap();
+    assert!(attached.starts_with("pm_") && attached != "pm_card_chargeDeclined");
+    assert_eq!(
+        e["error"]["payment_intent"]["last_payment_error"]["payment_method"]["id"],
+        attached
+    );
+    let (s, _, e) = t
+        .post(
+            &format!("/v1/payment_intents/{declined}/confirm"),
+            &[("payment_method", attached)],
+            None,
+        )
+        .await;
+    assert_eq!((s, &e["error"]["code"]), (402, &json!("card_declined")));
+}
+
+/// Registers an endpoint through the Stripe API; returns it (with its secret).
+async fn api_endpoint(t: &common::TestSim, url: &str, events: &[&str]) -> Value {
+    let mut form = vec![("url", url)];
+    form.extend(events.iter().map(|e| ("enabled_events[]", *e)));
+    let (s, _, v) = t.post("/v1/webhook_endpoints", &form, None).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+fn kinds(got: &[(String, String)]) -> Vec<String> {
+    let mut k: Vec<String> = got
+        .iter()
+        .map(|(_, body)| {
+            serde_json::from_str::<Value>(body).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    k.sort();
+    k
+}
+
+#[tokio::test]
+async fn wildcard_endpoints_get_every_type_under_their_prefix() {
+    let t = common::start().await;
+    t.world(json!({"refund_ms": 0})).await;
+    let (refunds_rx, refunds_url) = Receiver::start(0).await;
+    let (pi_rx, pi_url) = Receiver::start(0).await;
+    api_endpoint(&t, &refunds_url, &["refund.*"]).await;
+    api_endpoint(&t, &pi_url, &["payment_intent.*", "charge.refund.updated"]).await;
+    let pi = t.paid("1000", "pm_card_visa", false).await;
+    t.post(
+        "/v1/refunds",
+        &refund_form(pi["id"].as_str().unwrap(), None),
+        None,
+    )
+    .await;
+    assert_eq!(kinds(&refunds_rx.wait_for(1).await), ["refund.created"]);
+    assert_eq!(
+        kinds(&pi_rx.wait_for(2).await),
+        ["payment_intent.created", "payment_intent.succeeded"]
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        refunds_rx.received().len(),
+        1,
+        "no charge.refunded for refund.*"
+    );
+    assert_eq!(
+        pi_rx.received().len(),
+        2,
+        "no charge.* for payment_intent.*"
+    );
+
+    let (s, _, e) = t
+        .post(
+            "/v1/webhook_endpoints",
+            &[
+                ("url", "http://127.0.0.1:9/x"),
+                ("enabled_events[]", "Refund.Created"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!((s, &e["error"]["param"]), (400, &json!("enabled_events")));
+}
+
+#[tokio::test]
+async fn deleted_and_disabled_endpoints_get_nothing_more() {
+    let t = common::start().await;
+    let (live_rx, live_url) = Receiver::start(0).await;
+    let (off_rx, off_url) = Receiver::start(0).await;
+    let (gone_rx, gone_url) = Receiver::start(usize::MAX).await;
+    api_endpoint(&t, &live_url, &["payment_intent.created"]).await;
+    let off = api_endpoint(&t, &off_url, &["payment_intent.created"]).await;
+    let gone = api_endpoint(&t, &gone_url, &["payment_intent.created"]).await;
+
+    t.create("1000", None).await;
+    live_rx.wait_for(1).await;
+    off_rx.wait_for(1).await;
+    // The failing endpoint has a retry pending; deleting it stops that retry.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (s, v) = t
+        .delete(&format!("/v1/webhook_endpoints/{}", id(&gone)))
+        .await;
+    assert_eq!(
+        (s, v),
+        (
+            200,
+            json!({"id": id(&gone), "object": "webhook_endpoint", "deleted": true})
+        )
+    );
+    let (s, _) = t.get(&format!("/v1/webhook_endpoints/{}", id(&gone))).await;
+    assert_eq!(s, 404);
+    let (s, _, v) = t
+        .post(
+            &format!("/v1/webhook_endpoints/{}", id(&off)),
+            &[("disabled", "true")],
+            None,
+        )
+        .await;
+    assert_eq!((s, &v["status"]), (200, &json!("disabled")));
+
+    t.create("1000", None).await;
+    live_rx.wait_for(2).await;
+    t.advance(3600).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        off_rx.received().len(),
+        1,
+        "a disabled endpoint gets no new deliveries"
+    );
+    assert!(gone_rx.received().is_empty());
+    let deliveries = t.deliveries().await;
+    let to_gone: Vec<&Value> = deliveries
+        .iter()
+        .filter(|d| d["endpoint_id"] == id(&gone).as_str())
+        .collect();
+    assert_eq!(to_gone.len(), 1, "none queued after the delete");
+    assert_eq!(to_gone[0]["state"], "canceled");
+    assert_eq!(to_gone[0]["attempt"], 1, "its retry never ran");
+
+    // Enabled again, it gets what happens from now on.
+    let (_, _, v) = t
+        .post(
+            &format!("/v1/webhook_endpoints/{}", id(&off)),
+            &[("disabled", "false"), ("url", off_url.as_str())],
+            None,
+        )
+        .await;
+    assert_eq!(v["status"], "enabled");
+    t.create("1000", None).await;
+    assert_eq!(off_rx.wait_for(2).await.len(), 2);
+}

@@ -9,12 +9,19 @@ use std::collections::HashMap;
 use common::{KEY, Receiver};
 use serde_json::{Value, json};
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_core::charge::RetrieveCharge;
 use stripe_core::payment_intent::{
     CancelPaymentIntent, CancelPaymentIntentCancellationReason, CapturePaymentIntent,
     ConfirmPaymentIntent, CreatePaymentIntent, ListPaymentIntent, RetrievePaymentIntent,
     SearchPaymentIntent,
 };
-use stripe_shared::{PaymentIntent, PaymentIntentCaptureMethod, PaymentIntentStatus};
+use stripe_core::refund::{
+    CancelRefund, CreateRefund, CreateRefundReason, ListRefund, RetrieveRefund, UpdateRefund,
+};
+use stripe_shared::{
+    Charge, PaymentIntent, PaymentIntentCaptureMethod, PaymentIntentStatus, Refund, RefundReason,
+};
+use stripe_types::Expandable;
 use stripe_webhook::{EventObject, Webhook};
 
 fn client(base: &str) -> Client {
@@ -242,4 +249,238 @@ async fn webhooks_verify_and_parse_with_async_stripe_and_events_list_parses() {
     for p in listed["data"].as_array().unwrap() {
         typed_intent(p);
     }
+}
+
+fn typed<T: miniserde::Deserialize>(v: &Value, what: &str) -> T {
+    miniserde::json::from_str(&v.to_string())
+        .unwrap_or_else(|_| panic!("not a valid typed {what}: {v}"))
+}
+
+#[tokio::test]
+async fn the_typed_client_runs_every_refund_call() {
+    let t = common::start().await;
+    let c = client(&t.base);
+
+    let pi = CreatePaymentIntent::new(2000, stripe_types::Currency::USD)
+        .payment_method("pm_card_visa")
+        .confirm(true)
+        .send(&c)
+        .await
+        .expect("paid");
+    match &pi.payment_method {
+        Some(Expandable::Id(pm)) => {
+            assert!(
+                pm.as_str().starts_with("pm_") && pm.as_str() != "pm_card_visa",
+                "{pm}"
+            )
+        }
+        other => panic!("expected a payment method id, got {other:?}"),
+    }
+
+    let refund = CreateRefund::new()
+        .payment_intent(pi.id.as_str())
+        .amount(500)
+        .reason(CreateRefundReason::RequestedByCustomer)
+        .metadata(HashMap::from([("ticket".to_owned(), "42".to_owned())]))
+        .customize()
+        .request_strategy(RequestStrategy::Idempotent(
+            IdempotencyKey::new("fidelity-refund-1").unwrap(),
+        ))
+        .send(&c)
+        .await
+        .expect("create refund");
+    assert_eq!(refund.amount, 500);
+    assert_eq!(refund.status.as_deref(), Some("pending"));
+    assert_eq!(refund.reason, Some(RefundReason::RequestedByCustomer));
+    assert!(matches!(&refund.payment_intent, Some(Expandable::Id(id)) if *id == pi.id));
+
+    let got = RetrieveRefund::new(refund.id.clone())
+        .send(&c)
+        .await
+        .expect("retrieve refund");
+    assert_eq!(got.id, refund.id);
+    let updated = UpdateRefund::new(refund.id.clone())
+        .metadata(HashMap::from([("ticket".to_owned(), "43".to_owned())]))
+        .send(&c)
+        .await
+        .expect("update refund");
+    assert_eq!(
+        updated.metadata.as_ref().map(|m| m["ticket"].as_str()),
+        Some("43")
+    );
+    let listed = ListRefund::new()
+        .payment_intent(pi.id.as_str())
+        .send(&c)
+        .await
+        .expect("list refunds");
+    assert_eq!(listed.data.len(), 1);
+    match CancelRefund::new(refund.id.clone()).send(&c).await {
+        Err(StripeError::Stripe(_, status)) => assert_eq!(status, 400),
+        other => panic!("a card refund cannot be canceled, got {other:?}"),
+    }
+
+    let with_charge = RetrievePaymentIntent::new(pi.id.clone())
+        .expand(["latest_charge".to_owned()])
+        .send(&c)
+        .await
+        .expect("expanded");
+    let Some(Expandable::Object(charge)) = with_charge.latest_charge else {
+        panic!("latest_charge was not expanded")
+    };
+    assert_eq!((charge.amount_refunded, charge.refunded), (500, false));
+    let charge = RetrieveCharge::new(charge.id.clone())
+        .expand(["refunds".to_owned()])
+        .send(&c)
+        .await
+        .expect("charge");
+    let refunds = charge.refunds.expect("refunds expanded");
+    assert_eq!(refunds.data.len(), 1);
+    assert_eq!(refunds.data[0].id, refund.id);
+}
+
+/// Every new object and event type the simulator emits parses into async-stripe's models,
+/// and refund webhooks verify with async-stripe's signature check.
+#[tokio::test]
+async fn refund_and_capture_objects_and_events_parse() {
+    let t = common::start().await;
+    let (rx, url) = Receiver::start(0).await;
+    let secret = "whsec_refunds";
+    t.control(
+        reqwest::Method::POST,
+        "/_sim/webhook_endpoints",
+        json!({"url": url, "secret": secret, "enabled_events": ["refund.*", "charge.refund.updated"]}),
+    )
+    .await;
+    let refund = |pi: Value| {
+        let t = &t;
+        async move {
+            let (s, _, v) = t
+                .post(
+                    "/v1/refunds",
+                    &[
+                        ("payment_intent", pi["id"].as_str().unwrap()),
+                        ("amount", "700"),
+                    ],
+                    None,
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+            v
+        }
+    };
+    // Settles; fails later; a partial capture; an authorization canceled; one expired.
+    refund(t.paid("1000", "pm_card_visa", false).await).await;
+    refund(t.paid("1000", "pm_card_refundFail", false).await).await;
+    let manual = t.paid("1000", "pm_card_visa", true).await;
+    t.post(
+        &format!(
+            "/v1/payment_intents/{}/capture",
+            manual["id"].as_str().unwrap()
+        ),
+        &[("amount_to_capture", "800")],
+        None,
+    )
+    .await;
+    let held = t.paid("1000", "pm_card_visa", true).await;
+    t.post(
+        &format!(
+            "/v1/payment_intents/{}/cancel",
+            held["id"].as_str().unwrap()
+        ),
+        &[],
+        None,
+    )
+    .await;
+    t.paid("1000", "pm_card_visa", true).await;
+    t.advance(7 * 24 * 3600 + 60).await;
+    let pending = t
+        .get_until("/v1/events?type=charge.expired", |v| {
+            v["data"].as_array().is_some_and(|d| !d.is_empty())
+        })
+        .await;
+    assert_eq!(pending["data"].as_array().map(Vec::len), Some(1));
+
+    let (_, events) = t.get("/v1/events?limit=100").await;
+    let mut types = std::collections::BTreeSet::new();
+    for e in events["data"].as_array().unwrap() {
+        let typed = Webhook::insecure(&e.to_string())
+            .unwrap_or_else(|err| panic!("event does not parse: {err:?}: {e}"));
+        assert!(
+            !matches!(typed.data.object, EventObject::Unknown(_)),
+            "parsed as an unknown object: {e}"
+        );
+        let kind = typed.type_.to_string();
+        if [
+            "refund.updated",
+            "charge.refund.updated",
+            "charge.refunded",
+            "charge.captured",
+        ]
+        .contains(&kind.as_str())
+        {
+            assert!(
+                typed.data.previous_attributes.is_some(),
+                "{kind} without previous_attributes"
+            );
+        }
+        types.insert(kind);
+    }
+    for kind in [
+        "charge.captured",
+        "charge.expired",
+        "charge.refund.updated",
+        "charge.refunded",
+        "refund.created",
+        "refund.failed",
+        "refund.updated",
+    ] {
+        assert!(types.contains(kind), "no {kind} in {types:?}");
+    }
+
+    let (_, refunds) = t.get("/v1/refunds?limit=100").await;
+    let refunds = refunds["data"].as_array().unwrap();
+    assert!(
+        refunds.len() >= 5,
+        "two refunds and three released authorizations"
+    );
+    let mut statuses = std::collections::BTreeSet::new();
+    for r in refunds {
+        let parsed: Refund = typed(r, "Refund");
+        statuses.insert(parsed.status.unwrap_or_default());
+        let charge_id = r["charge"].as_str().unwrap();
+        let (_, charge) = t
+            .get(&format!("/v1/charges/{charge_id}?expand[]=refunds"))
+            .await;
+        let _: Charge = typed(&charge, "Charge");
+    }
+    assert_eq!(
+        statuses.into_iter().collect::<Vec<_>>(),
+        ["failed", "succeeded"],
+        "the settled one, the failed one, the releases"
+    );
+    let (_, listed) = t.get("/v1/payment_intents?limit=100").await;
+    for p in listed["data"].as_array().unwrap() {
+        typed_intent(p);
+    }
+
+    // The wildcard endpoint got exactly the refund events, signed as Stripe signs.
+    let got = rx.wait_for(7).await;
+    let mut kinds = Vec::new();
+    for (sig, body) in &got {
+        let event = Webhook::construct_event(body, sig, secret).expect("verifies and parses");
+        kinds.push(event.type_.to_string());
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "charge.refund.updated",
+            "charge.refund.updated",
+            "refund.created",
+            "refund.created",
+            "refund.failed",
+            "refund.updated",
+            "refund.updated",
+        ]
+    );
 }

@@ -1,6 +1,7 @@
-//! Catch-up: reads the PaymentIntent events Stripe did not manage to deliver
+//! Catch-up: reads the PaymentIntent and refund events Stripe did not manage to deliver
 //! (`GET /v1/events?delivery_success=false`) and feeds them through the same path as
-//! webhooks, so a webhook outage heals without waiting for the reconciler's polls.
+//! webhooks, so a webhook outage heals without waiting for the reconciler's polls (and a
+//! refund that fails after it succeeded, which no poll watches, still reaches us).
 
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ struct EventPage {
     has_more: bool,
 }
 
+/// The events that can change a payment or a refund of ours (Stripe's `type` filter
+/// takes one wildcard pattern per request).
+const KINDS: [&str; 2] = ["payment_intent.*", "refund.*"];
+
 /// One pass over undelivered events created at or after `since` (unix seconds).
 /// Returns how many events were new to us.
 pub async fn run_once(
@@ -38,10 +43,24 @@ pub async fn run_once(
     since: i64,
 ) -> Result<usize, CatchupError> {
     let mut new = 0;
+    for kind in KINDS {
+        new += run_kind(http, api, db, since, kind).await?;
+    }
+    Ok(new)
+}
+
+async fn run_kind(
+    http: &reqwest::Client,
+    api: &StripeConfig,
+    db: &Primary,
+    since: i64,
+    kind: &str,
+) -> Result<usize, CatchupError> {
+    let mut new = 0;
     let mut after: Option<String> = None;
     loop {
         let mut query = vec![
-            ("type".to_owned(), "payment_intent.*".to_owned()),
+            ("type".to_owned(), kind.to_owned()),
             ("delivery_success".to_owned(), "false".to_owned()),
             ("created[gte]".to_owned(), since.to_string()),
             ("limit".to_owned(), "100".to_owned()),

@@ -1,21 +1,34 @@
 //! Turning one Stripe event into (at most) one status change, exactly once per event id:
 //! this module reads the event; `paystream_db::events` stores and applies it.
 
-use paystream_core::PaymentStatus;
+use paystream_core::{PaymentStatus, RefundStatus};
 use paystream_db::events::{self, Received, Via};
-pub use paystream_db::events::{Outcome, Reading, Retried};
+pub use paystream_db::events::{IntentReading, Outcome, Reading, RefundReading, Retried};
 use paystream_db::{DbError, Primary};
 use serde_json::Value;
 
-/// Only `payment_intent.*` events carry a PaymentIntent snapshot; its `status` (not the
-/// event type) is what Stripe says, so a duplicate or late event says the same thing as
-/// the object it carried.
+/// An event says something about our money when it carries a PaymentIntent or a refund
+/// snapshot; the snapshot's `status` (not the event type) is what Stripe says, so a
+/// duplicate or late event says the same thing as the object it carried. `charge.*`
+/// events carry the charge, whose refunded total names no refund of ours: each refund
+/// reaches us by its own `refund.*` event (and by polls), so they are acknowledged.
 pub fn read(event: &Value) -> Option<Reading> {
-    let kind = event["type"].as_str()?;
-    if !kind.starts_with("payment_intent.") {
-        return None;
-    }
     let object = &event["data"]["object"];
+    match object["object"].as_str() {
+        Some("payment_intent") => read_intent(object).map(Reading::Intent),
+        Some("refund") => read_refund(object).map(Reading::Refund),
+        // Peers that omit `object` (older fixtures): the event type says it.
+        None if event["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("payment_intent.")) =>
+        {
+            read_intent(object).map(Reading::Intent)
+        }
+        _ => None,
+    }
+}
+
+fn read_intent(object: &Value) -> Option<IntentReading> {
     let stripe_status = object["status"].as_str()?.to_owned();
     let status = PaymentStatus::from_stripe(&stripe_status)?;
     let error = object["last_payment_error"].as_object().map(|e| {
@@ -29,7 +42,7 @@ pub fn read(event: &Value) -> Option<Reading> {
             e.get("message").and_then(Value::as_str).unwrap_or_default()
         )
     });
-    Some(Reading {
+    Some(IntentReading {
         intent_id: object["id"].as_str()?.to_owned(),
         payment_id: object["metadata"]["payment_id"]
             .as_str()
@@ -37,6 +50,21 @@ pub fn read(event: &Value) -> Option<Reading> {
         stripe_status,
         status,
         error,
+        amount_received: object["amount_received"].as_i64().filter(|a| *a > 0),
+    })
+}
+
+fn read_refund(object: &Value) -> Option<RefundReading> {
+    let stripe_status = object["status"].as_str()?.to_owned();
+    let status = RefundStatus::from_stripe(&stripe_status)?;
+    Some(RefundReading {
+        stripe_refund_id: object["id"].as_str()?.to_owned(),
+        refund_id: object["metadata"]["refund_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok()),
+        stripe_status,
+        status,
+        failure_reason: object["failure_reason"].as_str().map(str::to_owned),
     })
 }
 
@@ -77,20 +105,73 @@ mod tests {
         let e = json!({"id": "evt_1", "type": "payment_intent.payment_failed", "unknown": 1, "data": {"object": {
             "id": "pi_1", "status": "requires_payment_method", "metadata": {"payment_id": pid.to_string()},
             "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds", "message": "No money."}}}});
-        let r = read(&e).unwrap();
+        let Some(Reading::Intent(r)) = read(&e) else {
+            panic!("an intent reading")
+        };
         assert_eq!(r.intent_id, "pi_1");
         assert_eq!(r.payment_id, Some(pid));
         assert_eq!(r.status, PaymentStatus::Pending);
         assert_eq!(r.error.as_deref(), Some("insufficient_funds: No money."));
         let ok = json!({"id": "evt_2", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_1", "status": "succeeded", "metadata": {}}}});
-        assert_eq!(read(&ok).map(|r| r.status), Some(PaymentStatus::Succeeded));
+        let Some(Reading::Intent(ok)) = read(&ok) else {
+            panic!("an intent reading")
+        };
+        assert_eq!(ok.status, PaymentStatus::Succeeded);
         for ignored in [
             json!({"id": "evt_3", "type": "charge.succeeded", "data": {"object": {"id": "ch_1", "status": "succeeded"}}}),
             json!({"id": "evt_4", "type": "customer.created", "data": {"object": {}}}),
             json!({"id": "evt_5", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_1", "status": "brand_new_status"}}}),
             json!({"id": "evt_6", "type": "payment_intent.succeeded"}),
+            json!({"id": "evt_7", "type": "charge.refunded", "data": {"object": {"object": "charge", "id": "ch_1", "amount_refunded": 100}}}),
+            json!({"id": "evt_8", "type": "refund.updated", "data": {"object": {"object": "refund", "id": "re_1", "status": "reversed_somehow"}}}),
         ] {
             assert_eq!(read(&ignored), None, "{ignored}");
         }
+    }
+
+    #[test]
+    fn reads_refund_events_by_their_object() {
+        let rid = paystream_core::RefundId::generate();
+        for (kind, stripe, ours) in [
+            ("refund.created", "pending", RefundStatus::Pending),
+            ("refund.updated", "succeeded", RefundStatus::Succeeded),
+            (
+                "charge.refund.updated",
+                "requires_action",
+                RefundStatus::Pending,
+            ),
+            ("refund.failed", "failed", RefundStatus::Failed),
+            ("refund.updated", "canceled", RefundStatus::Canceled),
+        ] {
+            let e = json!({"id": "evt_r", "type": kind, "data": {"object": {"object": "refund", "id": "re_1",
+                "status": stripe, "metadata": {"refund_id": rid.to_string()},
+                "failure_reason": if stripe == "failed" { json!("expired_or_canceled_card") } else { Value::Null }}}});
+            let Some(Reading::Refund(r)) = read(&e) else {
+                panic!("{kind}: a refund reading")
+            };
+            assert_eq!(r.stripe_refund_id, "re_1");
+            assert_eq!(r.refund_id, Some(rid));
+            assert_eq!(r.status, ours, "{kind} {stripe}");
+            assert_eq!(
+                r.failure_reason.is_some(),
+                stripe == "failed",
+                "{kind} {stripe}"
+            );
+        }
+        let capturable = json!({"id": "evt_c", "type": "payment_intent.amount_capturable_updated", "data": {"object": {
+            "object": "payment_intent", "id": "pi_1", "status": "requires_capture", "amount_capturable": 500, "amount_received": 0}}});
+        let Some(Reading::Intent(c)) = read(&capturable) else {
+            panic!("an intent reading")
+        };
+        assert_eq!(
+            (c.status, c.amount_received),
+            (PaymentStatus::Pending, None)
+        );
+        let captured = json!({"id": "evt_s", "type": "payment_intent.succeeded", "data": {"object": {
+            "object": "payment_intent", "id": "pi_1", "status": "succeeded", "amount_received": 300}}});
+        let Some(Reading::Intent(c)) = read(&captured) else {
+            panic!("an intent reading")
+        };
+        assert_eq!(c.amount_received, Some(300));
     }
 }

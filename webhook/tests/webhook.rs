@@ -404,3 +404,88 @@ async fn a_dead_database_answers_503_so_stripe_retries() {
         "{text}"
     );
 }
+
+/// Refund events resolve refunds (and the payment's refunded sum) through the same path;
+/// a refund whose deliveries were all dropped is healed by the catch-up; a manual capture
+/// reaches us as the intent's events say (held, then captured in part).
+#[tokio::test]
+async fn refund_and_capture_events_resolve_them_and_catch_up_heals_dropped_ones() {
+    let env = setup(json!({})).await;
+    env.set_world(json!({"refund_ms": 500})).await;
+    let (payment, pi) = env.paid("pm_card_visa").await;
+    let first = env.refund(payment, &pi, 700, true).await;
+    env.advance_clock(2).await;
+    for _ in 0..100 {
+        if env.refund_status(first).await == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, source, refunded): (String, Option<String>, i64) = sqlx::query_as(
+        "SELECT r.status, r.resolution_source, p.amount_refunded FROM refunds r JOIN payments p ON p.id = r.payment_id WHERE r.id = $1",
+    )
+    .bind(first.as_uuid())
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (status.as_str(), source.as_deref(), refunded),
+        ("succeeded", Some("webhook"), 700)
+    );
+
+    env.set_faults(json!({"webhook_drop_rate": 1.0})).await;
+    let second = env.refund(payment, &pi, 300, true).await;
+    env.advance_clock(2).await;
+    env.settle().await;
+    assert_eq!(
+        env.refund_status(second).await,
+        "pending",
+        "every delivery was dropped"
+    );
+    assert!(env.catch_up().await >= 1);
+    assert_eq!(env.refund_status(second).await, "succeeded");
+    let refunded: i64 = sqlx::query_scalar("SELECT amount_refunded FROM payments WHERE id = $1")
+        .bind(payment.as_uuid())
+        .fetch_one(&env.db)
+        .await
+        .unwrap();
+    assert_eq!(refunded, 1000, "both refunds went back");
+
+    env.set_faults(json!({})).await;
+    let (held, held_pi) = env
+        .payment_with(paystream_core::CaptureMethod::Manual)
+        .await;
+    env.confirm(&held_pi, "pm_card_visa").await;
+    let stripe_status = || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT stripe_status FROM payments WHERE id = $1")
+            .bind(held)
+            .fetch_one(&env.db)
+            .await
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if stripe_status().await.as_deref() == Some("requires_capture") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stripe_status().await.as_deref(), Some("requires_capture"));
+    assert_eq!(env.ours(held).await.0, "pending", "held, not taken");
+    env.stripe
+        .capture_intent(&held_pi, Some(1500), "test-capture")
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if env.ours(held).await.0 == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let captured: Option<i64> =
+        sqlx::query_scalar("SELECT amount_captured FROM payments WHERE id = $1")
+            .bind(held)
+            .fetch_one(&env.db)
+            .await
+            .unwrap();
+    assert_eq!(captured, Some(1500), "what Stripe took, not the amount");
+}

@@ -97,6 +97,8 @@ pub struct Observation<'a> {
     pub error: Option<&'a str>,
     pub source: Source,
     pub detail: Option<Value>,
+    /// What Stripe took, when the observation is of a succeeded intent.
+    pub amount_received: Option<i64>,
 }
 
 impl<'a> Observation<'a> {
@@ -112,6 +114,9 @@ impl<'a> Observation<'a> {
             detail: Some(
                 serde_json::json!({"payment_intent": intent.id, "stripe_status": intent.stripe_status}),
             ),
+            // Stripe's amount_received is 0 until the money moves; a peer that omits it
+            // (localstripe) took the whole amount.
+            amount_received: (intent.amount_received > 0).then_some(intent.amount_received),
         }
     }
 
@@ -125,6 +130,7 @@ impl<'a> Observation<'a> {
             error: why,
             source,
             detail: None,
+            amount_received: None,
         }
     }
 }
@@ -240,7 +246,8 @@ pub async fn apply_status_in(
                         last_error = coalesce($4, last_error), resolution_source = $5,
                         resolved_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END,
                         attention = coalesce($6, attention),
-                        attention_at = CASE WHEN $6 IS NULL THEN attention_at ELSE now() END
+                        attention_at = CASE WHEN $6 IS NULL THEN attention_at ELSE now() END,
+                        amount_captured = CASE WHEN $2 = 'succeeded' THEN least(coalesce($7, amount), amount) END
                  WHERE id = $1 RETURNING {COLUMNS}"
             ))
             .bind(id.as_uuid())
@@ -249,6 +256,7 @@ pub async fn apply_status_in(
             .bind(obs.error)
             .bind(obs.source.as_str())
             .bind(attention)
+            .bind(obs.amount_received)
             .fetch_one(&mut *tx)
             .await?;
             let detail = if overturn {

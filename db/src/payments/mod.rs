@@ -1,8 +1,8 @@
 //! Payments and their status history.
 
 use chrono::{DateTime, Utc};
+use paystream_core::{CaptureMethod, Money, PaymentStatus};
 use paystream_core::{ClientId, PaymentId};
-use paystream_core::{Money, PaymentStatus};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, Row};
@@ -37,6 +37,23 @@ pub struct Payment {
     pub resolved_at: Option<DateTime<Utc>>,
     /// Why an operator must look at it, if they must.
     pub attention: Option<Attention>,
+    pub capture_method: CaptureMethod,
+    /// What Stripe took, once succeeded (less than `amount` after a partial capture).
+    pub amount_captured: Option<i64>,
+    /// The sum of its succeeded refunds.
+    pub amount_refunded: i64,
+}
+
+impl Payment {
+    /// What Stripe took: nothing until it succeeded; then the captured amount (rows that
+    /// succeeded before captures were recorded took their whole amount).
+    pub fn captured(&self) -> i64 {
+        if self.status == PaymentStatus::Succeeded {
+            self.amount_captured.unwrap_or(self.amount)
+        } else {
+            0
+        }
+    }
 }
 
 impl FromRow<'_, PgRow> for Payment {
@@ -69,8 +86,15 @@ impl FromRow<'_, PgRow> for Payment {
                 .map(parse_attention)
                 .transpose()
                 .map_err(corrupt)?,
+            capture_method: parse_capture_method(r.try_get("capture_method")?).map_err(corrupt)?,
+            amount_captured: r.try_get("amount_captured")?,
+            amount_refunded: r.try_get("amount_refunded")?,
         })
     }
+}
+
+pub(crate) fn parse_capture_method(s: &str) -> Result<CaptureMethod, DbError> {
+    CaptureMethod::parse(s).ok_or_else(|| DbError::Corrupt(format!("capture method {s:?}")))
 }
 
 pub(crate) fn parse_status(s: &str) -> Result<PaymentStatus, DbError> {
@@ -128,6 +152,7 @@ pub struct NewPayment<'a> {
     pub description: Option<&'a str>,
     pub customer_email: Option<&'a str>,
     pub metadata: &'a Value,
+    pub capture_method: CaptureMethod,
 }
 
 /// Why a payment needs an operator: the cases that cannot converge on their own.
@@ -181,7 +206,7 @@ impl Attention {
 // below sets them.
 pub(crate) const COLUMNS: &str = "id, client_id, idempotency_key, amount, currency, status, stripe_payment_intent_id, \
      stripe_status, last_error, description, customer_email, metadata, resolution_source, version, \
-     created_at, updated_at, resolved_at, attention";
+     created_at, updated_at, resolved_at, attention, capture_method, amount_captured, amount_refunded";
 
 /// Commits a `pending` payment and its first history row, as the API does before it calls
 /// Stripe (without an idempotency record: for tools and tests that stand in for the API).
@@ -203,8 +228,8 @@ pub(crate) async fn insert_pending(
     new: &NewPayment<'_>,
 ) -> Result<Payment, DbError> {
     let payment: Payment = sqlx::query_as(&format!(
-        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, description, customer_email, metadata)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, description, customer_email, metadata, capture_method)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
     ))
     .bind(id.as_uuid())
     .bind(new.client_id.as_uuid())
@@ -214,6 +239,7 @@ pub(crate) async fn insert_pending(
     .bind(new.description)
     .bind(new.customer_email)
     .bind(new.metadata)
+    .bind(new.capture_method.as_str())
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query("INSERT INTO payment_status_history (payment_id, from_status, to_status, source) VALUES ($1, NULL, 'pending', 'api')")

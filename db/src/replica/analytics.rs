@@ -49,6 +49,24 @@ pub struct Group {
     pub volume: i64,
 }
 
+/// The money of one group of succeeded payments: bucket start (series only), currency.
+/// Refunds count in their payment's group, whenever they were made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MoneyGroup {
+    pub start: Option<DateTime<Utc>>,
+    pub currency: String,
+    /// Succeeded payments.
+    pub payments: i64,
+    /// What they captured (gross volume), minor units.
+    pub captured: i64,
+    /// Those with at least one succeeded refund.
+    pub refunded_payments: i64,
+    /// Their succeeded refunds.
+    pub refunds: i64,
+    /// What those refunds gave back, minor units.
+    pub refunded: i64,
+}
+
 pub struct Request<'a> {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
@@ -64,6 +82,8 @@ pub struct Answer {
     /// The whole hours read from the rollups (`start == end`: none).
     pub split: (DateTime<Utc>, DateTime<Utc>),
     pub groups: Vec<Group>,
+    /// Succeeded payments' captured and refunded money, per bucket (series) and currency.
+    pub money: Vec<MoneyGroup>,
     /// (bucket's lower bound in ms, payments) of the resolution-time histogram.
     pub resolution_ms: Vec<(i64, i64)>,
 }
@@ -87,11 +107,13 @@ pub async fn read<E: From<DbError>>(
     // Dropping the transaction on a refusal rolls it back.
     let split = plan(&freshness)?;
     let (groups, resolution_ms) = totals(&tx, req, split).await?;
+    let money = money(&tx, req, split).await?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(Answer {
         freshness,
         split,
         groups,
+        money,
         resolution_ms,
     })
 }
@@ -144,6 +166,30 @@ async fn totals(
     Ok((groups, resolution_ms))
 }
 
+/// Gross, refunded and refund counts of the succeeded payments, in the same snapshot.
+async fn money(
+    tx: &Transaction<'_>,
+    req: &Request<'_>,
+    split: (DateTime<Utc>, DateTime<Utc>),
+) -> Result<Vec<MoneyGroup>, DbError> {
+    let params: [&(dyn ToSql + Sync); 5] = [&req.from, &split.0, &split.1, &req.to, &req.currency];
+    tx.query(&money_sql(req.trunc), &params)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(MoneyGroup {
+                start: r.try_get(0)?,
+                currency: r.try_get(1)?,
+                payments: r.try_get(2)?,
+                captured: r.try_get(3)?,
+                refunded_payments: r.try_get(4)?,
+                refunds: r.try_get(5)?,
+                refunded: r.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
 const FRESHNESS_SQL: &str = "
 SELECT pg_is_in_recovery(),
        pg_last_xact_replay_timestamp(),
@@ -185,6 +231,51 @@ fn totals_sql(trunc: Option<Trunc>) -> String {
     )
 }
 
+/// Parameters as `totals_sql`. The raw edges read succeeded payments through their
+/// partial covering index and each one's succeeded refunds through theirs (migration
+/// 0010); captured is `amount_captured`, or the amount for payments that succeeded before
+/// it existed.
+fn money_sql(trunc: Option<Trunc>) -> String {
+    let (rolled, raw) = match trunc {
+        None => (
+            "NULL::timestamptz".to_owned(),
+            "NULL::timestamptz".to_owned(),
+        ),
+        Some(t) => (
+            format!("date_trunc('{}', hour, 'UTC')", t.unit()),
+            format!("date_trunc('{}', p.created_at, 'UTC')", t.unit()),
+        ),
+    };
+    let cur = "($5::text IS NULL OR currency = $5::text)";
+    let raw_part = |lo: &str, hi: &str| {
+        format!(
+            "SELECT {raw}, p.currency, 1::bigint, coalesce(p.amount_captured, p.amount),
+                    (r.n > 0)::int::bigint, r.n, coalesce(r.amount, 0)::bigint
+              FROM payments p
+              CROSS JOIN LATERAL (
+                  SELECT count(*) AS n, sum(amount) AS amount FROM refunds
+                  WHERE payment_id = p.id AND status = 'succeeded'
+              ) r
+              WHERE p.status = 'succeeded' AND p.created_at >= {lo} AND p.created_at < {hi}
+                AND ($5::text IS NULL OR p.currency = $5::text)"
+        )
+    };
+    format!(
+        "SELECT start, currency, sum(payments)::bigint, sum(captured)::bigint,
+                sum(refunded_payments)::bigint, sum(refunds)::bigint, sum(refunded)::bigint
+         FROM (
+            SELECT {rolled} AS start, currency, payments, captured, refunded_payments, refunds, refunded
+              FROM analytics_money_hourly WHERE hour >= $2 AND hour < $3 AND {cur}
+            UNION ALL
+            {}
+            UNION ALL
+            {}
+         ) parts GROUP BY 1, 2",
+        raw_part("$1", "$2"),
+        raw_part("$3", "$4"),
+    )
+}
+
 const RESOLUTION_SQL: &str = "
 SELECT lo_ms, sum(payments)::bigint FROM (
     SELECT lo_ms, payments FROM analytics_resolution_hourly
@@ -200,10 +291,12 @@ SELECT lo_ms, sum(payments)::bigint FROM (
 ) parts GROUP BY 1";
 
 /// The SQL each answer runs, for `EXPLAIN` in the plan checks and the benchmark.
-pub fn sql_for_explain() -> [(&'static str, String); 3] {
+pub fn sql_for_explain() -> [(&'static str, String); 5] {
     [
         ("summary totals", totals_sql(None)),
         ("summary resolution times", RESOLUTION_SQL.to_owned()),
+        ("summary money", money_sql(None)),
         ("hourly series", totals_sql(Some(Trunc::Hour))),
+        ("hourly money series", money_sql(Some(Trunc::Hour))),
     ]
 }

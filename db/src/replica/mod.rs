@@ -4,7 +4,7 @@
 
 pub mod analytics;
 
-use paystream_core::{ClientId, PaymentId};
+use paystream_core::{ClientId, PaymentId, RefundId};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -210,28 +210,7 @@ pub async fn pending_payments(
     mut each: impl FnMut(PendingPayment),
 ) -> Result<u64, DbError> {
     let client = replica.client().await?;
-    let started = Instant::now();
-    loop {
-        // On a primary (no replay position) the answer is true: a dev setup may point the
-        // replica setting at the primary.
-        let caught_up: bool = client
-            .query_one(
-                "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, true)",
-                &[&position.0],
-            )
-            .await?
-            .try_get(0)?;
-        if caught_up {
-            break;
-        }
-        if started.elapsed() > catch_up_limit {
-            return Err(DbError::ReplicaBehind {
-                lsn: position.0.clone(),
-                waited: started.elapsed(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    caught_up(&client, position, catch_up_limit).await?;
     let rows = client
         .query_raw(
             "SELECT id, stripe_payment_intent_id, idempotency_key, amount, currency, created_at, version
@@ -254,4 +233,206 @@ pub async fn pending_payments(
         n += 1;
     }
     Ok(n)
+}
+
+/// Waits until the replica behind `client` has replayed at least `position`.
+async fn caught_up(
+    client: &deadpool_postgres::Object,
+    position: &WalPosition,
+    catch_up_limit: Duration,
+) -> Result<(), DbError> {
+    let started = Instant::now();
+    loop {
+        // On a primary (no replay position) the answer is true: a dev setup may point the
+        // replica setting at the primary.
+        let caught_up: bool = client
+            .query_one(
+                "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, true)",
+                &[&position.0],
+            )
+            .await?
+            .try_get(0)?;
+        if caught_up {
+            return Ok(());
+        }
+        if started.elapsed() > catch_up_limit {
+            return Err(DbError::ReplicaBehind {
+                lsn: position.0.clone(),
+                waited: started.elapsed(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A pending refund as the reconciler's state needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRefund {
+    pub id: RefundId,
+    pub payment_id: PaymentId,
+    pub stripe_refund_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+/// Every pending, unflagged refund, streamed to `each`, once the replica has replayed at
+/// least `position` (as `pending_payments`).
+pub async fn pending_refunds(
+    replica: &Replica,
+    position: &WalPosition,
+    catch_up_limit: Duration,
+    mut each: impl FnMut(PendingRefund),
+) -> Result<u64, DbError> {
+    let client = replica.client().await?;
+    caught_up(&client, position, catch_up_limit).await?;
+    let rows = client
+        .query_raw(
+            "SELECT id, payment_id, stripe_refund_id, created_at, version
+             FROM refunds WHERE status = 'pending' AND attention IS NULL",
+            std::iter::empty::<&str>(),
+        )
+        .await?;
+    pin_mut!(rows);
+    let mut n = 0;
+    while let Some(r) = rows.try_next().await? {
+        each(PendingRefund {
+            id: RefundId::from_uuid(r.try_get(0)?),
+            payment_id: PaymentId::from_uuid(r.try_get(1)?),
+            stripe_refund_id: r.try_get(2)?,
+            created_at: r.try_get(3)?,
+            version: r.try_get(4)?,
+        });
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// A refund as a reconciliation report compares it with Stripe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRow {
+    pub id: RefundId,
+    pub payment_id: PaymentId,
+    /// Its payment's PaymentIntent, which Stripe's refund names.
+    pub intent: Option<String>,
+    pub stripe_refund_id: Option<String>,
+    pub status: paystream_core::RefundStatus,
+    pub amount: i64,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolution_source: Option<Source>,
+    /// Why it waits for an operator, if it does.
+    pub attention: Option<crate::refunds::RefundAttention>,
+}
+
+/// A payment whose refunds a report checks: what it says went back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundedPayment {
+    pub id: PaymentId,
+    pub intent: Option<String>,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    /// The sum of its succeeded refunds, as the payment row keeps it.
+    pub amount_refunded: i64,
+}
+
+/// What a report reads of our refunds, in one snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefundBooks {
+    /// Every refund of `payments`, and the flagged ones, oldest first.
+    pub refunds: Vec<RefundRow>,
+    pub payments: Vec<RefundedPayment>,
+}
+
+/// What a report compares with Stripe's refunds. The payments checked are those with a
+/// refund created in `[since, until)`, holding one of `stripe_refund_ids`, being one of
+/// `refund_ids` (what Stripe's refunds of the window name) or flagged for an operator
+/// (the 10,000 oldest flags), and those holding one of `intents`; the answer has every
+/// refund of each (a payment's refunds are checked together against what Stripe says
+/// went back). One repeatable-read snapshot: behind nginx, two statements may otherwise
+/// reach two replicas.
+pub async fn refund_books(
+    replica: &Replica,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    stripe_refund_ids: &[String],
+    refund_ids: &[Uuid],
+    intents: &[String],
+) -> Result<RefundBooks, DbError> {
+    let mut client = replica.client().await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let checked: Vec<Uuid> = tx
+        .query(
+            "SELECT payment_id FROM refunds WHERE created_at >= $1 AND created_at < $2
+             UNION SELECT payment_id FROM refunds WHERE stripe_refund_id = ANY($3)
+             UNION SELECT payment_id FROM refunds WHERE id = ANY($4)
+             UNION (SELECT payment_id FROM refunds WHERE attention IS NOT NULL
+                    ORDER BY attention_at LIMIT 10000)
+             UNION SELECT id FROM payments WHERE stripe_payment_intent_id = ANY($5)",
+            &[&since, &until, &stripe_refund_ids, &refund_ids, &intents],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let rows = tx
+        .query(
+            "SELECT r.id, r.payment_id, p.stripe_payment_intent_id, r.stripe_refund_id, r.status,
+                    r.amount, r.currency, r.created_at, r.resolved_at, r.resolution_source, r.attention
+             FROM refunds r JOIN payments p ON p.id = r.payment_id
+             WHERE r.payment_id = ANY($1)
+             ORDER BY r.created_at, r.id",
+            &[&checked],
+        )
+        .await?;
+    let refunds = rows
+        .iter()
+        .map(|r| {
+            Ok(RefundRow {
+                id: RefundId::from_uuid(r.try_get(0)?),
+                payment_id: PaymentId::from_uuid(r.try_get(1)?),
+                intent: r.try_get(2)?,
+                stripe_refund_id: r.try_get(3)?,
+                status: crate::refunds::parse_status(r.try_get(4)?)?,
+                amount: r.try_get(5)?,
+                currency: r.try_get(6)?,
+                created_at: r.try_get(7)?,
+                resolved_at: r.try_get(8)?,
+                resolution_source: r
+                    .try_get::<_, Option<&str>>(9)?
+                    .map(crate::payments::parse_source)
+                    .transpose()?,
+                attention: r
+                    .try_get::<_, Option<&str>>(10)?
+                    .map(crate::refunds::parse_attention)
+                    .transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
+    let rows = tx
+        .query(
+            "SELECT id, stripe_payment_intent_id, currency, created_at, amount_refunded
+             FROM payments WHERE id = ANY($1) ORDER BY created_at, id",
+            &[&checked],
+        )
+        .await?;
+    let payments = rows
+        .iter()
+        .map(|r| {
+            Ok(RefundedPayment {
+                id: PaymentId::from_uuid(r.try_get(0)?),
+                intent: r.try_get(1)?,
+                currency: r.try_get(2)?,
+                created_at: r.try_get(3)?,
+                amount_refunded: r.try_get(4)?,
+            })
+        })
+        .collect::<Result<Vec<_>, DbError>>()?;
+    tx.commit().await?;
+    Ok(RefundBooks { refunds, payments })
 }

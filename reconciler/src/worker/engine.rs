@@ -177,6 +177,25 @@ pub enum Command {
     Count(Count),
 }
 
+/// A token bucket several pollers draw from (a std mutex: held for a few instructions,
+/// never across an await).
+#[derive(Debug, Clone)]
+pub struct StripeBudget(std::sync::Arc<std::sync::Mutex<TokenBucket>>);
+
+impl StripeBudget {
+    pub fn new(bucket: TokenBucket) -> Self {
+        StripeBudget(std::sync::Arc::new(std::sync::Mutex::new(bucket)))
+    }
+
+    pub fn take(&self, now: Instant) -> Result<(), Duration> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take(now)
+    }
+
+    fn replace(&self, bucket: TokenBucket) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = bucket;
+    }
+}
+
 #[derive(Debug)]
 pub struct Engine {
     poll_cfg: PollConfig,
@@ -187,7 +206,9 @@ pub struct Engine {
     /// Changes at every rebalance.
     epoch: u64,
     unconfirmed: Unconfirmed,
-    limiter: TokenBucket,
+    /// The instance's Stripe budget, shared with the refund worker: one rate for every
+    /// poll this instance makes, payments and refunds alike.
+    limiter: StripeBudget,
     backoff: Backoff,
     polls_in_flight: usize,
     /// Undecodable records in a row (see `PollConfig::halt_after_undecodable`).
@@ -199,6 +220,12 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(poll_cfg: PollConfig, now: Instant) -> Self {
+        Self::with_budget(poll_cfg, StripeBudget::new(TokenBucket::new(1, 1, now)))
+    }
+
+    /// The same, drawing on `budget` (shared with the refund worker, and kept across
+    /// restarts of the worker).
+    pub fn with_budget(poll_cfg: PollConfig, budget: StripeBudget) -> Self {
         Engine {
             poll_cfg,
             schedule: poll_cfg.rules().schedule,
@@ -207,7 +234,7 @@ impl Engine {
             total_partitions: 1,
             epoch: 0,
             unconfirmed: Unconfirmed::default(),
-            limiter: TokenBucket::new(1, 1, now),
+            limiter: budget,
             backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
             polls_in_flight: 0,
             undecodable_run: 0,
@@ -407,11 +434,11 @@ impl Engine {
                 .unwrap_or(u32::MAX)
                 .max(1)
         };
-        self.limiter = TokenBucket::new(
+        self.limiter.replace(TokenBucket::new(
             share(self.poll_cfg.rate_per_sec),
             share(self.poll_cfg.burst),
             now,
-        );
+        ));
     }
 
     fn dispatch(&mut self, now: Now, out: &mut Vec<Command>) {

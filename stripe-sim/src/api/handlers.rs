@@ -71,8 +71,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
 
 type Form = Extension<Params>;
 
+/// An answer that is a PaymentIntent, with what the request asked to `expand[]`.
+fn intent_reply(
+    sim: &Sim,
+    p: &Params,
+    run: impl FnOnce(&mut crate::state::State) -> Result<Value, StripeError>,
+) -> Reply {
+    let mut st = sim.state();
+    let r = run(&mut st);
+    Reply(r.map(|v| st.expand_intent(v, p)))
+}
+
 pub async fn create_intent(State(sim): State<Sim>, ctx: Ctx, Extension(p): Form) -> Reply {
-    Reply(sim.state().create_intent(&p, &ctx))
+    intent_reply(&sim, &p, |st| st.create_intent(&p, &ctx))
 }
 
 pub async fn list_intents(State(sim): State<Sim>, Extension(p): Form) -> Reply {
@@ -83,12 +94,12 @@ pub async fn search_intents(State(sim): State<Sim>, Extension(p): Form) -> Reply
     Reply(sim.state().search_intents(&p))
 }
 
-pub async fn retrieve_intent(State(sim): State<Sim>, Id(id): Id) -> Reply {
-    Reply(sim.state().retrieve(&id))
+pub async fn retrieve_intent(State(sim): State<Sim>, Id(id): Id, Extension(p): Form) -> Reply {
+    intent_reply(&sim, &p, |st| st.retrieve(&id))
 }
 
 pub async fn update_intent(State(sim): State<Sim>, Id(id): Id, Extension(p): Form) -> Reply {
-    Reply(sim.state().update(&id, &p))
+    intent_reply(&sim, &p, |st| st.update(&id, &p))
 }
 
 pub async fn confirm_intent(
@@ -97,7 +108,9 @@ pub async fn confirm_intent(
     ctx: Ctx,
     Extension(p): Form,
 ) -> Reply {
-    Reply(sim.state().confirm(&id, p.string("payment_method"), &ctx))
+    intent_reply(&sim, &p, |st| {
+        st.confirm(&id, p.string("payment_method"), &ctx)
+    })
 }
 
 pub async fn cancel_intent(
@@ -106,7 +119,7 @@ pub async fn cancel_intent(
     ctx: Ctx,
     Extension(p): Form,
 ) -> Reply {
-    Reply(sim.state().cancel(&id, &p, &ctx))
+    intent_reply(&sim, &p, |st| st.cancel(&id, &p, &ctx))
 }
 
 pub async fn capture_intent(
@@ -115,7 +128,36 @@ pub async fn capture_intent(
     ctx: Ctx,
     Extension(p): Form,
 ) -> Reply {
-    Reply(sim.state().capture(&id, &p, &ctx))
+    intent_reply(&sim, &p, |st| st.capture(&id, &p, &ctx))
+}
+
+pub async fn retrieve_charge(State(sim): State<Sim>, Id(id): Id, Extension(p): Form) -> Reply {
+    Reply(sim.state().retrieve_charge(&id, &p))
+}
+
+pub async fn create_refund(State(sim): State<Sim>, ctx: Ctx, Extension(p): Form) -> Reply {
+    Reply(sim.state().create_refund(&p, &ctx))
+}
+
+pub async fn list_refunds(State(sim): State<Sim>, Extension(p): Form) -> Reply {
+    Reply(sim.state().list_refunds(&p))
+}
+
+pub async fn retrieve_refund(State(sim): State<Sim>, Id(id): Id) -> Reply {
+    Reply(sim.state().retrieve_refund(&id))
+}
+
+pub async fn update_refund(
+    State(sim): State<Sim>,
+    Id(id): Id,
+    ctx: Ctx,
+    Extension(p): Form,
+) -> Reply {
+    Reply(sim.state().update_refund(&id, &p, &ctx))
+}
+
+pub async fn cancel_refund(State(sim): State<Sim>, Id(id): Id) -> Reply {
+    Reply(sim.state().cancel_refund(&id))
 }
 
 pub async fn list_events(State(sim): State<Sim>, Extension(p): Form) -> Reply {
@@ -132,6 +174,18 @@ pub async fn create_endpoint(State(sim): State<Sim>, ctx: Ctx, Extension(p): For
 
 pub async fn list_endpoints(State(sim): State<Sim>) -> Reply {
     Reply(Ok(sim.state().list_endpoints()))
+}
+
+pub async fn retrieve_endpoint(State(sim): State<Sim>, Id(id): Id) -> Reply {
+    Reply(sim.state().retrieve_endpoint(&id))
+}
+
+pub async fn update_endpoint(State(sim): State<Sim>, Id(id): Id, Extension(p): Form) -> Reply {
+    Reply(sim.state().update_endpoint(&id, &p))
+}
+
+pub async fn delete_endpoint(State(sim): State<Sim>, Id(id): Id) -> Reply {
+    Reply(sim.state().delete_endpoint(&id))
 }
 
 /// Stripe answers an unknown path, or a method a path does not take, with a 404.

@@ -23,7 +23,7 @@ use axum::extract::{Request, State};
 use axum::handler::Handler;
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::Response;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use tower::ServiceBuilder;
 
 pub use idempotency::{IdempotencyStore, KEY_TTL_MS as IDEMPOTENCY_KEY_TTL_MS};
@@ -55,11 +55,27 @@ pub fn router(sim: Sim) -> Router {
         .route("/v1/payment_intents/{id}/confirm", post(h::confirm_intent))
         .route("/v1/payment_intents/{id}/cancel", post(h::cancel_intent))
         .route("/v1/payment_intents/{id}/capture", post(h::capture_intent))
+        .route("/v1/charges/{id}", get_only(h::retrieve_charge))
+        .route(
+            "/v1/refunds",
+            get_only(h::list_refunds).post(h::create_refund),
+        )
+        .route(
+            "/v1/refunds/{id}",
+            get_only(h::retrieve_refund).post(h::update_refund),
+        )
+        .route("/v1/refunds/{id}/cancel", post(h::cancel_refund))
         .route("/v1/events", get_only(h::list_events))
         .route("/v1/events/{id}", get_only(h::retrieve_event))
         .route(
             "/v1/webhook_endpoints",
             get_only(h::list_endpoints).post(h::create_endpoint),
+        )
+        .route(
+            "/v1/webhook_endpoints/{id}",
+            get_only(h::retrieve_endpoint)
+                .post(h::update_endpoint)
+                .merge(delete(h::delete_endpoint)),
         )
         .method_not_allowed_fallback(h::unrecognized)
         .fallback(h::unrecognized)

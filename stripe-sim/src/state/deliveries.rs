@@ -6,6 +6,7 @@
 //!    ^                          |----record(else)---> Failed (past the retry horizon)
 //!    +------record(else)--------+
 //! Dropped (an injected fault: never sent)
+//! Pending --cancel--> Canceled (its endpoint was disabled or deleted)
 //! ```
 
 use std::cmp::Reverse;
@@ -33,6 +34,8 @@ pub enum DeliveryStatus {
     /// Retried until the horizon without a 2xx: given up.
     Failed,
     Dropped,
+    /// Its endpoint was disabled or deleted before it was delivered: never retried.
+    Canceled,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -212,6 +215,22 @@ impl Deliveries {
         Ok(d)
     }
 
+    /// A pending delivery whose endpoint no longer takes deliveries.
+    pub fn cancel(&mut self, id: DeliveryId) -> Result<(), DeliveryError> {
+        self.in_state(id, DeliveryStatus::Pending)?.state = DeliveryStatus::Canceled;
+        Ok(())
+    }
+
+    /// Stops every pending delivery (retries included) to an endpoint that was disabled
+    /// or deleted. One that is being sent is stopped when it comes due again.
+    pub fn cancel_for_endpoint(&mut self, endpoint_id: &str) {
+        for d in &mut self.list {
+            if d.endpoint_id == endpoint_id && d.state == DeliveryStatus::Pending {
+                d.state = DeliveryStatus::Canceled;
+            }
+        }
+    }
+
     pub fn start_sending(&mut self, id: DeliveryId) -> Result<(), DeliveryError> {
         self.in_state(id, DeliveryStatus::Pending)?.state = DeliveryStatus::Sending;
         Ok(())
@@ -363,6 +382,30 @@ mod tests {
         );
         let id = send(&mut d, 0);
         assert!(d.start_sending(id).is_err(), "already sending");
+    }
+
+    #[test]
+    fn canceled_deliveries_are_never_sent() {
+        let world = World::default();
+        let mut d = one(&Faults::default());
+        d.queue("evt_2", "we_2", 1, &Faults::default(), &mut Seeded::new(1));
+        let id = send(&mut d, 0);
+        assert!(matches!(
+            d.record(id, Attempt::Answered(500), 0, &world),
+            Ok(Recorded::Retry { .. })
+        ));
+        d.cancel_for_endpoint("we_1");
+        assert_eq!(d.all()[0].status(), DeliveryStatus::Canceled);
+        assert_eq!(
+            d.all()[1].status(),
+            DeliveryStatus::Pending,
+            "another endpoint's"
+        );
+        let due = d.take_due(i64::MAX);
+        assert_eq!(due.len(), 1, "only we_2's delivery is still due");
+        d.cancel(due[0]).unwrap();
+        assert!(d.start_sending(due[0]).is_err());
+        assert!(d.take_due(i64::MAX).is_empty());
     }
 
     #[test]

@@ -1,15 +1,20 @@
-//! The simulator's in-memory model, one module per resource (intents, events, webhook
-//! endpoints, deliveries, search), composed by `State`. Every mutation happens under
+//! The simulator's in-memory model, one module per resource (intents, charges, refunds,
+//! payment methods, events, webhook endpoints, deliveries, search), composed by `State`. Every mutation happens under
 //! the one lock around `State`, so cross-resource steps (a charge emits events, which
 //! queue deliveries) are atomic.
 
 mod cards;
+mod charges;
 mod deliveries;
 mod endpoints;
 mod events;
 mod intents;
 mod list;
+mod metadata;
+mod payment_methods;
 mod payments;
+mod refunding;
+mod refunds;
 mod search;
 mod seeded;
 
@@ -26,9 +31,12 @@ use crate::error::StripeError;
 use crate::faults::Faults;
 use crate::form::Params;
 use cards::ForcedDeclines;
-use endpoints::Endpoints;
+use charges::Charges;
+use endpoints::{Change, Endpoints, Fields};
 use events::Events;
 use intents::Intents;
+use payment_methods::PaymentMethods;
+use refunds::Refunds;
 use seeded::Seeded;
 
 /// Tunables of the simulated world (not faults).
@@ -36,6 +44,14 @@ use seeded::Seeded;
 #[serde(default)]
 pub struct World {
     pub processing_ms: i64,
+    /// How long an ordinary card refund stays `pending` (0: `succeeded` at once, as in
+    /// Stripe's test mode).
+    pub refund_ms: i64,
+    /// How long after its creation a `pm_card_refundFail` refund turns `failed`.
+    pub refund_fail_ms: i64,
+    /// How long a manual-capture authorization waits for its capture before Stripe
+    /// cancels the intent (7 days for cards).
+    pub uncaptured_expiry_ms: i64,
     pub retry_base_ms: i64,
     pub retry_max_ms: i64,
     pub retry_horizon_ms: i64,
@@ -49,6 +65,9 @@ impl Default for World {
     fn default() -> Self {
         World {
             processing_ms: 5_000,
+            refund_ms: 2_000,
+            refund_fail_ms: 2 * 24 * 3_600_000,
+            uncaptured_expiry_ms: 7 * 24 * 3_600_000,
             retry_base_ms: 5_000,
             retry_max_ms: 3_600_000,
             retry_horizon_ms: 3 * 24 * 3_600_000,
@@ -96,6 +115,9 @@ pub struct State {
     faults: Faults,
     world: World,
     intents: Intents,
+    charges: Charges,
+    refunds: Refunds,
+    payment_methods: PaymentMethods,
     forced_declines: ForcedDeclines,
     events: Events,
     endpoints: Endpoints,
@@ -109,6 +131,9 @@ impl State {
             faults: Faults::default(),
             world,
             intents: Intents::default(),
+            charges: Charges::default(),
+            refunds: Refunds::default(),
+            payment_methods: PaymentMethods::default(),
             forced_declines: ForcedDeclines::default(),
             events: Events::default(),
             endpoints: Endpoints::default(),
@@ -153,10 +178,15 @@ impl State {
 
     /// Records an event and queues its deliveries to every endpoint that wants it.
     fn emit(&mut self, kind: &str, object: Value, ctx: &Ctx) {
+        self.emit_change(kind, object, None, ctx);
+    }
+
+    /// An event that reports a change carries the changed fields' old values.
+    fn emit_change(&mut self, kind: &str, object: Value, previous: Option<Value>, ctx: &Ctx) {
         let id = self.dice.id("evt");
         let endpoints = self.endpoints.wanting(kind);
         self.events
-            .record(id.clone(), kind, object, ctx, endpoints.len());
+            .record(id.clone(), kind, (object, previous), ctx, endpoints.len());
         for endpoint_id in endpoints {
             self.deliveries
                 .queue(&id, &endpoint_id, ctx.now_ms, &self.faults, &mut self.dice);
@@ -177,10 +207,30 @@ impl State {
         ctx: &Ctx,
         secret: Option<String>,
     ) -> Result<Value, StripeError> {
-        let fields = Endpoints::validate(p)?;
+        let fields = Fields::create(p)?;
         let id = self.dice.id("we");
         let secret = secret.unwrap_or_else(|| self.dice.webhook_secret());
         Ok(self.endpoints.add(id, fields, secret, ctx.now()))
+    }
+
+    pub fn retrieve_endpoint(&self, id: &str) -> Result<Value, StripeError> {
+        self.endpoints.retrieve(id)
+    }
+
+    /// Disabling stops the endpoint's pending deliveries and retries, as deleting does.
+    pub fn update_endpoint(&mut self, id: &str, p: &Params) -> Result<Value, StripeError> {
+        let fields = Fields::update(p)?;
+        let (v, change) = self.endpoints.update(id, fields)?;
+        if change == Change::Stopped {
+            self.deliveries.cancel_for_endpoint(id);
+        }
+        Ok(v)
+    }
+
+    pub fn delete_endpoint(&mut self, id: &str) -> Result<Value, StripeError> {
+        let v = self.endpoints.delete(id)?;
+        self.deliveries.cancel_for_endpoint(id);
+        Ok(v)
     }
 
     pub fn list_endpoints(&self) -> Value {
@@ -217,9 +267,11 @@ impl State {
                 continue;
             };
             let (Some(endpoint), Some(event)) = (
-                self.endpoints.get(d.endpoint_id()),
+                self.endpoints.get(d.endpoint_id()).filter(|e| e.enabled()),
                 self.events.get(d.event_id()),
             ) else {
+                // A retry that came due after its endpoint was disabled or deleted.
+                let _ = self.deliveries.cancel(id);
                 continue;
             };
             let outgoing = Outgoing {
@@ -260,6 +312,9 @@ impl State {
             "faults": self.faults,
             "world": self.world,
             "payment_intents": self.intents.oldest_first().map(|i| i.to_json()).collect::<Vec<_>>(),
+            "charges": self.charges.oldest_first().map(|c| c.to_json(None)).collect::<Vec<_>>(),
+            "refunds": self.refunds.oldest_first().map(|r| r.to_json()).collect::<Vec<_>>(),
+            "payment_methods": self.payment_methods,
             "events": self.events.all().iter().map(|e| e.to_json()).collect::<Vec<_>>(),
             "webhook_endpoints": self.endpoints.to_json(),
             "deliveries": self.deliveries.all(),

@@ -1,15 +1,14 @@
 //! The PaymentIntent endpoints: each validates its parameters (before looking up the
-//! object, as Stripe does), moves the intent through its status machine and emits the
-//! events Stripe would.
-
-use std::collections::BTreeMap;
+//! object, as Stripe does), moves the intent (and its charge) through its status machine
+//! and emits the events Stripe would.
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::cards::{Card, minimum_amount};
-use super::intents::{Intent, NewIntent};
-use super::{Ctx, State, search};
+use super::events::previous_attributes;
+use super::intents::{Intent, IntentStatus, NewIntent};
+use super::{Ctx, State, metadata, search};
 use crate::error::StripeError;
 use crate::form::Params;
 
@@ -59,10 +58,10 @@ impl State {
             ));
         }
         let metadata = p.map("metadata");
-        validate_metadata(&metadata)?;
+        metadata::validate(&metadata)?;
         let payment_method = p.string("payment_method");
         if let Some(pm) = &payment_method
-            && Card::of(pm).is_none()
+            && !self.payment_methods.knows(pm)
         {
             return Err(
                 StripeError::no_such("PaymentMethod", pm, Some("payment_method")).in_param(),
@@ -71,6 +70,10 @@ impl State {
         let confirm = p.bool("confirm")?.unwrap_or(false);
         let id = self.dice.id("pi");
         let secret_tail = self.dice.id("secret");
+        let payment_method = match payment_method {
+            Some(pm) => Some(self.payment_methods.attach(&pm, &mut self.dice)?),
+            None => None,
+        };
         let intent = Intent::new(NewIntent {
             client_secret: format!("{id}_{secret_tail}"),
             id: id.clone(),
@@ -92,7 +95,8 @@ impl State {
         self.intents.insert(intent);
         self.emit("payment_intent.created", snapshot.clone(), ctx);
         if confirm {
-            return self.confirm(&id, p.string("payment_method"), ctx);
+            // The payment method, if any, is attached already.
+            return self.confirm(&id, None, ctx);
         }
         Ok(snapshot)
     }
@@ -103,7 +107,7 @@ impl State {
 
     pub fn update(&mut self, id: &str, p: &Params) -> Result<Value, StripeError> {
         let changes = p.map("metadata");
-        validate_metadata(&changes)?;
+        metadata::validate(&changes)?;
         let intent = self.intents.get_mut(id)?;
         intent.update(changes, p)?;
         Ok(intent.to_json())
@@ -123,8 +127,13 @@ impl State {
         pm: Option<String>,
         ctx: &Ctx,
     ) -> Result<Value, StripeError> {
-        let (pm, card) = self.intents.get_mut(id)?.confirm(pm)?;
-        match self.forced_declines.apply(&pm, card) {
+        self.intents.get(id)?.check_confirmable()?;
+        let attached = match pm {
+            Some(pm) => Some(self.payment_methods.attach(&pm, &mut self.dice)?),
+            None => None,
+        };
+        let (token, card) = self.intents.get_mut(id)?.confirm(attached)?;
+        match self.forced_declines.apply(&token, card) {
             Card::Succeeds => Ok(self.charge_succeeds(id, ctx)),
             Card::Declines(decline_code) => Err(self.charge_declines(id, decline_code, ctx)),
             Card::RequiresAction => {
@@ -177,22 +186,46 @@ impl State {
             ));
         }
         let intent = self.intents.get_mut(id)?;
-        intent.cancel(reason, ctx.now())?;
+        let was = intent.cancel(reason, ctx.now())?;
         let snap = intent.to_json();
+        let charge = intent.latest_charge().map(str::to_owned);
+        // Canceling releases a held authorization: its charge is refunded in full.
+        if was == IntentStatus::RequiresCapture
+            && let Some((charge, previous)) = charge.and_then(|ch| self.release(&ch, None, ctx))
+        {
+            self.emit_change("charge.refunded", charge, Some(previous), ctx);
+        }
         self.emit("payment_intent.canceled", snap.clone(), ctx);
         Ok(snap)
     }
 
+    /// A partial capture releases the rest of the authorization: the charge keeps its
+    /// amount, captures part of it and shows the rest as refunded, as Stripe renders it.
     pub fn capture(&mut self, id: &str, p: &Params, ctx: &Ctx) -> Result<Value, StripeError> {
         let to_capture = p.int("amount_to_capture")?;
         let intent = self.intents.get_mut(id)?;
-        intent.capture(to_capture)?;
+        let captured = intent.capture(to_capture)?;
         let snap = intent.to_json();
+        if let Some(ch) = intent.latest_charge().map(str::to_owned)
+            && let Ok(charge) = self.charges.get_mut(&ch)
+        {
+            let before = charge.to_json(None);
+            charge.capture(captured);
+            if charge.uncaptured() > 0 {
+                self.release(&ch, None, ctx);
+            }
+            if let Ok(charge) = self.charges.get(&ch) {
+                let after = charge.to_json(None);
+                let previous = previous_attributes(&before, &after);
+                self.emit_change("charge.captured", after, Some(previous), ctx);
+            }
+        }
         self.emit("payment_intent.succeeded", snap.clone(), ctx);
         Ok(snap)
     }
 
-    /// Completes `processing` intents whose time has come (simulated clock).
+    /// Moves simulated time on to `now_ms`: completes `processing` intents, expires
+    /// uncaptured authorizations and settles (or fails) refunds whose time has come.
     pub fn tick(&mut self, now_ms: i64) {
         let ctx = Ctx {
             now_ms,
@@ -201,6 +234,29 @@ impl State {
         for id in self.intents.take_processed(now_ms) {
             self.charge_succeeds(&id, &ctx);
         }
+        for id in self.intents.take_expired(now_ms) {
+            self.expire_authorization(&id, &ctx);
+        }
+        self.settle_refunds(&ctx);
+    }
+
+    /// Stripe cancels an intent whose authorization went uncaptured for 7 days (the
+    /// world's `uncaptured_expiry_ms`); its charge expires and is refunded in full.
+    fn expire_authorization(&mut self, id: &str, ctx: &Ctx) {
+        let Ok(intent) = self.intents.get_mut(id) else {
+            return;
+        };
+        if !intent.expire(ctx.now()) {
+            return;
+        }
+        let snap = intent.to_json();
+        let charge = intent.latest_charge().map(str::to_owned);
+        if let Some((charge, _)) =
+            charge.and_then(|ch| self.release(&ch, Some("expired_uncaptured_charge"), ctx))
+        {
+            self.emit("charge.expired", charge, ctx);
+        }
+        self.emit("payment_intent.canceled", snap, ctx);
     }
 
     fn charge_succeeds(&mut self, id: &str, ctx: &Ctx) -> Value {
@@ -209,17 +265,48 @@ impl State {
             return Value::Null;
         };
         intent.charge_succeeded(&ch);
-        let kind = if intent.is_manual_capture() {
+        let manual = intent.is_manual_capture();
+        let kind = if manual {
             "payment_intent.amount_capturable_updated"
         } else {
             "payment_intent.succeeded"
         };
         let snap = intent.to_json();
-        let charge = intent.charge_json(&ch, ctx.now(), None);
-        self.intents.record_charge(ch, charge.clone());
-        self.emit("charge.succeeded", charge, ctx);
+        let charge = intent.new_charge(&ch, ctx.now(), None);
+        let charge_json = charge.to_json(None);
+        self.charges.insert(charge);
+        if manual {
+            let at = ctx.now_ms.saturating_add(self.world.uncaptured_expiry_ms);
+            self.intents.expire_at(id, at);
+        }
+        self.emit("charge.succeeded", charge_json, ctx);
         self.emit(kind, snap.clone(), ctx);
         snap
+    }
+
+    /// `expand[]=latest_charge` (and `latest_charge.refunds`) on an intent's answer.
+    pub fn expand_intent(&self, mut v: Value, p: &Params) -> Value {
+        let expand = p.list("expand");
+        let refunds = expand.iter().any(|e| e == "latest_charge.refunds");
+        if !refunds && !expand.iter().any(|e| e == "latest_charge") {
+            return v;
+        }
+        if let Some(charge) = v["latest_charge"]
+            .as_str()
+            .and_then(|ch| self.charges.get(ch).ok())
+        {
+            v["latest_charge"] = charge.to_json(refunds.then_some(&self.refunds));
+        }
+        v
+    }
+
+    /// `GET /v1/charges/{id}`, with `expand[]=refunds`.
+    pub fn retrieve_charge(&self, id: &str, p: &Params) -> Result<Value, StripeError> {
+        let refunds = p.list("expand").iter().any(|e| e == "refunds");
+        Ok(self
+            .charges
+            .get(id)?
+            .to_json(refunds.then_some(&self.refunds)))
     }
 
     fn charge_declines(&mut self, id: &str, decline_code: &'static str, ctx: &Ctx) -> StripeError {
@@ -229,9 +316,10 @@ impl State {
         };
         let message = intent.charge_declined(&ch, decline_code);
         let snap = intent.to_json();
-        let charge = intent.charge_json(&ch, ctx.now(), Some(decline_code));
-        self.intents.record_charge(ch.clone(), charge.clone());
-        self.emit("charge.failed", charge, ctx);
+        let charge = intent.new_charge(&ch, ctx.now(), Some(decline_code));
+        let charge_json = charge.to_json(None);
+        self.charges.insert(charge);
+        self.emit("charge.failed", charge_json, ctx);
         self.emit("payment_intent.payment_failed", snap.clone(), ctx);
         StripeError {
             status: StatusCode::PAYMENT_REQUIRED,
@@ -244,31 +332,6 @@ impl State {
             should_retry: None,
         }
     }
-}
-
-fn validate_metadata(m: &BTreeMap<String, String>) -> Result<(), StripeError> {
-    // Stripe's limits: 50 keys, keys up to 40 characters, values up to 500.
-    if m.len() > 50 {
-        return Err(StripeError::invalid(
-            "Metadata can have up to 50 keys",
-            Some("metadata"),
-        ));
-    }
-    for (k, v) in m {
-        if k.chars().count() > 40 {
-            return Err(StripeError::invalid(
-                format!("Metadata key {k} exceeds 40 characters"),
-                Some("metadata"),
-            ));
-        }
-        if v.chars().count() > 500 {
-            return Err(StripeError::invalid(
-                format!("Metadata value for {k} exceeds 500 characters"),
-                Some("metadata"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -290,6 +353,16 @@ mod tests {
             let _ = st.confirm(&id, p.string("payment_method"), &ctx);
             let _ = st.capture(&id, &p, &ctx);
             let _ = st.cancel(&id, &p, &ctx);
+            let refund = st.create_refund(&p, &ctx);
+            let re = refund.as_ref().ok().and_then(|v| v["id"].as_str()).unwrap_or("re_x").to_owned();
+            let _ = st.update_refund(&re, &p, &ctx);
+            let _ = st.cancel_refund(&re);
+            let _ = st.list_refunds(&p);
+            let _ = st.retrieve_charge("ch_x", &p);
+            let _ = st.expand_intent(serde_json::json!({"latest_charge": "ch_x"}), &p);
+            let _ = st.update_endpoint("we_x", &p);
+            let _ = st.delete_endpoint("we_x");
+            st.tick(i64::MAX);
             let _ = st.list_intents(&p);
             let _ = st.search_intents(&p);
             let _ = st.list_events(&p);

@@ -68,6 +68,66 @@ impl TestSim {
         (res.status().as_u16(), res.json().await.unwrap())
     }
 
+    /// Polls `GET path` until `done` holds (the delivery loop applies simulated time in
+    /// the background) or 5 s pass; returns the last answer.
+    pub async fn get_until(&self, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..250 {
+            last = self.get(path).await.1;
+            if done(&last) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        last
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        let res = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json().await.unwrap())
+    }
+
+    /// The events of one type, newest first.
+    pub async fn events(&self, kind: &str) -> Vec<Value> {
+        let (status, v) = self.get(&format!("/v1/events?type={kind}&limit=100")).await;
+        assert_eq!(status, 200, "{v}");
+        v["data"].as_array().unwrap().clone()
+    }
+
+    /// Sets world fields, keeping the others.
+    pub async fn world(&self, changes: Value) {
+        let mut world = self
+            .control(reqwest::Method::GET, "/_sim/world", Value::Null)
+            .await;
+        for (k, v) in changes.as_object().unwrap() {
+            world[k] = v.clone();
+        }
+        self.control(reqwest::Method::PUT, "/_sim/world", world)
+            .await;
+    }
+
+    /// A confirmed intent: `succeeded`, or `requires_capture` when `manual`.
+    pub async fn paid(&self, amount: &str, pm: &str, manual: bool) -> Value {
+        let mut form = vec![
+            ("amount", amount),
+            ("currency", "usd"),
+            ("payment_method", pm),
+            ("confirm", "true"),
+        ];
+        if manual {
+            form.push(("capture_method", "manual"));
+        }
+        let (status, _, body) = self.post("/v1/payment_intents", &form, None).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     pub async fn control(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let res = self
             .http

@@ -165,6 +165,8 @@ async fn main() {
         );
     }
     println!();
+    ok &= money_back_and_money_held(&http, &stack, &sent, &finals).await;
+    println!();
     if !ok {
         eprintln!(
             "demo: some payments did not make it through the pipeline; see `make status` and .stack/logs"
@@ -180,6 +182,92 @@ async fn main() {
     println!(
         "the webhook was dropped (states Stripe has not finished stay pending and are polled on)."
     );
+}
+
+/// A partial refund of the first payment that succeeded, followed until Stripe settles it
+/// (its webhook, or the reconciler's poll), and a manual payment captured in part.
+async fn money_back_and_money_held(
+    http: &reqwest::Client,
+    stack: &Stack,
+    sent: &[(Value, &str, String, Instant)],
+    finals: &[(String, String)],
+) -> bool {
+    let api = stack.var("PAYSTREAM_API_URL");
+    let key = stack.var("PAYSTREAM_CLIENT_KEY");
+    let call = |req: reqwest::RequestBuilder| async move {
+        let res = req
+            .bearer_auth(key)
+            .header("Idempotency-Key", format!("demo-{}", Uuid::now_v7()))
+            .send()
+            .await
+            .expect("the API answers");
+        let status = res.status();
+        (status, res.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let mut ok = true;
+    if let Some((p, ..)) = sent
+        .iter()
+        .zip(finals)
+        .find(|(_, (ours, _))| ours == "succeeded")
+        .map(|(s, _)| s)
+    {
+        let id = p["id"].as_str().unwrap_or_default();
+        let amount = p["amount"].as_i64().unwrap_or(0) / 3;
+        let started = Instant::now();
+        let (status, refund) = call(
+            http.post(format!("{api}/v1/payments/{id}/refunds"))
+                .json(&json!({"amount": amount, "reason": "requested_by_customer"})),
+        )
+        .await;
+        let rid = refund["id"].as_str().unwrap_or_default().to_owned();
+        let mut now = refund.clone();
+        for _ in 0..300 {
+            if now["status"] != "pending" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now = call(http.get(format!("{api}/v1/refunds/{rid}"))).await.1;
+        }
+        ok &= status.is_success() && now["status"] == "succeeded";
+        println!(
+            "refund  {rid}: {amount} {} of {id}: {} -> {} by {} in {} ms",
+            p["currency"].as_str().unwrap_or_default(),
+            refund["status"].as_str().unwrap_or("?"),
+            now["status"].as_str().unwrap_or("?"),
+            now["resolution_source"].as_str().unwrap_or("-"),
+            started.elapsed().as_millis()
+        );
+    }
+    let (_, held) = call(
+        http.post(format!("{api}/v1/payments"))
+            .json(&json!({"amount": 3000, "currency": "usd", "capture_method": "manual", "description": "demo order, captured later"})),
+    )
+    .await;
+    let id = held["id"].as_str().unwrap_or_default().to_owned();
+    let pi = held["stripe_payment_intent_id"]
+        .as_str()
+        .unwrap_or_default();
+    let stripe = stack.var("STRIPE_API_BASE");
+    let confirmed = http
+        .post(format!("{stripe}/v1/payment_intents/{pi}/confirm"))
+        .bearer_auth(stack.var("STRIPE_SECRET_KEY"))
+        .form(&[("payment_method", "pm_card_visa")])
+        .send()
+        .await
+        .map(|r| r.status().is_success())
+        .unwrap_or(false);
+    let (status, captured) = call(
+        http.post(format!("{api}/v1/payments/{id}/capture"))
+            .json(&json!({"amount_to_capture": 2000})),
+    )
+    .await;
+    ok &= confirmed && status.is_success() && captured["amount_captured"] == 2000;
+    println!(
+        "capture {id}: 2000 of 3000 usd held at Stripe: {} (amount_captured {}, the rest released)",
+        captured["status"].as_str().unwrap_or("?"),
+        captured["amount_captured"]
+    );
+    ok
 }
 
 async fn wait_on_replica(replicas: &sqlx::PgPool, id: &str) -> bool {

@@ -11,7 +11,10 @@ use serde_json::{Value, json};
 pub use status::IntentStatus;
 
 use super::cards::{Card, payment_method_json};
+use super::charges::{Charge, NewCharge};
 use super::list::paginate;
+use super::metadata;
+use super::payment_methods::Attached;
 use crate::error::StripeError;
 use crate::form::Params;
 
@@ -26,7 +29,7 @@ pub struct NewIntent {
     pub description: Option<String>,
     pub receipt_email: Option<String>,
     pub metadata: BTreeMap<String, String>,
-    pub payment_method: Option<String>,
+    pub payment_method: Option<Attached>,
     pub automatic_payment_methods: bool,
 }
 
@@ -42,7 +45,10 @@ pub struct Intent {
     description: Option<String>,
     receipt_email: Option<String>,
     metadata: BTreeMap<String, String>,
+    /// The attached payment method's id (`pm_...`), and the test token it was made from,
+    /// which decides what confirming and refunding do.
     payment_method: Option<String>,
+    card: Option<String>,
     automatic_payment_methods: bool,
     amount_received: i64,
     amount_capturable: i64,
@@ -72,7 +78,8 @@ impl Intent {
             description: n.description,
             receipt_email: n.receipt_email,
             metadata: n.metadata,
-            payment_method: n.payment_method,
+            card: n.payment_method.as_ref().map(|a| a.token.clone()),
+            payment_method: n.payment_method.map(|a| a.id),
             automatic_payment_methods: n.automatic_payment_methods,
             amount_received: 0,
             amount_capturable: 0,
@@ -85,8 +92,21 @@ impl Intent {
         }
     }
 
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     pub fn status(&self) -> IntentStatus {
         self.status
+    }
+
+    pub fn latest_charge(&self) -> Option<&str> {
+        self.latest_charge.as_deref()
+    }
+
+    /// The test token of the attached payment method.
+    pub fn card(&self) -> Option<&str> {
+        self.card.as_deref()
     }
 
     pub fn currency(&self) -> &str {
@@ -113,29 +133,35 @@ impl Intent {
                 self.status
             )));
         }
-        for (k, v) in metadata {
-            if v.is_empty() {
-                self.metadata.remove(&k);
-            } else {
-                self.metadata.insert(k, v);
-            }
-        }
+        metadata::apply(&mut self.metadata, metadata);
         if let Some(d) = p.string("description") {
             self.description = Some(d);
         }
         Ok(())
     }
 
-    /// Checks a confirmation and attaches its payment method; the caller then applies what
-    /// the returned card does.
-    pub fn confirm(&mut self, pm: Option<String>) -> Result<(String, Card), StripeError> {
-        if !self.status.confirmable() {
-            return Err(self.unexpected(format!(
-                "You cannot confirm this PaymentIntent because it has a status of {}. Only a PaymentIntent with one of the following statuses may be confirmed: requires_confirmation, requires_payment_method.",
-                self.status
-            )));
+    /// Checked before a payment method given to confirm is attached: Stripe refuses the
+    /// status first.
+    pub fn check_confirmable(&self) -> Result<(), StripeError> {
+        if self.status.confirmable() {
+            return Ok(());
         }
-        let Some(pm) = pm.or_else(|| self.payment_method.clone()) else {
+        Err(self.unexpected(format!(
+            "You cannot confirm this PaymentIntent because it has a status of {}. Only a PaymentIntent with one of the following statuses may be confirmed: requires_confirmation, requires_payment_method.",
+            self.status
+        )))
+    }
+
+    /// Checks a confirmation and attaches its payment method; the caller then applies what
+    /// the returned card (by its token) does.
+    pub fn confirm(&mut self, pm: Option<Attached>) -> Result<(String, Card), StripeError> {
+        self.check_confirmable()?;
+        if let Some(a) = pm {
+            self.payment_method = Some(a.id);
+            self.card = Some(a.token);
+        }
+        // The id and its token are attached together.
+        let Some(token) = self.card.clone() else {
             return Err(StripeError {
                 code: Some("payment_intent_unexpected_state"),
                 ..StripeError::invalid(
@@ -144,14 +170,21 @@ impl Intent {
                 )
             });
         };
-        let Some(card) = Card::of(&pm) else {
+        let Some(card) = Card::of(&token) else {
             return Err(
-                StripeError::no_such("PaymentMethod", &pm, Some("payment_method")).in_param(),
+                StripeError::no_such("PaymentMethod", &token, Some("payment_method")).in_param(),
             );
         };
-        self.payment_method = Some(pm.clone());
         self.last_payment_error = None;
-        Ok((pm, card))
+        Ok((token, card))
+    }
+
+    fn payment_method_json(&self) -> Value {
+        payment_method_json(
+            self.payment_method.as_deref().unwrap_or(""),
+            self.card.as_deref().unwrap_or(""),
+            self.created,
+        )
     }
 
     pub fn require_action(&mut self) {
@@ -182,7 +215,7 @@ impl Intent {
                 "type": "invalid_request_error",
                 "code": "payment_intent_authentication_failure",
                 "message": "The provided PaymentMethod has failed authentication.",
-                "payment_method": payment_method_json(self.payment_method.as_deref().unwrap_or(""), self.created),
+                "payment_method": self.payment_method_json(),
             }));
         }
         Ok(())
@@ -218,7 +251,7 @@ impl Intent {
             "decline_code": decline_code,
             "message": message,
             "charge": charge_id,
-            "payment_method": payment_method_json(self.payment_method.as_deref().unwrap_or(""), self.created),
+            "payment_method": self.payment_method_json(),
             "payment_method_type": "card",
         }));
         self.status = IntentStatus::RequiresPaymentMethod;
@@ -227,22 +260,38 @@ impl Intent {
     }
 
     /// `reason` is validated by the caller: Stripe checks parameters before the object.
-    pub fn cancel(&mut self, reason: Option<String>, now: i64) -> Result<(), StripeError> {
+    /// Returns the status it was canceled from.
+    pub fn cancel(
+        &mut self,
+        reason: Option<String>,
+        now: i64,
+    ) -> Result<IntentStatus, StripeError> {
         if !self.status.cancelable() {
             return Err(self.unexpected(format!(
                 "You cannot cancel this PaymentIntent because it has a status of {}. Only a PaymentIntent with one of the following statuses may be canceled: requires_payment_method, requires_capture, requires_confirmation, requires_action, processing.",
                 self.status
             )));
         }
+        let was = self.status;
         self.status = IntentStatus::Canceled;
         self.canceled_at = Some(now);
         self.cancellation_reason = reason;
         self.amount_capturable = 0;
         self.next_action = None;
-        Ok(())
+        Ok(was)
     }
 
-    pub fn capture(&mut self, amount_to_capture: Option<i64>) -> Result<(), StripeError> {
+    /// An authorization left uncaptured past its expiry: Stripe cancels the intent itself.
+    /// `false` if it was captured or canceled meanwhile.
+    pub fn expire(&mut self, now: i64) -> bool {
+        if self.status != IntentStatus::RequiresCapture {
+            return false;
+        }
+        self.cancel(Some("automatic".into()), now).is_ok()
+    }
+
+    /// Returns the amount captured.
+    pub fn capture(&mut self, amount_to_capture: Option<i64>) -> Result<i64, StripeError> {
         if self.status != IntentStatus::RequiresCapture {
             return Err(self.unexpected(format!(
                 "This PaymentIntent could not be captured because it has a status of {}. Only a PaymentIntent with one of the following statuses may be captured: requires_capture.",
@@ -259,11 +308,29 @@ impl Intent {
         self.status = IntentStatus::Succeeded;
         self.amount_received = amount;
         self.amount_capturable = 0;
-        Ok(())
+        Ok(amount)
+    }
+
+    /// The Charge a confirmation of this intent makes (`decline`: its decline code).
+    pub fn new_charge(&self, id: &str, now: i64, decline: Option<&'static str>) -> Charge {
+        Charge::new(NewCharge {
+            id: id.to_owned(),
+            payment_intent: self.id.clone(),
+            created: now,
+            amount: self.amount,
+            currency: self.currency.clone(),
+            description: self.description.clone(),
+            metadata: self.metadata.clone(),
+            payment_method: self.payment_method.clone(),
+            receipt_email: self.receipt_email.clone(),
+            manual: self.is_manual_capture(),
+            decline,
+        })
     }
 }
 
-/// Every intent, in creation order, with the timers of those that are `processing`.
+/// Every intent, in creation order, with the timers of those that are `processing` or
+/// hold an authorization that will expire.
 #[derive(Default)]
 pub struct Intents {
     by_id: HashMap<String, Intent>,
@@ -271,8 +338,8 @@ pub struct Intents {
     order: Vec<String>,
     /// By completion time, so that no periodic work scans every intent.
     processing: BTreeSet<(i64, String)>,
-    /// Charges are not served yet, but kept as Stripe would have them.
-    charges: HashMap<String, Value>,
+    /// Uncaptured authorizations by expiry time.
+    expiring: BTreeSet<(i64, String)>,
 }
 
 impl Intents {
@@ -330,8 +397,31 @@ impl Intents {
         done
     }
 
-    pub fn record_charge(&mut self, id: String, charge: Value) {
-        self.charges.insert(id, charge);
+    /// Starts the clock on an authorization held for a manual capture.
+    pub fn expire_at(&mut self, id: &str, at_ms: i64) {
+        self.expiring.insert((at_ms, id.to_owned()));
+    }
+
+    /// Intents whose authorization expired uncaptured, in expiry order; their timers are
+    /// spent. An intent captured or canceled meanwhile is skipped.
+    pub fn take_expired(&mut self, now_ms: i64) -> Vec<String> {
+        let mut done = Vec::new();
+        while let Some((at, _)) = self.expiring.first() {
+            if *at > now_ms {
+                break;
+            }
+            let Some((_, id)) = self.expiring.pop_first() else {
+                break;
+            };
+            if self
+                .by_id
+                .get(&id)
+                .is_some_and(|i| i.status == IntentStatus::RequiresCapture)
+            {
+                done.push(id);
+            }
+        }
+        done
     }
 
     pub fn list(&self, p: &Params) -> Result<Value, StripeError> {
