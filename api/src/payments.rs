@@ -676,12 +676,7 @@ pub async fn capture(
         )
         .with_payment(payment_json(&p, None)));
     }
-    let mut hasher = Sha256::new();
-    hasher.update(b"capture\0");
-    hasher.update(id.to_string());
-    hasher.update(b"\0");
-    hasher.update(serde_json::to_vec(&valid).unwrap_or_default());
-    let request_hash = hasher.finalize().to_vec();
+    let request_hash = request_hash("capture", id, &valid);
     let lease = match idempotency::claim(&s.db, who.client_id, &key, &request_hash, s.lease).await?
     {
         Claim::New(lease) | Claim::Resume { lease, .. } => lease,
@@ -689,14 +684,45 @@ pub async fn capture(
         Claim::Mismatch => return Err(key_reused()),
         Claim::InFlight => return Err(key_in_use()),
     };
-    match capture_held(&s, p, valid.amount_to_capture).await {
+    answer_keyed(
+        &s,
+        &lease,
+        capture_held(&s, p, valid.amount_to_capture).await,
+    )
+    .await
+}
+
+/// A request's identity for its idempotency key: the endpoint, the payment it is about
+/// and its validated content (a key names one request, whichever endpoint).
+pub(crate) fn request_hash(
+    endpoint: &str,
+    payment: PaymentId,
+    valid: &impl serde::Serialize,
+) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(endpoint.as_bytes());
+    hasher.update(b"\0");
+    hasher.update(payment.to_string());
+    hasher.update(b"\0");
+    hasher.update(serde_json::to_vec(valid).unwrap_or_default());
+    hasher.finalize().to_vec()
+}
+
+/// Ends a keyed request: a final answer is stored for its key and sent; an unfinished one
+/// (`Err`: the outcome is unknown) frees the key for a retry to resume.
+pub(crate) async fn answer_keyed(
+    s: &AppState,
+    lease: &idempotency::Lease,
+    outcome: Result<(StatusCode, Value), ApiError>,
+) -> Result<Response, ApiError> {
+    match outcome {
         Ok((status, body)) => {
-            idempotency::complete(&s.db, &lease, status.as_u16(), &body).await?;
+            idempotency::complete(&s.db, lease, status.as_u16(), &body).await?;
             Ok((status, Json(body)).into_response())
         }
-        Err(e) => {
-            idempotency::release(&s.db, &lease).await?;
-            Err(e)
+        Err(unfinished) => {
+            idempotency::release(&s.db, lease).await?;
+            Err(unfinished)
         }
     }
 }

@@ -13,21 +13,19 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use paystream_core::gateway::{GatewayError, NewRefund, RefundView, StripeGateway, refund_key};
 use paystream_core::{RefundId, RefundStatus};
-use paystream_db::idempotency;
 use paystream_db::keys::{Principal, Role};
 use paystream_db::payments::{self, Source};
 use paystream_db::refunds::{self, BeginRefund, Refund, RefundObservation, Scope};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::payments::{body_bytes, parse_id, payment_json, replayed};
+use crate::payments::{answer_keyed, body_bytes, parse_id, payment_json, replayed, request_hash};
 use crate::validation;
 
 /// A refund as clients see it.
@@ -112,13 +110,7 @@ pub async fn create(
     let key =
         validation::idempotency_key(headers.get("idempotency-key").map(HeaderValue::as_bytes))?;
     let valid = validation::create_refund(&body, s.max_amount)?;
-    // A key names one request: this endpoint, this payment, this content.
-    let mut hasher = Sha256::new();
-    hasher.update(b"refund\0");
-    hasher.update(payment_id.to_string());
-    hasher.update(b"\0");
-    hasher.update(serde_json::to_vec(&valid).unwrap_or_default());
-    let request_hash = hasher.finalize().to_vec();
+    let request_hash = request_hash("refund", payment_id, &valid);
     let metadata = serde_json::to_value(&valid.metadata).unwrap_or_else(|_| json!({}));
     let new = refunds::NewRefund {
         payment_id,
@@ -163,18 +155,9 @@ pub async fn create(
         }
     };
     tracing::info!(refund_id = %refund.id, payment_id = %refund.payment_id, amount = refund.amount, fresh, "refund pending; sending it to Stripe");
-    match send(&s, refund, fresh).await? {
-        Ok((status, body)) => {
-            idempotency::complete(&s.db, &lease, status.as_u16(), &body).await?;
-            Ok((status, Json(body)).into_response())
-        }
-        Err(err) => {
-            // Unknown outcome: the refund stays pending with its amount reserved; a retry
-            // with the same key resumes it, and the reconciler sends it if nobody does.
-            idempotency::release(&s.db, &lease).await?;
-            Ok((err.status, Json(err.body())).into_response())
-        }
-    }
+    // Unfinished (Stripe unreachable): the refund stays pending with its amount reserved;
+    // a retry with the same key resumes it, and the reconciler sends it if nobody does.
+    answer_keyed(&s, &lease, send(&s, refund, fresh).await?).await
 }
 
 /// The Stripe side of a refund create, outside any transaction. `Ok`: a final answer to

@@ -11,7 +11,7 @@ use paystream_core::PaymentStatus;
 use uuid::Uuid;
 
 pub const SCHEMA_JSON: &str = include_str!("../../schemas/payment_status_update.avsc");
-pub(crate) const MAGIC: [u8; 2] = [0xC3, 0x01];
+const MAGIC: [u8; 2] = [0xC3, 0x01];
 const SYMBOLS: [PaymentStatus; 3] = [
     PaymentStatus::Succeeded,
     PaymentStatus::Failed,
@@ -92,25 +92,44 @@ pub fn encode(u: &StatusUpdate) -> Result<Vec<u8>, OutputError> {
             Value::TimestampMillis(u.committed_at_ms),
         ),
     ]);
-    let mut out = Vec::with_capacity(96);
+    single_object(&SCHEMA, fingerprint(), record)
+}
+
+/// Avro's single-object encoding of `record`: magic, the writer schema's fingerprint,
+/// the datum.
+pub(crate) fn single_object(
+    schema: &Schema,
+    fingerprint: &[u8],
+    record: Value,
+) -> Result<Vec<u8>, OutputError> {
+    let mut out = Vec::with_capacity(128);
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(fingerprint());
-    out.extend(to_avro_datum(&SCHEMA, record)?);
+    out.extend_from_slice(fingerprint);
+    out.extend(to_avro_datum(schema, record)?);
     Ok(out)
 }
 
-pub fn decode(bytes: &[u8]) -> Result<StatusUpdate, OutputError> {
-    let header = MAGIC.len() + fingerprint().len();
+/// The record of a single-object message whose header carries one of `fingerprints`.
+pub(crate) fn read_single_object(
+    schema: &Schema,
+    fingerprints: &[&[u8]],
+    bytes: &[u8],
+) -> Result<Fields, OutputError> {
+    let header = MAGIC.len() + 8;
     if bytes.len() < header
         || bytes[..2] != MAGIC
-        || (bytes[2..header] != *fingerprint() && bytes[2..header] != *LEGACY_FINGERPRINT)
+        || !fingerprints.iter().any(|f| bytes[2..header] == **f)
     {
         return Err(OutputError::WrongHeader);
     }
-    let Value::Record(fields) = from_avro_datum(&SCHEMA, &mut &bytes[header..], None)? else {
-        return Err(OutputError::Shape);
-    };
-    let f = Fields(fields);
+    match from_avro_datum(schema, &mut &bytes[header..], None)? {
+        Value::Record(fields) => Ok(Fields(fields)),
+        _ => Err(OutputError::Shape),
+    }
+}
+
+pub fn decode(bytes: &[u8]) -> Result<StatusUpdate, OutputError> {
+    let f = read_single_object(&SCHEMA, &[fingerprint(), &LEGACY_FINGERPRINT], bytes)?;
     let status = match f.get("status") {
         Some(Value::Enum(i, _)) => *SYMBOLS.get(i as usize).ok_or(OutputError::Shape)?,
         _ => return Err(OutputError::Shape),

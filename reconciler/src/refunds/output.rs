@@ -9,12 +9,12 @@
 
 use std::sync::LazyLock;
 
+use apache_avro::Schema;
 use apache_avro::types::Value;
-use apache_avro::{Schema, from_avro_datum, to_avro_datum};
 use paystream_core::RefundStatus;
 use uuid::Uuid;
 
-use crate::output::{Fields, MAGIC, OutputError, optional};
+use crate::output::{OutputError, optional, read_single_object, single_object};
 
 pub const SCHEMA_JSON: &str = include_str!("../../../schemas/refund_status_update.avsc");
 const SYMBOLS: [RefundStatus; 3] = [
@@ -76,22 +76,11 @@ pub fn encode(u: &RefundUpdate) -> Result<Vec<u8>, OutputError> {
             Value::TimestampMillis(u.committed_at_ms),
         ),
     ]);
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(fingerprint());
-    out.extend(to_avro_datum(&SCHEMA, record)?);
-    Ok(out)
+    single_object(&SCHEMA, fingerprint(), record)
 }
 
 pub fn decode(bytes: &[u8]) -> Result<RefundUpdate, OutputError> {
-    let header = MAGIC.len() + fingerprint().len();
-    if bytes.len() < header || bytes[..2] != MAGIC || bytes[2..header] != *fingerprint() {
-        return Err(OutputError::WrongHeader);
-    }
-    let Value::Record(fields) = from_avro_datum(&SCHEMA, &mut &bytes[header..], None)? else {
-        return Err(OutputError::Shape);
-    };
-    let f = Fields(fields);
+    let f = read_single_object(&SCHEMA, &[fingerprint()], bytes)?;
     let status = match f.get("status") {
         Some(Value::Enum(i, _)) => *SYMBOLS.get(i as usize).ok_or(OutputError::Shape)?,
         _ => return Err(OutputError::Shape),
