@@ -83,15 +83,27 @@ pub enum Effect {
 #[derive(Debug, Default)]
 pub struct PendingState {
     entries: HashMap<Uuid, Pending>,
-    /// (due, id). Entries are not removed when a payment leaves or is rescheduled; a popped
-    /// entry counts only if it still matches the payment's `next_poll`.
-    timers: BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>,
+    /// (due, id), one heap per tier: polls in a payment's first `frequent_for` (it may
+    /// move any moment: the customer is paying) and later ones (mostly abandoned). Due
+    /// young polls go first, so a backlog of overdue old ones (a state just loaded with
+    /// thousands of long-abandoned payments) never delays a new payment's poll. Entries
+    /// are not removed when a payment leaves or is rescheduled; a popped entry counts only
+    /// if it still matches the payment's `next_poll`.
+    timers: [Timers; 2],
     /// Highest version seen per id for payments that left the state, so a late replay of
     /// an older `pending` version cannot bring them back. Bounded (oldest forgotten first):
     /// a replay comes in order, so a forgotten payment's final version follows its stale
     /// pending one and removes it again.
     resolved_versions: HashMap<Uuid, i64>,
     resolved_order: VecDeque<Uuid>,
+}
+
+/// Poll timers, earliest first: (due, payment).
+type Timers = BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>;
+
+/// How long after its creation a payment's polls go first.
+fn young_for(schedule: &Schedule) -> chrono::Duration {
+    chrono::Duration::from_std(schedule.frequent_for).unwrap_or(chrono::Duration::MAX)
 }
 
 /// How many resolved payments a partition's state remembers.
@@ -121,15 +133,59 @@ impl PendingState {
         }
     }
 
-    /// When the earliest poll is due; stale timer entries are dropped on the way.
-    pub fn next_due(&mut self) -> Option<DateTime<Utc>> {
-        while let Some(&Reverse((at, id))) = self.timers.peek() {
-            if self.entries.get(&id).is_some_and(|p| p.next_poll == at) {
-                return Some(at);
+    /// The tier (0: young, 1: old) and time of the poll to make first, if one is due at
+    /// `now`: a due young poll before any old one, the earliest within a tier. Stale timer
+    /// entries are dropped on the way, and polls of payments no longer young at `now` (a
+    /// state just loaded holds thousands, all with long-overdue first polls) move to the
+    /// old tier.
+    pub fn due(&mut self, now: DateTime<Utc>, schedule: &Schedule) -> Option<(u8, DateTime<Utc>)> {
+        let young_for = young_for(schedule);
+        for tier in 0..2u8 {
+            if let Some(at) = self.earliest(tier, now, young_for)
+                && at <= now
+            {
+                return Some((tier, at));
             }
-            self.timers.pop();
         }
         None
+    }
+
+    /// The earliest poll of a tier, due or not.
+    fn earliest(
+        &mut self,
+        tier: u8,
+        now: DateTime<Utc>,
+        young_for: chrono::Duration,
+    ) -> Option<DateTime<Utc>> {
+        while let Some(&Reverse((at, id))) = self.timers[usize::from(tier)].peek() {
+            match self.entries.get(&id) {
+                Some(p) if p.next_poll == at => {
+                    if tier == 0 && now - p.created_at > young_for {
+                        self.timers[0].pop();
+                        self.timers[1].push(Reverse((at, id)));
+                        continue;
+                    }
+                    return Some(at);
+                }
+                _ => {
+                    self.timers[usize::from(tier)].pop();
+                }
+            }
+        }
+        None
+    }
+
+    /// Files a payment's poll at `at` under its tier (a poll within the payment's first
+    /// `frequent_for` is young; `due` demotes one whose payment has aged meanwhile).
+    fn push(
+        &mut self,
+        id: Uuid,
+        created_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+        schedule: &Schedule,
+    ) {
+        let young = at - created_at <= young_for(schedule);
+        self.timers[usize::from(!young)].push(Reverse((at, id)));
     }
 
     /// Records whether a poll's answer was usable; returns the misses in a row so far.
@@ -148,10 +204,28 @@ impl PendingState {
     }
 
     /// Moves a payment's next poll, e.g. sooner than its schedule after Stripe said 429.
-    pub fn reschedule(&mut self, id: Uuid, at: DateTime<Utc>) {
+    pub fn reschedule(&mut self, id: Uuid, at: DateTime<Utc>, schedule: &Schedule) {
         if let Some(p) = self.entries.get_mut(&id) {
             p.next_poll = at;
-            self.timers.push(Reverse((at, id)));
+            let created_at = p.created_at;
+            self.push(id, created_at, at, schedule);
+        }
+    }
+
+    /// After an unusable answer (Stripe does not know the intent, or says a status we do
+    /// not know), the next poll waits `frequent` x 2^misses, at most `slow`: a payment that
+    /// only ever misses stops taking the budget of those that can resolve.
+    pub fn back_off(&mut self, id: Uuid, misses: u8, now: DateTime<Utc>, schedule: &Schedule) {
+        let Some(p) = self.entries.get(&id) else {
+            return;
+        };
+        let wait = schedule
+            .frequent
+            .saturating_mul(1u32 << misses.min(16))
+            .min(schedule.slow.max(schedule.frequent));
+        let at = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+        if at > p.next_poll {
+            self.reschedule(id, at, schedule);
         }
     }
 
@@ -167,7 +241,8 @@ impl PendingState {
             .sum();
         self.entries.capacity() * (size_of::<(Uuid, Pending)>() + 1)
             + strings
-            + self.timers.capacity() * size_of::<Reverse<(DateTime<Utc>, Uuid)>>()
+            + self.timers.iter().map(BinaryHeap::capacity).sum::<usize>()
+                * size_of::<Reverse<(DateTime<Utc>, Uuid)>>()
             + self.resolved_versions.capacity() * (size_of::<(Uuid, i64)>() + 1)
             + self.resolved_order.capacity() * size_of::<Uuid>()
     }
@@ -206,7 +281,7 @@ impl PendingState {
                     }
                     None => {
                         let next_poll = schedule.next(row.created_at, None);
-                        self.timers.push(Reverse((next_poll, row.id)));
+                        self.push(row.id, row.created_at, next_poll, schedule);
                         self.entries.insert(row.id, Pending::new(row, next_poll));
                         Effect::Added
                     }
@@ -225,23 +300,20 @@ impl PendingState {
     ) -> Vec<(Uuid, Pending)> {
         let mut due = Vec::new();
         while due.len() < max {
-            let Some(&Reverse((at, id))) = self.timers.peek() else {
+            let Some((tier, at)) = self.due(now, schedule) else {
                 break;
             };
-            if at > now {
+            let Some(Reverse((_, id))) = self.timers[usize::from(tier)].pop() else {
                 break;
-            }
-            self.timers.pop();
+            };
             let Some(p) = self.entries.get_mut(&id) else {
                 continue;
             };
-            if p.next_poll != at {
-                continue;
-            }
             p.attempts += 1;
             p.next_poll = schedule.next(p.created_at, Some(now.max(at)));
-            self.timers.push(Reverse((p.next_poll, id)));
+            let (next, created_at) = (p.next_poll, p.created_at);
             due.push((id, p.clone()));
+            self.push(id, created_at, next, schedule);
         }
         due
     }
@@ -391,29 +463,90 @@ mod tests {
     }
 
     #[test]
-    fn next_due_skips_stale_timers_and_reschedule_moves_a_poll() {
+    fn due_skips_stale_timers_and_reschedule_moves_a_poll() {
         let s = Schedule::default();
         let mut st = PendingState::default();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         st.apply(&upsert(row(a, "pending", 1)), &s);
         st.apply(&upsert(row(b, "pending", 1)), &s);
         let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        assert_eq!(st.next_due(), Some(t0 + chrono::Duration::seconds(60)));
-        st.reschedule(a, t0 + chrono::Duration::seconds(5));
-        assert_eq!(st.next_due(), Some(t0 + chrono::Duration::seconds(5)));
+        let later = t0 + chrono::Duration::days(1);
+        assert_eq!(st.due(t0, &s), None, "nothing due yet");
+        assert_eq!(
+            st.due(t0 + chrono::Duration::seconds(60), &s),
+            Some((0, t0 + chrono::Duration::seconds(60))),
+            "a minute old: young"
+        );
+        assert_eq!(
+            st.due(later, &s),
+            Some((1, t0 + chrono::Duration::seconds(60))),
+            "a day old: the old tier"
+        );
+        st.reschedule(a, t0 + chrono::Duration::seconds(5), &s);
+        assert_eq!(
+            st.due(later, &s),
+            Some((1, t0 + chrono::Duration::seconds(5)))
+        );
         st.apply(&upsert(row(a, "succeeded", 2)), &s);
         assert_eq!(
-            st.next_due(),
-            Some(t0 + chrono::Duration::seconds(60)),
+            st.due(later, &s),
+            Some((1, t0 + chrono::Duration::seconds(60))),
             "a's timer is stale"
         );
-        st.reschedule(Uuid::now_v7(), t0);
+        st.reschedule(Uuid::now_v7(), t0, &s);
         assert_eq!(
-            st.next_due(),
-            Some(t0 + chrono::Duration::seconds(60)),
+            st.due(later, &s),
+            Some((1, t0 + chrono::Duration::seconds(60))),
             "unknown ids are not scheduled"
         );
         assert!(st.approx_bytes() > std::mem::size_of::<Pending>());
+    }
+
+    /// A new payment's poll goes before every overdue poll of old payments (a state just
+    /// loaded with a backlog of abandoned ones), however long those have been due.
+    #[test]
+    fn a_young_payments_poll_goes_before_a_backlog_of_old_ones() {
+        let s = Schedule::default();
+        let mut st = PendingState::default();
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let now = t0 + chrono::Duration::days(1);
+        // A day-old backlog, as a state loaded from the replica holds it: every first
+        // poll a day overdue.
+        for _ in 0..50 {
+            st.apply(&upsert(row(Uuid::now_v7(), "pending", 1)), &s);
+        }
+        let fresh = Uuid::now_v7();
+        let young = PaymentRow {
+            created_at: now - chrono::Duration::seconds(61),
+            ..row(fresh, "pending", 1)
+        };
+        st.apply(&upsert(young), &s);
+        assert_eq!(st.due(now, &s).map(|(tier, _)| tier), Some(0));
+        let first = st.take_due(now, 1, &s);
+        assert_eq!(first.first().map(|(id, _)| *id), Some(fresh));
+        let rest = st.take_due(now, 100, &s);
+        assert_eq!(rest.len(), 50, "then the backlog, each once");
+    }
+
+    /// A payment whose polls only miss (Stripe does not know its intent) backs off
+    /// exponentially, up to `slow`, and a usable answer ends that.
+    #[test]
+    fn misses_back_off_up_to_slow() {
+        let s = Schedule::default();
+        let mut st = PendingState::default();
+        let id = Uuid::now_v7();
+        st.apply(&upsert(row(id, "pending", 1)), &s);
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let now = t0 + chrono::Duration::seconds(60);
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            st.take_due(now, 1, &s);
+            let misses = st.note_poll(id, false);
+            st.back_off(id, misses, now, &s);
+            waits.push((st.get(&id).unwrap().next_poll - now).num_seconds());
+        }
+        assert_eq!(waits, [600, 1200, 2400, 3600, 3600, 3600]);
+        assert_eq!(st.note_poll(id, true), 0);
     }
 
     proptest! {

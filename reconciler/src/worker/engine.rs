@@ -449,9 +449,8 @@ impl Engine {
             let due = self
                 .states
                 .iter_mut()
-                .filter_map(|(p, s)| s.next_due().map(|at| (*p, at)))
-                .filter(|(_, at)| *at <= now.wall)
-                .min_by_key(|(_, at)| *at);
+                .filter_map(|(p, s)| s.due(now.wall, &self.schedule).map(|key| (*p, key)))
+                .min_by_key(|(_, key)| *key);
             let Some((partition, _)) = due else {
                 return;
             };
@@ -483,7 +482,10 @@ impl Engine {
         match answer {
             PollAnswer::Answered { usable } => {
                 if let Some(s) = self.states.get_mut(&partition) {
-                    s.note_poll(id, usable);
+                    let misses = s.note_poll(id, usable);
+                    if !usable {
+                        s.back_off(id, misses, now.wall, &self.schedule);
+                    }
                 }
             }
             PollAnswer::RateLimited => {
@@ -491,7 +493,7 @@ impl Engine {
                 let retry_at =
                     now.wall + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::MAX);
                 if let Some(s) = self.states.get_mut(&partition) {
-                    s.reschedule(id, retry_at);
+                    s.reschedule(id, retry_at, &self.schedule);
                 }
                 tracing::warn!(payment_id = %id, backoff_ms = pause.as_millis() as u64, "stripe rate limit: polls paused");
                 return;
