@@ -86,6 +86,7 @@ pub async fn reconciliation(
         since,
         until,
         stuck_after: chrono::Duration::hours(1),
+        grace: chrono::Duration::minutes(2),
         stripe_rate: 20,
     };
     let report = paystream_report::run(replica, &*s.stripe, &settings, |_| {})

@@ -66,6 +66,10 @@ struct ReportArgs {
     /// (`refund_stuck_pending`); younger refunds on their way are not discrepancies.
     #[arg(long, default_value = "1h")]
     stuck_after: String,
+    /// A payment pending here, final at Stripe, that changed within this is `in_flight`
+    /// (its webhook is most likely on its way), not a `status_mismatch`.
+    #[arg(long, default_value = "2m")]
+    grace: String,
     /// Stripe calls per second.
     #[arg(long, default_value_t = 20)]
     stripe_rate: u32,
@@ -94,6 +98,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<bool> {
         since: instant(&args.since, now)?,
         until: args.until.as_deref().map_or(Ok(now), |u| instant(u, now))?,
         stuck_after: duration(&args.stuck_after)?,
+        grace: duration(&args.grace)?,
         stripe_rate: args.stripe_rate,
     };
     anyhow::ensure!(

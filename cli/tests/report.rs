@@ -35,6 +35,13 @@ async fn report(stack: &Stack, world: &SimWorld, format: &str, extra: &[&str]) -
             "--stripe-rate",
             "2000",
         ])
+        // The seeded discrepancies are seconds old: without a grace (the default is 2
+        // minutes) they are what they are, not `in_flight`.
+        .args(if extra.contains(&"--grace") {
+            &[][..]
+        } else {
+            &["--grace", "0s"][..]
+        })
         .args(extra)
         .env("REPLICA_URL", stack.var("REPLICA_URL"))
         .env("DATABASE_URL", stack.var("DATABASE_URL"))
@@ -392,6 +399,27 @@ async fn the_report_finds_exactly_the_seeded_discrepancies_in_every_format() {
         "the report says how fresh it is"
     );
     assert!(v["resolved_by"]["webhook"].as_u64() >= Some(1));
+    assert_eq!(v["grace_secs"], 0);
+
+    // With the default grace, the payment that is pending here and succeeded at Stripe a
+    // moment ago is in flight (its webhook is on its way), not a discrepancy.
+    let graced = report(stack, &world, "json", &["--grace", "10m"]).await;
+    let g: Value = serde_json::from_str(&graced.stdout).expect("json report");
+    let class_of = |id: Uuid| {
+        g["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["payment_id"] == id.to_string())
+            .map(|f| f["class"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(class_of(status).as_deref(), Some("in_flight"));
+    assert_eq!(
+        class_of(amount).as_deref(),
+        Some("amount_mismatch"),
+        "only status waits"
+    );
+    assert_eq!(g["grace_secs"], 600);
 
     // Exactly the seeded refund findings, and the matched refund in none.
     let seeded_stripe: HashSet<&str> =

@@ -59,11 +59,16 @@ pub enum Class {
     /// A payment whose `amount_refunded` differs from the sum of its succeeded refunds at
     /// Stripe (`ours` and `stripe` are the two sums).
     RefundedAmountMismatch,
+    /// Ours pending, Stripe's final, and ours changed (or was made) within the grace: its
+    /// webhook is most likely on its way. Not a discrepancy; past the grace it is a
+    /// `status_mismatch`.
+    InFlight,
 }
 
 impl Class {
-    pub const ALL: [Class; 18] = [
+    pub const ALL: [Class; 19] = [
         Class::Matched,
+        Class::InFlight,
         Class::StatusMismatch,
         Class::AmountMismatch,
         Class::CurrencyMismatch,
@@ -103,12 +108,17 @@ impl Class {
             Class::RefundStuckPending => "refund_stuck_pending",
             Class::RefundNeedsAttention => "refund_needs_attention",
             Class::RefundedAmountMismatch => "refunded_amount_mismatch",
+            Class::InFlight => "in_flight",
         }
     }
 
-    /// Whether this class is a discrepancy (every class but the two `matched` ones).
+    /// Whether this class is a discrepancy (every class but the two `matched` ones and
+    /// `in_flight`).
     pub fn is_discrepancy(self) -> bool {
-        !matches!(self, Class::Matched | Class::RefundMatched)
+        !matches!(
+            self,
+            Class::Matched | Class::RefundMatched | Class::InFlight
+        )
     }
 
     /// Whether a finding of this class is about one refund (its `refund_id` or
@@ -200,14 +210,23 @@ fn percentile(sorted: &[i64], pct: usize) -> i64 {
     sorted[rank - 1]
 }
 
+/// How a report judges time: `now`, when a pending payment is stuck, and how long a
+/// payment that just changed may lag behind Stripe before that counts.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub now: DateTime<Utc>,
+    pub stuck_after: chrono::Duration,
+    pub grace: chrono::Duration,
+}
+
 /// Classifies `ours` (the window's payments) against `theirs` (Stripe's intents of the
 /// window, plus any intent of ours fetched one by one because it fell outside it).
-pub fn classify(
-    ours: &[Ours],
-    theirs: &[IntentView],
-    now: DateTime<Utc>,
-    stuck_after: chrono::Duration,
-) -> Classified {
+pub fn classify(ours: &[Ours], theirs: &[IntentView], rules: Rules) -> Classified {
+    let Rules {
+        now,
+        stuck_after,
+        grace,
+    } = rules;
     let by_id: HashMap<&str, &IntentView> = theirs.iter().map(|i| (i.id.as_str(), i)).collect();
     let by_payment: HashMap<&str, &IntentView> = theirs
         .iter()
@@ -263,6 +282,17 @@ pub fn classify(
                 Some(p.amount.to_string()),
                 Some(i.amount.to_string()),
             ),
+            Some(i)
+                if p.status == PaymentStatus::Pending
+                    && i.status().is_some_and(PaymentStatus::is_final)
+                    && now - p.updated_at.max(p.created_at) < grace =>
+            {
+                (
+                    Class::InFlight,
+                    Some(ours_status.clone()),
+                    Some(i.stripe_status.clone()),
+                )
+            }
             Some(i) if i.status() != Some(p.status) => (
                 Class::StatusMismatch,
                 Some(ours_status.clone()),
@@ -566,8 +596,18 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
 
+    /// The defaults: stuck after an hour, two minutes of grace.
+    fn rules(now: DateTime<Utc>) -> Rules {
+        Rules {
+            now,
+            stuck_after: chrono::Duration::hours(1),
+            grace: chrono::Duration::minutes(2),
+        }
+    }
+
     fn ours(status: &str, intent: Option<&str>) -> Ours {
         Ours {
+            updated_at: t0(),
             id: PaymentId::generate(),
             intent: intent.map(str::to_owned),
             status: status.parse().unwrap(),
@@ -645,7 +685,7 @@ mod tests {
         p: &[RefundedPayment],
         now_after_s: i64,
     ) -> (Vec<Class>, Classified) {
-        let mut c = classify(&[], &[], t0(), chrono::Duration::hours(1));
+        let mut c = classify(&[], &[], rules(t0()));
         classify_refunds(
             &mut c,
             o,
@@ -664,12 +704,7 @@ mod tests {
     }
 
     fn class_of(o: &[Ours], t: &[IntentView], now_after_s: i64) -> Vec<Class> {
-        let c = classify(
-            o,
-            t,
-            t0() + chrono::Duration::seconds(now_after_s),
-            chrono::Duration::hours(1),
-        );
+        let c = classify(o, t, rules(t0() + chrono::Duration::seconds(now_after_s)));
         let mut classes: Vec<Class> = c.findings.iter().map(|f| f.class).collect();
         classes.extend(std::iter::repeat_n(
             Class::Matched,
@@ -729,6 +764,46 @@ mod tests {
             !young.contains(&Class::StuckPending),
             "within the SLA: {young:?}"
         );
+        assert!(
+            young.contains(&Class::InFlight) && !young.contains(&Class::StatusMismatch),
+            "pending here, succeeded at Stripe a minute after it was made: its webhook is on its way: {young:?}"
+        );
+    }
+
+    /// The grace counts from our row's last change: a payment made long ago that changed
+    /// a moment ago (Stripe's `processing`, say) is in flight; one that has not changed
+    /// for longer than the grace is a mismatch; in flight is never a discrepancy.
+    #[test]
+    fn in_flight_lasts_the_grace_from_our_last_change() {
+        let mut moved = ours("pending", Some("pi_moved"));
+        moved.updated_at = t0() + chrono::Duration::minutes(59);
+        let t = [theirs("pi_moved", "succeeded", &moved)];
+        let at = |min: i64| {
+            classify(
+                std::slice::from_ref(&moved),
+                &t,
+                rules(t0() + chrono::Duration::minutes(min)),
+            )
+        };
+        let soon = at(60);
+        assert_eq!(soon.counts[&Class::InFlight], 1);
+        assert_eq!(soon.discrepancies(), 0);
+        let late = at(62);
+        assert_eq!(late.counts[&Class::StatusMismatch], 1);
+        assert_eq!(late.discrepancies(), 1);
+        let none = classify(
+            std::slice::from_ref(&moved),
+            &t,
+            Rules {
+                grace: chrono::Duration::zero(),
+                ..rules(t0() + chrono::Duration::minutes(60))
+            },
+        );
+        assert_eq!(
+            none.counts[&Class::StatusMismatch],
+            1,
+            "no grace, no in flight"
+        );
     }
 
     #[test]
@@ -746,7 +821,7 @@ mod tests {
             })
             .collect();
         o.push(ours("pending", None));
-        let c = classify(&o, &[], t0(), chrono::Duration::hours(1));
+        let c = classify(&o, &[], rules(t0()));
         assert_eq!(c.resolved_by["poll"], 25);
         assert_eq!(c.resolved_by["webhook"], 75);
         assert_eq!(
@@ -1016,7 +1091,7 @@ mod tests {
                 }
                 o.push(r);
             }
-            let mut c = classify(&[], &[], t0(), chrono::Duration::hours(1));
+            let mut c = classify(&[], &[], rules(t0()));
             classify_refunds(&mut c, &o, &t, &[], t0() + chrono::Duration::seconds(now_s), chrono::Duration::hours(1));
             let per_refund: u64 = c.counts.iter().filter(|(k, _)| k.is_refund() && **k != Class::RefundOrphanAtStripe).map(|(_, n)| n).sum();
             prop_assert_eq!(per_refund, o.len() as u64);
@@ -1042,7 +1117,7 @@ mod tests {
                 }
                 o.push(p);
             }
-            let c = classify(&o, &t, t0() + chrono::Duration::hours(2), chrono::Duration::hours(1));
+            let c = classify(&o, &t, rules(t0() + chrono::Duration::hours(2)));
             let orphans = c.counts[&Class::OrphanAtStripe];
             let total: u64 = c.counts.values().sum();
             prop_assert_eq!(total - orphans, o.len() as u64);

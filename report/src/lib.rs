@@ -27,6 +27,9 @@ pub struct Report {
     /// The replica's last replayed commit: the report is as fresh as this.
     pub data_as_of: Option<DateTime<Utc>>,
     pub stuck_after_secs: i64,
+    /// How long a payment that just changed may lag behind Stripe (`in_flight`).
+    #[serde(default)]
+    pub grace_secs: i64,
     pub payments: usize,
     pub stripe_intents: usize,
     /// Our refunds checked: those made in the window, every other refund of their
@@ -47,6 +50,9 @@ pub struct Settings {
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,
     pub stuck_after: chrono::Duration,
+    /// A payment pending here and final at Stripe that changed within this is
+    /// `in_flight` (its webhook is on its way), not a `status_mismatch`.
+    pub grace: chrono::Duration,
     /// Stripe calls per second (Stripe allows 25 in test mode, 100 live).
     pub stripe_rate: u32,
 }
@@ -61,7 +67,15 @@ pub async fn run<G: StripeGateway>(
     let theirs =
         source::stripe_intents(stripe, s.since, s.until, &ours, s.stripe_rate, progress).await?;
     let now = Utc::now();
-    let mut classified = classify(&ours, &theirs, now, s.stuck_after);
+    let mut classified = classify(
+        &ours,
+        &theirs,
+        classify::Rules {
+            now,
+            stuck_after: s.stuck_after,
+            grace: s.grace,
+        },
+    );
     let flagged = replica::flagged_outside(replica, s.since, s.until).await?;
     let orphaned = replica::orphaned_events(replica).await?;
     add_operator_items(&mut classified, &flagged, &orphaned);
@@ -80,6 +94,7 @@ pub async fn run<G: StripeGateway>(
         generated_at: now,
         data_as_of,
         stuck_after_secs: s.stuck_after.num_seconds(),
+        grace_secs: s.grace.num_seconds(),
         payments: ours.len(),
         stripe_intents: theirs.len(),
         refunds: refunds.ours.len(),

@@ -58,8 +58,8 @@ fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{} payments, {} Stripe intents, {} refunds, {} Stripe refunds, stuck after {} s\n",
-        r.payments, r.stripe_intents, r.refunds, r.stripe_refunds, r.stuck_after_secs
+        "{} payments, {} Stripe intents, {} refunds, {} Stripe refunds, stuck after {} s, grace {} s\n",
+        r.payments, r.stripe_intents, r.refunds, r.stripe_refunds, r.stuck_after_secs, r.grace_secs
     );
     let _ = writeln!(out, "{:<26} {:>8}", "class", "count");
     for class in Class::ALL {
@@ -221,6 +221,7 @@ mod tests {
             generated_at: t,
             data_as_of: Some(t),
             stuck_after_secs: 3600,
+            grace_secs: 120,
             payments: 4,
             stripe_intents: 4,
             refunds: 0,

@@ -107,7 +107,15 @@ mod tests {
 
     fn report(findings: Vec<(Uuid, Class)>) -> Report {
         let t = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-        let mut c = classify(&[] as &[Ours], &[], t, chrono::Duration::hours(1));
+        let mut c = classify(
+            &[] as &[Ours],
+            &[],
+            crate::classify::Rules {
+                now: t,
+                stuck_after: chrono::Duration::hours(1),
+                grace: chrono::Duration::minutes(2),
+            },
+        );
         c.findings = findings
             .into_iter()
             .map(|(id, class)| Finding {
@@ -128,6 +136,7 @@ mod tests {
             generated_at: t,
             data_as_of: None,
             stuck_after_secs: 3600,
+            grace_secs: 120,
             payments: 0,
             stripe_intents: 0,
             refunds: 0,

@@ -30,11 +30,13 @@ pub struct PaymentRow {
     pub resolution_source: Option<Source>,
     /// Why it waits for an operator, if it does.
     pub attention: Option<Attention>,
+    /// Its last change (a report's grace counts from it).
+    pub updated_at: DateTime<Utc>,
 }
 
 const PAYMENT_ROW: &str =
     "SELECT id, stripe_payment_intent_id, status, amount, currency, created_at,
-        resolved_at, resolution_source, attention FROM payments";
+        resolved_at, resolution_source, attention, updated_at FROM payments";
 
 fn payment_row(r: &Row) -> Result<PaymentRow, DbError> {
     Ok(PaymentRow {
@@ -53,6 +55,7 @@ fn payment_row(r: &Row) -> Result<PaymentRow, DbError> {
             .try_get::<_, Option<&str>>(8)?
             .map(crate::payments::parse_attention)
             .transpose()?,
+        updated_at: r.try_get(9)?,
     })
 }
 
