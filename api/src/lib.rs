@@ -104,7 +104,14 @@ pub fn router(state: AppState) -> Router {
             post(refunds::create).get(refunds::list),
         )
         .route("/v1/refunds/{id}", get(refunds::get))
-        .route("/v1/reports/reconciliation", get(reports::reconciliation))
+        .route(
+            "/v1/reports/reconciliation",
+            get(reports::reconciliation).post(reports::start_run),
+        )
+        .route(
+            "/v1/reports/reconciliation/runs/{id}",
+            get(reports::get_run),
+        )
         .layer(middleware::from_fn_with_state(
             (state.clone(), KeysOn::Primary),
             authenticate,

@@ -97,7 +97,7 @@ impl Modify for CommonResponses {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Paystream API", version = "1", description = "Idempotent payment initiation and reads. Amounts are integer minor units."),
-    paths(payments::create, payments::list, payments::get, payments::events, payments::cancel, payments::capture, crate::refunds::create, crate::refunds::list, crate::refunds::get, crate::reports::reconciliation, crate::analytics::summary, crate::analytics::timeseries),
+    paths(payments::create, payments::list, payments::get, payments::events, payments::cancel, payments::capture, crate::refunds::create, crate::refunds::list, crate::refunds::get, crate::reports::reconciliation, crate::reports::start_run, crate::reports::get_run, crate::analytics::summary, crate::analytics::timeseries),
     components(schemas(crate::validation::CreatePayment, crate::validation::CreateRefund, crate::validation::CapturePayment, payments::PaymentView, crate::refunds::RefundObject, ErrorBody, ErrorDetail)),
     modifiers(&Bearer, &CommonResponses)
 )]

@@ -1,15 +1,25 @@
-//! `GET /v1/reports/reconciliation`: the operators' reconciliation report over HTTP,
-//! read from the replicas. Operator keys only.
+//! The operators' reconciliation report over HTTP, read from the replicas, operator keys
+//! only: `GET /v1/reports/reconciliation` answers with it (small windows), `POST` starts a
+//! run in the background and `GET .../runs/{id}` follows it to its stored result.
 
-use axum::Extension;
-use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use chrono::Utc;
 use paystream_db::keys::{Principal, Role};
+use paystream_db::{Primary, Replica, runs};
 use paystream_report::render::{Format, render};
 use paystream_report::window::instant;
+use paystream_report::{Report, Settings};
+use paystream_stripe::HttpStripe;
 use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -46,6 +56,20 @@ pub async fn reconciliation(
     Extension(who): Extension<Principal>,
     Query(q): Query<ReportQuery>,
 ) -> Result<Response, ApiError> {
+    operator_only(&who)?;
+    let settings = settings(q.since.as_deref(), q.until.as_deref())?;
+    let format = format(q.format.as_deref())?;
+    let replica = replica(&s)?;
+    let report = paystream_report::run(replica, &*s.stripe, &settings, |_| {})
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "reconciliation report failed");
+            unavailable(e.to_string())
+        })?;
+    Ok(rendered(&report, format, None))
+}
+
+fn operator_only(who: &Principal) -> Result<(), ApiError> {
     if who.role != Role::Operator {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -53,10 +77,24 @@ pub async fn reconciliation(
             "reports need an operator key",
         ));
     }
+    Ok(())
+}
+
+fn unavailable(what: String) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "report_unavailable", what)
+}
+
+fn replica(s: &AppState) -> Result<&Replica, ApiError> {
+    s.replica
+        .as_ref()
+        .ok_or_else(|| unavailable("this instance has no replica configured".into()))
+}
+
+/// The report's settings from a request's window (a duration back from now, or RFC 3339).
+fn settings(since: Option<&str>, until: Option<&str>) -> Result<Settings, ApiError> {
     let now = Utc::now();
-    let since =
-        instant(q.since.as_deref().unwrap_or("24h"), now).map_err(|e| bad(e.to_string()))?;
-    let until = match q.until.as_deref() {
+    let since = instant(since.unwrap_or("24h"), now).map_err(|e| bad(e.to_string()))?;
+    let until = match until {
         Some(u) => instant(u, now).map_err(|e| bad(e.to_string()))?,
         None => now,
     };
@@ -65,7 +103,17 @@ pub async fn reconciliation(
             "the window must run forward and span at most {MAX_WINDOW_DAYS} days"
         )));
     }
-    let (format, content_type) = match q.format.as_deref().unwrap_or("json") {
+    Ok(Settings {
+        since,
+        until,
+        stuck_after: chrono::Duration::hours(1),
+        grace: chrono::Duration::minutes(2),
+        stripe_rate: 20,
+    })
+}
+
+fn format(f: Option<&str>) -> Result<(Format, &'static str), ApiError> {
+    Ok(match f.unwrap_or("json") {
         "json" => (Format::Json, "application/json"),
         "csv" => (Format::Csv, "text/csv; charset=utf-8"),
         "html" => (Format::Html, "text/html; charset=utf-8"),
@@ -75,27 +123,15 @@ pub async fn reconciliation(
                 "unknown format {other:?}: json, csv, html or table"
             )));
         }
-    };
-    let unavailable =
-        |what: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "report_unavailable", what);
-    let replica = s
-        .replica
-        .as_ref()
-        .ok_or_else(|| unavailable("this instance has no replica configured".into()))?;
-    let settings = paystream_report::Settings {
-        since,
-        until,
-        stuck_after: chrono::Duration::hours(1),
-        grace: chrono::Duration::minutes(2),
-        stripe_rate: 20,
-    };
-    let report = paystream_report::run(replica, &*s.stripe, &settings, |_| {})
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "reconciliation report failed");
-            unavailable(e.to_string())
-        })?;
-    Ok((
+    })
+}
+
+fn rendered(
+    report: &Report,
+    (format, content_type): (Format, &str),
+    run: Option<Uuid>,
+) -> Response {
+    let mut res = (
         [
             (header::CONTENT_TYPE, content_type.to_owned()),
             (
@@ -103,7 +139,161 @@ pub async fn reconciliation(
                 report.classified.discrepancies().to_string(),
             ),
         ],
-        render(&report, format),
+        render(report, format),
     )
-        .into_response())
+        .into_response();
+    if let Some(run) = run
+        && let Ok(v) = HeaderValue::from_str(&run.to_string())
+    {
+        res.headers_mut().insert("x-report-run", v);
+    }
+    res
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct WindowQuery {
+    /// A duration back from now (`24h`) or RFC 3339; default `24h`.
+    since: Option<String>,
+    /// Same forms; default now.
+    until: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct FormatQuery {
+    /// `json` (default), `csv`, `html` or `table`: the report's, once done.
+    format: Option<String>,
+}
+
+/// Where a run is followed.
+fn run_path(id: Uuid) -> String {
+    format!("/v1/reports/reconciliation/runs/{id}")
+}
+
+/// Starts a report in the background and answers at once: a window of a million payments
+/// takes minutes at Stripe's rate, longer than any HTTP request should hold a connection.
+#[utoipa::path(post, path = "/v1/reports/reconciliation", tag = "reports",
+    params(WindowQuery),
+    responses(
+        (status = 202, description = "Started: `{id, status: running, phase, progress, ...}`, and `Location` where to follow it"),
+        (status = 400, description = "`invalid_request`: bad window", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = crate::openapi::ErrorBody),
+        (status = 403, description = "`operator_only`: client keys cannot run reports", body = crate::openapi::ErrorBody),
+        (status = 503, description = "`report_unavailable` (no replica) or `database_unavailable`", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn start_run(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<WindowQuery>,
+) -> Result<Response, ApiError> {
+    operator_only(&who)?;
+    let settings = settings(q.since.as_deref(), q.until.as_deref())?;
+    let replica = replica(&s)?.clone();
+    let id = runs::start_job(&s.db, settings.since, settings.until).await?;
+    tokio::spawn(run_in_background(
+        s.db.clone(),
+        replica,
+        s.stripe.clone(),
+        settings,
+        id,
+    ));
+    let job = runs::job(&s.db, id)
+        .await?
+        .ok_or_else(|| unavailable("the run vanished".into()))?;
+    let mut res = (StatusCode::ACCEPTED, Json(json!(job))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&run_path(id)) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+/// The report, beating every second with how far it got; stored as a run when done.
+async fn run_in_background(
+    db: Primary,
+    replica: Replica,
+    stripe: Arc<HttpStripe>,
+    settings: Settings,
+    id: Uuid,
+) {
+    let read = Arc::new(AtomicI64::new(0));
+    let beat = {
+        let (db, read) = (db.clone(), read.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let n = read.load(Ordering::Relaxed);
+                if let Err(e) =
+                    runs::job_progress(&db, id, "reading Stripe and the replicas", n).await
+                {
+                    tracing::warn!(run = %id, error = %e, "report run heartbeat failed");
+                }
+            }
+        })
+    };
+    let report = paystream_report::run(&replica, &*stripe, &settings, |n| {
+        read.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed)
+    })
+    .await;
+    beat.abort();
+    let outcome = match report {
+        Ok(r) => paystream_report::runs::store(&db, &r)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &outcome {
+        tracing::warn!(run = %id, error = %e, "reconciliation report run failed");
+    }
+    if let Err(e) = runs::end_job(&db, id, outcome.as_ref().copied().map_err(String::as_str)).await
+    {
+        tracing::error!(run = %id, error = %e, "could not record the end of a report run");
+    }
+}
+
+#[utoipa::path(get, path = "/v1/reports/reconciliation/runs/{id}", tag = "reports",
+    params(("id" = Uuid, Path, description = "The run's id, from its `Location`"), FormatQuery),
+    responses(
+        (status = 200, description = "Done: the report in `format`, with `X-Discrepancies` and `X-Report-Run` (the stored run, as `paystream reports` lists it); or, JSON, a run that `failed` or was `abandoned` (its instance stopped), with `error`"),
+        (status = 202, description = "Still `running`: `{id, status, phase, progress, started_at, ...}`, `Retry-After: 1`"),
+        (status = 400, description = "`invalid_request`: bad format", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Missing or invalid API key", body = crate::openapi::ErrorBody),
+        (status = 403, description = "`operator_only`", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`report_run_not_found`", body = crate::openapi::ErrorBody),
+        (status = 503, description = "`report_unavailable` or `database_unavailable`", body = crate::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_run(
+    State(s): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<FormatQuery>,
+) -> Result<Response, ApiError> {
+    operator_only(&who)?;
+    let format = format(q.format.as_deref())?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "report_run_not_found",
+            "no such report run",
+        )
+    };
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    let job = runs::job(&s.db, id).await?.ok_or_else(not_found)?;
+    let still = |job: &runs::Job| {
+        let mut res = (StatusCode::ACCEPTED, Json(json!(job))).into_response();
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        res
+    };
+    match (job.status.as_str(), job.run_id) {
+        ("done", Some(run)) => {
+            match paystream_report::runs::load(replica(&s)?, run).await? {
+                Some(report) => Ok(rendered(&report, format, Some(run))),
+                // Stored on the primary a moment ago; the replica has not replayed it yet.
+                None => Ok(still(&job)),
+            }
+        }
+        ("running", _) => Ok(still(&job)),
+        _ => Ok(Json(json!(job)).into_response()),
+    }
 }

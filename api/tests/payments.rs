@@ -595,6 +595,8 @@ async fn the_openapi_document_describes_every_route_and_docs_render_it() {
         ("/v1/payments/{id}/refunds", "get"),
         ("/v1/refunds/{id}", "get"),
         ("/v1/reports/reconciliation", "get"),
+        ("/v1/reports/reconciliation", "post"),
+        ("/v1/reports/reconciliation/runs/{id}", "get"),
         ("/v1/analytics/summary", "get"),
         ("/v1/analytics/timeseries", "get"),
     ];
@@ -736,4 +738,101 @@ async fn reconciliation_reports_are_for_operator_keys_only() {
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["error"]["code"], "invalid_request", "{since} {format}");
     }
+}
+
+/// A report over HTTP runs in the background: the POST answers at once with where to
+/// follow it; the run answers 202 while it works and then the report, which is a stored
+/// run like the CLI's. Client keys can do neither.
+#[tokio::test]
+async fn a_report_run_starts_at_once_and_is_followed_to_its_stored_result() {
+    let app = spawn_app().await;
+    let (_, operator) = keys::create(
+        &app.primary,
+        &format!("op-{}", Uuid::now_v7()),
+        Role::Operator,
+    )
+    .await
+    .unwrap();
+    let since = (chrono::Utc::now() - chrono::Duration::seconds(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let start = |key: &str, since: &str| {
+        app.http
+            .post(format!("{}/v1/reports/reconciliation", app.base))
+            .query(&[("since", since)])
+            .bearer_auth(key)
+            .send()
+    };
+    let res = start(&app.key, &since).await.unwrap();
+    assert_eq!(res.status(), 403, "client keys run no reports");
+    let res = start(&operator, "yesterday").await.unwrap();
+    assert_eq!(res.status(), 400);
+
+    let began = std::time::Instant::now();
+    let res = start(&operator, &since).await.unwrap();
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(2),
+        "answered at once"
+    );
+    assert_eq!(res.status(), 202);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let run: Value = res.json().await.unwrap();
+    assert_eq!(run["status"], "running");
+    assert!(
+        location.ends_with(run["id"].as_str().unwrap()),
+        "{location}"
+    );
+
+    let follow = |format: &str| {
+        app.http
+            .get(format!("{}{location}", app.base))
+            .query(&[("format", format)])
+            .bearer_auth(&operator)
+            .send()
+    };
+    let done = loop {
+        let res = follow("json").await.unwrap();
+        match res.status().as_u16() {
+            202 => {
+                assert_eq!(res.headers()["retry-after"], "1");
+                let body: Value = res.json().await.unwrap();
+                assert!(body["progress"].is_i64(), "{body}");
+            }
+            200 => break res,
+            other => panic!("{other}: {}", res.text().await.unwrap()),
+        }
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(60),
+            "the run did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(done.headers().get("x-discrepancies").is_some());
+    let stored: Uuid = done.headers()["x-report-run"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let report: Value = done.json().await.unwrap();
+    assert!(report["counts"]["matched"].is_u64(), "{report}");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM reconciliation_runs WHERE id = $1")
+        .bind(stored)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1, "the result is a stored run");
+    let html = follow("html").await.unwrap();
+    assert_eq!(html.status(), 200);
+    assert!(html.text().await.unwrap().starts_with("<!doctype html>"));
+    let res = app
+        .http
+        .get(format!(
+            "{}/v1/reports/reconciliation/runs/{}",
+            app.base,
+            Uuid::now_v7()
+        ))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
 }

@@ -113,15 +113,34 @@ async fn report(args: ReportArgs) -> anyhow::Result<bool> {
         &args.stripe_secret_key,
         Duration::from_secs(10),
     )?;
+    // On a terminal, one line that counts; otherwise (cron, a pipe, CI logs) a line per
+    // step, so a long run shows it is alive.
     let tty = std::io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    if !tty {
+        eprintln!(
+            "report {} .. {}: reading our payments (replica) and Stripe's intents",
+            settings.since, settings.until
+        );
+    }
     let report = paystream_report::run(&replica, &stripe, &settings, |n| {
         if tty {
             eprint!("\rStripe intents fetched: {n}");
+        } else if n > 0 && n % 5_000 == 0 {
+            eprintln!("Stripe intents fetched: {n} ({:.0?})", started.elapsed());
         }
     })
     .await?;
     if tty {
         eprintln!();
+    } else {
+        eprintln!(
+            "report made in {:.1?}: {} payments, {} Stripe intents, {} refunds",
+            started.elapsed(),
+            report.payments,
+            report.stripe_intents,
+            report.refunds
+        );
     }
     // Runs are stored on the primary (the one write a report makes), when it is given.
     let primary = match args.database_url.as_deref() {

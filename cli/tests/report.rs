@@ -57,6 +57,13 @@ async fn report(stack: &Stack, world: &SimWorld, format: &str, extra: &[&str]) -
         "the report failed after {:?}: {log}",
         started.elapsed()
     );
+    // Not a terminal: a line per step says the run is alive and what it read.
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("report ") && l.contains("reading our payments"))
+            && log.lines().any(|l| l.starts_with("report made in ")),
+        "{log}"
+    );
     let id = log
         .lines()
         .find_map(|l| l.strip_prefix("run ")?.strip_suffix(" stored"))
