@@ -13,6 +13,12 @@ use paystream_core::gateway::{
 };
 use serde::Deserialize;
 
+/// The Stripe API version every request is written for, sent as `Stripe-Version`: request
+/// and response shapes then never follow an account's default version (which changes when
+/// someone upgrades it in the dashboard). Webhook shapes follow the endpoint's own
+/// `api_version`: create the endpoint with this one.
+pub const STRIPE_VERSION: &str = "2026-09-30.endive";
+
 #[derive(Clone)]
 pub struct HttpStripe {
     http: reqwest::Client,
@@ -175,6 +181,7 @@ impl HttpStripe {
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, GatewayError> {
         let res = req
             .bearer_auth(&self.secret_key)
+            .header("Stripe-Version", STRIPE_VERSION)
             .send()
             .await
             .map_err(|e| {
@@ -466,4 +473,14 @@ impl HttpStripe {
 
 fn encode(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// The version this client writes for is the one stripe-sim renders (its requests
+    /// would be refused otherwise: stripe-sim's behaviour tests).
+    #[test]
+    fn pins_the_version_stripe_sim_renders() {
+        assert_eq!(super::STRIPE_VERSION, stripe_sim::state::API_VERSION);
+    }
 }

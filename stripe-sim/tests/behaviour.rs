@@ -1247,3 +1247,36 @@ async fn deleted_and_disabled_endpoints_get_nothing_more() {
     t.create("1000", None).await;
     assert_eq!(off_rx.wait_for(2).await.len(), 2);
 }
+
+/// A request may pin the API version it is written for: the sim's own version is served,
+/// any other is refused with Stripe's error, and no pin gets the sim's version.
+#[tokio::test]
+async fn a_pinned_stripe_version_is_served_or_refused() {
+    let t = common::start().await;
+    let get = |version: Option<&str>| {
+        let mut req = t
+            .http
+            .get(format!("{}/v1/payment_intents", t.base))
+            .bearer_auth(common::KEY);
+        if let Some(v) = version {
+            req = req.header("Stripe-Version", v);
+        }
+        req.send()
+    };
+    for pin in [None, Some(stripe_sim::state::API_VERSION)] {
+        let res = get(pin).await.unwrap();
+        assert_eq!(res.status(), 200, "{pin:?}");
+        assert_eq!(
+            res.headers()["stripe-version"],
+            stripe_sim::state::API_VERSION
+        );
+    }
+    let res = get(Some("1999-01-01")).await.unwrap();
+    assert_eq!(res.status(), 400);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        v["error"]["message"],
+        "Invalid Stripe API version: 1999-01-01"
+    );
+}

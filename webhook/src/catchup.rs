@@ -71,6 +71,7 @@ async fn run_kind(
         let res = http
             .get(format!("{}/v1/events", api.api_base.trim_end_matches('/')))
             .bearer_auth(&api.secret_key)
+            .header("Stripe-Version", paystream_stripe::STRIPE_VERSION)
             .query(&query)
             .timeout(Duration::from_secs(10))
             .send()

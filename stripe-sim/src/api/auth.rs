@@ -8,6 +8,23 @@ use axum::response::{IntoResponse, Response};
 
 use crate::Sim;
 use crate::error::StripeError;
+use crate::state::API_VERSION;
+
+/// A request may pin the API version it is written for (`Stripe-Version`); Stripe refuses
+/// a version it does not know, and this stand-in renders one version only.
+fn version(headers: &HeaderMap) -> Result<(), StripeError> {
+    match headers.get("stripe-version") {
+        None => Ok(()),
+        Some(v) if v.as_bytes() == API_VERSION.as_bytes() => Ok(()),
+        Some(v) => Err(StripeError::invalid(
+            format!(
+                "Invalid Stripe API version: {}",
+                String::from_utf8_lossy(v.as_bytes())
+            ),
+            None,
+        )),
+    }
+}
 
 /// The secret key a request authenticated with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +50,9 @@ impl From<AuthError> for StripeError {
 pub async fn authenticate(State(sim): State<Sim>, mut req: Request, next: Next) -> Response {
     match check(sim.inner.api_key.as_deref(), req.headers()) {
         Ok(key) => {
+            if let Err(e) = version(req.headers()) {
+                return e.into_response();
+            }
             req.extensions_mut().insert(key);
             next.run(req).await
         }
