@@ -15,7 +15,9 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use paystream_core::gateway::{GatewayError, NewRefund, RefundView, StripeGateway, refund_key};
+use paystream_core::gateway::{
+    GatewayError, NewRefund, RefundView, StripeGateway, find_refund, refund_key,
+};
 use paystream_core::{RefundId, RefundStatus};
 use paystream_db::keys::{Principal, Role};
 use paystream_db::payments::{self, Source};
@@ -186,7 +188,7 @@ async fn send(
         None if fresh => create_at_stripe(s, &refund, intent).await,
         // An earlier attempt may have made it and died before storing its id: look first,
         // since Stripe forgets the create key after 24 hours.
-        None => match find_at_stripe(s, &refund, intent).await {
+        None => match find_refund(&*s.stripe, intent, &refund.id.to_string()).await {
             Ok(Some(found)) => Ok(found),
             Ok(None) => create_at_stripe(s, &refund, intent).await,
             Err(e) => Err(e),
@@ -260,20 +262,6 @@ async fn create_at_stripe(
             idempotency_key: &refund_key(&r.id),
         })
         .await
-}
-
-/// The Stripe refund that carries our refund id, if an earlier attempt made one.
-pub async fn find_at_stripe(
-    s: &AppState,
-    r: &Refund,
-    intent: &str,
-) -> Result<Option<RefundView>, GatewayError> {
-    let id = r.id.to_string();
-    Ok(s.stripe
-        .list_refunds(intent)
-        .await?
-        .into_iter()
-        .find(|x| x.refund_id.as_deref() == Some(id.as_str())))
 }
 
 #[utoipa::path(get, path = "/v1/payments/{id}/refunds", tag = "refunds",

@@ -245,6 +245,21 @@ pub trait StripeGateway: Send + Sync {
     ) -> impl Future<Output = Result<RefundPage, GatewayError>> + Send;
 }
 
+/// The Stripe refund made for our refund `refund_id` on `payment_intent`, if an earlier
+/// attempt made one (and died before storing its id): found by the `metadata.refund_id`
+/// every refund of ours carries.
+pub async fn find_refund<G: StripeGateway>(
+    stripe: &G,
+    payment_intent: &str,
+    refund_id: &str,
+) -> Result<Option<RefundView>, GatewayError> {
+    Ok(stripe
+        .list_refunds(payment_intent)
+        .await?
+        .into_iter()
+        .find(|r| r.refund_id.as_deref() == Some(refund_id)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

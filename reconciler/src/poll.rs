@@ -103,6 +103,23 @@ pub struct Rules {
     pub attention_after: chrono::Duration,
 }
 
+impl Rules {
+    /// Whether a poll's answer is the last miss allowed: unusable, the bound of misses in
+    /// a row reached, and the payment (or refund) old enough that it is no Stripe blip.
+    /// Then it goes to an operator and is polled no more.
+    pub fn gives_up(
+        &self,
+        usable: bool,
+        misses_before: u8,
+        created_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> bool {
+        !usable
+            && misses_before.saturating_add(1) >= self.misses_before_attention
+            && now - created_at >= self.attention_after
+    }
+}
+
 /// Stripe's cancellation reason for payments we expire.
 const EXPIRY_REASON: &str = "abandoned";
 
@@ -114,10 +131,7 @@ pub async fn poll<G: StripeGateway>(
     now: DateTime<Utc>,
 ) -> Result<Outcome, PollError> {
     let outcome = poll_once(stripe, db, t, rules, now).await?;
-    if outcome.usable()
-        || t.misses.saturating_add(1) < rules.misses_before_attention
-        || now - t.created_at < rules.attention_after
-    {
+    if !rules.gives_up(outcome.usable(), t.misses, t.created_at, now) {
         return Ok(outcome);
     }
     let why = match outcome {

@@ -12,7 +12,7 @@
 //! metrics.
 
 pub mod engine;
-mod sink;
+pub(crate) mod sink;
 mod telemetry;
 mod unconfirmed;
 

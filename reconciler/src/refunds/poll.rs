@@ -4,7 +4,9 @@
 //! key. The state is never changed here: the DB change comes back through CDC.
 
 use chrono::{DateTime, Utc};
-use paystream_core::gateway::{GatewayError, NewRefund, RefundView, StripeGateway, refund_key};
+use paystream_core::gateway::{
+    GatewayError, NewRefund, RefundView, StripeGateway, find_refund, refund_key,
+};
 use paystream_core::{RefundId, RefundStatus};
 use paystream_db::Primary;
 use paystream_db::payments::{self, Source};
@@ -66,10 +68,7 @@ pub async fn poll<G: StripeGateway>(
     now: DateTime<Utc>,
 ) -> Result<RefundOutcome, PollError> {
     let outcome = poll_once(stripe, db, t, rules, now).await?;
-    if outcome.usable()
-        || t.misses.saturating_add(1) < rules.misses_before_attention
-        || now - t.created_at < rules.attention_after
-    {
+    if !rules.gives_up(outcome.usable(), t.misses, t.created_at, now) {
         return Ok(outcome);
     }
     let why = match outcome {
@@ -145,10 +144,8 @@ async fn send<G: StripeGateway>(
         return fail(db, row.id, "the payment has no PaymentIntent").await;
     };
     let ours = row.id.to_string();
-    let found = match stripe.list_refunds(&intent).await {
-        Ok(all) => all
-            .into_iter()
-            .find(|r| r.refund_id.as_deref() == Some(ours.as_str())),
+    let found = match find_refund(stripe, &intent, &ours).await {
+        Ok(found) => found,
         Err(GatewayError::NotFound) => None,
         Err(e) => return Err(e.into()),
     };

@@ -22,8 +22,8 @@ use paystream_service::Metrics;
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::DeliveryFuture;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -36,6 +36,7 @@ use crate::partition::partition_for;
 use crate::poll::{PollError, Rules};
 use crate::source::{self, CdcConsumer, Rebalanced, Rejoin};
 use crate::worker::engine::StripeBudget;
+use crate::worker::sink::{Sink, SinkError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefundWorkerError {
@@ -47,6 +48,8 @@ pub enum RefundWorkerError {
     Publish(String),
     #[error("encoding a refund update: {0}")]
     Encode(#[from] crate::output::OutputError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
 }
 
 const DISPATCH_EVERY: Duration = Duration::from_millis(100);
@@ -70,7 +73,7 @@ pub struct RefundWorker<G> {
     stripe: Arc<G>,
     budget: StripeBudget,
     metrics: Arc<Metrics>,
-    producer: FutureProducer,
+    sink: Sink,
     states: HashMap<i32, RefundState>,
     /// Per partition new to the group: records before this offset are in its state.
     start_at: HashMap<i32, i64>,
@@ -78,6 +81,18 @@ pub struct RefundWorker<G> {
     rejoin: Rejoin,
     /// Polls paused until then (Stripe said 429).
     paused_until: Option<Instant>,
+}
+
+/// Waits for the broker to acknowledge a message (at most `DELIVERY_TIMEOUT`).
+async fn confirmed(delivery: DeliveryFuture) -> Result<(), RefundWorkerError> {
+    match tokio::time::timeout(DELIVERY_TIMEOUT, delivery).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err((e, _)))) => Err(RefundWorkerError::Publish(e.to_string())),
+        Ok(Err(_)) => Err(RefundWorkerError::Publish("the producer went away".into())),
+        Err(_) => Err(RefundWorkerError::Publish(format!(
+            "no acknowledgement within {DELIVERY_TIMEOUT:?}"
+        ))),
+    }
 }
 
 impl<G: StripeGateway + 'static> RefundWorker<G> {
@@ -89,10 +104,11 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
         budget: StripeBudget,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RefundWorkerError> {
-        let producer: FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &cfg.kafka.brokers)
-            .set("enable.idempotence", "true")
-            .create()?;
+        let sink = Sink::to_topics(
+            &cfg.kafka,
+            &cfg.kafka.refund_status_topic,
+            &cfg.kafka.refund_dead_letter_topic,
+        )?;
         Ok(RefundWorker {
             kafka: cfg.kafka.clone(),
             rules: cfg.poll.refund_rules(),
@@ -102,7 +118,7 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
             stripe,
             budget,
             metrics,
-            producer,
+            sink,
             states: HashMap::new(),
             start_at: HashMap::new(),
             polls: JoinSet::new(),
@@ -208,14 +224,8 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
 
     async fn publish(&self, u: &output::RefundUpdate) -> Result<(), RefundWorkerError> {
         let payload = output::encode(u)?;
-        let key = u.refund_id.to_string();
-        let record = FutureRecord::to(&self.kafka.refund_status_topic)
-            .key(key.as_bytes())
-            .payload(payload.as_slice());
-        self.producer
-            .send(record, DELIVERY_TIMEOUT)
-            .await
-            .map_err(|(e, _)| RefundWorkerError::Publish(e.to_string()))?;
+        let delivery = self.sink.update(&u.refund_id.to_string(), &payload).await?;
+        confirmed(delivery).await?;
         self.metrics.inc(
             "reconciler_refund_updates_published_total",
             "refund-status-update messages acknowledged by the broker, by status",
@@ -229,37 +239,7 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
         m: &BorrowedMessage<'_>,
         error: &str,
     ) -> Result<(), RefundWorkerError> {
-        let (partition, offset) = (m.partition().to_string(), m.offset().to_string());
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "source_topic",
-                value: Some(m.topic()),
-            })
-            .insert(Header {
-                key: "source_partition",
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: "source_offset",
-                value: Some(&offset),
-            })
-            .insert(Header {
-                key: "error",
-                value: Some(error),
-            });
-        let mut record =
-            FutureRecord::<[u8], [u8]>::to(&self.kafka.refund_dead_letter_topic).headers(headers);
-        if let Some(k) = m.key() {
-            record = record.key(k);
-        }
-        if let Some(p) = m.payload() {
-            record = record.payload(p);
-        }
-        self.producer
-            .send(record, DELIVERY_TIMEOUT)
-            .await
-            .map_err(|(e, _)| RefundWorkerError::Publish(e.to_string()))?;
-        Ok(())
+        confirmed(self.sink.dead_letter(m, error).await?).await
     }
 
     async fn rebalance(&mut self, consumer: &CdcConsumer) -> Result<(), RefundWorkerError> {

@@ -26,7 +26,17 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// The payment worker's: `payment-status-update` and the payments' dead letters.
     pub fn new(kafka: &KafkaConfig) -> Result<Sink, KafkaError> {
+        Self::to_topics(kafka, &kafka.status_topic, &kafka.dead_letter_topic)
+    }
+
+    /// A sink to other topics (the refund worker's).
+    pub fn to_topics(
+        kafka: &KafkaConfig,
+        status_topic: &str,
+        dead_letter_topic: &str,
+    ) -> Result<Sink, KafkaError> {
         let producer: FutureProducer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &kafka.brokers)
             // Retries keep one payment's updates in order.
@@ -35,20 +45,24 @@ impl Sink {
             .create()?;
         Ok(Sink {
             producer,
-            status_topic: kafka.status_topic.clone(),
-            dead_letter_topic: kafka.dead_letter_topic.clone(),
+            status_topic: status_topic.to_owned(),
+            dead_letter_topic: dead_letter_topic.to_owned(),
         })
     }
 
     /// A final transition on `payment-status-update`, keyed by payment id (Avro).
     pub async fn status(&self, u: &StatusUpdate) -> Result<DeliveryFuture, SinkError> {
         let payload = output::encode(u)?;
-        let key = u.payment_id.to_string();
+        self.update(&u.payment_id.to_string(), &payload).await
+    }
+
+    /// An encoded update on the status topic, under `key`.
+    pub async fn update(&self, key: &str, payload: &[u8]) -> Result<DeliveryFuture, SinkError> {
         Ok(self
             .send(|| {
                 FutureRecord::to(&self.status_topic)
                     .key(key.as_bytes())
-                    .payload(payload.as_slice())
+                    .payload(payload)
             })
             .await?)
     }
