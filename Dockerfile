@@ -12,7 +12,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     target/release/paystream-webhook target/release/paystream-reconciler target/release/stripe-sim /out/
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl && \
+# libssl3: librdkafka's TLS and SASL SCRAM link the system OpenSSL (the build stage's
+# image has libssl-dev and pkg-config).
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libssl3 && \
     rm -rf /var/lib/apt/lists/* && useradd --system --uid 10001 paystream
 COPY --from=build /out/ /usr/local/bin/
 USER paystream

@@ -9,10 +9,11 @@ export CARGO_TARGET_DIR ?= $(PAYSTREAM_CACHE)/target
 # The Python tools the tests run come from the venv scripts/install.sh makes (PEP 668).
 export PATH := $(PAYSTREAM_CACHE)/venv/bin:$(PATH)
 
-.PHONY: help up down status logs clean demo test lint bench chaos
+.PHONY: help up down status logs clean demo deps test lint bench chaos
 
 help:
 	@echo "make up      start the whole local stack and run the demo (writes .stack/env)"
+	@echo "             STRIPE=real: against a Stripe test account (README: Running against Stripe test mode)"
 	@echo "make down    stop what make up started (data kept)"
 	@echo "make status  one line per component"
 	@echo "make logs    follow every log in .stack/logs (make logs NAME=connect for one)"
@@ -21,8 +22,10 @@ help:
 	@echo "make bench   every stage against its floor on the local stack (BENCHMARKS.md)"
 	@echo "make chaos   the adversarial suite on a stack of its own (SEED=... replays one)"
 
+# STRIPE=sim (stripe-sim, the default) or STRIPE=real (a Stripe account in test mode:
+# STRIPE_SECRET_KEY=sk_test_... and STRIPE_WEBHOOK_SECRET=whsec_... in the environment).
 up:
-	@scripts/stack.sh up
+	@STRIPE=$(STRIPE) scripts/stack.sh up
 
 down:
 	@scripts/stack.sh down
@@ -39,23 +42,27 @@ clean:
 demo:
 	@scripts/stack.sh demo
 
-lint:
+# What building needs (libssl-dev for librdkafka's TLS, ...), installed only if missing.
+deps:
+	@scripts/install.sh
+
+lint: deps
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 # The stack comes up first (idempotent); tests also bring up what they need themselves,
-# so `cargo test` alone works too.
+# so `cargo test` alone works too. Tests drive stripe-sim (/_sim): always STRIPE=sim.
 test: lint
-	@scripts/stack.sh up --no-demo
-	cargo test --workspace --no-fail-fast
+	@STRIPE=sim scripts/stack.sh up --no-demo
+	STRIPE=sim cargo test --workspace --no-fail-fast
 
 # The services as release builds, then each benchmark (scripts/bench.sh). The stack's
 # table is also written to .stack/bench/latest.md. BENCH_ARGS=--quick for a smoke run.
 bench:
-	@scripts/bench.sh $(BENCH_ARGS)
+	@STRIPE=sim scripts/bench.sh $(BENCH_ARGS)
 
 # The money-safety invariants under attack (docs/invariants.md) on a stack of its own
 # (.stack/chaos, other ports): a fresh seed each run, printed first; `make chaos SEED=...`
 # replays that plan. CHAOS_ARGS adds options, e.g. CHAOS_ARGS="--payments 5000".
 chaos:
-	cargo run --quiet -p paystream-chaos -- $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
+	STRIPE=sim cargo run --quiet -p paystream-chaos -- $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)

@@ -38,12 +38,15 @@ classpath() {
 }
 
 # connector.json is the one source of truth (docker-compose POSTs it to Connect's REST
-# API); standalone mode takes the same settings as a properties file.
+# API); standalone mode takes the same settings as a properties file (OUT), plus TLS to
+# the primary, verified against the stack's CA (docker-compose's primary has no TLS).
 connector_properties() {
-    local rendered=$CONNECT_DATA_DIR/connector.json
+    local rendered=$CONNECT_DATA_DIR/connector.json out=$1
     (umask 077 && render "$HERE/connector.json" "$rendered")
-    jq -r '"name=\(.name)", (.config | to_entries[] | "\(.key)=\(.value)")' "$rendered" >"$CONNECT_DATA_DIR/connector.properties"
-    chmod 600 "$CONNECT_DATA_DIR/connector.properties"
+    (umask 077 && jq -r --arg ca "$PG_CA_FILE" \
+        '"name=\(.name)", (.config + {"database.sslmode": "verify-full", "database.sslrootcert": $ca} | to_entries[] | "\(.key)=\(.value)")' \
+        "$rendered" >"$out")
+    chmod 600 "$out"
     rm -f "$rendered"
 }
 
@@ -65,8 +68,8 @@ task_trace() {
 # half an hour. Drop it with the offsets that point into it; the connector then takes a
 # new initial snapshot, which the reconciler reads like any change.
 primary_sql() {
-    PGPASSWORD=$PG_SUPERUSER_PASSWORD "$PG_BIN/psql" -X -Atq -h 127.0.0.1 -p "$PG_PRIMARY_PORT" \
-        -U postgres -d "$PG_DB" -c "$1"
+    PGSSLMODE=verify-full PGSSLROOTCERT=$PG_CA_FILE PGPASSWORD=$PG_SUPERUSER_PASSWORD \
+        "$PG_BIN/psql" -X -Atq -h 127.0.0.1 -p "$PG_PRIMARY_PORT" -U postgres -d "$PG_DB" -c "$1"
 }
 
 # A slot that is gone altogether (dropped by hand, or a primary rebuilt or failed over:
@@ -119,15 +122,26 @@ up() {
     load_secrets
     start_watch
     recover_lost_slot
+    mkdir -p "$CONNECT_DATA_DIR"
+    if is_running connect; then
+        # Standalone mode reads the connector's settings only at start.
+        connector_properties "$CONNECT_DATA_DIR/connector.properties.next"
+        if cmp -s "$CONNECT_DATA_DIR/connector.properties.next" "$CONNECT_DATA_DIR/connector.properties"; then
+            rm -f "$CONNECT_DATA_DIR/connector.properties.next"
+        else
+            log "Debezium connector settings changed: restarting Kafka Connect (offsets are kept)"
+            stop_pid connect TERM
+        fi
+    fi
     if is_running connect; then
         wait_for "debezium task RUNNING" 90 health || die "Kafka Connect runs but the Debezium task is not RUNNING: $(task_trace)"
         return 0
     fi
     port_open "$KAFKA_PORT" || die "Kafka Connect needs the broker on 127.0.0.1:$KAFKA_PORT, which is not listening"
     if port_open "$CONNECT_PORT"; then die "port $CONNECT_PORT is taken by a process this stack did not start"; fi
-    mkdir -p "$CONNECT_DATA_DIR"
     render "$HERE/worker.properties" "$CONNECT_DATA_DIR/worker.properties"
-    connector_properties
+    connector_properties "$CONNECT_DATA_DIR/connector.properties"
+    rm -f "$CONNECT_DATA_DIR/connector.properties.next"
     local cp
     cp=$(classpath)
     log "starting Kafka Connect (Debezium) on $CONNECT_URL"

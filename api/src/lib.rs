@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use paystream_db::keys::{Principal, Role};
 use paystream_db::{Primary, Replica, replica};
 use paystream_service::Metrics;
-use paystream_stripe::HttpStripe;
+use paystream_stripe::StripeApi;
 
 use crate::config::ApiConfig;
 use crate::error::ApiError;
@@ -34,7 +34,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub db: Primary,
-    pub stripe: Arc<HttpStripe>,
+    pub stripe: Arc<StripeApi>,
     pub max_amount: i64,
     pub lease: Duration,
     pub limiter: Arc<RateLimiter>,
@@ -50,7 +50,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(db: Primary, cfg: &ApiConfig, metrics: Arc<Metrics>) -> Result<Self, StateError> {
-        let stripe = HttpStripe::new(
+        let stripe = StripeApi::new(
             &cfg.stripe.api_base,
             &cfg.stripe.secret_key,
             Duration::from_millis(cfg.stripe.timeout_ms),

@@ -16,7 +16,7 @@ use paystream_db::{Primary, Replica, runs};
 use paystream_report::render::{Format, render};
 use paystream_report::window::instant;
 use paystream_report::{Report, Settings};
-use paystream_stripe::HttpStripe;
+use paystream_stripe::StripeApi;
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -211,7 +211,7 @@ pub async fn start_run(
 async fn run_in_background(
     db: Primary,
     replica: Replica,
-    stripe: Arc<HttpStripe>,
+    stripe: Arc<StripeApi>,
     settings: Settings,
     id: Uuid,
 ) {

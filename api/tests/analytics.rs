@@ -16,7 +16,7 @@ use paystream_api::config::RateLimitConfig;
 use paystream_api::ratelimit::RateLimiter;
 use paystream_api::{AppState, router};
 use paystream_db::keys::{self, Role};
-use paystream_stripe::HttpStripe;
+use paystream_stripe::StripeApi;
 use paystream_testkit::cluster::{Node, ScratchCluster};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -40,7 +40,7 @@ async fn serve(primary: PgPool, replica_url: &str, on_lag: OnLag) -> String {
         db: primary.into(),
         // Never called: analytics do not talk to Stripe, and nothing here creates payments.
         stripe: Arc::new(
-            HttpStripe::new(
+            StripeApi::new(
                 "http://127.0.0.1:1",
                 "sk_test_unused",
                 Duration::from_secs(1),

@@ -9,7 +9,7 @@ use paystream_core::PaymentStatus;
 use paystream_core::gateway::StripeGateway;
 use paystream_db::keys::{self, Role};
 use paystream_db::payments::{self, Observation, Source};
-use paystream_stripe::HttpStripe;
+use paystream_stripe::StripeApi;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -49,8 +49,8 @@ impl TestApp {
         (status, headers, res.json().await.unwrap_or(Value::Null))
     }
 
-    fn gateway(&self) -> HttpStripe {
-        HttpStripe::new(&self.stripe_base, STRIPE_KEY, Duration::from_secs(5)).unwrap()
+    fn gateway(&self) -> StripeApi {
+        StripeApi::new(&self.stripe_base, STRIPE_KEY, Duration::from_secs(5)).unwrap()
     }
 
     /// Stripe's refunds complete at once (as in Stripe's test mode), and no rate limit.

@@ -7,6 +7,7 @@ pub mod db {
     //! its own), so Debezium, which captures only `paystream`, never sees their rows.
 
     use anyhow::Context;
+    use paystream_db::tls::connect_options;
     use sqlx::postgres::PgPoolOptions;
     use sqlx::{Connection, PgConnection, PgPool};
 
@@ -27,7 +28,7 @@ pub mod db {
 
     /// Creates `db` if it is missing and connects a small pool to it on the primary.
     pub async fn primary(admin: &str, db: &str) -> anyhow::Result<PgPool> {
-        let mut conn = PgConnection::connect(admin).await?;
+        let mut conn = PgConnection::connect_with(&connect_options(admin)?).await?;
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
                 .bind(db)
@@ -40,7 +41,7 @@ pub mod db {
         }
         Ok(PgPoolOptions::new()
             .max_connections(2)
-            .connect(&url(admin, db, None)?)
+            .connect_with(connect_options(&url(admin, db, None)?)?)
             .await?)
     }
 }

@@ -52,7 +52,8 @@ pub struct Theirs {
     pub payment_id: Option<String>,
     pub amount: i64,
     pub amount_received: i64,
-    /// `automatic`: Stripe canceled an authorization left uncaptured for 7 days.
+    /// `expired` (`automatic` before API version 2025-03-31.basil): Stripe canceled an
+    /// authorization left uncaptured for 7 days.
     pub cancellation_reason: Option<String>,
 }
 
@@ -69,8 +70,10 @@ pub struct OurRefund {
     pub history: Vec<HistoryRow>,
 }
 
-/// One Refund, from Stripe's own state. Those without a `refund_id` are Stripe's own:
-/// what it released of an authorization (a cancel, an expiry, a partial capture).
+/// One Refund, from Stripe's own state. Every one should carry a `refund_id` of ours:
+/// nothing else refunds in a chaos run, and Stripe makes no refund when it releases an
+/// authorization (a cancel, an expiry, the rest of a partial capture) since API version
+/// 2025-03-31.basil.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TheirRefund {
     pub id: String,
@@ -570,8 +573,8 @@ fn check_refunds(e: &Evidence, bad: &mut impl FnMut(&'static str, Option<Uuid>, 
         }
     }
 
-    // R1 at Stripe: our refunds within what it received, its own releases within what
-    // it held uncaptured.
+    // R1 at Stripe: our refunds within what it received. R2: a refund that is not ours is
+    // money moved that no books of ours account for.
     for t in &e.theirs {
         let list = of_intent
             .get(t.id.as_str())
@@ -581,33 +584,28 @@ fn check_refunds(e: &Evidence, bad: &mut impl FnMut(&'static str, Option<Uuid>, 
             .payment_id
             .as_deref()
             .and_then(|p| Uuid::parse_str(p).ok());
-        let sum = |ours: bool| -> i64 {
-            list.iter()
-                .filter(|x| x.refund_id.is_some() == ours && holds(&x.status))
-                .map(|x| x.amount)
-                .sum()
-        };
-        if sum(true) > t.amount_received {
+        let held: i64 = list
+            .iter()
+            .filter(|x| x.refund_id.is_some() && holds(&x.status))
+            .map(|x| x.amount)
+            .sum();
+        if held > t.amount_received {
             bad(
                 "R1",
                 pid,
                 format!(
-                    "Stripe holds {} in refunds of {}, which received {}",
-                    sum(true),
-                    t.id,
-                    t.amount_received
+                    "Stripe holds {held} in refunds of {}, which received {}",
+                    t.id, t.amount_received
                 ),
             );
         }
-        if sum(false) > t.amount - t.amount_received {
+        for x in list.iter().filter(|x| x.refund_id.is_none()) {
             bad(
-                "R1",
+                "R2",
                 pid,
                 format!(
-                    "Stripe refunded {} of {} on its own, which held {} uncaptured",
-                    sum(false),
-                    t.id,
-                    t.amount - t.amount_received
+                    "Stripe refund {} of {} ({} {}) carries no refund_id of ours",
+                    x.id, t.id, x.amount, x.status
                 ),
             );
         }
@@ -836,8 +834,8 @@ mod tests {
     }
 
     /// One payment that went right: authorized for 1000, 600 captured (Stripe released
-    /// the other 400), 400 of it refunded; published, told one secret, its capture and
-    /// its refund.
+    /// the other 400, making no refund of it), 400 of it refunded; published, told one
+    /// secret, its capture and its refund.
     fn good() -> (Evidence, Uuid) {
         let id = Uuid::now_v7();
         let refund = Uuid::now_v7();
@@ -913,22 +911,13 @@ mod tests {
                 attention: None,
                 history: vec![h(None, "pending"), h(Some("pending"), "succeeded")],
             }],
-            their_refunds: vec![
-                TheirRefund {
-                    id: "re_0".into(),
-                    payment_intent: Some("pi_1".into()),
-                    amount: 400,
-                    status: "succeeded".into(),
-                    refund_id: None,
-                },
-                TheirRefund {
-                    id: "re_1".into(),
-                    payment_intent: Some("pi_1".into()),
-                    amount: 400,
-                    status: "succeeded".into(),
-                    refund_id: Some(refund.to_string()),
-                },
-            ],
+            their_refunds: vec![TheirRefund {
+                id: "re_1".into(),
+                payment_intent: Some("pi_1".into()),
+                amount: 400,
+                status: "succeeded".into(),
+                refund_id: Some(refund.to_string()),
+            }],
             refunds_published: [(refund, vec!["succeeded".into()])].into(),
         };
         (e, id)
@@ -1138,24 +1127,17 @@ mod tests {
     }
 
     #[test]
-    fn r1_stripe_refunds_more_than_it_received_or_held() {
-        let (mut e, _) = good();
-        e.their_refunds[0].amount = 500;
-        assert_eq!(
-            invariants(&e),
-            ["R1"],
-            "released more than it held uncaptured"
-        );
+    fn r1_stripe_refunds_more_than_it_received() {
         let (mut e, _) = good();
         e.theirs[0].amount_received = 300;
         assert!(invariants(&e).contains(&"R1"), "{:?}", check(&e));
         let (mut e, _) = good();
-        e.their_refunds[1].status = "failed".into();
+        e.their_refunds[0].status = "failed".into();
         e.their_refunds.push(TheirRefund {
             status: "pending".into(),
             amount: 700,
             id: "re_9".into(),
-            ..e.their_refunds[1].clone()
+            ..e.their_refunds[0].clone()
         });
         assert!(invariants(&e).contains(&"R1"), "{:?}", check(&e));
     }
@@ -1166,7 +1148,7 @@ mod tests {
         e.their_refunds.push(TheirRefund {
             id: "re_2".into(),
             status: "failed".into(),
-            ..e.their_refunds[1].clone()
+            ..e.their_refunds[0].clone()
         });
         assert_eq!(invariants(&e), ["R2"], "{:?}", check(&e));
         let (mut e, _) = good();
@@ -1176,17 +1158,26 @@ mod tests {
             "Stripe's refund is not linked"
         );
         let (mut e, _) = good();
-        e.their_refunds[1].refund_id = Some(Uuid::now_v7().to_string());
+        e.their_refunds[0].refund_id = Some(Uuid::now_v7().to_string());
         assert!(
             invariants(&e).contains(&"R2"),
             "a Stripe refund of nobody's"
         );
         let (mut e, _) = good();
-        e.their_refunds[1].amount = 300;
+        e.their_refunds[0].amount = 300;
         assert!(invariants(&e).contains(&"R2"), "{:?}", check(&e));
         let (mut e, _) = good();
+        e.their_refunds.push(TheirRefund {
+            id: "re_0".into(),
+            refund_id: None,
+            ..e.their_refunds[0].clone()
+        });
+        assert_eq!(invariants(&e), ["R2"], "a Stripe refund that is not ours");
         e.refunds[0].stripe_refund_id = Some("re_0".into());
-        assert!(invariants(&e).contains(&"R2"), "linked to Stripe's release");
+        assert!(
+            invariants(&e).contains(&"R2"),
+            "linked to a refund not ours"
+        );
     }
 
     #[test]
@@ -1217,13 +1208,13 @@ mod tests {
         e.refunds[0].status = "pending".into();
         e.refunds[0].history.pop();
         e.ours[0].amount_refunded = 0;
-        e.their_refunds[1].status = "pending".into();
+        e.their_refunds[0].status = "pending".into();
         e.refunds_published.clear();
         assert_eq!(invariants(&e), ["R3"], "pending, unflagged");
         e.refunds[0].attention = Some("unknown_stripe_status".into());
         assert_eq!(check(&e), [], "flagged for an operator");
         let (mut e, _) = good();
-        e.their_refunds[1].status = "failed".into();
+        e.their_refunds[0].status = "failed".into();
         assert_eq!(invariants(&e), ["R3"], "Stripe failed it, we say succeeded");
         e.refunds[0].status = "failed".into();
         e.refunds[0].attention = Some("refund_failed_after_success".into());

@@ -142,10 +142,13 @@ async fn drop_slot(admin_url: &str) -> Result<(), StackError> {
     let err = |e: sqlx::Error| {
         StackError::Spawn("pg_drop_replication_slot".into(), std::io::Error::other(e))
     };
+    let options = paystream_db::tls::connect_options(admin_url).map_err(|e| {
+        StackError::Spawn("pg_drop_replication_slot".into(), std::io::Error::other(e))
+    })?;
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(admin_url)
+        .connect_with(options)
         .await
         .map_err(err)?;
     // The walsender may take a moment to let go of the slot after Connect stopped.

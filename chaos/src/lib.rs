@@ -36,6 +36,9 @@ pub enum ChaosError {
     Stack(#[from] StackError),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// A URL the database settings refuse (a bad sslmode, an unreadable CA file).
+    #[error("database: {0}")]
+    DbConfig(#[from] paystream_db::DbError),
     #[error("stripe-sim: {0}")]
     Sim(#[from] reqwest::Error),
     #[error("kafka: {0}")]
@@ -72,9 +75,8 @@ pub struct Summary {
     pub refunds: BTreeMap<String, usize>,
     /// Refund and capture answers, by `<status> <code>`.
     pub money_answers: BTreeMap<String, usize>,
-    /// Stripe refunds carrying one of ours, and Stripe's own releases of authorizations.
+    /// Stripe refunds carrying one of ours (any other is an R2 violation).
     pub refunds_at_stripe: usize,
-    pub releases_at_stripe: usize,
     pub refunds_published: usize,
     pub violations: Vec<Violation>,
     pub took: Duration,
@@ -127,8 +129,8 @@ impl Summary {
             out.push_str(&format!("  {k:<40} {n}\n"));
         }
         out.push_str(&format!(
-            "Stripe refunds: {} of ours, {} releases; refund status updates published: {}\n",
-            self.refunds_at_stripe, self.releases_at_stripe, self.refunds_published
+            "Stripe refunds of ours: {}; refund status updates published: {}\n",
+            self.refunds_at_stripe, self.refunds_published
         ));
         let mut by: BTreeMap<&str, usize> = BTreeMap::new();
         for v in &self.violations {
@@ -272,7 +274,9 @@ async fn drive(
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(stack.var("DATABASE_URL")?)
+        .connect_with(paystream_db::tls::connect_options(
+            stack.var("DATABASE_URL")?,
+        )?)
         .await?;
     let settled_at = Instant::now();
     let prefix = format!("chaos-{}-%", plan.seed);
@@ -327,7 +331,7 @@ async fn drive(
     }
     let expired: HashSet<&str> = theirs
         .iter()
-        .filter(|t| t.cancellation_reason.as_deref() == Some("automatic"))
+        .filter(|t| t.cancellation_reason.as_deref() == Some("expired"))
         .map(|t| t.id.as_str())
         .collect();
     let mut captures: BTreeMap<String, usize> = BTreeMap::new();
@@ -392,11 +396,6 @@ async fn drive(
             .their_refunds
             .iter()
             .filter(|r| r.refund_id.is_some())
-            .count(),
-        releases_at_stripe: evidence
-            .their_refunds
-            .iter()
-            .filter(|r| r.refund_id.is_none())
             .count(),
         refunds_published: refunds_published.values().map(Vec::len).sum(),
         violations,

@@ -87,7 +87,14 @@ impl ChaosStack {
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            // The database URLs are single-quoted: shells source the file too.
+            .map(|(k, v)| {
+                let v = v
+                    .strip_prefix('\'')
+                    .and_then(|v| v.strip_suffix('\''))
+                    .unwrap_or(v);
+                (k.to_owned(), v.to_owned())
+            })
             .collect();
         Ok(s)
     }

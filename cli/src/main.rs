@@ -108,7 +108,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<bool> {
     let format: paystream_report::render::Format =
         args.format.parse().map_err(anyhow::Error::msg)?;
     let replica = replica_pool(&args.replica_url)?;
-    let stripe = paystream_stripe::HttpStripe::new(
+    let stripe = paystream_stripe::StripeApi::new(
         &args.stripe_api_base,
         &args.stripe_secret_key,
         Duration::from_secs(10),

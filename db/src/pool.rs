@@ -20,21 +20,23 @@ pub struct Primary(PgPool);
 
 impl Primary {
     /// Opens lazily: a service starts (and says it is unready) while the primary is down.
+    /// `sslmode` and `sslrootcert` in `url` are read as libpq reads them (`crate::tls`).
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Primary, DbError> {
+        let options = crate::tls::connect_options(url).map_err(primary_config)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(url)
-            .map_err(|e| DbError::Config(format!("primary url: {e}")))?;
+            .connect_lazy_with(options);
         Ok(Primary(pool))
     }
 
     /// Opens now, so that a wrong URL or a down primary fails here (tools, tests).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Primary, DbError> {
+        let options = crate::tls::connect_options(url).map_err(primary_config)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await?;
         Ok(Primary(pool))
     }
@@ -80,6 +82,13 @@ impl Primary {
     }
 }
 
+fn primary_config(e: DbError) -> DbError {
+    match e {
+        DbError::Config(m) => DbError::Config(format!("primary url: {m}")),
+        other => other,
+    }
+}
+
 impl From<PgPool> for Primary {
     fn from(pool: PgPool) -> Primary {
         Primary(pool)
@@ -112,15 +121,17 @@ impl std::fmt::Debug for Replica {
 impl Replica {
     /// Connections open on first use. A malformed URL is a configuration error here, not
     /// a failure of the first request that needs the replica.
+    /// `sslmode` and `sslrootcert` in `url` are read as libpq reads them (`crate::tls`).
     pub fn new(url: &str, max_size: usize) -> Result<Replica, DbError> {
-        let pg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| DbError::Config(format!("replica url: {e}")))?;
+        let (pg, tls) = crate::tls::tokio_postgres_config(url).map_err(|e| match e {
+            DbError::Config(m) => DbError::Config(format!("replica url: {m}")),
+            other => other,
+        })?;
         // Verified: a connection is checked before reuse, so that after a replica fails
         // over behind nginx no request gets the stale one.
         let manager = deadpool_postgres::Manager::from_config(
             pg,
-            tokio_postgres::NoTls,
+            tls,
             deadpool_postgres::ManagerConfig {
                 recycling_method: deadpool_postgres::RecyclingMethod::Verified,
             },

@@ -2,13 +2,18 @@
 //! Kafka, Stripe and the poll rules. Durations are milliseconds so that tests and the
 //! local stack can shorten them.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
+
+use rdkafka::ClientConfig;
 
 use paystream_service::config::{DatabaseConfig, LogFormat};
 use paystream_stripe::StripeConfig;
 use serde::Deserialize;
 
 use crate::poll::Rules;
+use crate::registry::SchemaRegistryConfig;
 use crate::schedule::Schedule;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -45,6 +50,100 @@ pub struct KafkaConfig {
     pub refund_status_topic: String,
     #[serde(default = "default_refund_dead_letter_topic")]
     pub refund_dead_letter_topic: String,
+    /// Any other librdkafka setting, for a managed Kafka: TLS and SASL
+    /// (`security.protocol`, `sasl.mechanisms`, `sasl.username`, `ssl.ca.location`, ...).
+    #[serde(default)]
+    pub properties: KafkaProperties,
+    /// A schema registry to register the status schemas with; their messages then use
+    /// its wire format (see `crate::registry`).
+    #[serde(default)]
+    pub schema_registry: Option<SchemaRegistryConfig>,
+    /// Status topic -> its schema's registry id, filled at start.
+    #[serde(skip)]
+    pub registered: BTreeMap<String, u32>,
+}
+
+/// librdkafka settings by name. From the environment, `APP_KAFKA__PROPERTIES__SASL_USERNAME`
+/// names `sasl.username`: librdkafka's names have dots and never underscores, and
+/// environment variable names cannot have dots.
+#[derive(Clone, Default, Deserialize)]
+#[serde(from = "BTreeMap<String, String>")]
+pub struct KafkaProperties(BTreeMap<String, String>);
+
+impl From<BTreeMap<String, String>> for KafkaProperties {
+    fn from(raw: BTreeMap<String, String>) -> Self {
+        KafkaProperties(
+            raw.into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase().replace('_', "."), v))
+                .collect(),
+        )
+    }
+}
+
+/// The settings the reconciler's guarantees rest on (offsets stored only after the work,
+/// ordered idempotent delivery, its own groups): configuration may not change them.
+const RESERVED: [&str; 8] = [
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.idempotence",
+    "acks",
+    "isolation.level",
+];
+
+/// Values that are credentials; shown as `<redacted>`.
+fn is_secret(name: &str) -> bool {
+    [
+        "password",
+        "secret",
+        "key.pem",
+        "keystore",
+        "sasl.oauthbearer.config",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if is_secret(k) { "<redacted>" } else { v };
+                (k, shown)
+            }))
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaConfigError {
+    #[error("kafka.properties may not set {0}: the reconciler's delivery guarantees depend on it")]
+    Reserved(String),
+}
+
+impl KafkaConfig {
+    /// The registry id of the schema `topic`'s messages are written with, when a registry
+    /// is configured.
+    pub fn registry_id(&self, topic: &str) -> Option<u32> {
+        self.registered.get(topic).copied()
+    }
+
+    /// The client settings every consumer and producer starts from: the brokers and the
+    /// configured properties (TLS, SASL, timeouts). Callers then set what their
+    /// guarantees need, which no property may override.
+    pub fn client_config(&self) -> Result<ClientConfig, KafkaConfigError> {
+        let mut config = ClientConfig::new();
+        for (name, value) in &self.properties.0 {
+            if RESERVED.contains(&name.as_str()) {
+                return Err(KafkaConfigError::Reserved(name.clone()));
+            }
+            config.set(name, value);
+        }
+        config.set("bootstrap.servers", &self.brokers);
+        Ok(config)
+    }
 }
 
 impl KafkaConfig {
@@ -163,6 +262,77 @@ impl PollConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kafka(properties: serde_json::Value) -> KafkaConfig {
+        serde_json::from_value(serde_json::json!({"brokers": "b:9093", "properties": properties}))
+            .expect("a kafka config")
+    }
+
+    #[test]
+    fn properties_from_files_and_environment_name_librdkafka_settings() {
+        let cfg = kafka(serde_json::json!({
+            "SECURITY_PROTOCOL": "SASL_SSL",
+            "sasl.mechanisms": "SCRAM-SHA-512",
+            "sasl_username": "paystream",
+            "sasl_password": "hunter2",
+            "ssl_ca_location": "/etc/ssl/certs/ca-certificates.crt",
+        }));
+        let client = cfg.client_config().unwrap();
+        for (name, value) in [
+            ("bootstrap.servers", "b:9093"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "paystream"),
+            ("sasl.password", "hunter2"),
+            ("ssl.ca.location", "/etc/ssl/certs/ca-certificates.crt"),
+        ] {
+            assert_eq!(client.get(name), Some(value), "{name}");
+        }
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("SCRAM-SHA-512"), "{shown}");
+    }
+
+    #[test]
+    fn no_property_may_change_what_the_guarantees_rest_on() {
+        for name in RESERVED {
+            let err = kafka(serde_json::json!({ name.replace('.', "_"): "x" }))
+                .client_config()
+                .unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        assert!(kafka(serde_json::json!({})).client_config().is_ok());
+    }
+
+    /// librdkafka is built with TLS: it accepts each security protocol and SASL mechanism
+    /// a managed Kafka asks for (without TLS it refuses `SSL` at client creation).
+    #[test]
+    fn librdkafka_accepts_tls_and_each_sasl_mechanism() {
+        use rdkafka::producer::BaseProducer;
+        for (protocol, mechanism) in [
+            ("SSL", None),
+            ("SASL_SSL", Some("PLAIN")),
+            ("SASL_SSL", Some("SCRAM-SHA-256")),
+            ("SASL_SSL", Some("SCRAM-SHA-512")),
+            ("SASL_PLAINTEXT", Some("SCRAM-SHA-512")),
+        ] {
+            let mut props = serde_json::json!({
+                "security.protocol": protocol,
+                "ssl.endpoint.identification.algorithm": "https",
+            });
+            if let Some(m) = mechanism {
+                props["sasl.mechanisms"] = m.into();
+                props["sasl.username"] = "u".into();
+                props["sasl.password"] = "p".into();
+            }
+            let created: Result<BaseProducer, _> = kafka(props).client_config().unwrap().create();
+            assert!(
+                created.is_ok(),
+                "{protocol} {mechanism:?}: {:?}",
+                created.err()
+            );
+        }
+    }
 
     #[test]
     fn the_default_config_runs_the_default_schedule() {

@@ -6,7 +6,8 @@
 //! - `recovery`: state of newly assigned partitions, rebuilt from a replica;
 //! - `schedule` and `poll`: when and how a pending payment is polled at Stripe, expired;
 //! - `backoff`: how polling slows down on Stripe's 429s and recovers;
-//! - `output`: `payment-status-update` in Avro (`fingerprint`: the spec's schema fingerprint);
+//! - `output`: `payment-status-update` in Avro (`fingerprint`: the spec's schema fingerprint;
+//!   `registry`: the schemas registered with a schema registry, when one is configured);
 //! - `worker`: the loop that ties them together.
 
 pub mod backoff;
@@ -18,6 +19,7 @@ pub mod partition;
 pub mod poll;
 pub mod recovery;
 pub mod refunds;
+pub mod registry;
 pub mod schedule;
 pub mod source;
 pub mod state;

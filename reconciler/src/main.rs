@@ -16,10 +16,14 @@ use paystream_service::{Service, load_config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cfg: ReconcilerConfig = load_config()?;
+    let mut cfg: ReconcilerConfig = load_config()?;
+    // A property that may not be set stops the start, not the first consumer.
+    cfg.kafka.client_config()?;
     let service = Service::start("reconciler", &cfg.database, cfg.log_format)?;
     let replica = Replica::new(&cfg.replica.url, cfg.replica.max_connections as usize)?;
     let stripe = Arc::new(cfg.stripe.gateway()?);
+    // Before any worker publishes: every status message carries its schema's id.
+    paystream_reconciler::registry::register_status_schemas(&mut cfg.kafka).await?;
     // One Stripe budget for every poll of this instance, payments and refunds, kept
     // across restarts of either worker (the payment worker sizes it to its partitions).
     let budget = StripeBudget::new(TokenBucket::new(1, 1, Instant::now()));

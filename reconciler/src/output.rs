@@ -109,20 +109,46 @@ pub(crate) fn single_object(
     Ok(out)
 }
 
-/// The record of a single-object message whose header carries one of `fingerprints`.
+const SINGLE_OBJECT_HEADER: usize = MAGIC.len() + 8;
+/// A schema registry's wire format: a zero byte, then the schema's id (4 bytes).
+const REGISTRY_MAGIC: u8 = 0;
+const REGISTRY_HEADER: usize = 5;
+
+/// A single-object message of ours in a schema registry's wire format, for registry-aware
+/// consumers: the same datum, under the id the registry gave its schema.
+pub fn registry_framed(schema_id: u32, single_object: &[u8]) -> Result<Vec<u8>, OutputError> {
+    let datum = single_object
+        .get(SINGLE_OBJECT_HEADER..)
+        .filter(|_| single_object[..2] == MAGIC)
+        .ok_or(OutputError::WrongHeader)?;
+    let mut out = Vec::with_capacity(REGISTRY_HEADER + datum.len());
+    out.push(REGISTRY_MAGIC);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(datum);
+    Ok(out)
+}
+
+/// The record of a message of ours: single-object with one of `fingerprints` in its
+/// header, or in a registry's wire format (whose id only the registry can resolve: our
+/// own readers know which schema a status topic is written with).
 pub(crate) fn read_single_object(
     schema: &Schema,
     fingerprints: &[&[u8]],
     bytes: &[u8],
 ) -> Result<Fields, OutputError> {
-    let header = MAGIC.len() + 8;
-    if bytes.len() < header
-        || bytes[..2] != MAGIC
-        || !fingerprints.iter().any(|f| bytes[2..header] == **f)
+    let datum = if bytes.first() == Some(&REGISTRY_MAGIC) && bytes.len() > REGISTRY_HEADER {
+        &bytes[REGISTRY_HEADER..]
+    } else if bytes.len() >= SINGLE_OBJECT_HEADER
+        && bytes[..2] == MAGIC
+        && fingerprints
+            .iter()
+            .any(|f| bytes[2..SINGLE_OBJECT_HEADER] == **f)
     {
+        &bytes[SINGLE_OBJECT_HEADER..]
+    } else {
         return Err(OutputError::WrongHeader);
-    }
-    match from_avro_datum(schema, &mut &bytes[header..], None)? {
+    };
+    match from_avro_datum(schema, &mut &datum[..], None)? {
         Value::Record(fields) => Ok(Fields(fields)),
         _ => Err(OutputError::Shape),
     }
@@ -203,6 +229,20 @@ mod tests {
             source_lsn: 987_654,
             committed_at_ms: 1_800_000_000_123,
         }
+    }
+
+    #[test]
+    fn registry_framing_carries_the_same_datum_under_the_schema_id() {
+        let u = update(PaymentStatus::Succeeded);
+        let single = encode(&u).unwrap();
+        let framed = registry_framed(7, &single).unwrap();
+        assert_eq!(framed[..5], [0, 0, 0, 0, 7]);
+        assert_eq!(framed[5..], single[10..]);
+        assert_eq!(decode(&framed).unwrap(), u);
+        assert!(matches!(
+            registry_framed(7, &framed),
+            Err(OutputError::WrongHeader)
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use paystream_service::Metrics;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 
@@ -181,8 +181,9 @@ fn consumer_of(
         metrics,
         rebalances: Mutex::new(Vec::new()),
     };
-    let consumer: CdcConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cfg.brokers)
+    let consumer: CdcConsumer = cfg
+        .client_config()
+        .map_err(|e| rdkafka::error::KafkaError::ClientCreation(e.to_string()))?
         .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")

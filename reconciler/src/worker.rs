@@ -12,7 +12,7 @@
 //! metrics.
 
 pub mod engine;
-pub(crate) mod sink;
+pub mod sink;
 mod telemetry;
 mod unconfirmed;
 

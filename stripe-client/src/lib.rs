@@ -1,6 +1,13 @@
-//! `StripeGateway` over Stripe's HTTP API. Responses are read leniently (only the fields
-//! Paystream uses, unknown ones ignored), so the same code talks to Stripe, stripe-sim
-//! and localstripe, whose objects are incomplete.
+//! `StripeGateway` over Stripe's API through async-stripe: its typed requests build every
+//! call and its models read every answer, so a field Stripe renames or retypes fails here,
+//! loudly, instead of being read as a default. The same client serves Stripe, stripe-sim
+//! and (where its objects parse) localstripe.
+//!
+//! Retries are the callers' (the API answers 503 and the reconciler polls again, with the
+//! same idempotency key): every request is sent once, with a per-attempt timeout.
+
+mod events;
+mod views;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,126 +18,23 @@ use paystream_core::gateway::{
     GatewayError, IntentPage, IntentView, NewIntent, NewRefund, RefundPage, RefundView,
     StripeGateway,
 };
-use serde::Deserialize;
+use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_core::payment_intent::{
+    CancelPaymentIntent, CancelPaymentIntentCancellationReason, CapturePaymentIntent,
+    CreatePaymentIntent, ListPaymentIntent, RetrievePaymentIntent, SearchPaymentIntent,
+};
+use stripe_core::refund::{CreateRefund, CreateRefundReason, ListRefund, RetrieveRefund};
+use stripe_shared::{ApiErrorsType, PaymentIntentCaptureMethod};
+use stripe_types::{Currency, RangeBoundsTs, RangeQueryTs};
 
-/// The Stripe API version every request is written for, sent as `Stripe-Version`: request
-/// and response shapes then never follow an account's default version (which changes when
-/// someone upgrades it in the dashboard). Webhook shapes follow the endpoint's own
+pub use events::EventPage;
+pub use views::{UntypedObject, intent_from_json, refund_from_json};
+
+/// The Stripe API version every request is written for, sent as `Stripe-Version` by
+/// async-stripe (it is the release's own, checked below): request and response shapes
+/// never follow an account's default version. Webhook shapes follow the endpoint's own
 /// `api_version`: create the endpoint with this one.
 pub const STRIPE_VERSION: &str = "2026-09-30.endive";
-
-#[derive(Clone)]
-pub struct HttpStripe {
-    http: reqwest::Client,
-    /// Ends without a slash: `https://api.stripe.com`.
-    base: String,
-    secret_key: String,
-}
-
-/// The secret key never reaches logs.
-impl fmt::Debug for HttpStripe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpStripe")
-            .field("base", &self.base)
-            .field("secret_key", &"<redacted>")
-            .finish()
-    }
-}
-
-#[derive(Deserialize)]
-struct IntentJson {
-    id: String,
-    status: String,
-    amount: i64,
-    currency: String,
-    #[serde(default)]
-    metadata: HashMap<String, String>,
-    client_secret: Option<String>,
-    last_payment_error: Option<ErrorJson>,
-    #[serde(default)]
-    created: i64,
-    #[serde(default)]
-    amount_capturable: i64,
-    #[serde(default)]
-    amount_received: i64,
-}
-
-#[derive(Deserialize)]
-struct RefundJson {
-    id: String,
-    status: String,
-    amount: i64,
-    currency: String,
-    payment_intent: Option<String>,
-    #[serde(default)]
-    metadata: HashMap<String, String>,
-    failure_reason: Option<String>,
-    #[serde(default)]
-    created: i64,
-}
-
-impl From<RefundJson> for RefundView {
-    fn from(j: RefundJson) -> Self {
-        RefundView {
-            id: j.id,
-            stripe_status: j.status,
-            amount: j.amount,
-            currency: j.currency,
-            payment_intent: j.payment_intent,
-            refund_id: j.metadata.get("refund_id").cloned(),
-            failure_reason: j.failure_reason,
-            created: j.created,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct RefundListJson {
-    data: Vec<RefundJson>,
-    #[serde(default)]
-    has_more: bool,
-}
-
-#[derive(Deserialize)]
-struct ErrorJson {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    code: Option<String>,
-    message: Option<String>,
-    decline_code: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorEnvelope {
-    error: ErrorJson,
-}
-
-#[derive(Deserialize)]
-struct SearchJson {
-    data: Vec<IntentJson>,
-    #[serde(default)]
-    has_more: bool,
-}
-
-impl From<IntentJson> for IntentView {
-    fn from(j: IntentJson) -> Self {
-        IntentView {
-            id: j.id,
-            stripe_status: j.status,
-            amount: j.amount,
-            currency: j.currency,
-            payment_id: j.metadata.get("payment_id").cloned(),
-            client_secret: j.client_secret,
-            last_error: j.last_payment_error.map(|e| {
-                let code = e.decline_code.or(e.code).unwrap_or_else(|| "error".into());
-                format!("{code}: {}", e.message.unwrap_or_default())
-            }),
-            created: j.created,
-            amount_capturable: j.amount_capturable,
-            amount_received: j.amount_received,
-        }
-    }
-}
 
 /// Where and how to reach Stripe; every service that calls Stripe reads this.
 #[derive(Clone, serde::Deserialize)]
@@ -145,8 +49,8 @@ fn default_timeout_ms() -> u64 {
     5_000
 }
 
-impl std::fmt::Debug for StripeConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for StripeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StripeConfig")
             .field("api_base", &self.api_base)
             .field("secret_key", &"<redacted>")
@@ -156,8 +60,8 @@ impl std::fmt::Debug for StripeConfig {
 }
 
 impl StripeConfig {
-    pub fn gateway(&self) -> Result<HttpStripe, GatewayError> {
-        HttpStripe::new(
+    pub fn gateway(&self) -> Result<StripeApi, GatewayError> {
+        StripeApi::new(
             &self.api_base,
             &self.secret_key,
             Duration::from_millis(self.timeout_ms),
@@ -165,129 +69,154 @@ impl StripeConfig {
     }
 }
 
-impl HttpStripe {
-    pub fn new(base: &str, secret_key: &str, timeout: Duration) -> Result<Self, GatewayError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| GatewayError::Unavailable(format!("http client: {e}")))?;
-        Ok(HttpStripe {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
-            secret_key: secret_key.to_owned(),
-        })
-    }
+/// The production gateway.
+#[derive(Clone)]
+pub struct StripeApi {
+    client: Client,
+    base: String,
+}
 
-    async fn call(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, GatewayError> {
-        let res = req
-            .bearer_auth(&self.secret_key)
-            .header("Stripe-Version", STRIPE_VERSION)
-            .send()
-            .await
-            .map_err(|e| {
-                GatewayError::Unavailable(if e.is_timeout() {
-                    "timeout".into()
-                } else {
-                    "connection failed".into()
-                })
-            })?;
-        let status = res.status().as_u16();
-        // Stripe's own verdict on retrying overrides the status code's usual meaning.
-        let should_retry = res
-            .headers()
-            .get("stripe-should-retry")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v == "true");
-        match (status, should_retry) {
-            (200..=299, _) => Ok(res),
-            // Stripe's message would carry our (masked) key: it is neither logged nor
-            // passed on, and the fault is ours, not the customer's.
-            (401 | 403, _) => Err(GatewayError::Misconfigured { status }),
-            (404, _) => Err(GatewayError::NotFound),
-            (429, _) => Err(GatewayError::RateLimited),
-            (409 | 500..=599, Some(false)) => Err(GatewayError::Rejected {
-                status,
-                code: "should_not_retry".into(),
-                message: format!("stripe answered {status} and asked not to retry"),
-            }),
-            (409, _) => Err(GatewayError::InFlight),
-            (500..=599, _) | (_, Some(true)) => Err(GatewayError::Unavailable(format!(
-                "stripe answered {status}"
-            ))),
-            _ => {
-                let error = res.json::<ErrorEnvelope>().await.ok().map(|b| b.error);
-                if error.as_ref().and_then(|e| e.kind.as_deref()) == Some("idempotency_error") {
-                    return Err(GatewayError::KeyReused);
-                }
-                let (code, message) = error
-                    .map(|e| (e.code.unwrap_or_default(), e.message.unwrap_or_default()))
-                    .unwrap_or_default();
-                Err(GatewayError::Rejected {
-                    status,
-                    code,
-                    message,
-                })
-            }
-        }
-    }
-
-    async fn intent(&self, req: reqwest::RequestBuilder) -> Result<IntentView, GatewayError> {
-        let res = self.call(req).await?;
-        let json: IntentJson = res
-            .json()
-            .await
-            .map_err(|e| GatewayError::Unavailable(format!("unreadable PaymentIntent: {e}")))?;
-        Ok(json.into())
-    }
-
-    async fn refund(&self, req: reqwest::RequestBuilder) -> Result<RefundView, GatewayError> {
-        let res = self.call(req).await?;
-        let json: RefundJson = res
-            .json()
-            .await
-            .map_err(|e| GatewayError::Unavailable(format!("unreadable refund: {e}")))?;
-        Ok(json.into())
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}/v1{path}", self.base)
+/// The secret key never reaches logs (async-stripe marks its header sensitive too).
+impl fmt::Debug for StripeApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeApi")
+            .field("base", &self.base)
+            .field("secret_key", &"<redacted>")
+            .finish()
     }
 }
 
-impl StripeGateway for HttpStripe {
+impl StripeApi {
+    /// `base` is `https://api.stripe.com` or a stand-in's address.
+    pub fn new(base: &str, secret_key: &str, timeout: Duration) -> Result<Self, GatewayError> {
+        let base = base.trim_end_matches('/').to_owned();
+        let client = ClientBuilder::new(secret_key)
+            .url(format!("{base}/"))
+            .timeout(timeout)
+            .request_strategy(RequestStrategy::Once)
+            .app_info(
+                "paystream",
+                Some(env!("CARGO_PKG_VERSION").to_owned()),
+                None,
+            )
+            .build()
+            .map_err(|e| GatewayError::Unavailable(format!("stripe client: {}", redact(&e))))?;
+        Ok(StripeApi { client, base })
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Sends a request that creates or changes something, once, under our idempotency key.
+    async fn send_keyed<R>(&self, req: R, key: &str) -> Result<R::Output, GatewayError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        req.customize()
+            .request_strategy(once_with(key)?)
+            .send(&self.client)
+            .await
+            .map_err(gateway_error)
+    }
+}
+
+/// How a request is sent: once, with our idempotency key when it has one.
+fn once_with(key: &str) -> Result<RequestStrategy, GatewayError> {
+    IdempotencyKey::new(key)
+        .map(RequestStrategy::Idempotent)
+        .map_err(|e| GatewayError::Rejected {
+            status: 400,
+            code: "idempotency_key_invalid".into(),
+            message: e.to_string(),
+        })
+}
+
+/// Stripe's answer, in the gateway's terms. async-stripe drops `Stripe-Should-Retry`, so a
+/// 5xx is always worth a retry here (with the same key, which makes it harmless).
+pub(crate) fn gateway_error(e: StripeError) -> GatewayError {
+    match e {
+        StripeError::Stripe(err, status) => match status {
+            // Stripe's message would carry our (masked) key: it is neither logged nor
+            // passed on, and the fault is ours, not the customer's.
+            401 | 403 => GatewayError::Misconfigured { status },
+            404 => GatewayError::NotFound,
+            429 => GatewayError::RateLimited,
+            409 => GatewayError::InFlight,
+            500..=599 => GatewayError::Unavailable(format!("stripe answered {status}")),
+            _ if err.type_ == ApiErrorsType::IdempotencyError => GatewayError::KeyReused,
+            _ => GatewayError::Rejected {
+                status,
+                code: err
+                    .code
+                    .as_ref()
+                    .map(|c| c.as_str().to_owned())
+                    .unwrap_or_default(),
+                message: err.message.unwrap_or_default(),
+            },
+        },
+        StripeError::Timeout => GatewayError::Unavailable("timeout".into()),
+        StripeError::ClientError(_) => GatewayError::Unavailable("connection failed".into()),
+        // An answer async-stripe's models cannot read: a 5xx page from a proxy, or an
+        // object of another shape. The outcome is unknown, so it is retried like one.
+        StripeError::JSONDeserialize(what) => {
+            GatewayError::Unavailable(format!("unreadable stripe answer: {what}"))
+        }
+        StripeError::ConfigError(what) => GatewayError::Unavailable(format!("config: {what}")),
+    }
+}
+
+/// async-stripe's errors never hold the key, but a configuration error quotes what it
+/// could not use: only its kind is kept.
+fn redact(e: &StripeError) -> &'static str {
+    match e {
+        StripeError::ConfigError(_) => "invalid configuration (base url or key)",
+        _ => "could not be built",
+    }
+}
+
+fn created_between(gte: i64, lt: i64) -> RangeQueryTs {
+    RangeQueryTs::Bounds(RangeBoundsTs {
+        gte: Some(gte),
+        lt: Some(lt),
+        ..Default::default()
+    })
+}
+
+impl StripeGateway for StripeApi {
     async fn create_intent(&self, req: &NewIntent<'_>) -> Result<IntentView, GatewayError> {
-        let amount = req.money.amount().to_string();
-        let mut form = vec![
-            ("amount", amount.as_str()),
-            ("currency", req.money.currency().code()),
-            ("metadata[payment_id]", req.payment_id),
-        ];
+        let currency: Currency = req
+            .money
+            .currency()
+            .code()
+            .parse()
+            .unwrap_or_else(|never| match never {});
+        let mut create = CreatePaymentIntent::new(req.money.amount(), currency).metadata(
+            HashMap::from([("payment_id".to_owned(), req.payment_id.to_owned())]),
+        );
         // Sent only when manual: Stripe's default depends on the API version
         // (`automatic` or `automatic_async`, both capture at once), and peers such as
         // localstripe know no other.
         if req.capture_method == CaptureMethod::Manual {
-            form.push(("capture_method", req.capture_method.as_str()));
+            create = create.capture_method(PaymentIntentCaptureMethod::Manual);
         }
         if let Some(d) = req.description {
-            form.push(("description", d));
+            create = create.description(d);
         }
         if let Some(e) = req.receipt_email {
-            form.push(("receipt_email", e));
+            create = create.receipt_email(e);
         }
-        let http = self
-            .http
-            .post(self.url("/payment_intents"))
-            .header("Idempotency-Key", req.idempotency_key)
-            .form(&form);
-        self.intent(http).await
+        let intent = self.send_keyed(create, req.idempotency_key).await?;
+        Ok(views::intent(intent))
     }
 
     async fn retrieve_intent(&self, id: &str) -> Result<IntentView, GatewayError> {
-        self.intent(
-            self.http
-                .get(self.url(&format!("/payment_intents/{}", encode(id)))),
-        )
-        .await
+        let intent = RetrievePaymentIntent::new(id)
+            .send(&self.client)
+            .await
+            .map_err(gateway_error)?;
+        Ok(views::intent(intent))
     }
 
     async fn cancel_intent(
@@ -296,16 +225,15 @@ impl StripeGateway for HttpStripe {
         reason: Option<&str>,
         idempotency_key: &str,
     ) -> Result<IntentView, GatewayError> {
-        let form: Vec<(&str, &str)> = reason
-            .map(|r| ("cancellation_reason", r))
-            .into_iter()
-            .collect();
-        let req = self
-            .http
-            .post(self.url(&format!("/payment_intents/{}/cancel", encode(id))))
-            .header("Idempotency-Key", idempotency_key)
-            .form(&form);
-        self.intent(req).await
+        let mut cancel = CancelPaymentIntent::new(id);
+        if let Some(r) = reason {
+            cancel = cancel.cancellation_reason(
+                r.parse::<CancelPaymentIntentCancellationReason>()
+                    .unwrap_or_else(|never| match never {}),
+            );
+        }
+        let intent = self.send_keyed(cancel, idempotency_key).await?;
+        Ok(views::intent(intent))
     }
 
     async fn list_intents(
@@ -314,24 +242,16 @@ impl StripeGateway for HttpStripe {
         created_lt: i64,
         starting_after: Option<&str>,
     ) -> Result<IntentPage, GatewayError> {
-        let mut query = vec![
-            ("created[gte]", created_gte.to_string()),
-            ("created[lt]", created_lt.to_string()),
-            ("limit", "100".to_owned()),
-        ];
+        let mut list = ListPaymentIntent::new()
+            .created(created_between(created_gte, created_lt))
+            .limit(100);
         if let Some(after) = starting_after {
-            query.push(("starting_after", after.to_owned()));
+            list = list.starting_after(after);
         }
-        let res = self
-            .call(self.http.get(self.url("/payment_intents")).query(&query))
-            .await?;
-        let json: SearchJson = res
-            .json()
-            .await
-            .map_err(|e| GatewayError::Unavailable(format!("unreadable intent list: {e}")))?;
+        let page = list.send(&self.client).await.map_err(gateway_error)?;
         Ok(IntentPage {
-            data: json.data.into_iter().map(Into::into).collect(),
-            has_more: json.has_more,
+            data: page.data.into_iter().map(views::intent).collect(),
+            has_more: page.has_more,
         })
     }
 
@@ -344,26 +264,21 @@ impl StripeGateway for HttpStripe {
             "metadata['payment_id']:'{}'",
             payment_id.replace('\'', "\\'")
         );
-        let req = self
-            .http
-            .get(self.url("/payment_intents/search"))
-            .query(&[("query", query)]);
-        let res = match self.call(req).await {
-            Err(GatewayError::NotFound) => {
-                return Err(GatewayError::Unsupported("payment intent search"));
-            }
-            other => other?,
+        let found = match SearchPaymentIntent::new(query).send(&self.client).await {
+            Err(e) => match gateway_error(e) {
+                GatewayError::NotFound => {
+                    return Err(GatewayError::Unsupported("payment intent search"));
+                }
+                other => return Err(other),
+            },
+            Ok(found) => found,
         };
-        let json: SearchJson = res
-            .json()
-            .await
-            .map_err(|e| GatewayError::Unavailable(format!("unreadable search result: {e}")))?;
         // Oldest wins if a bug ever made two: it is the one a client could have paid.
-        Ok(json
+        Ok(found
             .data
             .into_iter()
             .min_by_key(|i| i.created)
-            .map(Into::into))
+            .map(views::intent))
     }
 
     async fn capture_intent(
@@ -372,50 +287,50 @@ impl StripeGateway for HttpStripe {
         amount: Option<i64>,
         idempotency_key: &str,
     ) -> Result<IntentView, GatewayError> {
-        let amount = amount.map(|a| a.to_string());
-        let form: Vec<(&str, &str)> = amount
-            .as_deref()
-            .map(|a| ("amount_to_capture", a))
-            .into_iter()
-            .collect();
-        let req = self
-            .http
-            .post(self.url(&format!("/payment_intents/{}/capture", encode(id))))
-            .header("Idempotency-Key", idempotency_key)
-            .form(&form);
-        self.intent(req).await
+        let mut capture = CapturePaymentIntent::new(id);
+        if let Some(a) = amount {
+            capture = capture.amount_to_capture(a);
+        }
+        let intent = self.send_keyed(capture, idempotency_key).await?;
+        Ok(views::intent(intent))
     }
 
     async fn create_refund(&self, req: &NewRefund<'_>) -> Result<RefundView, GatewayError> {
-        let amount = req.amount.to_string();
-        let mut form = vec![
-            ("payment_intent", req.payment_intent),
-            ("amount", amount.as_str()),
-            ("metadata[refund_id]", req.refund_id),
-        ];
+        let mut create = CreateRefund::new()
+            .payment_intent(req.payment_intent)
+            .amount(req.amount)
+            .metadata(HashMap::from([(
+                "refund_id".to_owned(),
+                req.refund_id.to_owned(),
+            )]));
         if let Some(r) = req.reason {
-            form.push(("reason", r.as_str()));
+            create = create.reason(
+                r.as_str()
+                    .parse::<CreateRefundReason>()
+                    .unwrap_or_else(|never| match never {}),
+            );
         }
-        let http = self
-            .http
-            .post(self.url("/refunds"))
-            .header("Idempotency-Key", req.idempotency_key)
-            .form(&form);
-        self.refund(http).await
+        let refund = self.send_keyed(create, req.idempotency_key).await?;
+        Ok(views::refund(refund))
     }
 
     async fn retrieve_refund(&self, id: &str) -> Result<RefundView, GatewayError> {
-        self.refund(self.http.get(self.url(&format!("/refunds/{}", encode(id)))))
+        let refund = RetrieveRefund::new(id)
+            .send(&self.client)
             .await
+            .map_err(gateway_error)?;
+        Ok(views::refund(refund))
     }
 
     async fn list_refunds(&self, payment_intent: &str) -> Result<Vec<RefundView>, GatewayError> {
         let mut out: Vec<RefundView> = Vec::new();
         loop {
-            let page = self
-                .list_refunds_page(payment_intent, out.last().map(|r| r.id.as_str()))
-                .await?;
-            out.extend(page.data.into_iter().map(RefundView::from));
+            let mut list = ListRefund::new().payment_intent(payment_intent).limit(100);
+            if let Some(last) = out.last() {
+                list = list.starting_after(last.id.as_str());
+            }
+            let page = list.send(&self.client).await.map_err(gateway_error)?;
+            out.extend(page.data.into_iter().map(views::refund));
             // A charge has at most a few refunds; the bound stops a peer that loops.
             if !page.has_more || out.len() >= 10_000 {
                 return Ok(out);
@@ -429,58 +344,106 @@ impl StripeGateway for HttpStripe {
         created_lt: i64,
         starting_after: Option<&str>,
     ) -> Result<RefundPage, GatewayError> {
-        let mut query = vec![
-            ("created[gte]", created_gte.to_string()),
-            ("created[lt]", created_lt.to_string()),
-        ];
+        let mut list = ListRefund::new()
+            .created(created_between(created_gte, created_lt))
+            .limit(100);
         if let Some(after) = starting_after {
-            query.push(("starting_after", after.to_owned()));
+            list = list.starting_after(after);
         }
-        let page = self.refund_list(query).await?;
+        let page = list.send(&self.client).await.map_err(gateway_error)?;
         Ok(RefundPage {
-            data: page.data.into_iter().map(Into::into).collect(),
+            data: page.data.into_iter().map(views::refund).collect(),
             has_more: page.has_more,
         })
     }
 }
 
-impl HttpStripe {
-    async fn list_refunds_page(
-        &self,
-        payment_intent: &str,
-        starting_after: Option<&str>,
-    ) -> Result<RefundListJson, GatewayError> {
-        let mut query = vec![("payment_intent", payment_intent.to_owned())];
-        if let Some(after) = starting_after {
-            query.push(("starting_after", after.to_owned()));
-        }
-        self.refund_list(query).await
-    }
-
-    async fn refund_list(
-        &self,
-        mut query: Vec<(&str, String)>,
-    ) -> Result<RefundListJson, GatewayError> {
-        query.push(("limit", "100".to_owned()));
-        let res = self
-            .call(self.http.get(self.url("/refunds")).query(&query))
-            .await?;
-        res.json()
-            .await
-            .map_err(|e| GatewayError::Unavailable(format!("unreadable refund list: {e}")))
-    }
-}
-
-fn encode(segment: &str) -> String {
-    url::form_urlencoded::byte_serialize(segment.as_bytes()).collect()
-}
-
 #[cfg(test)]
 mod tests {
-    /// The version this client writes for is the one stripe-sim renders (its requests
-    /// would be refused otherwise: stripe-sim's behaviour tests).
+    use super::*;
+
+    /// The version sent is async-stripe's own (its models are generated for it), and the
+    /// one stripe-sim renders (its requests would be refused otherwise).
     #[test]
-    fn pins_the_version_stripe_sim_renders() {
-        assert_eq!(super::STRIPE_VERSION, stripe_sim::state::API_VERSION);
+    fn pins_the_version_async_stripe_and_stripe_sim_speak() {
+        assert_eq!(stripe_shared::version::VERSION.as_str(), STRIPE_VERSION);
+        assert_eq!(STRIPE_VERSION, stripe_sim::state::API_VERSION);
+    }
+
+    fn api_error(type_: &str, code: Option<&str>) -> Box<stripe_shared::ApiErrors> {
+        let code = code
+            .map(|c| format!(r#","code":"{c}""#))
+            .unwrap_or_default();
+        let json = format!(r#"{{"type":"{type_}","message":"m"{code}}}"#);
+        Box::new(miniserde::json::from_str(&json).expect("an ApiErrors"))
+    }
+
+    #[test]
+    fn stripe_answers_map_to_the_gateway_verdicts() {
+        let cases: Vec<(StripeError, GatewayError)> = vec![
+            (
+                StripeError::Stripe(api_error("invalid_request_error", None), 401),
+                GatewayError::Misconfigured { status: 401 },
+            ),
+            (
+                StripeError::Stripe(
+                    api_error("invalid_request_error", Some("resource_missing")),
+                    404,
+                ),
+                GatewayError::NotFound,
+            ),
+            (
+                StripeError::Stripe(api_error("invalid_request_error", Some("rate_limit")), 429),
+                GatewayError::RateLimited,
+            ),
+            (
+                StripeError::Stripe(
+                    api_error("idempotency_error", Some("idempotency_key_in_use")),
+                    409,
+                ),
+                GatewayError::InFlight,
+            ),
+            (
+                StripeError::Stripe(api_error("idempotency_error", None), 400),
+                GatewayError::KeyReused,
+            ),
+            (
+                StripeError::Stripe(api_error("api_error", None), 502),
+                GatewayError::Unavailable("stripe answered 502".into()),
+            ),
+            (
+                StripeError::Stripe(api_error("card_error", Some("amount_too_small")), 400),
+                GatewayError::Rejected {
+                    status: 400,
+                    code: "amount_too_small".into(),
+                    message: "m".into(),
+                },
+            ),
+            (
+                StripeError::Timeout,
+                GatewayError::Unavailable("timeout".into()),
+            ),
+            (
+                StripeError::ClientError("refused".into()),
+                GatewayError::Unavailable("connection failed".into()),
+            ),
+        ];
+        for (stripe, ours) in cases {
+            let shown = format!("{stripe}");
+            assert_eq!(gateway_error(stripe), ours, "{shown}");
+        }
+        assert!(matches!(
+            gateway_error(StripeError::JSONDeserialize("x".into())),
+            GatewayError::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn a_key_stripe_would_refuse_is_refused_before_sending() {
+        assert!(once_with("paystream-create-1").is_ok());
+        assert!(matches!(
+            once_with(&"k".repeat(300)),
+            Err(GatewayError::Rejected { .. })
+        ));
     }
 }

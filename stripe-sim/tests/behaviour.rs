@@ -945,12 +945,13 @@ async fn uncaptured_authorizations_are_canceled_after_seven_days() {
             &v["cancellation_reason"],
             &v["amount_capturable"]
         ),
-        (&json!("canceled"), &json!("automatic"), &json!(0))
+        (&json!("canceled"), &json!("expired"), &json!(0)),
+        "`expired` since 2025-03-31.basil (`automatic` before)"
     );
     let canceled = t.events("payment_intent.canceled").await;
     assert_eq!(
         canceled[0]["data"]["object"]["cancellation_reason"],
-        "automatic"
+        "expired"
     );
     let expired = t.events("charge.expired").await;
     assert_eq!(expired.len(), 1);
@@ -958,11 +959,17 @@ async fn uncaptured_authorizations_are_canceled_after_seven_days() {
     assert_eq!(
         (
             &charge["captured"],
+            &charge["amount_captured"],
             &charge["refunded"],
             &charge["amount_refunded"]
         ),
-        (&json!(false), &json!(true), &json!(2500))
+        (&json!(false), &json!(0), &json!(false), &json!(0)),
+        "an expiry is no refund since 2025-03-31.basil"
     );
+    let (s, listed) = t.get(&format!("/v1/refunds?payment_intent={pi_id}")).await;
+    assert_eq!((s, &listed["data"]), (200, &json!([])));
+    assert!(t.events("charge.refunded").await.is_empty());
+    assert!(t.events("charge.refund.updated").await.is_empty());
 
     let (s, _, e) = t.post(&format!("{path}/capture"), &[], None).await;
     assert_eq!(s, 400);
@@ -979,6 +986,10 @@ async fn uncaptured_authorizations_are_canceled_after_seven_days() {
     assert_eq!(s, 400, "nothing was captured, so nothing can be refunded");
 }
 
+/// Since API version 2025-03-31.basil (so in the version the sim renders), releasing what
+/// an authorization holds (the rest of a partial capture, a cancel) makes no Refund: none
+/// is listed, none is on the charge, `amount_refunded` stays 0 and no `charge.refunded`
+/// or `charge.refund.updated` is sent.
 #[tokio::test]
 async fn a_partial_capture_limits_refunds_to_what_was_captured() {
     let t = common::start().await;
@@ -996,7 +1007,7 @@ async fn a_partial_capture_limits_refunds_to_what_was_captured() {
         (&v["status"], &v["amount_received"], &v["amount_capturable"]),
         (&json!("succeeded"), &json!(600), &json!(0))
     );
-    let (_, charge) = t.get(&format!("/v1/charges/{ch}")).await;
+    let (_, charge) = t.get(&format!("/v1/charges/{ch}?expand[]=refunds")).await;
     assert_eq!(
         (
             &charge["amount"],
@@ -1008,17 +1019,26 @@ async fn a_partial_capture_limits_refunds_to_what_was_captured() {
         (
             &json!(1000),
             &json!(600),
-            &json!(400),
+            &json!(0),
             &json!(true),
             &json!(false)
         ),
-        "the uncaptured rest is released as refunded"
+        "the uncaptured rest is released, not refunded"
     );
+    assert_eq!(charge["refunds"]["data"], json!([]));
+    let (s, listed) = t.get(&format!("/v1/refunds?payment_intent={pi_id}")).await;
+    assert_eq!((s, &listed["data"]), (200, &json!([])));
+    let (_, listed) = t.get(&format!("/v1/refunds?charge={ch}")).await;
+    assert_eq!(listed["data"], json!([]));
+    assert!(t.events("charge.refunded").await.is_empty());
+    assert!(t.events("charge.refund.updated").await.is_empty());
     let captured = t.events("charge.captured").await;
+    assert_eq!(captured.len(), 1);
     assert_eq!(captured[0]["data"]["object"]["amount_captured"], 600);
+    assert_eq!(captured[0]["data"]["object"]["amount_refunded"], 0);
     assert_eq!(
-        captured[0]["data"]["previous_attributes"]["captured"],
-        false
+        captured[0]["data"]["previous_attributes"],
+        json!({"amount_captured": 0, "captured": false})
     );
 
     let (s, _, e) = t
@@ -1034,10 +1054,21 @@ async fn a_partial_capture_limits_refunds_to_what_was_captured() {
         .await;
     assert_eq!((s, &r["amount"]), (200, &json!(600)));
     let (_, charge) = t.get(&format!("/v1/charges/{ch}")).await;
-    assert_eq!(charge["refunded"], true);
+    assert_eq!(
+        (&charge["amount_refunded"], &charge["refunded"]),
+        (&json!(600), &json!(true)),
+        "all that was captured is refunded"
+    );
+    let (_, listed) = t.get(&format!("/v1/refunds?payment_intent={pi_id}")).await;
+    assert_eq!(
+        listed["data"].as_array().map(Vec::len),
+        Some(1),
+        "ours only"
+    );
 
-    // Canceling a held authorization refunds its charge in full.
+    // Canceling a held authorization releases it: no refund, the charge untouched.
     let held = t.paid("800", "pm_card_visa", true).await;
+    let held_ch = held["latest_charge"].as_str().unwrap().to_owned();
     let (s, _, v) = t
         .post(
             &format!("/v1/payment_intents/{}/cancel", id(&held)),
@@ -1046,9 +1077,38 @@ async fn a_partial_capture_limits_refunds_to_what_was_captured() {
         )
         .await;
     assert_eq!((s, &v["status"]), (200, &json!("canceled")));
+    let (_, charge) = t
+        .get(&format!("/v1/charges/{held_ch}?expand[]=refunds"))
+        .await;
+    assert_eq!(
+        (
+            &charge["amount_captured"],
+            &charge["amount_refunded"],
+            &charge["captured"],
+            &charge["refunded"],
+            &charge["refunds"]["data"]
+        ),
+        (
+            &json!(0),
+            &json!(0),
+            &json!(false),
+            &json!(false),
+            &json!([])
+        )
+    );
+    let (_, listed) = t
+        .get(&format!("/v1/refunds?payment_intent={}", id(&held)))
+        .await;
+    assert_eq!(listed["data"], json!([]));
     let refunded = t.events("charge.refunded").await;
-    assert_eq!(refunded[0]["data"]["object"]["id"], held["latest_charge"]);
-    assert_eq!(refunded[0]["data"]["object"]["amount_refunded"], 800);
+    assert_eq!(
+        refunded.len(),
+        1,
+        "only our refund of the captured charge: {refunded:?}"
+    );
+    assert_eq!(refunded[0]["data"]["object"]["id"], json!(ch));
+    let canceled = t.events("payment_intent.canceled").await;
+    assert_eq!(canceled[0]["data"]["object"]["id"], held["id"]);
 }
 
 #[tokio::test]

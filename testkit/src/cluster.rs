@@ -78,9 +78,11 @@ impl ScratchCluster {
             other => panic!("no password for role {other}"),
         };
         let port = self.ports[node as usize];
+        // cluster.sh's nodes take TLS only, from the CA it made in the cluster's directory.
         format!(
-            "postgres://{role}:{}@127.0.0.1:{port}/paystream",
-            secrets[key]
+            "postgres://{role}:{}@127.0.0.1:{port}/paystream?sslmode=verify-full&sslrootcert={}",
+            secrets[key],
+            self.dir.join("tls/ca.crt").display()
         )
     }
 }

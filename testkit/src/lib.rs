@@ -17,6 +17,7 @@ use sqlx::postgres::PgPoolOptions;
 
 pub mod cdc;
 pub mod cluster;
+pub mod registry;
 pub mod sim;
 
 /// A Kafka record as tests read it: key and value.
@@ -52,7 +53,7 @@ impl Stack {
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|(k, v)| (k.to_owned(), unquote(v).to_owned()))
             .collect();
         Stack { root, env }
     }
@@ -74,12 +75,15 @@ impl Stack {
         run_script(&self.root, script, args);
     }
 
-    /// A pool for the tests' own SQL: what they assert reads the tables themselves.
+    /// A pool for the tests' own SQL: what they assert reads the tables themselves. TLS as
+    /// the URL says (`sslmode`, `sslrootcert`), read the way the services read it.
     pub async fn pool(&self, url_key: &str) -> PgPool {
+        let options = paystream_db::tls::connect_options(self.var(url_key))
+            .unwrap_or_else(|e| panic!("{url_key}: {e}"));
         PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(self.var(url_key))
+            .connect_with(options)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {url_key}: {e}"))
     }
@@ -197,6 +201,14 @@ pub fn unreachable_primary() -> Primary {
             .connect_lazy("postgres://paystream:x@127.0.0.1:1/paystream")
             .expect("a well-formed URL"),
     )
+}
+
+/// A value of `.stack/env` as a shell that sources the file sees it: values holding `&`
+/// (the database URLs) are single-quoted there.
+fn unquote(v: &str) -> &str {
+    v.strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .unwrap_or(v)
 }
 
 fn workspace_root() -> PathBuf {

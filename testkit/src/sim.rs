@@ -11,7 +11,7 @@ use paystream_db::Primary;
 use paystream_db::keys;
 use paystream_db::payments::{self, NewPayment, Observation, Source};
 use paystream_db::refunds::{self, RefundObservation, Scope};
-use paystream_stripe::HttpStripe;
+use paystream_stripe::StripeApi;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -30,7 +30,7 @@ pub struct SimWorld {
     /// stripe-sim's base URL.
     pub sim: String,
     pub http: reqwest::Client,
-    pub stripe: HttpStripe,
+    pub stripe: StripeApi,
     _sim: stripe_sim::Sim,
 }
 
@@ -56,7 +56,7 @@ impl SimWorld {
             .await
             .and_then(|r| r.error_for_status())
             .expect("PUT /_sim/world");
-        let stripe = HttpStripe::new(&sim, SIM_KEY, Duration::from_secs(5)).expect("client");
+        let stripe = StripeApi::new(&sim, SIM_KEY, Duration::from_secs(5)).expect("client");
         SimWorld {
             primary: Primary::from_pool(db.clone()),
             db,

@@ -89,6 +89,7 @@ fn every_rust_service_loads_its_config_from_the_compose_environment() {
         "webhook",
         "reconciler",
         "stripe-sim",
+        "schema-registry",
     ] {
         assert!(
             services.contains_key(name),
@@ -109,8 +110,40 @@ fn every_rust_service_loads_its_config_from_the_compose_environment() {
         !webhook.webhook.secrets.trim().is_empty(),
         "webhook: APP_WEBHOOK__SECRETS"
     );
-    let _: paystream_reconciler::config::ReconcilerConfig =
+    let reconciler: paystream_reconciler::config::ReconcilerConfig =
         load_from_vars(env_of(&c, "reconciler")).unwrap_or_else(|e| panic!("reconciler: {e}"));
+    // The registry the reconciler registers with is the compose one, on its listener, and
+    // the reconciler waits for it (a start without it fails).
+    let registry = reconciler
+        .kafka
+        .schema_registry
+        .expect("reconciler: APP_KAFKA__SCHEMA_REGISTRY__URL");
+    let listener = c["services"]["schema-registry"]["environment"]["SCHEMA_REGISTRY_LISTENERS"]
+        .as_str()
+        .expect("the registry's listener");
+    let port = |url: &str| {
+        url.rsplit_once(':')
+            .map(|(_, p)| p.trim_end_matches('/').to_owned())
+    };
+    assert_eq!(
+        port(&registry.url),
+        port(listener),
+        "{} vs {listener}",
+        registry.url
+    );
+    assert!(
+        registry.url.contains("//schema-registry:"),
+        "{}",
+        registry.url
+    );
+    assert!(
+        c["services"]["reconciler"]["depends_on"]["schema-registry"].is_object(),
+        "the reconciler waits for the registry"
+    );
+    assert!(
+        c["services"]["reconciler"]["depends_on"]["migrate"].is_object(),
+        "its own depends_on replaces the shared one: migrate must stay"
+    );
 }
 
 /// `-c name=value` settings of a postgres command line.
@@ -194,6 +227,18 @@ fn ports_listeners_mounts_and_the_build_context_agree() {
         "advertised {host_port}, published {published:?}"
     );
     // Connect: the image writes offset.flush.interval.ms from this variable only.
+    // The registry stores schemas in a topic of the one broker.
+    let registry = &services["schema-registry"]["environment"];
+    assert_eq!(
+        registry["SCHEMA_REGISTRY_KAFKASTORE_TOPIC_REPLICATION_FACTOR"],
+        "1"
+    );
+    assert!(
+        registry["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"]
+            .as_str()
+            .is_some_and(|b| b.ends_with("kafka:9092")),
+        "the registry reaches the broker's internal listener"
+    );
     let connect = &services["connect"]["environment"];
     assert!(connect.get("CONNECT_OFFSET_FLUSH_INTERVAL_MS").is_none());
     assert!(connect.get("OFFSET_FLUSH_INTERVAL_MS").is_some());

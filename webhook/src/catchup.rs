@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
+use paystream_core::gateway::GatewayError;
 use paystream_db::Primary;
 use paystream_db::events::Via;
 use paystream_service::runtime::tick;
-use serde::Deserialize;
-use serde_json::Value;
+use paystream_stripe::StripeApi;
 use tokio_util::sync::CancellationToken;
 
 use crate::events;
@@ -19,87 +19,41 @@ pub use paystream_stripe::StripeConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum CatchupError {
     #[error("stripe: {0}")]
-    Stripe(String),
+    Stripe(#[from] GatewayError),
     #[error(transparent)]
     Db(#[from] paystream_db::DbError),
-}
-
-#[derive(Deserialize)]
-struct EventPage {
-    data: Vec<Value>,
-    has_more: bool,
 }
 
 /// The events that can change a payment or a refund of ours (Stripe's `type` filter
 /// takes one wildcard pattern per request).
 const KINDS: [&str; 2] = ["payment_intent.*", "refund.*"];
 
-/// One pass over undelivered events created at or after `since` (unix seconds).
-/// Returns how many events were new to us.
-pub async fn run_once(
-    http: &reqwest::Client,
-    api: &StripeConfig,
-    db: &Primary,
-    since: i64,
-) -> Result<usize, CatchupError> {
+/// One pass over undelivered events created at or after `since` (unix seconds), through
+/// the same gateway as every other Stripe call (its timeout; a 429 is `RateLimited`, and
+/// the pass is tried again at the next tick). Returns how many events were new to us.
+pub async fn run_once(stripe: &StripeApi, db: &Primary, since: i64) -> Result<usize, CatchupError> {
     let mut new = 0;
     for kind in KINDS {
-        new += run_kind(http, api, db, since, kind).await?;
-    }
-    Ok(new)
-}
-
-async fn run_kind(
-    http: &reqwest::Client,
-    api: &StripeConfig,
-    db: &Primary,
-    since: i64,
-    kind: &str,
-) -> Result<usize, CatchupError> {
-    let mut new = 0;
-    let mut after: Option<String> = None;
-    loop {
-        let mut query = vec![
-            ("type".to_owned(), kind.to_owned()),
-            ("delivery_success".to_owned(), "false".to_owned()),
-            ("created[gte]".to_owned(), since.to_string()),
-            ("limit".to_owned(), "100".to_owned()),
-        ];
-        if let Some(a) = &after {
-            query.push(("starting_after".to_owned(), a.clone()));
-        }
-        let res = http
-            .get(format!("{}/v1/events", api.api_base.trim_end_matches('/')))
-            .bearer_auth(&api.secret_key)
-            .header("Stripe-Version", paystream_stripe::STRIPE_VERSION)
-            .query(&query)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| CatchupError::Stripe(e.to_string()))?;
-        if !res.status().is_success() {
-            return Err(CatchupError::Stripe(format!(
-                "GET /v1/events answered {}",
-                res.status()
-            )));
-        }
-        let page: EventPage = res
-            .json()
-            .await
-            .map_err(|e| CatchupError::Stripe(e.to_string()))?;
-        for event in &page.data {
-            if events::process(db, event, Via::Catchup).await? != events::Outcome::Duplicate {
-                new += 1;
+        let mut after: Option<String> = None;
+        loop {
+            let page = stripe
+                .list_events(kind, since, true, after.as_deref())
+                .await?;
+            for event in &page.data {
+                if events::process(db, event, Via::Catchup).await? != events::Outcome::Duplicate {
+                    new += 1;
+                }
+            }
+            match (
+                page.has_more,
+                page.data.last().and_then(|e| e["id"].as_str()),
+            ) {
+                (true, Some(last)) => after = Some(last.to_owned()),
+                _ => break,
             }
         }
-        match (
-            page.has_more,
-            page.data.last().and_then(|e| e["id"].as_str()),
-        ) {
-            (true, Some(last)) => after = Some(last.to_owned()),
-            _ => return Ok(new),
-        }
     }
+    Ok(new)
 }
 
 /// On start and then every `every` until shutdown: looks back `lookback` (Stripe retries
@@ -111,10 +65,10 @@ pub async fn run_loop(
     lookback: Duration,
     token: CancellationToken,
 ) -> Result<(), String> {
-    let http = reqwest::Client::new();
+    let stripe = api.gateway().map_err(|e| e.to_string())?;
     loop {
         let since = crate::now_unix() - lookback.as_secs() as i64;
-        match run_once(&http, &api, &db, since).await {
+        match run_once(&stripe, &db, since).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "catch-up applied undelivered events"),
             Err(e) => tracing::warn!(error = %e, "catch-up failed; retrying later"),

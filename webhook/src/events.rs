@@ -1,10 +1,12 @@
 //! Turning one Stripe event into (at most) one status change, exactly once per event id:
 //! this module reads the event; `paystream_db::events` stores and applies it.
 
+use paystream_core::gateway::{IntentView, RefundView};
 use paystream_core::{PaymentStatus, RefundStatus};
 use paystream_db::events::{self, Received, Via};
 pub use paystream_db::events::{IntentReading, Outcome, Reading, RefundReading, Retried};
 use paystream_db::{DbError, Primary};
+use paystream_stripe::{UntypedObject, intent_from_json, refund_from_json};
 use serde_json::Value;
 
 /// An event says something about our money when it carries a PaymentIntent or a refund
@@ -12,20 +14,80 @@ use serde_json::Value;
 /// duplicate or late event says the same thing as the object it carried. `charge.*`
 /// events carry the charge, whose refunded total names no refund of ours: each refund
 /// reaches us by its own `refund.*` event (and by polls), so they are acknowledged.
+///
+/// The object is read with async-stripe's model of the pinned API version. A webhook
+/// endpoint set to another version (in Stripe's dashboard, out of our hands) renders other
+/// shapes: such an object is read by its few stable fields instead, with a warning, so
+/// that a dashboard setting can never make money events unreadable.
 pub fn read(event: &Value) -> Option<Reading> {
-    let object = &event["data"]["object"];
-    match object["object"].as_str() {
-        Some("payment_intent") => read_intent(object).map(Reading::Intent),
-        Some("refund") => read_refund(object).map(Reading::Refund),
-        // Peers that omit `object` (older fixtures): the event type says it.
+    read_typed(event).unwrap_or_else(|untyped| {
+        tracing::warn!(
+            event_id = event["id"].as_str().unwrap_or_default(),
+            api_version = event["api_version"].as_str().unwrap_or_default(),
+            error = %untyped,
+            "event object read by its stable fields"
+        );
+        read_lenient(event)
+    })
+}
+
+/// What the object's `object` field (or, for peers that omit it, the event type) says
+/// it is.
+fn object_kind(event: &Value) -> Option<&str> {
+    match event["data"]["object"]["object"].as_str() {
+        Some(kind) => Some(kind),
         None if event["type"]
             .as_str()
             .is_some_and(|t| t.starts_with("payment_intent.")) =>
         {
-            read_intent(object).map(Reading::Intent)
+            Some("payment_intent")
         }
+        None => None,
+    }
+}
+
+/// The reading through async-stripe's models; `Err` when the object is not of the
+/// pinned version's shape.
+pub fn read_typed(event: &Value) -> Result<Option<Reading>, UntypedObject> {
+    let object = event["data"]["object"].to_string();
+    Ok(match object_kind(event) {
+        Some("payment_intent") => intent_reading(intent_from_json(&object)?).map(Reading::Intent),
+        Some("refund") => refund_reading(refund_from_json(&object)?).map(Reading::Refund),
+        _ => None,
+    })
+}
+
+/// The reading by the few fields every API version renders alike.
+pub fn read_lenient(event: &Value) -> Option<Reading> {
+    let object = &event["data"]["object"];
+    match object_kind(event) {
+        Some("payment_intent") => read_intent(object).map(Reading::Intent),
+        Some("refund") => read_refund(object).map(Reading::Refund),
         _ => None,
     }
+}
+
+fn intent_reading(view: IntentView) -> Option<IntentReading> {
+    let status = view.status()?;
+    Some(IntentReading {
+        payment_id: view.payment_id.as_deref().and_then(|s| s.parse().ok()),
+        status,
+        error: view.last_error,
+        amount_received: Some(view.amount_received).filter(|a| *a > 0),
+        intent_id: view.id,
+        stripe_status: view.stripe_status,
+    })
+}
+
+fn refund_reading(view: RefundView) -> Option<RefundReading> {
+    let status = view.status()?;
+    Some(RefundReading {
+        refund_id: view.refund_id.as_deref().and_then(|s| s.parse().ok()),
+        status,
+        failure_reason: view.failure_reason,
+        stripe_refund_id: view.id,
+        stripe_status: view.stripe_status,
+    })
 }
 
 fn read_intent(object: &Value) -> Option<IntentReading> {
@@ -105,7 +167,7 @@ mod tests {
         let e = json!({"id": "evt_1", "type": "payment_intent.payment_failed", "unknown": 1, "data": {"object": {
             "id": "pi_1", "status": "requires_payment_method", "metadata": {"payment_id": pid.to_string()},
             "last_payment_error": {"code": "card_declined", "decline_code": "insufficient_funds", "message": "No money."}}}});
-        let Some(Reading::Intent(r)) = read(&e) else {
+        let Some(Reading::Intent(r)) = read_lenient(&e) else {
             panic!("an intent reading")
         };
         assert_eq!(r.intent_id, "pi_1");
@@ -113,7 +175,7 @@ mod tests {
         assert_eq!(r.status, PaymentStatus::Pending);
         assert_eq!(r.error.as_deref(), Some("insufficient_funds: No money."));
         let ok = json!({"id": "evt_2", "type": "payment_intent.succeeded", "data": {"object": {"id": "pi_1", "status": "succeeded", "metadata": {}}}});
-        let Some(Reading::Intent(ok)) = read(&ok) else {
+        let Some(Reading::Intent(ok)) = read_lenient(&ok) else {
             panic!("an intent reading")
         };
         assert_eq!(ok.status, PaymentStatus::Succeeded);
@@ -125,8 +187,24 @@ mod tests {
             json!({"id": "evt_7", "type": "charge.refunded", "data": {"object": {"object": "charge", "id": "ch_1", "amount_refunded": 100}}}),
             json!({"id": "evt_8", "type": "refund.updated", "data": {"object": {"object": "refund", "id": "re_1", "status": "reversed_somehow"}}}),
         ] {
-            assert_eq!(read(&ignored), None, "{ignored}");
+            assert_eq!(read_lenient(&ignored), None, "{ignored}");
         }
+    }
+
+    #[test]
+    fn an_object_of_another_shape_is_read_by_its_stable_fields() {
+        let e = json!({"id": "evt_v", "type": "payment_intent.succeeded", "api_version": "2019-02-19",
+            "data": {"object": {"object": "payment_intent", "id": "pi_1", "status": "succeeded", "metadata": {}}}});
+        assert!(read_typed(&e).is_err(), "not the pinned version's shape");
+        let Some(Reading::Intent(r)) = read(&e) else {
+            panic!("an intent reading")
+        };
+        assert_eq!(
+            (r.intent_id.as_str(), r.status),
+            ("pi_1", PaymentStatus::Succeeded)
+        );
+        let charge = json!({"id": "evt_c", "type": "charge.succeeded", "data": {"object": {"object": "charge"}}});
+        assert_eq!(read_typed(&charge), Ok(None), "not an object we read");
     }
 
     #[test]
@@ -146,7 +224,7 @@ mod tests {
             let e = json!({"id": "evt_r", "type": kind, "data": {"object": {"object": "refund", "id": "re_1",
                 "status": stripe, "metadata": {"refund_id": rid.to_string()},
                 "failure_reason": if stripe == "failed" { json!("expired_or_canceled_card") } else { Value::Null }}}});
-            let Some(Reading::Refund(r)) = read(&e) else {
+            let Some(Reading::Refund(r)) = read_lenient(&e) else {
                 panic!("{kind}: a refund reading")
             };
             assert_eq!(r.stripe_refund_id, "re_1");
@@ -160,7 +238,7 @@ mod tests {
         }
         let capturable = json!({"id": "evt_c", "type": "payment_intent.amount_capturable_updated", "data": {"object": {
             "object": "payment_intent", "id": "pi_1", "status": "requires_capture", "amount_capturable": 500, "amount_received": 0}}});
-        let Some(Reading::Intent(c)) = read(&capturable) else {
+        let Some(Reading::Intent(c)) = read_lenient(&capturable) else {
             panic!("an intent reading")
         };
         assert_eq!(
@@ -169,7 +247,7 @@ mod tests {
         );
         let captured = json!({"id": "evt_s", "type": "payment_intent.succeeded", "data": {"object": {
             "object": "payment_intent", "id": "pi_1", "status": "succeeded", "amount_received": 300}}});
-        let Some(Reading::Intent(c)) = read(&captured) else {
+        let Some(Reading::Intent(c)) = read_lenient(&captured) else {
             panic!("an intent reading")
         };
         assert_eq!(c.amount_received, Some(300));

@@ -70,7 +70,7 @@ impl Env {
             secret_key: SIM_KEY.into(),
             timeout_ms: 5_000,
         };
-        catchup::run_once(&self.http, &api, &self.primary, 0)
+        catchup::run_once(&api.gateway().unwrap(), &self.primary, 0)
             .await
             .unwrap()
     }

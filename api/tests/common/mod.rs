@@ -10,7 +10,7 @@ use paystream_api::ratelimit::RateLimiter;
 use paystream_api::{AppState, router};
 use paystream_db::keys::{self, Role};
 use paystream_db::{Primary, Replica};
-use paystream_stripe::HttpStripe;
+use paystream_stripe::StripeApi;
 use paystream_testkit::Stack;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -49,7 +49,7 @@ pub async fn serve_api_with_key(
 ) -> String {
     let state = AppState {
         db: db.into(),
-        stripe: Arc::new(HttpStripe::new(stripe_base, stripe_key, Duration::from_secs(2)).unwrap()),
+        stripe: Arc::new(StripeApi::new(stripe_base, stripe_key, Duration::from_secs(2)).unwrap()),
         max_amount: 1_000_000,
         lease: Duration::from_secs(30),
         limiter: Arc::new(RateLimiter::new(limit)),

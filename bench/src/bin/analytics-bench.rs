@@ -171,14 +171,11 @@ async fn main() -> anyhow::Result<()> {
     // The answers go through the project's replica reads; the naive baseline and the
     // plans through a connection of their own.
     let answers = paystream_db::Replica::new(&replica_url, 1)?;
-    let pg: tokio_postgres::Config = replica_url.parse()?;
-    let replica = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
-        pg,
-        tokio_postgres::NoTls,
-    ))
-    // One connection for the answers, one for the naive baseline and the plans.
-    .max_size(2)
-    .build()?;
+    let (pg, tls) = paystream_db::tls::tokio_postgres_config(&replica_url)?;
+    let replica = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(pg, tls))
+        // One connection for the answers, one for the naive baseline and the plans.
+        .max_size(2)
+        .build()?;
     caught_up(&primary, &replica).await?;
     let guard = Guard {
         max_lag: Duration::from_secs(3600),

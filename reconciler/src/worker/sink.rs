@@ -21,6 +21,8 @@ pub enum SinkError {
 
 pub struct Sink {
     producer: FutureProducer,
+    /// The registry's id of the status topic's schema, when a registry is configured.
+    registry_id: Option<u32>,
     status_topic: String,
     dead_letter_topic: String,
 }
@@ -37,14 +39,16 @@ impl Sink {
         status_topic: &str,
         dead_letter_topic: &str,
     ) -> Result<Sink, KafkaError> {
-        let producer: FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
+        let producer: FutureProducer = kafka
+            .client_config()
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?
             // Retries keep one payment's updates in order.
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create()?;
         Ok(Sink {
             producer,
+            registry_id: kafka.registry_id(status_topic),
             status_topic: status_topic.to_owned(),
             dead_letter_topic: dead_letter_topic.to_owned(),
         })
@@ -56,8 +60,17 @@ impl Sink {
         self.update(&u.payment_id.to_string(), &payload).await
     }
 
-    /// An encoded update on the status topic, under `key`.
+    /// An encoded update on the status topic, under `key`: as encoded (single-object), or
+    /// in the registry's wire format when its schema is registered.
     pub async fn update(&self, key: &str, payload: &[u8]) -> Result<DeliveryFuture, SinkError> {
+        let framed;
+        let payload = match self.registry_id {
+            Some(id) => {
+                framed = output::registry_framed(id, payload)?;
+                &framed[..]
+            }
+            None => payload,
+        };
         Ok(self
             .send(|| {
                 FutureRecord::to(&self.status_topic)

@@ -1,6 +1,8 @@
 //! Charges: what a confirmation took (or tried to take) from the card, and what has since
 //! been captured and refunded from it. A charge's refunded amount counts every refund not
-//! failed, pending ones included, as Stripe's `amount_refunded` does.
+//! failed, pending ones included, as Stripe's `amount_refunded` does, and nothing else:
+//! since API version 2025-03-31.basil, what an authorization releases (the rest of a
+//! partial capture, a cancel, an expiry) is neither a refund nor counted as refunded.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -86,14 +88,16 @@ impl Charge {
         self.decline.is_none()
     }
 
-    /// What a refund can still take: the amount less everything refunded or released.
+    /// What a refund can still take: what was captured less everything refunded. An
+    /// uncaptured (held, canceled or expired) charge has nothing to refund.
     pub fn unrefunded(&self) -> i64 {
-        self.amount - self.amount_refunded
+        (self.amount_captured - self.amount_refunded).max(0)
     }
 
-    /// What an authorization still holds: neither captured nor released.
-    pub fn uncaptured(&self) -> i64 {
-        (self.amount - self.amount_captured - self.amount_refunded).max(0)
+    /// Whether all that was captured has been refunded. A canceled or expired
+    /// authorization captured nothing, and is not `refunded` (basil and later).
+    fn refunded(&self) -> bool {
+        self.amount_captured > 0 && self.amount_refunded >= self.amount_captured
     }
 
     pub fn capture(&mut self, amount: i64) {
@@ -151,7 +155,7 @@ impl Charge {
             "payment_method": self.payment_method,
             "receipt_email": self.receipt_email,
             "receipt_number": null,
-            "refunded": self.amount > 0 && self.amount_refunded >= self.amount,
+            "refunded": self.refunded(),
             "status": if ok { "succeeded" } else { "failed" },
         });
         if let Some(refunds) = refunds {

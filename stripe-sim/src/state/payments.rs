@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::cards::{Card, minimum_amount};
 use super::events::previous_attributes;
-use super::intents::{Intent, IntentStatus, NewIntent};
+use super::intents::{Intent, NewIntent};
 use super::{Ctx, State, metadata, search};
 use crate::error::StripeError;
 use crate::form::Params;
@@ -186,21 +186,18 @@ impl State {
             ));
         }
         let intent = self.intents.get_mut(id)?;
-        let was = intent.cancel(reason, ctx.now())?;
+        intent.cancel(reason, ctx.now())?;
         let snap = intent.to_json();
-        let charge = intent.latest_charge().map(str::to_owned);
-        // Canceling releases a held authorization: its charge is refunded in full.
-        if was == IntentStatus::RequiresCapture
-            && let Some((charge, previous)) = charge.and_then(|ch| self.release(&ch, None, ctx))
-        {
-            self.emit_change("charge.refunded", charge, Some(previous), ctx);
-        }
+        // Canceling a held authorization releases it. Since 2025-03-31.basil Stripe makes
+        // no Refund for that and leaves the charge alone (`amount_captured` 0,
+        // `amount_refunded` 0, `refunded` false): no `charge.refunded`, only this event.
         self.emit("payment_intent.canceled", snap.clone(), ctx);
         Ok(snap)
     }
 
-    /// A partial capture releases the rest of the authorization: the charge keeps its
-    /// amount, captures part of it and shows the rest as refunded, as Stripe renders it.
+    /// A partial capture releases the rest of the authorization. Since 2025-03-31.basil
+    /// the charge keeps its `amount`, shows the part captured in `amount_captured` and
+    /// nothing in `amount_refunded`: no Refund is made for the rest, no `charge.refunded`.
     pub fn capture(&mut self, id: &str, p: &Params, ctx: &Ctx) -> Result<Value, StripeError> {
         let to_capture = p.int("amount_to_capture")?;
         let intent = self.intents.get_mut(id)?;
@@ -211,14 +208,9 @@ impl State {
         {
             let before = charge.to_json(None);
             charge.capture(captured);
-            if charge.uncaptured() > 0 {
-                self.release(&ch, None, ctx);
-            }
-            if let Ok(charge) = self.charges.get(&ch) {
-                let after = charge.to_json(None);
-                let previous = previous_attributes(&before, &after);
-                self.emit_change("charge.captured", after, Some(previous), ctx);
-            }
+            let after = charge.to_json(None);
+            let previous = previous_attributes(&before, &after);
+            self.emit_change("charge.captured", after, Some(previous), ctx);
         }
         self.emit("payment_intent.succeeded", snap.clone(), ctx);
         Ok(snap)
@@ -241,7 +233,9 @@ impl State {
     }
 
     /// Stripe cancels an intent whose authorization went uncaptured for 7 days (the
-    /// world's `uncaptured_expiry_ms`); its charge expires and is refunded in full.
+    /// world's `uncaptured_expiry_ms`) with `cancellation_reason: expired`; its charge
+    /// expires. Since 2025-03-31.basil that makes no Refund and leaves the charge's
+    /// `amount_refunded` and `refunded` alone.
     fn expire_authorization(&mut self, id: &str, ctx: &Ctx) {
         let Ok(intent) = self.intents.get_mut(id) else {
             return;
@@ -250,10 +244,11 @@ impl State {
             return;
         }
         let snap = intent.to_json();
-        let charge = intent.latest_charge().map(str::to_owned);
-        if let Some((charge, _)) =
-            charge.and_then(|ch| self.release(&ch, Some("expired_uncaptured_charge"), ctx))
-        {
+        let charge = intent
+            .latest_charge()
+            .and_then(|ch| self.charges.get(ch).ok())
+            .map(|c| c.to_json(None));
+        if let Some(charge) = charge {
             self.emit("charge.expired", charge, ctx);
         }
         self.emit("payment_intent.canceled", snap, ctx);
@@ -339,6 +334,165 @@ mod tests {
     use super::super::World;
     use super::*;
     use proptest::prelude::*;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn ctx(now_ms: i64) -> Ctx {
+        Ctx {
+            now_ms,
+            ..Ctx::default()
+        }
+    }
+
+    /// A manual-capture intent confirmed with a card: it holds `amount`. Its id and charge.
+    fn held(st: &mut State, amount: i64) -> (String, String) {
+        let form = format!(
+            "amount={amount}&currency=usd&capture_method=manual&payment_method=pm_card_visa&confirm=true"
+        );
+        let pi = st.create_intent(&Params::parse(&form), &ctx(T0)).unwrap();
+        assert_eq!(pi["status"], "requires_capture");
+        (
+            pi["id"].as_str().unwrap().to_owned(),
+            pi["latest_charge"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    fn charge(st: &State, ch: &str) -> Value {
+        st.retrieve_charge(ch, &Params::parse("expand[]=refunds"))
+            .unwrap()
+    }
+
+    fn refunds_of(st: &State, pi: &str) -> Vec<Value> {
+        let listed = st
+            .list_refunds(&Params::parse(&format!("payment_intent={pi}")))
+            .unwrap();
+        listed["data"].as_array().unwrap().clone()
+    }
+
+    /// What a canceled or expired authorization leaves since 2025-03-31.basil: nothing
+    /// captured, nothing refunded, and no Refund object.
+    fn released_without_a_refund(st: &State, pi: &str, ch: &str) {
+        let c = charge(st, ch);
+        assert_eq!(
+            (
+                &c["amount_captured"],
+                &c["amount_refunded"],
+                &c["captured"],
+                &c["refunded"]
+            ),
+            (&json!(0), &json!(0), &json!(false), &json!(false))
+        );
+        assert!(refunds_of(st, pi).is_empty());
+    }
+
+    fn event_types(st: &State) -> Vec<String> {
+        let listed = st.list_events(&Params::parse("limit=100")).unwrap();
+        listed["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Since 2025-03-31.basil, a partial capture makes no Refund for the rest: the charge
+    /// shows what was captured and nothing refunded.
+    #[test]
+    fn a_partial_capture_makes_no_refund() {
+        let mut st = State::new(1, World::default());
+        let (pi, ch) = held(&mut st, 3000);
+        let captured = st
+            .capture(&pi, &Params::parse("amount_to_capture=2000"), &ctx(T0))
+            .unwrap();
+        assert_eq!(captured["amount_received"], 2000);
+        let c = charge(&st, &ch);
+        assert_eq!(
+            (
+                &c["amount"],
+                &c["amount_captured"],
+                &c["amount_refunded"],
+                &c["captured"],
+                &c["refunded"]
+            ),
+            (
+                &json!(3000),
+                &json!(2000),
+                &json!(0),
+                &json!(true),
+                &json!(false)
+            )
+        );
+        assert_eq!(c["refunds"]["data"], json!([]));
+        assert!(refunds_of(&st, &pi).is_empty());
+        let types = event_types(&st);
+        assert!(types.contains(&"charge.captured".to_owned()), "{types:?}");
+        assert!(
+            !types.iter().any(|t| t.starts_with("charge.refund")),
+            "{types:?}"
+        );
+        // What can be refunded is what was captured.
+        let too_much = st
+            .create_refund(
+                &Params::parse(&format!("payment_intent={pi}&amount=2001")),
+                &ctx(T0),
+            )
+            .unwrap_err();
+        assert_eq!(too_much.code, Some("amount_too_large"));
+        let all = st
+            .create_refund(&Params::parse(&format!("payment_intent={pi}")), &ctx(T0))
+            .unwrap();
+        assert_eq!(all["amount"], 2000);
+        let c = charge(&st, &ch);
+        assert_eq!(
+            (&c["amount_refunded"], &c["refunded"]),
+            (&json!(2000), &json!(true))
+        );
+    }
+
+    #[test]
+    fn canceling_a_held_authorization_makes_no_refund() {
+        let mut st = State::new(1, World::default());
+        let (pi, ch) = held(&mut st, 800);
+        let canceled = st
+            .cancel(
+                &pi,
+                &Params::parse("cancellation_reason=requested_by_customer"),
+                &ctx(T0),
+            )
+            .unwrap();
+        assert_eq!(
+            (&canceled["status"], &canceled["cancellation_reason"]),
+            (&json!("canceled"), &json!("requested_by_customer"))
+        );
+        released_without_a_refund(&st, &pi, &ch);
+        let types = event_types(&st);
+        assert_eq!(types[0], "payment_intent.canceled");
+        assert!(
+            !types.iter().any(|t| t.starts_with("charge.refund")),
+            "{types:?}"
+        );
+    }
+
+    #[test]
+    fn an_expired_authorization_is_canceled_as_expired_without_a_refund() {
+        let mut st = State::new(1, World::default());
+        let (pi, ch) = held(&mut st, 2500);
+        st.tick(T0 + World::default().uncaptured_expiry_ms - 1);
+        assert_eq!(st.retrieve(&pi).unwrap()["status"], "requires_capture");
+        st.tick(T0 + World::default().uncaptured_expiry_ms);
+        let v = st.retrieve(&pi).unwrap();
+        assert_eq!(
+            (&v["status"], &v["cancellation_reason"]),
+            (&json!("canceled"), &json!("expired"))
+        );
+        released_without_a_refund(&st, &pi, &ch);
+        let types = event_types(&st);
+        assert_eq!(types[..2], ["payment_intent.canceled", "charge.expired"]);
+        assert!(
+            !types.iter().any(|t| t.starts_with("charge.refund")),
+            "{types:?}"
+        );
+    }
 
     proptest! {
         /// Whatever the form body, every endpoint answers Ok or a Stripe error: no panic.

@@ -4,6 +4,11 @@
 //! `refund.created` and `charge.refunded` when a refund is created; `refund.updated` and
 //! `charge.refund.updated` (with `previous_attributes`) whenever it changes;
 //! `refund.failed` when it fails.
+//!
+//! Only `POST /v1/refunds` makes refunds. Releasing what an authorization still holds (a
+//! cancel, an expiry, the rest of a partial capture) makes none: since API version
+//! 2025-03-31.basil Stripe neither creates a Refund for it nor counts it in the charge's
+//! `amount_refunded` (see `payments.rs`).
 
 use serde_json::Value;
 
@@ -206,34 +211,6 @@ impl State {
         let after = charge.to_json(None);
         let previous = previous_attributes(&before, &after);
         Ok((after, previous))
-    }
-
-    /// Releases what an authorization still holds (a cancel, an expiry, the rest of a
-    /// partial capture): Stripe refunds it, so the charge shows it as refunded. Emits no
-    /// refund events; the caller emits the charge's. Returns the charge and what changed.
-    pub(super) fn release(
-        &mut self,
-        charge_id: &str,
-        reason: Option<&str>,
-        ctx: &Ctx,
-    ) -> Option<(Value, Value)> {
-        let amount = self.charges.get(charge_id).ok()?.uncaptured();
-        if amount <= 0 {
-            return None;
-        }
-        let refund = self
-            .new_refund(
-                charge_id,
-                amount,
-                reason.map(str::to_owned),
-                Default::default(),
-                RefundStatus::Succeeded,
-                ctx,
-            )
-            .ok()?;
-        let counted = self.count_refund(charge_id, &refund).ok()?;
-        self.refunds.insert(refund, None);
-        Some(counted)
     }
 
     pub fn retrieve_refund(&self, id: &str) -> Result<Value, StripeError> {

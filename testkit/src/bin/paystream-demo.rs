@@ -1,8 +1,10 @@
 //! `make up`'s demo: a client creates payments through nginx and the API, customers pay
-//! them at Stripe (stripe-sim) with different test cards, Stripe's webhooks come back
-//! through nginx to the webhook receiver, and each payment is followed through
-//! replication (both replicas, via nginx) and the CDC pipeline (Debezium -> broker).
-//! The last payment's webhooks are dropped at Stripe: the reconciler's poll resolves it.
+//! them at Stripe (stripe-sim, or Stripe in test mode with `make up STRIPE=real`) with
+//! different test cards, Stripe's webhooks come back through nginx to the webhook receiver,
+//! and each payment is followed through replication (both replicas, via nginx) and the CDC
+//! pipeline (Debezium -> broker). With stripe-sim, the last payment's webhooks are dropped
+//! at Stripe: the reconciler's poll resolves it. Real Stripe can do neither that nor the
+//! sim's own `pm_sim_processing` card: those are skipped, and the demo says so.
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashSet;
@@ -21,6 +23,7 @@ async fn main() {
     let http = reqwest::Client::new();
     let api = stack.var("PAYSTREAM_API_URL");
     let stripe = stack.var("STRIPE_API_BASE");
+    let sim = stack.var("STRIPE_MODE") != "real";
 
     // (amount, currency, card, whether Stripe's webhooks for it are dropped)
     let orders: [(i64, &str, &str, bool); 6] = [
@@ -31,6 +34,15 @@ async fn main() {
         (7500, "usd", "pm_sim_processing", false),
         (3100, "usd", "pm_card_visa", true),
     ];
+    if !sim {
+        println!(
+            "Stripe test mode (STRIPE=real): skipped the pm_sim_processing payment (a stripe-sim card)"
+        );
+        println!(
+            "and dropping a payment's webhooks (stripe-sim's /_sim/faults): Stripe cannot be told to."
+        );
+    }
+    // Only stripe-sim has them; never called against real Stripe.
     let faults = |drop: f64| {
         http.put(format!("{stripe}/_sim/faults"))
             .json(&json!({"webhook_drop_rate": drop}))
@@ -38,6 +50,9 @@ async fn main() {
     };
     let mut sent = Vec::new();
     for (amount, currency, card, dropped) in orders {
+        if !sim && (dropped || card == "pm_sim_processing") {
+            continue;
+        }
         let started = Instant::now();
         let res = http
             .post(format!("{api}/v1/payments"))
@@ -61,16 +76,7 @@ async fn main() {
         if dropped {
             faults(1.0).await.expect("stripe-sim faults");
         }
-        let confirmed: Value = http
-            .post(format!("{stripe}/v1/payment_intents/{pi}/confirm"))
-            .bearer_auth(stack.var("STRIPE_SECRET_KEY"))
-            .form(&[("payment_method", card)])
-            .send()
-            .await
-            .expect("stripe-sim answers")
-            .json()
-            .await
-            .expect("JSON");
+        let confirmed = pay(&http, &stack, &pi, card).await;
         let stripe_status = confirmed["status"]
             .as_str()
             .or_else(|| confirmed["error"]["payment_intent"]["status"].as_str())
@@ -131,7 +137,9 @@ async fn main() {
 
     // Stripe decides a delivery's fate when it sends it, so the drop stays on until the
     // poll has done its work.
-    faults(0.0).await.expect("stripe-sim faults");
+    if sim {
+        faults(0.0).await.expect("stripe-sim faults");
+    }
 
     println!();
     println!(
@@ -176,12 +184,21 @@ async fn main() {
     println!(
         "All payments were created through nginx and the API and reached both replicas and the CDC"
     );
-    println!(
-        "topic; our status followed Stripe's through its webhooks, or through the reconciler's poll when"
-    );
-    println!(
-        "the webhook was dropped (states Stripe has not finished stay pending and are polled on)."
-    );
+    if sim {
+        println!(
+            "topic; our status followed Stripe's through its webhooks, or through the reconciler's poll when"
+        );
+        println!(
+            "the webhook was dropped (states Stripe has not finished stay pending and are polled on)."
+        );
+    } else {
+        println!(
+            "topic; our status followed Stripe's through its webhooks (`stripe listen` or a public endpoint)"
+        );
+        println!(
+            "or the reconciler's polls, as `by` says (states Stripe has not finished stay pending, polled on)."
+        );
+    }
 }
 
 /// A partial refund of the first payment that succeeded, followed until Stripe settles it
@@ -247,15 +264,7 @@ async fn money_back_and_money_held(
     let pi = held["stripe_payment_intent_id"]
         .as_str()
         .unwrap_or_default();
-    let stripe = stack.var("STRIPE_API_BASE");
-    let confirmed = http
-        .post(format!("{stripe}/v1/payment_intents/{pi}/confirm"))
-        .bearer_auth(stack.var("STRIPE_SECRET_KEY"))
-        .form(&[("payment_method", "pm_card_visa")])
-        .send()
-        .await
-        .map(|r| r.status().is_success())
-        .unwrap_or(false);
+    let confirmed = pay(http, stack, pi, "pm_card_visa").await["status"] == "requires_capture";
     let (status, captured) = call(
         http.post(format!("{api}/v1/payments/{id}/capture"))
             .json(&json!({"amount_to_capture": 2000})),
@@ -268,6 +277,31 @@ async fn money_back_and_money_held(
         captured["amount_captured"]
     );
     ok
+}
+
+/// The customer pays: the demo plays the customer's browser, which would confirm the
+/// PaymentIntent of the `client_secret` the API returned (the API's
+/// `stripe_payment_intent_id`, which the secret starts with) with the publishable key and a
+/// card. Without a browser, the demo confirms that intent at Stripe's API (stripe-sim, or api.stripe.com in test mode) with the secret key and one
+/// of Stripe's test payment methods (`pm_card_visa`, `pm_card_chargeDeclined`, ...), which
+/// Stripe's test mode accepts server-side. `return_url`: an intent open to the dashboard's
+/// payment methods (ours: no `payment_method_types`) may redirect, and Stripe refuses to
+/// confirm one without it. Returns Stripe's answer: the intent, or an error carrying it.
+async fn pay(http: &reqwest::Client, stack: &Stack, intent: &str, card: &str) -> Value {
+    let stripe = stack.var("STRIPE_API_BASE");
+    http.post(format!("{stripe}/v1/payment_intents/{intent}/confirm"))
+        .bearer_auth(stack.var("STRIPE_SECRET_KEY"))
+        .header("Stripe-Version", paystream_stripe::STRIPE_VERSION)
+        .form(&[
+            ("payment_method", card),
+            ("return_url", "https://example.com/paystream-demo/return"),
+        ])
+        .send()
+        .await
+        .expect("Stripe answers")
+        .json()
+        .await
+        .expect("JSON")
 }
 
 async fn wait_on_replica(replicas: &sqlx::PgPool, id: &str) -> bool {

@@ -260,34 +260,29 @@ impl Intent {
     }
 
     /// `reason` is validated by the caller: Stripe checks parameters before the object.
-    /// Returns the status it was canceled from.
-    pub fn cancel(
-        &mut self,
-        reason: Option<String>,
-        now: i64,
-    ) -> Result<IntentStatus, StripeError> {
+    pub fn cancel(&mut self, reason: Option<String>, now: i64) -> Result<(), StripeError> {
         if !self.status.cancelable() {
             return Err(self.unexpected(format!(
                 "You cannot cancel this PaymentIntent because it has a status of {}. Only a PaymentIntent with one of the following statuses may be canceled: requires_payment_method, requires_capture, requires_confirmation, requires_action, processing.",
                 self.status
             )));
         }
-        let was = self.status;
         self.status = IntentStatus::Canceled;
         self.canceled_at = Some(now);
         self.cancellation_reason = reason;
         self.amount_capturable = 0;
         self.next_action = None;
-        Ok(was)
+        Ok(())
     }
 
-    /// An authorization left uncaptured past its expiry: Stripe cancels the intent itself.
+    /// An authorization left uncaptured past its expiry: Stripe cancels the intent itself,
+    /// with `cancellation_reason: expired` (`automatic` before 2025-03-31.basil).
     /// `false` if it was captured or canceled meanwhile.
     pub fn expire(&mut self, now: i64) -> bool {
         if self.status != IntentStatus::RequiresCapture {
             return false;
         }
-        self.cancel(Some("automatic".into()), now).is_ok()
+        self.cancel(Some("expired".into()), now).is_ok()
     }
 
     /// Returns the amount captured.

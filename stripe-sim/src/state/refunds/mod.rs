@@ -41,7 +41,7 @@ pub enum Next {
     Fail,
 }
 
-/// What a create request (or a released authorization) decided.
+/// What a create request decided.
 pub struct NewRefund {
     pub id: String,
     pub balance_transaction: String,
