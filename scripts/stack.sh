@@ -130,15 +130,21 @@ start_service() {
         start_bg "$name" "$ROOT" "$bin" --addr "127.0.0.1:$port" ${STRIPE_SIM_SEED:+--seed "$STRIPE_SIM_SEED"} \
             --webhook-url "http://127.0.0.1:$NGINX_HTTP_PORT/webhook/stripe"
     else
-        start_bg "$name" "$ROOT" env \
-            APP_LISTEN_ADDR="127.0.0.1:$port" APP_INSTANCE="$name" APP_LOG_FORMAT=json \
-            APP_DATABASE__URL="$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT" "$name")" \
-            APP_STRIPE__API_BASE="$STRIPE_API_BASE" APP_STRIPE__SECRET_KEY="$STRIPE_SECRET_KEY" \
-            APP_WEBHOOK__SECRETS="$STRIPE_WEBHOOK_SECRET" APP_CATCHUP_INTERVAL_SECS="${APP_CATCHUP_INTERVAL_SECS:-15}" \
-            APP_REPLICA__URL="$(db_url paystream "$PG_APP_PASSWORD" "$NGINX_PG_PORT" "$name")" \
-            APP_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT" \
-            APP_POLL__FIRST_MS="${APP_POLL__FIRST_MS:-5000}" APP_POLL__FREQUENT_MS="${APP_POLL__FREQUENT_MS:-15000}" \
-            "$bin"
+        # Secrets through the environment of a subshell, never argv (which `ps` shows).
+        (
+            export APP_DATABASE__URL APP_REPLICA__URL APP_STRIPE__SECRET_KEY APP_WEBHOOK__SECRETS
+            APP_DATABASE__URL=$(db_url paystream "$PG_APP_PASSWORD" "$PG_PRIMARY_PORT" "$name")
+            APP_REPLICA__URL=$(db_url paystream "$PG_APP_PASSWORD" "$NGINX_PG_PORT" "$name")
+            APP_STRIPE__SECRET_KEY=$STRIPE_SECRET_KEY
+            APP_WEBHOOK__SECRETS=$STRIPE_WEBHOOK_SECRET
+            start_bg "$name" "$ROOT" env \
+                APP_LISTEN_ADDR="127.0.0.1:$port" APP_INSTANCE="$name" APP_LOG_FORMAT=json \
+                APP_STRIPE__API_BASE="$STRIPE_API_BASE" \
+                APP_CATCHUP_INTERVAL_SECS="${APP_CATCHUP_INTERVAL_SECS:-15}" \
+                APP_KAFKA__BROKERS="127.0.0.1:$KAFKA_PORT" \
+                APP_POLL__FIRST_MS="${APP_POLL__FIRST_MS:-5000}" APP_POLL__FREQUENT_MS="${APP_POLL__FREQUENT_MS:-15000}" \
+                "$bin"
+        )
     fi
     echo "$bin" >"$RUN_DIR/$name.bin"
     stripe_fingerprint >"$RUN_DIR/$name.stripe"

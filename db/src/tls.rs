@@ -238,6 +238,17 @@ pub fn connect_options(url: &str) -> Result<sqlx::postgres::PgConnectOptions, Db
     use sqlx::postgres::{PgConnectOptions, PgSslMode};
     let (rest, tls) = split_url(url)?;
     tls.roots()?;
+    // sqlx trusts the public web roots beside any CA file, so a check of the chain alone
+    // would accept a publicly trusted certificate for any name. (sqlx 0.8.6 happens to
+    // check the name anyway, launchbadge/sqlx#3793; an upgrade must not quietly weaken
+    // this.)
+    if tls.mode == SslMode::VerifyCa {
+        return Err(DbError::Config(
+            "sslmode=verify-ca (or require with sslrootcert) on the primary: its driver \
+             also trusts the public CAs, so only verify-full is safe there"
+                .into(),
+        ));
+    }
     let mut opts = PgConnectOptions::from_str(&rest)
         .map_err(|e| DbError::Config(format!("postgres url: {e}")))?;
     opts = opts.ssl_mode(match tls.mode {
@@ -249,7 +260,7 @@ pub fn connect_options(url: &str) -> Result<sqlx::postgres::PgConnectOptions, Db
     });
     // With no root certificate sqlx trusts the webpki roots, which is what `system` means.
     // With a file it trusts the file AND those roots: a public CA could vouch for our host
-    // name to sqlx, not to tokio-postgres (the file only, as libpq).
+    // name to sqlx (hence verify-full only), not to tokio-postgres (the file only, as libpq).
     if let Some(RootCert::File(path)) = &tls.root_cert {
         opts = opts.ssl_root_cert(path);
     }

@@ -82,15 +82,22 @@ impl From<BTreeMap<String, String>> for KafkaProperties {
 
 /// The settings the reconciler's guarantees rest on (offsets stored only after the work,
 /// ordered idempotent delivery, its own groups): configuration may not change them.
-const RESERVED: [&str; 8] = [
+const RESERVED: [&str; 12] = [
     "bootstrap.servers",
+    // librdkafka's alias of bootstrap.servers.
+    "metadata.broker.list",
     "group.id",
     "enable.auto.commit",
     "enable.auto.offset.store",
     "auto.offset.reset",
     "enable.idempotence",
     "acks",
+    // librdkafka's alias of acks.
+    "request.required.acks",
     "isolation.level",
+    // The worker handles eager rebalances (revoke all, then assign).
+    "partition.assignment.strategy",
+    "group.protocol",
 ];
 
 /// Values that are credentials; shown as `<redacted>`.

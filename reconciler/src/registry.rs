@@ -25,8 +25,15 @@ pub struct SchemaRegistryConfig {
 
 impl fmt::Debug for SchemaRegistryConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A URL may carry `user:password@`.
+        let url = match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}<redacted>{}", &self.url[..scheme + 3], &self.url[at..])
+            }
+            _ => self.url.clone(),
+        };
         f.debug_struct("SchemaRegistryConfig")
-            .field("url", &self.url)
+            .field("url", &url)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .finish()
@@ -44,6 +51,24 @@ pub enum RegistryError {
         status: u16,
         message: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_in_the_url_never_reach_debug_output() {
+        let cfg = super::SchemaRegistryConfig {
+            url: "https://key:hunter2@registry.example:8081".into(),
+            username: Some("key".into()),
+            password: Some("hunter3".into()),
+        };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(
+            shown.contains("https://<redacted>@registry.example:8081"),
+            "{shown}"
+        );
+    }
 }
 
 #[derive(Deserialize)]
@@ -94,6 +119,15 @@ pub async fn register_status_schemas(kafka: &mut KafkaConfig) -> Result<(), Regi
     let Some(registry) = kafka.schema_registry.clone() else {
         return Ok(());
     };
+    if kafka.status_topic == kafka.refund_status_topic {
+        return Err(RegistryError::Refused {
+            subject: format!("{}-value", kafka.status_topic),
+            status: 0,
+            message: "payment and refund updates need topics of their own: one subject \
+                      cannot hold both schemas"
+                .into(),
+        });
+    }
     for (topic, schema) in [
         (kafka.status_topic.clone(), crate::output::SCHEMA_JSON),
         (

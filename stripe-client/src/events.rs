@@ -3,11 +3,12 @@
 //! read by the same code as a webhook's body.
 
 use paystream_core::gateway::GatewayError;
-use stripe::StripeRequest;
+use stripe_client_core::StripeRequest;
 use stripe_core::event::ListEvent;
 use stripe_types::{List, RangeBoundsTs, RangeQueryTs};
 
-use crate::{StripeApi, gateway_error};
+use crate::StripeApi;
+use crate::transport::CallError;
 
 /// A page of events, newest first.
 #[derive(Debug, Clone)]
@@ -43,9 +44,9 @@ impl StripeApi {
         let page: List<miniserde::json::Value> = list
             .build()
             .customize()
-            .send(self.client())
+            .send(&self.client)
             .await
-            .map_err(gateway_error)?;
+            .map_err(|CallError(e)| e)?;
         let data = page
             .data
             .iter()

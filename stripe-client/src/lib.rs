@@ -1,12 +1,13 @@
 //! `StripeGateway` over Stripe's API through async-stripe: its typed requests build every
 //! call and its models read every answer, so a field Stripe renames or retypes fails here,
 //! loudly, instead of being read as a default. The same client serves Stripe, stripe-sim
-//! and (where its objects parse) localstripe.
+//! and (where its objects parse) localstripe. `transport` carries the requests.
 //!
 //! Retries are the callers' (the API answers 503 and the reconciler polls again, with the
 //! same idempotency key): every request is sent once, with a per-attempt timeout.
 
 mod events;
+mod transport;
 mod views;
 
 use std::collections::HashMap;
@@ -18,20 +19,21 @@ use paystream_core::gateway::{
     GatewayError, IntentPage, IntentView, NewIntent, NewRefund, RefundPage, RefundView,
     StripeGateway,
 };
-use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_client_core::{IdempotencyKey, RequestStrategy, StripeRequest};
 use stripe_core::payment_intent::{
     CancelPaymentIntent, CancelPaymentIntentCancellationReason, CapturePaymentIntent,
     CreatePaymentIntent, ListPaymentIntent, RetrievePaymentIntent, SearchPaymentIntent,
 };
 use stripe_core::refund::{CreateRefund, CreateRefundReason, ListRefund, RetrieveRefund};
-use stripe_shared::{ApiErrorsType, PaymentIntentCaptureMethod};
+use stripe_shared::PaymentIntentCaptureMethod;
 use stripe_types::{Currency, RangeBoundsTs, RangeQueryTs};
 
 pub use events::EventPage;
+use transport::{CallError, Transport};
 pub use views::{UntypedObject, intent_from_json, refund_from_json};
 
-/// The Stripe API version every request is written for, sent as `Stripe-Version` by
-/// async-stripe (it is the release's own, checked below): request and response shapes
+/// The Stripe API version every request is written for, sent as `Stripe-Version` (it is
+/// the async-stripe release's own, checked below): request and response shapes
 /// never follow an account's default version. Webhook shapes follow the endpoint's own
 /// `api_version`: create the endpoint with this one.
 pub const STRIPE_VERSION: &str = "2026-09-30.endive";
@@ -69,43 +71,30 @@ impl StripeConfig {
     }
 }
 
-/// The production gateway.
-#[derive(Clone)]
+/// The production gateway. The secret key never reaches logs (see `Transport`'s Debug).
+#[derive(Clone, Debug)]
 pub struct StripeApi {
-    client: Client,
-    base: String,
-}
-
-/// The secret key never reaches logs (async-stripe marks its header sensitive too).
-impl fmt::Debug for StripeApi {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StripeApi")
-            .field("base", &self.base)
-            .field("secret_key", &"<redacted>")
-            .finish()
-    }
+    client: Transport,
 }
 
 impl StripeApi {
     /// `base` is `https://api.stripe.com` or a stand-in's address.
     pub fn new(base: &str, secret_key: &str, timeout: Duration) -> Result<Self, GatewayError> {
-        let base = base.trim_end_matches('/').to_owned();
-        let client = ClientBuilder::new(secret_key)
-            .url(format!("{base}/"))
-            .timeout(timeout)
-            .request_strategy(RequestStrategy::Once)
-            .app_info(
-                "paystream",
-                Some(env!("CARGO_PKG_VERSION").to_owned()),
-                None,
-            )
-            .build()
-            .map_err(|e| GatewayError::Unavailable(format!("stripe client: {}", redact(&e))))?;
-        Ok(StripeApi { client, base })
+        Ok(StripeApi {
+            client: Transport::new(base, secret_key, timeout)?,
+        })
     }
 
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
+    /// Sends a read, once.
+    async fn send<R>(&self, req: R) -> Result<R::Output, GatewayError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        req.customize()
+            .send(&self.client)
+            .await
+            .map_err(|CallError(e)| e)
     }
 
     /// Sends a request that creates or changes something, once, under our idempotency key.
@@ -118,7 +107,7 @@ impl StripeApi {
             .request_strategy(once_with(key)?)
             .send(&self.client)
             .await
-            .map_err(gateway_error)
+            .map_err(|CallError(e)| e)
     }
 }
 
@@ -131,49 +120,6 @@ fn once_with(key: &str) -> Result<RequestStrategy, GatewayError> {
             code: "idempotency_key_invalid".into(),
             message: e.to_string(),
         })
-}
-
-/// Stripe's answer, in the gateway's terms. async-stripe drops `Stripe-Should-Retry`, so a
-/// 5xx is always worth a retry here (with the same key, which makes it harmless).
-pub(crate) fn gateway_error(e: StripeError) -> GatewayError {
-    match e {
-        StripeError::Stripe(err, status) => match status {
-            // Stripe's message would carry our (masked) key: it is neither logged nor
-            // passed on, and the fault is ours, not the customer's.
-            401 | 403 => GatewayError::Misconfigured { status },
-            404 => GatewayError::NotFound,
-            429 => GatewayError::RateLimited,
-            409 => GatewayError::InFlight,
-            500..=599 => GatewayError::Unavailable(format!("stripe answered {status}")),
-            _ if err.type_ == ApiErrorsType::IdempotencyError => GatewayError::KeyReused,
-            _ => GatewayError::Rejected {
-                status,
-                code: err
-                    .code
-                    .as_ref()
-                    .map(|c| c.as_str().to_owned())
-                    .unwrap_or_default(),
-                message: err.message.unwrap_or_default(),
-            },
-        },
-        StripeError::Timeout => GatewayError::Unavailable("timeout".into()),
-        StripeError::ClientError(_) => GatewayError::Unavailable("connection failed".into()),
-        // An answer async-stripe's models cannot read: a 5xx page from a proxy, or an
-        // object of another shape. The outcome is unknown, so it is retried like one.
-        StripeError::JSONDeserialize(what) => {
-            GatewayError::Unavailable(format!("unreadable stripe answer: {what}"))
-        }
-        StripeError::ConfigError(what) => GatewayError::Unavailable(format!("config: {what}")),
-    }
-}
-
-/// async-stripe's errors never hold the key, but a configuration error quotes what it
-/// could not use: only its kind is kept.
-fn redact(e: &StripeError) -> &'static str {
-    match e {
-        StripeError::ConfigError(_) => "invalid configuration (base url or key)",
-        _ => "could not be built",
-    }
 }
 
 fn created_between(gte: i64, lt: i64) -> RangeQueryTs {
@@ -212,10 +158,7 @@ impl StripeGateway for StripeApi {
     }
 
     async fn retrieve_intent(&self, id: &str) -> Result<IntentView, GatewayError> {
-        let intent = RetrievePaymentIntent::new(id)
-            .send(&self.client)
-            .await
-            .map_err(gateway_error)?;
+        let intent = self.send(RetrievePaymentIntent::new(id)).await?;
         Ok(views::intent(intent))
     }
 
@@ -248,7 +191,7 @@ impl StripeGateway for StripeApi {
         if let Some(after) = starting_after {
             list = list.starting_after(after);
         }
-        let page = list.send(&self.client).await.map_err(gateway_error)?;
+        let page = self.send(list).await?;
         Ok(IntentPage {
             data: page.data.into_iter().map(views::intent).collect(),
             has_more: page.has_more,
@@ -264,14 +207,11 @@ impl StripeGateway for StripeApi {
             "metadata['payment_id']:'{}'",
             payment_id.replace('\'', "\\'")
         );
-        let found = match SearchPaymentIntent::new(query).send(&self.client).await {
-            Err(e) => match gateway_error(e) {
-                GatewayError::NotFound => {
-                    return Err(GatewayError::Unsupported("payment intent search"));
-                }
-                other => return Err(other),
-            },
-            Ok(found) => found,
+        let found = match self.send(SearchPaymentIntent::new(query)).await {
+            Err(GatewayError::NotFound) => {
+                return Err(GatewayError::Unsupported("payment intent search"));
+            }
+            other => other?,
         };
         // Oldest wins if a bug ever made two: it is the one a client could have paid.
         Ok(found
@@ -315,10 +255,7 @@ impl StripeGateway for StripeApi {
     }
 
     async fn retrieve_refund(&self, id: &str) -> Result<RefundView, GatewayError> {
-        let refund = RetrieveRefund::new(id)
-            .send(&self.client)
-            .await
-            .map_err(gateway_error)?;
+        let refund = self.send(RetrieveRefund::new(id)).await?;
         Ok(views::refund(refund))
     }
 
@@ -329,7 +266,7 @@ impl StripeGateway for StripeApi {
             if let Some(last) = out.last() {
                 list = list.starting_after(last.id.as_str());
             }
-            let page = list.send(&self.client).await.map_err(gateway_error)?;
+            let page = self.send(list).await?;
             out.extend(page.data.into_iter().map(views::refund));
             // A charge has at most a few refunds; the bound stops a peer that loops.
             if !page.has_more || out.len() >= 10_000 {
@@ -350,7 +287,7 @@ impl StripeGateway for StripeApi {
         if let Some(after) = starting_after {
             list = list.starting_after(after);
         }
-        let page = list.send(&self.client).await.map_err(gateway_error)?;
+        let page = self.send(list).await?;
         Ok(RefundPage {
             data: page.data.into_iter().map(views::refund).collect(),
             has_more: page.has_more,
@@ -370,49 +307,59 @@ mod tests {
         assert_eq!(STRIPE_VERSION, stripe_sim::state::API_VERSION);
     }
 
-    fn api_error(type_: &str, code: Option<&str>) -> Box<stripe_shared::ApiErrors> {
+    fn error_body(type_: &str, code: Option<&str>) -> Vec<u8> {
         let code = code
             .map(|c| format!(r#","code":"{c}""#))
             .unwrap_or_default();
-        let json = format!(r#"{{"type":"{type_}","message":"m"{code}}}"#);
-        Box::new(miniserde::json::from_str(&json).expect("an ApiErrors"))
+        format!(r#"{{"error":{{"type":"{type_}","message":"m"{code}}}}}"#).into_bytes()
     }
 
     #[test]
     fn stripe_answers_map_to_the_gateway_verdicts() {
-        let cases: Vec<(StripeError, GatewayError)> = vec![
+        use transport::verdict;
+        let invalid = error_body("invalid_request_error", Some("resource_missing"));
+        let cases: Vec<(u16, Option<bool>, Vec<u8>, GatewayError)> = vec![
             (
-                StripeError::Stripe(api_error("invalid_request_error", None), 401),
+                401,
+                None,
+                invalid.clone(),
                 GatewayError::Misconfigured { status: 401 },
             ),
             (
-                StripeError::Stripe(
-                    api_error("invalid_request_error", Some("resource_missing")),
-                    404,
-                ),
-                GatewayError::NotFound,
+                403,
+                Some(true),
+                invalid.clone(),
+                GatewayError::Misconfigured { status: 403 },
             ),
+            (404, None, invalid.clone(), GatewayError::NotFound),
             (
-                StripeError::Stripe(api_error("invalid_request_error", Some("rate_limit")), 429),
+                429,
+                Some(true),
+                error_body("invalid_request_error", Some("rate_limit")),
                 GatewayError::RateLimited,
             ),
             (
-                StripeError::Stripe(
-                    api_error("idempotency_error", Some("idempotency_key_in_use")),
-                    409,
-                ),
+                409,
+                None,
+                error_body("idempotency_error", Some("idempotency_key_in_use")),
                 GatewayError::InFlight,
             ),
             (
-                StripeError::Stripe(api_error("idempotency_error", None), 400),
+                400,
+                None,
+                error_body("idempotency_error", None),
                 GatewayError::KeyReused,
             ),
             (
-                StripeError::Stripe(api_error("api_error", None), 502),
+                502,
+                None,
+                b"<html>bad gateway</html>".to_vec(),
                 GatewayError::Unavailable("stripe answered 502".into()),
             ),
             (
-                StripeError::Stripe(api_error("card_error", Some("amount_too_small")), 400),
+                400,
+                None,
+                error_body("card_error", Some("amount_too_small")),
                 GatewayError::Rejected {
                     status: 400,
                     code: "amount_too_small".into(),
@@ -420,22 +367,51 @@ mod tests {
                 },
             ),
             (
-                StripeError::Timeout,
-                GatewayError::Unavailable("timeout".into()),
+                400,
+                None,
+                b"not json".to_vec(),
+                GatewayError::Rejected {
+                    status: 400,
+                    code: String::new(),
+                    message: "stripe answered 400".into(),
+                },
+            ),
+            // Stripe's own verdict on retrying wins over the status code.
+            (
+                500,
+                Some(false),
+                error_body("api_error", None),
+                GatewayError::Rejected {
+                    status: 500,
+                    code: "should_not_retry".into(),
+                    message: "stripe answered 500 and asked not to retry".into(),
+                },
             ),
             (
-                StripeError::ClientError("refused".into()),
-                GatewayError::Unavailable("connection failed".into()),
+                409,
+                Some(false),
+                error_body("idempotency_error", None),
+                GatewayError::Rejected {
+                    status: 409,
+                    code: "should_not_retry".into(),
+                    message: "stripe answered 409 and asked not to retry".into(),
+                },
+            ),
+            (
+                400,
+                Some(true),
+                error_body("api_error", Some("lock_timeout")),
+                GatewayError::Unavailable("stripe answered 400".into()),
             ),
         ];
-        for (stripe, ours) in cases {
-            let shown = format!("{stripe}");
-            assert_eq!(gateway_error(stripe), ours, "{shown}");
+        for (status, retry, body, ours) in cases {
+            assert_eq!(
+                verdict(status, retry, &body),
+                ours,
+                "{status} {retry:?} {}",
+                String::from_utf8_lossy(&body)
+            );
         }
-        assert!(matches!(
-            gateway_error(StripeError::JSONDeserialize("x".into())),
-            GatewayError::Unavailable(_)
-        ));
     }
 
     #[test]
