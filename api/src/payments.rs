@@ -136,6 +136,7 @@ pub async fn create(
             Begin::Mismatch => return Err(key_reused()),
             Begin::InFlight => return Err(key_in_use()),
         };
+    tracing::Span::current().record("payment_id", tracing::field::display(payment.id));
     tracing::info!(payment_id = %payment.id, client_id = %who.client_id, fresh, "payment pending; finding its PaymentIntent");
     match finish_create(&s, payment, fresh).await? {
         Finish::Final(status, body) => {
@@ -232,6 +233,13 @@ async fn finish_create(s: &AppState, payment: Payment, fresh: bool) -> Result<Fi
         "stripe_calls_total",
         "Stripe calls by operation and outcome",
         &[("operation", operation), ("outcome", outcome)],
+    );
+    tracing::info!(
+        payment_id = %payment.id,
+        operation,
+        outcome,
+        intent = intent.as_ref().map(|pi| pi.id.as_str()).unwrap_or_default(),
+        "stripe call"
     );
     match intent {
         Ok(pi) => adopt(s, payment, pi).await,
@@ -368,7 +376,10 @@ async fn cancel_stray(s: &AppState, payment_id: PaymentId, pi: &IntentView) {
 
 pub(crate) fn parse_id(raw: &str) -> Result<PaymentId, ApiError> {
     // A malformed id names no payment: 404, like an unknown one.
-    raw.parse().map_err(|_| ApiError::not_found())
+    let id: PaymentId = raw.parse().map_err(|_| ApiError::not_found())?;
+    // Every line of this request names the payment (the request span's field).
+    tracing::Span::current().record("payment_id", tracing::field::display(id));
+    Ok(id)
 }
 
 #[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments",
@@ -758,6 +769,17 @@ async fn capture_held(
         .stripe
         .capture_intent(&intent, amount, &format!("paystream-capture-{}", p.id))
         .await;
+    tracing::info!(
+        payment_id = %p.id,
+        operation = "capture_intent",
+        outcome = match &captured {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        },
+        intent = %intent,
+        amount_to_capture = amount,
+        "stripe call"
+    );
     let (pi, ours) = match captured {
         Ok(pi) => (pi, true),
         // Stripe refuses: not paid yet, already captured or canceled (an expired

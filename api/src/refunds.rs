@@ -156,6 +156,7 @@ pub async fn create(
             .with_payment(payment_json(&payment, None)));
         }
     };
+    tracing::Span::current().record("refund_id", tracing::field::display(refund.id));
     tracing::info!(refund_id = %refund.id, payment_id = %refund.payment_id, amount = refund.amount, fresh, "refund pending; sending it to Stripe");
     // Unfinished (Stripe unreachable): the refund stays pending with its amount reserved;
     // a retry with the same key resumes it, and the reconciler sends it if nobody does.
@@ -204,6 +205,14 @@ async fn send(
                 sent.as_ref().err().map_or("ok", GatewayError::label),
             ),
         ],
+    );
+    tracing::info!(
+        payment_id = %refund.payment_id,
+        refund_id = %refund.id,
+        operation = "refund",
+        outcome = sent.as_ref().err().map_or("ok", GatewayError::label),
+        stripe_refund_id = sent.as_ref().map(|v| v.id.as_str()).unwrap_or_default(),
+        "stripe call"
     );
     match sent {
         Ok(view) => {
@@ -325,8 +334,10 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id: RefundId = id.parse().map_err(|_| refund_not_found())?;
+    tracing::Span::current().record("refund_id", tracing::field::display(id));
     let r = refunds::get(&s.db, id, scope(&who))
         .await?
         .ok_or_else(refund_not_found)?;
+    tracing::Span::current().record("payment_id", tracing::field::display(r.payment_id));
     Ok(Json(refund_json(&r)))
 }

@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use paystream_db::keys::{self, Role};
 use paystream_db::{Primary, Replica};
 
+mod tail;
+
 #[derive(Parser)]
 #[command(name = "paystream", version, about = "Paystream operator commands")]
 struct Cli {
@@ -40,6 +42,11 @@ enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
         database_url: Option<String>,
     },
+    /// Read one of the pipeline's topics, decoded: Debezium's changes (`cdc`,
+    /// `refund-cdc`) or the Avro status updates (`status`, `refund-status`), one line per
+    /// record, as a table or JSON lines. Commits no offsets. Follows until Ctrl-C, or
+    /// stops after --max records or --timeout-secs without one.
+    Tail(tail::TailArgs),
     /// Create, register and revoke API keys.
     Keys {
         #[command(subcommand)]
@@ -325,6 +332,10 @@ async fn main() -> anyhow::Result<()> {
             if !report(args).await? {
                 std::process::exit(2);
             }
+        }
+        Command::Tail(args) => {
+            let summary = tail::run(&args, &mut std::io::stdout()).await?;
+            eprintln!("tail: {} shown, {} read", summary.shown, summary.read);
         }
         Command::Migrate { database_url } => {
             let pool = connect(&database_url).await?;

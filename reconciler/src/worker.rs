@@ -247,7 +247,13 @@ impl<G: StripeGateway + 'static> Worker<G> {
                 Command::Publish { delivery, update } => {
                     telemetry::published(&self.metrics, &update);
                     let f = self.sink.status(&update).await?;
-                    self.track(delivery, f);
+                    let published = Published {
+                        payment_id: update.payment_id,
+                        status: update.status.as_str(),
+                        source: update.resolution_source.clone(),
+                        version: update.version,
+                    };
+                    self.track(delivery, f, Some(published));
                 }
                 Command::DeadLetter {
                     delivery,
@@ -259,7 +265,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
                         .filter(|m| m.partition() == partition && m.offset() == offset)
                         .ok_or(WorkerError::NoRecord { partition, offset })?;
                     let f = self.sink.dead_letter(m, &error).await?;
-                    self.track(delivery, f);
+                    self.track(delivery, f, None);
                 }
                 Command::StartPoll { partition, target } => self.spawn_poll(partition, target),
                 Command::Seek { partition, offset } => {
@@ -304,13 +310,33 @@ impl<G: StripeGateway + 'static> Worker<G> {
         Ok(committed)
     }
 
-    fn track(&mut self, delivery: DeliveryId, f: DeliveryFuture) {
+    /// Follows a delivery; a status update's (`published`) gets one log line once the
+    /// broker confirms it, with where it landed.
+    fn track(&mut self, delivery: DeliveryId, f: DeliveryFuture, published: Option<Published>) {
+        let topic = self.kafka.status_topic.clone();
         self.in_flight.deliveries.push(Box::pin(async move {
             let result = match f.await {
-                Ok(Ok(_)) => Ok(()),
+                Ok(Ok(d)) => {
+                    if let Some(p) = &published {
+                        tracing::info!(
+                            payment_id = %p.payment_id,
+                            status = p.status,
+                            source = p.source.as_deref().unwrap_or_default(),
+                            version = p.version,
+                            topic = %topic,
+                            partition = d.partition,
+                            offset = d.offset,
+                            "status update published"
+                        );
+                    }
+                    Ok(())
+                }
                 Ok(Err((e, _))) => Err(e.to_string()),
                 Err(_) => Err("the producer went away".into()),
             };
+            if let (Err(e), Some(p)) = (&result, &published) {
+                tracing::warn!(payment_id = %p.payment_id, status = p.status, error = %e, "status update not delivered");
+            }
             (delivery, result)
         }));
     }
@@ -450,21 +476,28 @@ impl<G: StripeGateway + 'static> Worker<G> {
             done.took,
         );
         let id = done.id;
+        let took_ms = u64::try_from(done.took.as_millis()).unwrap_or(u64::MAX);
         let answer = match &done.result {
-            Err(PollError::Stripe(GatewayError::RateLimited)) => PollAnswer::RateLimited,
+            Err(PollError::Stripe(GatewayError::RateLimited)) => {
+                tracing::info!(payment_id = %id, outcome = label, took_ms, "poll rate limited; polls paused");
+                PollAnswer::RateLimited
+            }
             Err(e) => {
-                tracing::warn!(payment_id = %id, error = %e, "poll failed; next poll on schedule");
+                tracing::warn!(payment_id = %id, outcome = label, took_ms, error = %e, "poll failed; next poll on schedule");
                 PollAnswer::Failed
             }
             Ok(outcome) => {
+                // One line per poll, whatever it found.
                 match outcome {
                     Outcome::Resolved { to, source } => {
-                        tracing::info!(payment_id = %id, status = to.as_str(), source = source.as_str(), "resolved");
+                        tracing::info!(payment_id = %id, outcome = label, took_ms, status = to.as_str(), source = source.as_str(), "resolved");
                     }
                     Outcome::Conflict { ours, stripe } => {
-                        tracing::error!(payment_id = %id, ours = %ours, stripe = %stripe, "our final status disagrees with stripe");
+                        tracing::error!(payment_id = %id, outcome = label, took_ms, ours = %ours, stripe = %stripe, "our final status disagrees with stripe");
                     }
-                    _ => {}
+                    _ => {
+                        tracing::info!(payment_id = %id, outcome = label, took_ms, "polled");
+                    }
                 }
                 PollAnswer::Answered {
                     usable: outcome.usable(),
@@ -477,6 +510,14 @@ impl<G: StripeGateway + 'static> Worker<G> {
             answer,
         }
     }
+}
+
+/// What a status update said, for its log line once delivered.
+struct Published {
+    payment_id: Uuid,
+    status: &'static str,
+    source: Option<String>,
+    version: i64,
 }
 
 fn commit_stored(consumer: &CdcConsumer) {

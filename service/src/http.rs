@@ -116,7 +116,11 @@ fn request_span<B>(req: &axum::http::Request<B>) -> Span {
         "request",
         request_id = %request_id,
         method = method_label(req.method()),
-        route = %route_of(req)
+        route = %route_of(req),
+        // Filled in by handlers once they know the payment (`Span::current().record`), so
+        // every line of the request carries it.
+        payment_id = tracing::field::Empty,
+        refund_id = tracing::field::Empty
     )
 }
 

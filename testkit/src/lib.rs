@@ -133,6 +133,33 @@ impl Stack {
         consumer
     }
 
+    /// The customer pays the PaymentIntent `intent` at the stack's Stripe (stripe-sim, or
+    /// api.stripe.com in test mode) with one of Stripe's test payment methods
+    /// (`pm_card_visa`, `pm_card_chargeDeclined`, ...), as a browser would after the API
+    /// handed it the intent's `client_secret`: without a browser, server-side, with the
+    /// secret key, which test mode accepts. `return_url`: an intent open to the
+    /// dashboard's payment methods may redirect, and Stripe refuses to confirm one without
+    /// it. Returns Stripe's answer: the intent, or an error carrying it.
+    pub async fn pay(&self, intent: &str, payment_method: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .post(format!(
+                "{}/v1/payment_intents/{intent}/confirm",
+                self.var("STRIPE_API_BASE")
+            ))
+            .bearer_auth(self.var("STRIPE_SECRET_KEY"))
+            .header("Stripe-Version", paystream_stripe::STRIPE_VERSION)
+            .form(&[
+                ("payment_method", payment_method),
+                ("return_url", "https://example.com/paystream/return"),
+            ])
+            .send()
+            .await
+            .expect("Stripe answers")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
     /// Creates a topic (tests give their reconcilers their own output topic).
     pub async fn create_topic(&self, name: &str, partitions: i32) {
         use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};

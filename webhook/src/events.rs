@@ -2,7 +2,7 @@
 //! this module reads the event; `paystream_db::events` stores and applies it.
 
 use paystream_core::gateway::{IntentView, RefundView};
-use paystream_core::{PaymentStatus, RefundStatus};
+use paystream_core::{PaymentId, PaymentStatus, RefundId, RefundStatus};
 use paystream_db::events::{self, Received, Via};
 pub use paystream_db::events::{IntentReading, Outcome, Reading, RefundReading, Retried};
 use paystream_db::{DbError, Primary};
@@ -132,8 +132,37 @@ fn read_refund(object: &Value) -> Option<RefundReading> {
 
 /// Stores the event (dedupe by id) and applies it, in one transaction.
 pub async fn process(db: &Primary, event: &Value, via: Via) -> Result<Outcome, DbError> {
+    Ok(process_for(db, event, via).await?.0)
+}
+
+/// What an event was about, for its log line: our payment, and our refund for a refund
+/// event (whose payment is its refund's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub payment_id: Option<PaymentId>,
+    pub refund_id: Option<RefundId>,
+}
+
+/// [`process`], also answering which payment (and refund) the event named.
+pub async fn process_for(
+    db: &Primary,
+    event: &Value,
+    via: Via,
+) -> Result<(Outcome, Subject), DbError> {
     let Some(id) = event["id"].as_str() else {
-        return Ok(Outcome::Ignored);
+        return Ok((Outcome::Ignored, Subject::default()));
+    };
+    let reading = read(event);
+    let mut subject = match &reading {
+        Some(Reading::Intent(r)) => Subject {
+            payment_id: r.payment_id,
+            refund_id: None,
+        },
+        Some(Reading::Refund(r)) => Subject {
+            payment_id: None,
+            refund_id: r.refund_id,
+        },
+        None => Subject::default(),
     };
     let received = Received {
         id,
@@ -141,9 +170,21 @@ pub async fn process(db: &Primary, event: &Value, via: Via) -> Result<Outcome, D
         payload: event,
         via,
         stripe_created: event["created"].as_i64().unwrap_or_default(),
-        reading: read(event),
+        reading,
     };
-    events::process(db, &received).await
+    let outcome = events::process(db, &received).await?;
+    // A refund event names our refund only: its payment is the refund's (a read for the
+    // log line; a failed one leaves the line without it).
+    if subject.payment_id.is_none()
+        && let Some(refund) = subject.refund_id
+    {
+        subject.payment_id = paystream_db::refunds::by_id(db, refund)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.payment_id);
+    }
+    Ok((outcome, subject))
 }
 
 /// Retries the unmatched events that are due (at most `batch`), and gives up on those

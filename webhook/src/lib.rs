@@ -138,8 +138,8 @@ async fn receive(
         Ok(v @ Value::Object(_)) if v["id"].is_string() && v["type"].is_string() => v,
         _ => return reject(&s.metrics, StatusCode::BAD_REQUEST, "event_malformed"),
     };
-    match events::process(&s.db, &event, Via::Webhook).await {
-        Ok(outcome) => {
+    match events::process_for(&s.db, &event, Via::Webhook).await {
+        Ok((outcome, subject)) => {
             s.metrics.inc(
                 "webhook_events_total",
                 "Verified events by outcome",
@@ -155,6 +155,8 @@ async fn receive(
                 event_id = event["id"].as_str().unwrap_or_default(),
                 kind = event["type"].as_str().unwrap_or_default(),
                 outcome = outcome.as_str(),
+                payment_id = subject.payment_id.map(tracing::field::display),
+                refund_id = subject.refund_id.map(tracing::field::display),
                 "event processed"
             );
             (

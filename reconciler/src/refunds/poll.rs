@@ -13,6 +13,7 @@ use paystream_db::payments::{self, Source};
 use paystream_db::refunds::{self, RefundApplied, RefundAttention, RefundObservation};
 
 use crate::poll::{PollError, Rules};
+use tracing::Instrument;
 
 /// What a poll needs to know of a pending refund.
 #[derive(Debug, Clone)]
@@ -67,7 +68,21 @@ pub async fn poll<G: StripeGateway>(
     rules: &Rules,
     now: DateTime<Utc>,
 ) -> Result<RefundOutcome, PollError> {
-    let outcome = poll_once(stripe, db, t, rules, now).await?;
+    // The refund's payment is known once its row is read: the span carries both ids to
+    // the poll's one line.
+    let span = tracing::info_span!(
+        "refund_poll",
+        refund_id = %t.id,
+        payment_id = tracing::field::Empty
+    );
+    let outcome = poll_once(stripe, db, t, rules, now)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| match &outcome {
+        Ok(o) => tracing::info!(outcome = o.label(), "refund polled"),
+        Err(e) => tracing::info!(outcome = e.label(), "refund polled"),
+    });
+    let outcome = outcome?;
     if !rules.gives_up(outcome.usable(), t.misses, t.created_at, now) {
         return Ok(outcome);
     }
@@ -75,7 +90,7 @@ pub async fn poll<G: StripeGateway>(
         RefundOutcome::UnknownStatus(_) => RefundAttention::UnknownStripeStatus,
         _ => RefundAttention::UnknownAtStripe,
     };
-    tracing::error!(refund_id = %t.id, attention = why.as_str(), "refund flagged for an operator; no longer polled");
+    span.in_scope(|| tracing::error!(refund_id = %t.id, attention = why.as_str(), "refund flagged for an operator; no longer polled"));
     refunds::flag_attention(db, t.id, why).await?;
     Ok(RefundOutcome::Flagged(why))
 }
@@ -91,6 +106,7 @@ async fn poll_once<G: StripeGateway>(
     let Some(row) = refunds::by_id(db, t.id).await? else {
         return Ok(RefundOutcome::NoRow);
     };
+    tracing::Span::current().record("payment_id", tracing::field::display(row.payment_id));
     if row.status.is_final() {
         return Ok(RefundOutcome::AlreadyFinal);
     }

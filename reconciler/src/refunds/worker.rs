@@ -24,6 +24,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::DeliveryFuture;
+use rdkafka::producer::future_producer::Delivery;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -84,9 +85,9 @@ pub struct RefundWorker<G> {
 }
 
 /// Waits for the broker to acknowledge a message (at most `DELIVERY_TIMEOUT`).
-async fn confirmed(delivery: DeliveryFuture) -> Result<(), RefundWorkerError> {
+async fn confirmed(delivery: DeliveryFuture) -> Result<Delivery, RefundWorkerError> {
     match tokio::time::timeout(DELIVERY_TIMEOUT, delivery).await {
-        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Ok(d))) => Ok(d),
         Ok(Ok(Err((e, _)))) => Err(RefundWorkerError::Publish(e.to_string())),
         Ok(Err(_)) => Err(RefundWorkerError::Publish("the producer went away".into())),
         Err(_) => Err(RefundWorkerError::Publish(format!(
@@ -225,7 +226,17 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
     async fn publish(&self, u: &output::RefundUpdate) -> Result<(), RefundWorkerError> {
         let payload = output::encode(u)?;
         let delivery = self.sink.update(&u.refund_id.to_string(), &payload).await?;
-        confirmed(delivery).await?;
+        let d = confirmed(delivery).await?;
+        tracing::info!(
+            payment_id = %u.payment_id,
+            refund_id = %u.refund_id,
+            status = u.status.as_str(),
+            version = u.version,
+            topic = %self.kafka.refund_status_topic,
+            partition = d.partition,
+            offset = d.offset,
+            "refund update published"
+        );
         self.metrics.inc(
             "reconciler_refund_updates_published_total",
             "refund-status-update messages acknowledged by the broker, by status",
@@ -239,7 +250,8 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
         m: &BorrowedMessage<'_>,
         error: &str,
     ) -> Result<(), RefundWorkerError> {
-        confirmed(self.sink.dead_letter(m, error).await?).await
+        confirmed(self.sink.dead_letter(m, error).await?).await?;
+        Ok(())
     }
 
     async fn rebalance(&mut self, consumer: &CdcConsumer) -> Result<(), RefundWorkerError> {

@@ -76,7 +76,7 @@ async fn main() {
         if dropped {
             faults(1.0).await.expect("stripe-sim faults");
         }
-        let confirmed = pay(&http, &stack, &pi, card).await;
+        let confirmed = stack.pay(&pi, card).await;
         let stripe_status = confirmed["status"]
             .as_str()
             .or_else(|| confirmed["error"]["payment_intent"]["status"].as_str())
@@ -264,7 +264,7 @@ async fn money_back_and_money_held(
     let pi = held["stripe_payment_intent_id"]
         .as_str()
         .unwrap_or_default();
-    let confirmed = pay(http, stack, pi, "pm_card_visa").await["status"] == "requires_capture";
+    let confirmed = stack.pay(pi, "pm_card_visa").await["status"] == "requires_capture";
     let (status, captured) = call(
         http.post(format!("{api}/v1/payments/{id}/capture"))
             .json(&json!({"amount_to_capture": 2000})),
@@ -277,31 +277,6 @@ async fn money_back_and_money_held(
         captured["amount_captured"]
     );
     ok
-}
-
-/// The customer pays: the demo plays the customer's browser, which would confirm the
-/// PaymentIntent of the `client_secret` the API returned (the API's
-/// `stripe_payment_intent_id`, which the secret starts with) with the publishable key and a
-/// card. Without a browser, the demo confirms that intent at Stripe's API (stripe-sim, or api.stripe.com in test mode) with the secret key and one
-/// of Stripe's test payment methods (`pm_card_visa`, `pm_card_chargeDeclined`, ...), which
-/// Stripe's test mode accepts server-side. `return_url`: an intent open to the dashboard's
-/// payment methods (ours: no `payment_method_types`) may redirect, and Stripe refuses to
-/// confirm one without it. Returns Stripe's answer: the intent, or an error carrying it.
-async fn pay(http: &reqwest::Client, stack: &Stack, intent: &str, card: &str) -> Value {
-    let stripe = stack.var("STRIPE_API_BASE");
-    http.post(format!("{stripe}/v1/payment_intents/{intent}/confirm"))
-        .bearer_auth(stack.var("STRIPE_SECRET_KEY"))
-        .header("Stripe-Version", paystream_stripe::STRIPE_VERSION)
-        .form(&[
-            ("payment_method", card),
-            ("return_url", "https://example.com/paystream-demo/return"),
-        ])
-        .send()
-        .await
-        .expect("Stripe answers")
-        .json()
-        .await
-        .expect("JSON")
 }
 
 async fn wait_on_replica(replicas: &sqlx::PgPool, id: &str) -> bool {
