@@ -30,5 +30,7 @@ pw=$(sed -n 's/^PG_SUPERUSER_PASSWORD=//p' "$STACK_DIR/bench-cluster/secrets.env
 admin="postgres://postgres:$pw@127.0.0.1:25633/postgres?sslmode=verify-full&sslrootcert=$STACK_DIR/bench-cluster/tls/ca.crt"
 log "recovery: 1,000,000 pending payments (reconciler state rebuilt from a replica)"
 REPLICA_PORT=25634 "$bin/recovery-bench" "$admin" 1000000 3
+log "reconciliation report: windows of 100,000 and 1,000,000 payments (Stripe's side from one report run)"
+REPLICA_PORT=25634 "$bin/report-bench" "$admin" 100000 1000000
 log "analytics: 10,000,000 payments (the first run fills them: about 5 minutes)"
 REPLICA_PORT=25634 "$bin/analytics-bench" "$admin" 10000000 5

@@ -3,7 +3,6 @@
 //! run in the background and `GET .../runs/{id}` follows it to its stored result.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -108,7 +107,9 @@ fn settings(since: Option<&str>, until: Option<&str>) -> Result<Settings, ApiErr
         until,
         stuck_after: chrono::Duration::hours(1),
         grace: chrono::Duration::minutes(2),
-        stripe_rate: 20,
+        // The reports' share of the account's Stripe rate limit (README).
+        stripe_rate: 5,
+        bulk_from: paystream_report::BULK_FROM,
     })
 }
 
@@ -215,23 +216,25 @@ async fn run_in_background(
     settings: Settings,
     id: Uuid,
 ) {
-    let read = Arc::new(AtomicI64::new(0));
+    let now = Arc::new(std::sync::Mutex::new(paystream_report::Progress {
+        phase: "starting",
+        done: 0,
+    }));
     let beat = {
-        let (db, read) = (db.clone(), read.clone());
+        let (db, now) = (db.clone(), now.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let n = read.load(Ordering::Relaxed);
-                if let Err(e) =
-                    runs::job_progress(&db, id, "reading Stripe and the replicas", n).await
-                {
+                let p = *now.lock().unwrap_or_else(|p| p.into_inner());
+                let done = i64::try_from(p.done).unwrap_or(i64::MAX);
+                if let Err(e) = runs::job_progress(&db, id, p.phase, done).await {
                     tracing::warn!(run = %id, error = %e, "report run heartbeat failed");
                 }
             }
         })
     };
-    let report = paystream_report::run(&replica, &*stripe, &settings, |n| {
-        read.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed)
+    let report = paystream_report::run(&replica, &*stripe, &settings, |p| {
+        *now.lock().unwrap_or_else(|p| p.into_inner()) = p;
     })
     .await;
     beat.abort();

@@ -2,7 +2,8 @@
 //! same run on the same machine, printed as one table and written to
 //! `.stack/bench/latest.md`. Every figure is the median of several runs.
 //!
-//!   paystream-bench [--quick]     (--quick: one short run each, a smoke test)
+//!   paystream-bench [--quick] [--only STAGE]
+//! (--quick: one short run each, a smoke test; --only: one stage, e.g. `sweep`)
 //!   paystream-bench --load SECS   (only payment initiation at 32 clients, to profile)
 //!
 //! Each stage is a module of `stages`, run in the table's order by `stages::run`.
@@ -27,7 +28,8 @@ use serde_json::json;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let s = stages::Settings::new(std::env::args().any(|a| a == "--quick"));
+    let mut s = stages::Settings::new(std::env::args().any(|a| a == "--quick"));
+    s.only = std::env::args().skip_while(|a| a != "--only").nth(1);
     let load_only = std::env::args()
         .skip_while(|a| a != "--load")
         .nth(1)

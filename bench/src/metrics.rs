@@ -20,6 +20,11 @@ fn sum_series(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// The sum of every series of a service whose line starts with `prefix`.
+pub async fn sum(http: &reqwest::Client, base: &str, prefix: &str) -> anyhow::Result<f64> {
+    Ok(sum_series(&metrics(http, base).await?, prefix))
+}
+
 /// Stripe polls the reconciler has made, all outcomes.
 pub async fn polls_total(http: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
     let text = metrics(http, base).await?;

@@ -77,9 +77,13 @@ struct ReportArgs {
     /// (its webhook is most likely on its way), not a `status_mismatch`.
     #[arg(long, default_value = "2m")]
     grace: String,
-    /// Stripe calls per second.
-    #[arg(long, default_value_t = 20)]
+    /// Stripe calls per second: the report's share of the account's rate limit.
+    #[arg(long, default_value_t = 5)]
     stripe_rate: u32,
+    /// Windows with at least this many payments compare with one Stripe Reporting API
+    /// file (money moved) instead of walking Stripe's PaymentIntent list.
+    #[arg(long, default_value_t = paystream_report::BULK_FROM)]
+    bulk_from: u64,
     /// Give `status_mismatch` payments Stripe's final status (source `operator`) on the
     /// primary, printing each change; nothing else is touched.
     #[arg(long)]
@@ -107,6 +111,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<bool> {
         stuck_after: duration(&args.stuck_after)?,
         grace: duration(&args.grace)?,
         stripe_rate: args.stripe_rate,
+        bulk_from: args.bulk_from,
     };
     anyhow::ensure!(
         settings.since < settings.until,
@@ -125,27 +130,27 @@ async fn report(args: ReportArgs) -> anyhow::Result<bool> {
     let tty = std::io::stderr().is_terminal();
     let started = std::time::Instant::now();
     if !tty {
-        eprintln!(
-            "report {} .. {}: reading our payments (replica) and Stripe's intents",
-            settings.since, settings.until
-        );
+        eprintln!("report {} .. {}", settings.since, settings.until);
     }
-    let report = paystream_report::run(&replica, &stripe, &settings, |n| {
+    let mut phase = "";
+    let report = paystream_report::run(&replica, &stripe, &settings, |p| {
         if tty {
-            eprint!("\rStripe intents fetched: {n}");
-        } else if n > 0 && n % 5_000 == 0 {
-            eprintln!("Stripe intents fetched: {n} ({:.0?})", started.elapsed());
+            eprint!("\r\x1b[K{}: {}", p.phase, p.done);
+        } else if p.phase != phase || (p.done > 0 && p.done % 5_000 == 0) {
+            eprintln!("{}: {} ({:.0?})", p.phase, p.done, started.elapsed());
         }
+        phase = p.phase;
     })
     .await?;
     if tty {
         eprintln!();
     } else {
         eprintln!(
-            "report made in {:.1?}: {} payments, {} Stripe intents, {} refunds",
+            "report made in {:.1?}: {} payments, {} Stripe intents ({}), {} refunds",
             started.elapsed(),
             report.payments,
             report.stripe_intents,
+            report.stripe_source,
             report.refunds
         );
     }

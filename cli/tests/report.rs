@@ -59,8 +59,10 @@ async fn report(stack: &Stack, world: &SimWorld, format: &str, extra: &[&str]) -
     );
     // Not a terminal: a line per step says the run is alive and what it read.
     assert!(
-        log.lines()
-            .any(|l| l.starts_with("report ") && l.contains("reading our payments"))
+        log.lines().any(|l| l.starts_with("report "))
+            && log
+                .lines()
+                .any(|l| l.starts_with("counting the window's payments"))
             && log.lines().any(|l| l.starts_with("report made in ")),
         "{log}"
     );
@@ -168,6 +170,130 @@ fn refund_subject(f: &Value) -> Option<String> {
         _ => return None,
     };
     f[field].as_str().map(str::to_owned)
+}
+
+/// A window compared through one Reporting API file (`--bulk-from 1`: any window): money
+/// Stripe moved that our books deny, and money our books claim that Stripe never took,
+/// are found; a payment pending at both, or canceled before any money moved, agrees.
+#[tokio::test]
+async fn a_large_window_compares_our_books_with_stripes_report_run() {
+    let stack = Stack::get();
+    let world = SimWorld::start(stack.pool("DATABASE_URL").await).await;
+    let (matched, _) = paid(&world).await;
+    let (pending_both, _) = world.payment().await;
+    let (canceled_both, pi) = world.payment().await;
+    world
+        .stripe
+        .cancel_intent(&pi, None, &format!("t-{pi}"))
+        .await
+        .unwrap();
+    edit(
+        &world,
+        "UPDATE payments SET status = 'canceled', resolution_source = 'webhook', resolved_at = now(),
+                             version = version + 1 WHERE id = $1",
+        canceled_both,
+    )
+    .await;
+    // Charged at Stripe; our books still say pending.
+    let (charged_pending, pi) = world.payment().await;
+    world.confirm(&pi, "pm_card_visa").await;
+    // Charged at Stripe; our books say canceled.
+    let (charged_canceled, pi) = world.payment().await;
+    world.confirm(&pi, "pm_card_visa").await;
+    edit(
+        &world,
+        "UPDATE payments SET status = 'canceled', resolution_source = 'webhook', resolved_at = now(),
+                             version = version + 1 WHERE id = $1",
+        charged_canceled,
+    )
+    .await;
+    // Succeeded in our books; Stripe never took the money.
+    let (uncharged, _) = world.payment().await;
+    edit(
+        &world,
+        "UPDATE payments SET status = 'succeeded', resolution_source = 'webhook', resolved_at = now(),
+                             amount_captured = amount, version = version + 1 WHERE id = $1",
+        uncharged,
+    )
+    .await;
+    let (amount, _) = paid(&world).await;
+    edit(
+        &world,
+        "UPDATE payments SET amount = amount + 1, amount_captured = amount + 1, version = version + 1
+         WHERE id = $1",
+        amount,
+    )
+    .await;
+    // Charged at Stripe for a payment id we have no row for.
+    let orphan = Uuid::now_v7();
+    let orphan_pi = world.intent_for(orphan).await;
+    world.confirm(&orphan_pi, "pm_card_visa").await;
+    // The report reads the replicas: wait for the last edit.
+    let replica = stack.pool("REPLICA_URL").await;
+    let started = Instant::now();
+    let edited: i64 = sqlx::query_scalar("SELECT version FROM payments WHERE id = $1")
+        .bind(amount)
+        .fetch_one(&world.db)
+        .await
+        .unwrap();
+    while sqlx::query_scalar::<_, i64>("SELECT version FROM payments WHERE id = $1")
+        .bind(amount)
+        .fetch_optional(&replica)
+        .await
+        .unwrap()
+        != Some(edited)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "replicas did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A report's data ends with the second before Stripe's present (the interval's end is
+    // exclusive): the captures above must be in the past.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let run = report(stack, &world, "json", &["--bulk-from", "1"]).await;
+    let v: Value = serde_json::from_str(&run.stdout).expect("json report");
+    assert_eq!(v["stripe_source"], "report_run", "{}", run.log);
+    assert!(
+        v["balance_changes"].as_u64() >= Some(4),
+        "{} charged payments, {} balance changes: {}",
+        v["stripe_intents"],
+        v["balance_changes"],
+        run.log
+    );
+    let want: HashMap<String, &str> = [
+        (charged_pending, "status_mismatch"),
+        (charged_canceled, "status_mismatch"),
+        (uncharged, "status_mismatch"),
+        (amount, "amount_mismatch"),
+        (orphan, "orphan_at_stripe"),
+    ]
+    .into_iter()
+    .map(|(id, c)| (id.to_string(), c))
+    .collect();
+    let agreeing = [matched, pending_both, canceled_both].map(|id| id.to_string());
+    let found: HashMap<String, &str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| {
+            let id = f["payment_id"].as_str()?;
+            (want.contains_key(id) || agreeing.iter().any(|a| a == id))
+                .then(|| (id.to_owned(), f["class"].as_str().unwrap()))
+        })
+        .collect();
+    assert_eq!(
+        found, want,
+        "exactly the seeded classes, and the agreeing payments in none"
+    );
+    let text = report(stack, &world, "table", &["--bulk-from", "1"]).await;
+    assert!(
+        text.stdout.contains("balance changes, one report run"),
+        "{}",
+        text.stdout
+    );
 }
 
 #[tokio::test]

@@ -120,6 +120,26 @@ pub struct IntentPage {
     pub has_more: bool,
 }
 
+/// A PaymentIntent event from Stripe's event list: the intent as it was when the event
+/// happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentEvent {
+    pub id: String,
+    /// Unix seconds.
+    pub created: i64,
+    pub intent: IntentView,
+}
+
+/// A page of Stripe's event list, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentEventPage {
+    /// The events whose intent could be read.
+    pub data: Vec<IntentEvent>,
+    pub has_more: bool,
+    /// The page's last event, read or not: where the next page starts.
+    pub last: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
     /// Stripe refused the request for good (4xx): retrying the same request is useless.
@@ -205,6 +225,17 @@ pub trait StripeGateway: Send + Sync {
         starting_after: Option<&str>,
     ) -> impl Future<Output = Result<IntentPage, GatewayError>> + Send;
 
+    /// One page (up to 100, newest first) of the PaymentIntent events of `types` (Stripe's
+    /// event names, e.g. `payment_intent.succeeded`) created at or after `created_gte`
+    /// (unix seconds), after `starting_after`: what changed, for any number of intents,
+    /// in one call.
+    fn intent_events(
+        &self,
+        types: &[&str],
+        created_gte: i64,
+        starting_after: Option<&str>,
+    ) -> impl Future<Output = Result<IntentEventPage, GatewayError>> + Send;
+
     /// The intent whose `metadata.payment_id` is ours, if Stripe has one.
     fn find_by_payment_id(
         &self,
@@ -243,6 +274,52 @@ pub trait StripeGateway: Send + Sync {
         created_lt: i64,
         starting_after: Option<&str>,
     ) -> impl Future<Output = Result<RefundPage, GatewayError>> + Send;
+}
+
+/// A report run of Stripe's Reporting API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRun {
+    pub id: String,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: String,
+    pub error: Option<String>,
+    /// Where the result file's contents download from, once `succeeded`.
+    pub file_url: Option<String>,
+}
+
+/// The interval a report type has data for (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportAvailability {
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Stripe's Reporting API: one itemized file of the balance changes of an interval,
+/// for reconciling windows too large for per-object calls.
+pub trait StripeReporting: Send + Sync {
+    fn report_availability(
+        &self,
+        report_type: &str,
+    ) -> impl Future<Output = Result<ReportAvailability, GatewayError>> + Send;
+
+    /// Starts a run over `[interval_start, interval_end)` with `columns`.
+    fn start_report_run(
+        &self,
+        report_type: &str,
+        interval_start: i64,
+        interval_end: i64,
+        columns: &[&str],
+    ) -> impl Future<Output = Result<ReportRun, GatewayError>> + Send;
+
+    fn report_run(&self, id: &str) -> impl Future<Output = Result<ReportRun, GatewayError>> + Send;
+
+    /// Writes the file at `url` (a run's result) to `to`, streamed: a month's report can be
+    /// hundreds of megabytes. Returns its size in bytes.
+    fn download_file(
+        &self,
+        url: &str,
+        to: &std::path::Path,
+    ) -> impl Future<Output = Result<u64, GatewayError>> + Send;
 }
 
 /// The Stripe refund made for our refund `refund_id` on `payment_intent`, if an earlier

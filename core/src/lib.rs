@@ -9,8 +9,8 @@ pub mod refund;
 pub mod status;
 
 pub use gateway::{
-    GatewayError, IntentPage, IntentView, NewIntent, NewRefund, RefundPage, RefundView,
-    StripeGateway,
+    GatewayError, IntentEvent, IntentEventPage, IntentPage, IntentView, NewIntent, NewRefund,
+    RefundPage, RefundView, ReportAvailability, ReportRun, StripeGateway, StripeReporting,
 };
 pub use ids::{ClientId, PaymentId, RefundId};
 pub use money::{Currency, Money, MoneyError};

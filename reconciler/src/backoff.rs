@@ -37,6 +37,13 @@ impl Backoff {
         self.paused_until.is_some_and(|until| now < until)
     }
 
+    /// How long polls must still wait at `now`, if they must.
+    pub fn pause_left(&self, now: Instant) -> Option<Duration> {
+        self.paused_until
+            .filter(|until| now < *until)
+            .map(|until| until - now)
+    }
+
     /// Stripe answered 429 at `now`: pause, for twice as long as last time. Returns the
     /// pause.
     pub fn limited(&mut self, now: Instant) -> Duration {

@@ -212,11 +212,17 @@ pub struct PollConfig {
     /// dead-letter topic; a run of them means the stream's format changed, and skipping
     /// on would lose every change).
     pub halt_after_undecodable: u32,
+    /// How often Stripe's event list is read for intents that moved (`crate::sweep`);
+    /// 0 turns the sweep off.
+    pub sweep_every_ms: u64,
+    /// Pages (100 events each) one sweep may read.
+    pub sweep_max_pages: u32,
 }
 
 impl Default for PollConfig {
     /// The schedule is `Schedule::default()`'s, so that what the schedule's tests check is
-    /// what runs. 20 calls/s stays under Stripe's 25/s test-mode limit per endpoint.
+    /// what runs. 12 calls/s is the reconciler's share of Stripe's 25/s test-mode account
+    /// limit (README, "Stripe's rate limit is the account's").
     fn default() -> Self {
         let s = Schedule::default();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -227,12 +233,14 @@ impl Default for PollConfig {
             slow_ms: ms(s.slow),
             expire_after_ms: ms(s.expire_after),
             create_after_ms: 300_000,
-            rate_per_sec: 20,
-            burst: 20,
+            rate_per_sec: 12,
+            burst: 12,
             max_in_flight: 8,
             misses_before_attention: 3,
             attention_after_ms: 600_000,
             halt_after_undecodable: 20,
+            sweep_every_ms: 2_000,
+            sweep_max_pages: 10,
         }
     }
 }

@@ -23,4 +23,5 @@ pub mod registry;
 pub mod schedule;
 pub mod source;
 pub mod state;
+pub mod sweep;
 pub mod worker;

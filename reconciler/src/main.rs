@@ -12,6 +12,7 @@ use paystream_reconciler::source;
 use paystream_reconciler::worker::Worker;
 use paystream_reconciler::worker::engine::StripeBudget;
 use paystream_service::runtime::OnExit;
+use paystream_service::stripe_calls::Counted;
 use paystream_service::{Service, load_config};
 
 #[tokio::main]
@@ -21,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.kafka.client_config()?;
     let service = Service::start("reconciler", &cfg.database, cfg.log_format)?;
     let replica = Replica::new(&cfg.replica.url, cfg.replica.max_connections as usize)?;
-    let stripe = Arc::new(cfg.stripe.gateway()?);
+    let stripe = Arc::new(Counted::new(cfg.stripe.gateway()?, service.metrics.clone()));
     // Before any worker publishes: every status message carries its schema's id.
     paystream_reconciler::registry::register_status_schemas(&mut cfg.kafka).await?;
     // One Stripe budget for every poll of this instance, payments and refunds, kept

@@ -195,6 +195,17 @@ async fn poll_once<G: StripeGateway>(
     }
 }
 
+/// Applies a final status the event sweep read for a payment's intent (the event's
+/// rendering of it: a final status is final, so no retrieve is needed to trust it), as a
+/// poll would.
+pub async fn apply_swept(
+    db: &Primary,
+    id: Uuid,
+    intent: &IntentView,
+) -> Result<Outcome, PollError> {
+    follow(db, PaymentId::from_uuid(id), intent).await
+}
+
 /// Applies whatever Stripe now says about an intent, as a poll.
 async fn follow(db: &Primary, id: PaymentId, v: &IntentView) -> Result<Outcome, PollError> {
     match v.status() {

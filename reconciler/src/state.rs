@@ -83,13 +83,15 @@ pub enum Effect {
 #[derive(Debug, Default)]
 pub struct PendingState {
     entries: HashMap<Uuid, Pending>,
-    /// (due, id), one heap per tier: polls in a payment's first `frequent_for` (it may
-    /// move any moment: the customer is paying) and later ones (mostly abandoned). Due
-    /// young polls go first, so a backlog of overdue old ones (a state just loaded with
-    /// thousands of long-abandoned payments) never delays a new payment's poll. Entries
-    /// are not removed when a payment leaves or is rescheduled; a popped entry counts only
-    /// if it still matches the payment's `next_poll`.
-    timers: [Timers; 2],
+    /// (due, id), one heap per tier, in the order they go: polls of payments Stripe says
+    /// have moved (`nudge`, from the reconciler's event sweep), polls in a payment's first
+    /// `frequent_for` (it may move any moment: the customer is paying), and later ones
+    /// (mostly abandoned). A backlog of overdue old polls (a state just loaded with
+    /// thousands of long-abandoned payments) never delays a new payment's poll, and
+    /// nothing delays the poll of a payment Stripe has just finished. Entries are not
+    /// removed when a payment leaves or is rescheduled; a popped entry counts only if it
+    /// still matches the payment's `next_poll`.
+    timers: [Timers; 3],
     /// Highest version seen per id for payments that left the state, so a late replay of
     /// an older `pending` version cannot bring them back. Bounded (oldest forgotten first):
     /// a replay comes in order, so a forgotten payment's final version follows its stale
@@ -105,6 +107,11 @@ type Timers = BinaryHeap<Reverse<(DateTime<Utc>, Uuid)>>;
 fn young_for(schedule: &Schedule) -> chrono::Duration {
     chrono::Duration::from_std(schedule.frequent_for).unwrap_or(chrono::Duration::MAX)
 }
+
+/// The tiers of `PendingState::timers`.
+const MOVED: u8 = 0;
+const YOUNG: u8 = 1;
+const OLD: u8 = 2;
 
 /// How many resolved payments a partition's state remembers.
 const RESOLVED_MEMORY: usize = 65_536;
@@ -133,14 +140,14 @@ impl PendingState {
         }
     }
 
-    /// The tier (0: young, 1: old) and time of the poll to make first, if one is due at
-    /// `now`: a due young poll before any old one, the earliest within a tier. Stale timer
-    /// entries are dropped on the way, and polls of payments no longer young at `now` (a
-    /// state just loaded holds thousands, all with long-overdue first polls) move to the
-    /// old tier.
+    /// The tier (0: moved at Stripe, 1: young, 2: old) and time of the poll to make first,
+    /// if one is due at `now`: a due poll of a lower tier before any of a higher one, the
+    /// earliest within a tier. Stale timer entries are dropped on the way, and young polls
+    /// of payments no longer young at `now` (a state just loaded holds thousands, all with
+    /// long-overdue first polls) move to the old tier.
     pub fn due(&mut self, now: DateTime<Utc>, schedule: &Schedule) -> Option<(u8, DateTime<Utc>)> {
         let young_for = young_for(schedule);
-        for tier in 0..2u8 {
+        for tier in [MOVED, YOUNG, OLD] {
             if let Some(at) = self.earliest(tier, now, young_for)
                 && at <= now
             {
@@ -160,9 +167,9 @@ impl PendingState {
         while let Some(&Reverse((at, id))) = self.timers[usize::from(tier)].peek() {
             match self.entries.get(&id) {
                 Some(p) if p.next_poll == at => {
-                    if tier == 0 && now - p.created_at > young_for {
-                        self.timers[0].pop();
-                        self.timers[1].push(Reverse((at, id)));
+                    if tier == YOUNG && now - p.created_at > young_for {
+                        self.timers[usize::from(YOUNG)].pop();
+                        self.timers[usize::from(OLD)].push(Reverse((at, id)));
                         continue;
                     }
                     return Some(at);
@@ -184,8 +191,23 @@ impl PendingState {
         at: DateTime<Utc>,
         schedule: &Schedule,
     ) {
-        let young = at - created_at <= young_for(schedule);
-        self.timers[usize::from(!young)].push(Reverse((at, id)));
+        let tier = if at - created_at <= young_for(schedule) {
+            YOUNG
+        } else {
+            OLD
+        };
+        self.timers[usize::from(tier)].push(Reverse((at, id)));
+    }
+
+    /// Stripe says the payment has moved (an event of the sweep): its poll is due at
+    /// `now`, ahead of every scheduled one. Returns whether the payment is held.
+    pub fn nudge(&mut self, id: Uuid, now: DateTime<Utc>) -> bool {
+        let Some(p) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        p.next_poll = now;
+        self.timers[usize::from(MOVED)].push(Reverse((now, id)));
+        true
     }
 
     /// Records whether a poll's answer was usable; returns the misses in a row so far.
@@ -474,29 +496,29 @@ mod tests {
         assert_eq!(st.due(t0, &s), None, "nothing due yet");
         assert_eq!(
             st.due(t0 + chrono::Duration::seconds(60), &s),
-            Some((0, t0 + chrono::Duration::seconds(60))),
+            Some((YOUNG, t0 + chrono::Duration::seconds(60))),
             "a minute old: young"
         );
         assert_eq!(
             st.due(later, &s),
-            Some((1, t0 + chrono::Duration::seconds(60))),
+            Some((OLD, t0 + chrono::Duration::seconds(60))),
             "a day old: the old tier"
         );
         st.reschedule(a, t0 + chrono::Duration::seconds(5), &s);
         assert_eq!(
             st.due(later, &s),
-            Some((1, t0 + chrono::Duration::seconds(5)))
+            Some((OLD, t0 + chrono::Duration::seconds(5)))
         );
         st.apply(&upsert(row(a, "succeeded", 2)), &s);
         assert_eq!(
             st.due(later, &s),
-            Some((1, t0 + chrono::Duration::seconds(60))),
+            Some((OLD, t0 + chrono::Duration::seconds(60))),
             "a's timer is stale"
         );
         st.reschedule(Uuid::now_v7(), t0, &s);
         assert_eq!(
             st.due(later, &s),
-            Some((1, t0 + chrono::Duration::seconds(60))),
+            Some((OLD, t0 + chrono::Duration::seconds(60))),
             "unknown ids are not scheduled"
         );
         assert!(st.approx_bytes() > std::mem::size_of::<Pending>());
@@ -521,11 +543,52 @@ mod tests {
             ..row(fresh, "pending", 1)
         };
         st.apply(&upsert(young), &s);
-        assert_eq!(st.due(now, &s).map(|(tier, _)| tier), Some(0));
+        assert_eq!(st.due(now, &s).map(|(tier, _)| tier), Some(YOUNG));
         let first = st.take_due(now, 1, &s);
         assert_eq!(first.first().map(|(id, _)| *id), Some(fresh));
         let rest = st.take_due(now, 100, &s);
         assert_eq!(rest.len(), 50, "then the backlog, each once");
+    }
+
+    /// A payment Stripe says has moved is polled before every due poll, young or old, and
+    /// once: after that poll it is back on its own schedule.
+    #[test]
+    fn a_nudged_payment_goes_first_then_back_to_its_schedule() {
+        let s = Schedule::default();
+        let mut st = PendingState::default();
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let now = t0 + chrono::Duration::days(1);
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            let id = Uuid::now_v7();
+            st.apply(&upsert(row(id, "pending", 1)), &s);
+            ids.push(id);
+        }
+        let young = Uuid::now_v7();
+        st.apply(
+            &upsert(PaymentRow {
+                created_at: now - chrono::Duration::seconds(61),
+                ..row(young, "pending", 1)
+            }),
+            &s,
+        );
+        let moved = ids[17];
+        assert!(st.nudge(moved, now));
+        assert!(!st.nudge(Uuid::now_v7(), now), "not held: nothing to poll");
+        assert_eq!(st.due(now, &s), Some((MOVED, now)));
+        let order: Vec<Uuid> = st
+            .take_due(now, 2, &s)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(order, [moved, young]);
+        let rest = st.take_due(now, 100, &s);
+        assert_eq!(rest.len(), 19, "the backlog, without the nudged one again");
+        assert!(rest.iter().all(|(id, _)| *id != moved));
+        assert!(
+            st.get(&moved).unwrap().next_poll > now,
+            "rescheduled as usual"
+        );
     }
 
     /// A payment whose polls only miss (Stripe does not know its intent) backs off

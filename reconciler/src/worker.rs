@@ -42,6 +42,7 @@ use crate::envelope;
 use crate::poll::{self, Outcome, PollError, Rules, Target};
 use crate::recovery::{self, RecoveryError};
 use crate::source::{self, CdcConsumer, Rebalanced};
+use crate::sweep::{self, Swept};
 
 /// The database handles, only ever passed through to `poll` and `recovery`: a change of
 /// their pool types is a change of these two lines.
@@ -106,6 +107,7 @@ type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 #[derive(Default)]
 struct InFlight {
     polls: JoinSet<PollDone>,
+    sweeps: JoinSet<Result<Swept, GatewayError>>,
     deliveries: FuturesUnordered<Boxed<(DeliveryId, Result<(), String>)>>,
 }
 
@@ -118,6 +120,7 @@ pub struct Worker<G> {
     metrics: Arc<Metrics>,
     sink: Sink,
     engine: Engine,
+    sweep_max_pages: u32,
     in_flight: InFlight,
 }
 
@@ -139,6 +142,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
             metrics,
             sink: Sink::new(&cfg.kafka)?,
             engine: Engine::with_budget(cfg.poll, budget),
+            sweep_max_pages: cfg.poll.sweep_max_pages,
             in_flight: InFlight::default(),
         })
     }
@@ -164,6 +168,10 @@ impl<G: StripeGateway + 'static> Worker<G> {
                 Some(joined) = self.in_flight.polls.join_next(), if !self.in_flight.polls.is_empty() => {
                     let event = self.poll_done(joined);
                     self.step(consumer, event, None).await?;
+                }
+                Some(joined) = self.in_flight.sweeps.join_next(), if !self.in_flight.sweeps.is_empty() => {
+                    let result = joined.unwrap_or_else(|e| Err(GatewayError::Unavailable(format!("the sweep task failed: {e}"))));
+                    self.step(consumer, Event::Swept(result), None).await?;
                 }
                 _ = dispatch.tick() => {
                     self.rebalance(consumer).await?;
@@ -268,6 +276,30 @@ impl<G: StripeGateway + 'static> Worker<G> {
                     self.track(delivery, f, None);
                 }
                 Command::StartPoll { partition, target } => self.spawn_poll(partition, target),
+                Command::ApplySwept {
+                    partition,
+                    id,
+                    intent,
+                } => {
+                    let db = self.primary.clone();
+                    self.in_flight.polls.spawn(async move {
+                        let started = Instant::now();
+                        let result = poll::apply_swept(&db, id, &intent).await;
+                        PollDone {
+                            partition,
+                            id,
+                            took: started.elapsed(),
+                            result,
+                        }
+                    });
+                }
+                Command::Sweep(from) => {
+                    let (stripe, budget) = (self.stripe.clone(), self.engine.budget());
+                    let max_pages = self.sweep_max_pages;
+                    self.in_flight.sweeps.spawn(async move {
+                        sweep::fetch(&*stripe, &budget, from, max_pages).await
+                    });
+                }
                 Command::Seek { partition, offset } => {
                     let seek = tokio::task::block_in_place(|| {
                         consumer.seek(

@@ -266,6 +266,93 @@ async fn with_webhooks_off_polling_alone_reaches_stripes_final_status() {
     r.terminate();
 }
 
+/// With webhooks off and every scheduled poll ten minutes away, payments confirmed (and
+/// canceled) at Stripe resolve within seconds: the event sweep puts their polls first,
+/// ahead of whatever else is pending (the stack's leftovers, all overdue). Payments
+/// Stripe did not move stay pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_sweep_resolves_moved_payments_long_before_their_polls() {
+    let _serial = SERIAL.lock().await;
+    let stack = Stack::get();
+    let world = SimWorld::start(stack.pool("DATABASE_URL").await).await;
+    let mut g = group(stack, &world).await;
+    for (k, v) in [
+        ("APP_POLL__FIRST_MS", "600000"),
+        ("APP_POLL__FREQUENT_MS", "600000"),
+        ("APP_POLL__SLOW_MS", "600000"),
+        ("APP_POLL__SWEEP_EVERY_MS", "500"),
+    ] {
+        g.env.retain(|(name, _)| name != k);
+        g.env.push((k.to_owned(), v.to_owned()));
+    }
+    let mut r = Reconciler::start("rec-sweep", g.env.clone());
+    r.wait_loaded().await;
+
+    let mut moved = Vec::new();
+    let mut untouched = Vec::new();
+    for i in 0..12 {
+        let (id, pi) = world.payment().await;
+        match i % 3 {
+            0 => {
+                world.confirm(&pi, "pm_card_visa").await;
+                moved.push((id, "succeeded"));
+            }
+            1 => {
+                world
+                    .stripe
+                    .cancel_intent(&pi, None, &format!("t-{id}"))
+                    .await
+                    .unwrap();
+                moved.push((id, "canceled"));
+            }
+            _ => untouched.push(id),
+        }
+    }
+    let started = Instant::now();
+    for (id, want) in &moved {
+        loop {
+            let (status, _) = world.ours(*id).await;
+            if status == *want {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{id} still {status} after 20 s; its first scheduled poll is 10 min away"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let source: Option<String> =
+            sqlx::query_scalar("SELECT resolution_source FROM payments WHERE id = $1")
+                .bind(id)
+                .fetch_one(&world.db)
+                .await
+                .unwrap();
+        assert_eq!(source.as_deref(), Some("poll"), "{id}");
+    }
+    for id in &untouched {
+        assert_eq!(
+            world.ours(*id).await.0,
+            "pending",
+            "{id} never moved at Stripe"
+        );
+    }
+    let m = r.metrics().await;
+    let value = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        value("reconciler_sweep_nudges_total") >= moved.len() as u64,
+        "{m}"
+    );
+    assert!(
+        m.contains("stripe_calls_total{operation=\"list_events\",outcome=\"ok\"}"),
+        "{m}"
+    );
+    r.terminate();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_payments_survive_faulty_webhooks_and_two_sigkills() {
     let _serial = SERIAL.lock().await;

@@ -222,6 +222,14 @@ pub struct Rules {
 /// Classifies `ours` (the window's payments) against `theirs` (Stripe's intents of the
 /// window, plus any intent of ours fetched one by one because it fell outside it).
 pub fn classify(ours: &[Ours], theirs: &[IntentView], rules: Rules) -> Classified {
+    let mut tally = Tally::default();
+    classify_into(&mut tally, ours, theirs, rules);
+    tally.finish()
+}
+
+/// `classify`, into a tally that may hold other payments of the report already (a large
+/// window's part compared through a report file).
+pub fn classify_into(tally: &mut Tally, ours: &[Ours], theirs: &[IntentView], rules: Rules) {
     let Rules {
         now,
         stuck_after,
@@ -232,11 +240,7 @@ pub fn classify(ours: &[Ours], theirs: &[IntentView], rules: Rules) -> Classifie
         .iter()
         .filter_map(|i| i.payment_id.as_deref().map(|p| (p, i)))
         .collect();
-    let mut counts: BTreeMap<Class, u64> = Class::ALL.iter().map(|c| (*c, 0)).collect();
-    let mut findings = Vec::new();
     let mut claimed: HashSet<&str> = HashSet::new();
-    let mut resolved_by: BTreeMap<String, u64> = BTreeMap::new();
-    let mut latencies = Vec::new();
 
     for p in ours {
         let pid = p.id.to_string();
@@ -247,18 +251,6 @@ pub fn classify(ours: &[Ours], theirs: &[IntentView], rules: Rules) -> Classifie
         };
         if let Some(i) = intent {
             claimed.insert(i.id.as_str());
-        }
-        if p.status.is_final() {
-            *resolved_by
-                .entry(
-                    p.resolution_source
-                        .map_or("unknown", Source::as_str)
-                        .to_owned(),
-                )
-                .or_default() += 1;
-            if let Some(at) = p.resolved_at {
-                latencies.push((at - p.created_at).num_milliseconds().max(0));
-            }
         }
         let ours_status = p.status.as_str().to_owned();
         let stuck = p.status == PaymentStatus::Pending && now - p.created_at > stuck_after;
@@ -305,20 +297,17 @@ pub fn classify(ours: &[Ours], theirs: &[IntentView], rules: Rules) -> Classifie
             ),
             Some(_) => (Class::Matched, None, None),
         };
-        *counts.entry(class).or_default() += 1;
-        if class != Class::Matched {
-            findings.push(Finding {
-                class,
-                payment_id: Some(p.id),
-                intent_id: intent.map(|i| i.id.clone()).or_else(|| p.intent.clone()),
-                ours: ours_says,
-                stripe: stripe_says,
-                created_at: Some(p.created_at),
-                note: p.attention.map(|a| a.action().to_owned()),
-                refund_id: None,
-                stripe_refund_id: None,
-            });
-        }
+        tally.count(p, class, || Finding {
+            class,
+            payment_id: Some(p.id),
+            intent_id: intent.map(|i| i.id.clone()).or_else(|| p.intent.clone()),
+            ours: ours_says,
+            stripe: stripe_says,
+            created_at: Some(p.created_at),
+            note: p.attention.map(|a| a.action().to_owned()),
+            refund_id: None,
+            stripe_refund_id: None,
+        });
     }
 
     for i in theirs {
@@ -327,32 +316,81 @@ pub fn classify(ours: &[Ours], theirs: &[IntentView], rules: Rules) -> Classifie
         if claimed.contains(i.id.as_str()) {
             continue;
         }
-        *counts.entry(Class::OrphanAtStripe).or_default() += 1;
-        findings.push(Finding {
-            class: Class::OrphanAtStripe,
-            payment_id: pid.parse().ok(),
-            intent_id: Some(i.id.clone()),
-            ours: None,
-            stripe: Some(i.stripe_status.clone()),
-            created_at: DateTime::from_timestamp(i.created, 0),
-            note: None,
-            refund_id: None,
-            stripe_refund_id: None,
-        });
+        tally.count_outside(
+            Class::OrphanAtStripe,
+            Finding {
+                class: Class::OrphanAtStripe,
+                payment_id: pid.parse().ok(),
+                intent_id: Some(i.id.clone()),
+                ours: None,
+                stripe: Some(i.stripe_status.clone()),
+                created_at: DateTime::from_timestamp(i.created, 0),
+                note: None,
+                refund_id: None,
+                stripe_refund_id: None,
+            },
+        );
+    }
+}
+
+/// A report's counts, findings and resolution figures, built one payment at a time (a
+/// window of a million payments is never held whole).
+#[derive(Debug, Default)]
+pub struct Tally {
+    counts: BTreeMap<Class, u64>,
+    findings: Vec<Finding>,
+    resolved_by: BTreeMap<String, u64>,
+    latencies: Vec<i64>,
+}
+
+impl Tally {
+    /// One payment of the window, put in `class`; its finding is made only when the class
+    /// is not `matched`.
+    pub fn count(&mut self, p: &Ours, class: Class, finding: impl FnOnce() -> Finding) {
+        if p.status.is_final() {
+            *self
+                .resolved_by
+                .entry(
+                    p.resolution_source
+                        .map_or("unknown", Source::as_str)
+                        .to_owned(),
+                )
+                .or_default() += 1;
+            if let Some(at) = p.resolved_at {
+                self.latencies
+                    .push((at - p.created_at).num_milliseconds().max(0));
+            }
+        }
+        *self.counts.entry(class).or_default() += 1;
+        if class != Class::Matched {
+            self.findings.push(finding());
+        }
     }
 
-    findings.sort_by_key(|f| (f.class, f.created_at));
-    latencies.sort_unstable();
-    let time_to_resolution = (!latencies.is_empty()).then(|| Latency {
-        p50_ms: percentile(&latencies, 50),
-        p95_ms: percentile(&latencies, 95),
-        max_ms: *latencies.last().unwrap_or(&0),
-    });
-    Classified {
-        counts,
-        findings,
-        resolved_by,
-        time_to_resolution,
+    /// A finding that is no payment of the window (an orphan, a payment outside it).
+    pub fn count_outside(&mut self, class: Class, finding: Finding) {
+        *self.counts.entry(class).or_default() += 1;
+        self.findings.push(finding);
+    }
+
+    pub fn finish(mut self) -> Classified {
+        for c in Class::ALL {
+            self.counts.entry(c).or_default();
+        }
+        self.findings.sort_by_key(|f| (f.class, f.created_at));
+        self.latencies.sort_unstable();
+        let l = &self.latencies;
+        let time_to_resolution = (!l.is_empty()).then(|| Latency {
+            p50_ms: percentile(l, 50),
+            p95_ms: percentile(l, 95),
+            max_ms: *l.last().unwrap_or(&0),
+        });
+        Classified {
+            counts: self.counts,
+            findings: self.findings,
+            resolved_by: self.resolved_by,
+            time_to_resolution,
+        }
     }
 }
 
@@ -560,30 +598,59 @@ pub fn timeline(
     until: DateTime<Utc>,
     n: usize,
 ) -> Vec<Bucket> {
-    let n = n.max(1);
-    let span_ms = (until - since).num_milliseconds().max(1);
-    let slice = |t: DateTime<Utc>| -> Option<usize> {
-        let off = (t - since).num_milliseconds();
-        (0..span_ms).contains(&off).then(|| {
-            usize::try_from(i128::from(off) * n as i128 / i128::from(span_ms)).unwrap_or(0)
-        })
-    };
-    let mut buckets: Vec<Bucket> = (0..n)
-        .map(|i| Bucket {
-            start: since + chrono::Duration::milliseconds(span_ms * i as i64 / n as i64),
-            created: 0,
-            resolved: 0,
-        })
-        .collect();
+    let mut t = Timeline::new(since, until, n);
     for p in ours {
-        if let Some(i) = slice(p.created_at) {
-            buckets[i].created += 1;
-        }
-        if let Some(i) = p.resolved_at.and_then(slice) {
-            buckets[i].resolved += 1;
+        t.add(p);
+    }
+    t.finish()
+}
+
+/// `timeline`, one payment at a time.
+#[derive(Debug)]
+pub struct Timeline {
+    since: DateTime<Utc>,
+    span_ms: i64,
+    buckets: Vec<Bucket>,
+}
+
+impl Timeline {
+    pub fn new(since: DateTime<Utc>, until: DateTime<Utc>, n: usize) -> Self {
+        let n = n.max(1);
+        let span_ms = (until - since).num_milliseconds().max(1);
+        let buckets = (0..n)
+            .map(|i| Bucket {
+                start: since + chrono::Duration::milliseconds(span_ms * i as i64 / n as i64),
+                created: 0,
+                resolved: 0,
+            })
+            .collect();
+        Timeline {
+            since,
+            span_ms,
+            buckets,
         }
     }
-    buckets
+
+    fn slice(&self, t: DateTime<Utc>) -> Option<usize> {
+        let off = (t - self.since).num_milliseconds();
+        let n = self.buckets.len() as i128;
+        (0..self.span_ms)
+            .contains(&off)
+            .then(|| usize::try_from(i128::from(off) * n / i128::from(self.span_ms)).unwrap_or(0))
+    }
+
+    pub fn add(&mut self, p: &Ours) {
+        if let Some(i) = self.slice(p.created_at) {
+            self.buckets[i].created += 1;
+        }
+        if let Some(i) = p.resolved_at.and_then(|t| self.slice(t)) {
+            self.buckets[i].resolved += 1;
+        }
+    }
+
+    pub fn finish(self) -> Vec<Bucket> {
+        self.buckets
+    }
 }
 
 #[cfg(test)]
@@ -612,6 +679,7 @@ mod tests {
             intent: intent.map(str::to_owned),
             status: status.parse().unwrap(),
             amount: 1000,
+            amount_captured: (status == "succeeded").then_some(1000),
             currency: "usd".into(),
             created_at: t0(),
             resolved_at: (status != "pending").then(|| t0() + chrono::Duration::seconds(3)),

@@ -38,11 +38,11 @@ pub fn html(r: &Report) -> String {
     );
     let _ = write!(
         o,
-        "<h1>Reconciliation</h1><p class=\"meta\">{} &rarr; {} &middot; {} payments, {} Stripe intents &middot; {} refunds, {} Stripe refunds &middot; generated {} &middot; replica data as of {}</p>",
+        "<h1>Reconciliation</h1><p class=\"meta\">{} &rarr; {} &middot; {} payments, {} &middot; {} refunds, {} Stripe refunds &middot; generated {} &middot; replica data as of {}</p>",
         r.since.format("%Y-%m-%d %H:%M"),
         r.until.format("%Y-%m-%d %H:%M UTC"),
         r.payments,
-        r.stripe_intents,
+        esc(&r.stripe_side()),
         r.refunds,
         r.stripe_refunds,
         r.generated_at.format("%Y-%m-%d %H:%M:%S UTC"),

@@ -2,6 +2,7 @@
 //! against Stripe's PaymentIntents, and our refunds against Stripe's refunds, each put in
 //! one class, with how each final payment was resolved and how long it took.
 
+pub mod bulk;
 pub mod classify;
 pub mod html;
 pub mod render;
@@ -12,6 +13,7 @@ pub mod window;
 
 use chrono::{DateTime, Utc};
 use paystream_core::StripeGateway;
+use paystream_core::gateway::StripeReporting;
 use paystream_db::Replica;
 use paystream_db::replica::{self, OrphanedEvent};
 use serde::{Deserialize, Serialize};
@@ -31,7 +33,16 @@ pub struct Report {
     #[serde(default)]
     pub grace_secs: i64,
     pub payments: usize,
+    /// Where Stripe's side came from: `list` (its PaymentIntents, page by page) or
+    /// `report_run` (one Reporting API file of the balance changes; see `bulk`).
+    #[serde(default = "list_source")]
+    pub stripe_source: String,
+    /// Stripe's intents compared (`list`), or its payments with a capture (`report_run`,
+    /// plus the intents listed for the window's tail past the report's data).
     pub stripe_intents: usize,
+    /// Balance changes read from the report file (`report_run`).
+    #[serde(default)]
+    pub balance_changes: u64,
     /// Our refunds checked: those made in the window, every other refund of their
     /// payments, those Stripe's refunds of the window name, and the flagged ones.
     #[serde(default)]
@@ -46,6 +57,30 @@ pub struct Report {
     pub timeline: Vec<classify::Bucket>,
 }
 
+/// How far a report run has got: its phase, and the items of it done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub phase: &'static str,
+    pub done: usize,
+}
+
+fn list_source() -> String {
+    "list".into()
+}
+
+impl Report {
+    /// What Stripe's side was, for the report's heading.
+    pub fn stripe_side(&self) -> String {
+        match self.stripe_source.as_str() {
+            "report_run" => format!(
+                "{} payments charged at Stripe ({} balance changes, one report run)",
+                self.stripe_intents, self.balance_changes
+            ),
+            _ => format!("{} Stripe intents", self.stripe_intents),
+        }
+    }
+}
+
 pub struct Settings {
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,
@@ -55,17 +90,51 @@ pub struct Settings {
     pub grace: chrono::Duration,
     /// Stripe calls per second (Stripe allows 25 in test mode, 100 live).
     pub stripe_rate: u32,
+    /// Windows with at least this many payments of ours compare with a Reporting API
+    /// file instead of the PaymentIntent list (`bulk`).
+    pub bulk_from: u64,
 }
 
-pub async fn run<G: StripeGateway>(
+/// The window size from which a report run beats the list walk. The walk costs a call
+/// per 100 intents at the report's rate (5 calls/s by default: 20,000 payments in 40 s,
+/// a million in over half an hour); a run costs a few calls plus Stripe's time to make the file, a
+/// minute or more on real Stripe. Below this, the walk also checks statuses, which the
+/// file (money only) cannot.
+pub const BULK_FROM: u64 = 20_000;
+
+pub async fn run<G: StripeGateway + StripeReporting>(
     replica: &Replica,
     stripe: &G,
     s: &Settings,
-    progress: impl FnMut(usize),
+    mut progress: impl FnMut(Progress),
 ) -> Result<Report, SourceError> {
+    let step = |phase| Progress { phase, done: 0 };
+    progress(step("counting the window's payments (replica)"));
+    if replica::count_created(replica, s.since, s.until).await? >= s.bulk_from
+        && {
+            progress(step("waiting for Stripe's report run (Reporting API)"));
+            true
+        }
+        && let Some((captures, covered_until)) = bulk::captures(
+            stripe,
+            s.since,
+            s.until,
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(30 * 60),
+        )
+        .await?
+    {
+        return run_bulk(replica, stripe, s, (captures, covered_until), progress).await;
+    }
+    progress(step("reading our payments (replica)"));
     let (ours, data_as_of) = replica::payments_created(replica, s.since, s.until).await?;
-    let theirs =
-        source::stripe_intents(stripe, s.since, s.until, &ours, s.stripe_rate, progress).await?;
+    let theirs = source::stripe_intents(stripe, s.since, s.until, &ours, s.stripe_rate, |done| {
+        progress(Progress {
+            phase: "listing Stripe's PaymentIntents",
+            done,
+        })
+    })
+    .await?;
     let now = Utc::now();
     let mut classified = classify(
         &ours,
@@ -79,6 +148,7 @@ pub async fn run<G: StripeGateway>(
     let flagged = replica::flagged_outside(replica, s.since, s.until).await?;
     let orphaned = replica::orphaned_events(replica).await?;
     add_operator_items(&mut classified, &flagged, &orphaned);
+    progress(step("Stripe's refunds"));
     let refunds = source::refunds(replica, stripe, s.since, s.until, s.stripe_rate).await?;
     classify_refunds(
         &mut classified,
@@ -96,11 +166,101 @@ pub async fn run<G: StripeGateway>(
         stuck_after_secs: s.stuck_after.num_seconds(),
         grace_secs: s.grace.num_seconds(),
         payments: ours.len(),
+        stripe_source: list_source(),
         stripe_intents: theirs.len(),
+        balance_changes: 0,
         refunds: refunds.ours.len(),
         stripe_refunds: refunds.theirs.len(),
         classified,
         timeline: classify::timeline(&ours, s.since, s.until, 24),
+    })
+}
+
+/// A large window: Stripe's captures from a report run, ours streamed (see `bulk`); the
+/// window's tail past the file's data (Stripe's reports lag behind live activity) through
+/// the PaymentIntent list; refunds, flagged payments and orphaned events as for any
+/// window.
+async fn run_bulk<G: StripeGateway>(
+    replica: &Replica,
+    stripe: &G,
+    s: &Settings,
+    (captures, covered_until): (bulk::Captures, DateTime<Utc>),
+    mut progress: impl FnMut(Progress),
+) -> Result<Report, SourceError> {
+    let now = Utc::now();
+    let rules = classify::Rules {
+        now,
+        stuck_after: s.stuck_after,
+        grace: s.grace,
+    };
+    let mut tally = classify::Tally::default();
+    let mut timeline = classify::Timeline::new(s.since, s.until, 24);
+    let split = covered_until.min(s.until);
+    let c = bulk::compare(
+        replica,
+        captures,
+        (s.since, split),
+        covered_until,
+        rules,
+        &mut tally,
+        &mut timeline,
+        |done| {
+            progress(Progress {
+                phase: "comparing our payments (replica) with Stripe's captures",
+                done,
+            })
+        },
+    )
+    .await?;
+    let mut payments = usize::try_from(c.payments).unwrap_or(usize::MAX);
+    let mut stripe_intents = c.charged_payments;
+    if split < s.until {
+        progress(Progress {
+            phase: "the window's tail past Stripe's report data: listing its PaymentIntents",
+            done: 0,
+        });
+        let (tail, _) = replica::payments_created(replica, split, s.until).await?;
+        let theirs =
+            source::stripe_intents(stripe, split, s.until, &tail, s.stripe_rate, |_| {}).await?;
+        classify::classify_into(&mut tally, &tail, &theirs, rules);
+        for p in &tail {
+            timeline.add(p);
+        }
+        payments += tail.len();
+        stripe_intents += theirs.len();
+    }
+    let mut classified = tally.finish();
+    let flagged = replica::flagged_outside(replica, s.since, s.until).await?;
+    let orphaned = replica::orphaned_events(replica).await?;
+    add_operator_items(&mut classified, &flagged, &orphaned);
+    progress(Progress {
+        phase: "Stripe's refunds",
+        done: 0,
+    });
+    let refunds = source::refunds(replica, stripe, s.since, s.until, s.stripe_rate).await?;
+    classify_refunds(
+        &mut classified,
+        &refunds.ours,
+        &refunds.theirs,
+        &refunds.payments,
+        now,
+        s.stuck_after,
+    );
+    Ok(Report {
+        since: s.since,
+        until: s.until,
+        generated_at: now,
+        data_as_of: c.data_as_of,
+        stuck_after_secs: s.stuck_after.num_seconds(),
+        grace_secs: s.grace.num_seconds(),
+        payments,
+        stripe_source: "report_run".into(),
+        stripe_intents,
+        balance_changes: c.rows,
+        refunds: refunds.ours.len(),
+        stripe_refunds: refunds.theirs.len(),
+        classified,
+        timeline: timeline.finish(),
     })
 }
 

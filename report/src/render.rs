@@ -58,8 +58,13 @@ fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{} payments, {} Stripe intents, {} refunds, {} Stripe refunds, stuck after {} s, grace {} s\n",
-        r.payments, r.stripe_intents, r.refunds, r.stripe_refunds, r.stuck_after_secs, r.grace_secs
+        "{} payments, {}, {} refunds, {} Stripe refunds, stuck after {} s, grace {} s\n",
+        r.payments,
+        r.stripe_side(),
+        r.refunds,
+        r.stripe_refunds,
+        r.stuck_after_secs,
+        r.grace_secs
     );
     let _ = writeln!(out, "{:<26} {:>8}", "class", "count");
     for class in Class::ALL {
@@ -223,7 +228,9 @@ mod tests {
             stuck_after_secs: 3600,
             grace_secs: 120,
             payments: 4,
+            stripe_source: "list".into(),
             stripe_intents: 4,
+            balance_changes: 0,
             refunds: 0,
             stripe_refunds: 0,
             timeline: Vec::new(),

@@ -21,6 +21,8 @@ pub enum SourceError {
     Db(#[from] paystream_db::DbError),
     #[error("stripe: {0}")]
     Stripe(#[from] GatewayError),
+    #[error(transparent)]
+    Bulk(#[from] crate::bulk::BulkError),
 }
 
 /// Calls to Stripe, paced by a token bucket (`rate` per second).

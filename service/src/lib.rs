@@ -5,6 +5,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
+pub mod stripe_calls;
 pub mod telemetry;
 
 pub use config::{ConfigError, DatabaseConfig, ServiceConfig};

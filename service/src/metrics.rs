@@ -81,9 +81,19 @@ impl Metrics {
     }
 
     pub fn inc(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) {
+        self.add(name, help, labels, 1);
+    }
+
+    pub fn add(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        n: u64,
+    ) {
         let mut m = self.lock();
         m.help.entry(name).or_insert((help, "counter"));
-        *m.counters.entry((name, owned(labels))).or_default() += 1;
+        *m.counters.entry((name, owned(labels))).or_default() += n;
     }
 
     /// Sets a gauge that the service updates itself (e.g. per Kafka partition).

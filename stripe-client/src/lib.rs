@@ -7,6 +7,7 @@
 //! same idempotency key): every request is sent once, with a per-attempt timeout.
 
 mod events;
+mod reporting;
 mod transport;
 mod views;
 
@@ -16,8 +17,8 @@ use std::time::Duration;
 
 use paystream_core::CaptureMethod;
 use paystream_core::gateway::{
-    GatewayError, IntentPage, IntentView, NewIntent, NewRefund, RefundPage, RefundView,
-    StripeGateway,
+    GatewayError, IntentEventPage, IntentPage, IntentView, NewIntent, NewRefund, RefundPage,
+    RefundView, StripeGateway,
 };
 use stripe_client_core::{IdempotencyKey, RequestStrategy, StripeRequest};
 use stripe_core::payment_intent::{
@@ -196,6 +197,16 @@ impl StripeGateway for StripeApi {
             data: page.data.into_iter().map(views::intent).collect(),
             has_more: page.has_more,
         })
+    }
+
+    async fn intent_events(
+        &self,
+        types: &[&str],
+        created_gte: i64,
+        starting_after: Option<&str>,
+    ) -> Result<IntentEventPage, GatewayError> {
+        self.intent_event_page(types, created_gte, starting_after)
+            .await
     }
 
     async fn find_by_payment_id(

@@ -6,6 +6,7 @@
 //! same key), and says what Stripe's answer means for the gateway.
 
 use std::fmt::{self, Display};
+use std::time::Duration;
 
 use bytes::Bytes;
 use paystream_core::gateway::GatewayError;
@@ -22,6 +23,8 @@ pub(crate) struct Transport {
     base: String,
     /// `Bearer sk_...`, marked sensitive so that no debug output shows it.
     auth: HeaderValue,
+    /// A call's whole budget; a download's budget between two chunks (see `get_file`).
+    timeout: Duration,
 }
 
 impl fmt::Debug for Transport {
@@ -29,6 +32,7 @@ impl fmt::Debug for Transport {
         f.debug_struct("Transport")
             .field("base", &self.base)
             .field("secret_key", &"<redacted>")
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -37,7 +41,7 @@ impl Transport {
     pub(crate) fn new(
         base: &str,
         secret_key: &str,
-        timeout: std::time::Duration,
+        timeout: Duration,
     ) -> Result<Self, GatewayError> {
         let mut auth = HeaderValue::try_from(format!("Bearer {secret_key}"))
             .map_err(|_| GatewayError::Misconfigured { status: 0 })?;
@@ -51,8 +55,85 @@ impl Transport {
             http,
             base: base.trim_end_matches('/').to_owned(),
             auth,
+            timeout,
         })
     }
+
+    /// How long a download may wait for its answer, or between two of its chunks.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// An authenticated GET of a file Stripe serves (a report run's result), answered
+    /// once its headers are in: the body is the caller's to stream. The client's total
+    /// timeout is lifted for it (a month's report takes longer than a call's budget), so
+    /// the answer and each chunk are bounded by `timeout` instead.
+    pub(crate) async fn get_file(&self, url: &str) -> Result<reqwest::Response, GatewayError> {
+        if !self.serves_files(url) {
+            // The secret key goes to Stripe alone, whatever a (forged) run's url says.
+            return Err(GatewayError::Rejected {
+                status: 400,
+                code: "file_url_not_stripe".into(),
+                message: "a file url outside stripe's hosts is not fetched".into(),
+            });
+        }
+        let send = self
+            .http
+            .get(url)
+            .header("Authorization", self.auth.clone())
+            .header("Stripe-Version", STRIPE_VERSION)
+            .timeout(DOWNLOAD_LIMIT)
+            .send();
+        let res = tokio::time::timeout(self.timeout, send)
+            .await
+            .map_err(|_| GatewayError::Unavailable("timeout".into()))?
+            .map_err(|e| {
+                GatewayError::Unavailable(if e.is_timeout() {
+                    "timeout".into()
+                } else {
+                    "connection failed".into()
+                })
+            })?;
+        let status = res.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(res);
+        }
+        let should_retry = should_retry(res.headers());
+        // An error's body is small JSON, read only to map it; bounded in time all the same.
+        let body = tokio::time::timeout(self.timeout, res.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        Err(verdict(status, should_retry, &body))
+    }
+
+    /// Stripe's API itself, or the host Stripe serves files from (`files.stripe.com`).
+    fn serves_files(&self, url: &str) -> bool {
+        let Ok(url) = reqwest::Url::parse(url) else {
+            return false;
+        };
+        let Ok(base) = reqwest::Url::parse(&self.base) else {
+            return false;
+        };
+        let same_origin = url.origin() == base.origin();
+        let stripe_files = url.scheme() == "https" && url.host_str() == Some(STRIPE_FILES_HOST);
+        same_origin || stripe_files
+    }
+}
+
+/// Where Stripe serves report files from, rather than from the API's host.
+const STRIPE_FILES_HOST: &str = "files.stripe.com";
+
+/// A download's outer bound: long enough for any report, short enough that a peer
+/// trickling bytes forever cannot hold a task forever.
+const DOWNLOAD_LIMIT: Duration = Duration::from_secs(3600);
+
+fn should_retry(headers: &reqwest::header::HeaderMap) -> Option<bool> {
+    headers
+        .get("stripe-should-retry")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v == "true")
 }
 
 /// The gateway's verdict on a call, as async-stripe's client trait wants its error.
@@ -111,11 +192,7 @@ impl StripeClient for Transport {
             }))
         })?;
         let status = res.status().as_u16();
-        let should_retry = res
-            .headers()
-            .get("stripe-should-retry")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v == "true");
+        let should_retry = should_retry(res.headers());
         let body = res
             .bytes()
             .await
@@ -164,5 +241,35 @@ pub(crate) fn verdict(status: u16, should_retry: Option<bool>, body: &[u8]) -> G
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_fetched_from_stripe_alone() {
+        let stripe = Transport::new(
+            "https://api.stripe.com/",
+            "sk_test_x",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(stripe.serves_files("https://files.stripe.com/v1/files/file_1/contents"));
+        assert!(stripe.serves_files("https://api.stripe.com/v1/files/file_1/contents"));
+        assert!(!stripe.serves_files("http://files.stripe.com/v1/files/file_1/contents"));
+        assert!(!stripe.serves_files("https://files.stripe.com.evil.example/v1/files/f"));
+        assert!(!stripe.serves_files("https://evil.example/v1/files/file_1/contents"));
+        assert!(!stripe.serves_files("not a url"));
+        let sim = Transport::new(
+            "http://127.0.0.1:12111",
+            "sk_test_x",
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(sim.serves_files("http://127.0.0.1:12111/v1/files/file_1/contents"));
+        assert!(!sim.serves_files("http://127.0.0.1:12112/v1/files/file_1/contents"));
+        assert!(!format!("{sim:?}").contains("sk_test_x"));
     }
 }

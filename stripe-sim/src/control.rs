@@ -2,7 +2,8 @@
 //! Documented in the crate's README.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +14,7 @@ use crate::Sim;
 use crate::error::StripeError;
 use crate::faults::Faults;
 use crate::form::Params;
-use crate::state::{Ctx, World};
+use crate::state::{Ctx, LedgerSeed, World};
 
 pub fn routes() -> axum::Router<Sim> {
     axum::Router::new()
@@ -41,7 +42,15 @@ pub fn routes() -> axum::Router<Sim> {
             post(roll_secret),
         )
         .route("/_sim/deliveries", get(deliveries))
+        .route(
+            "/_sim/ledger",
+            // 20,000 entries are ~3 MB of JSON, over axum's 2 MB default; past this
+            // limit (413) the request is far over the entry limit anyway.
+            post(seed_ledger).layer(DefaultBodyLimit::max(SEED_BODY_LIMIT)),
+        )
 }
+
+const SEED_BODY_LIMIT: usize = 64 << 20;
 
 fn bad(msg: impl Into<String>) -> Response {
     (
@@ -209,6 +218,24 @@ async fn roll_secret(
         now,
     );
     respond(res)
+}
+
+/// Books balance transactions in bulk, with no PaymentIntents behind them (see
+/// `state::seeding`). The body is checked before the lock is taken.
+async fn seed_ledger(State(sim): State<Sim>, body: Bytes) -> Response {
+    let seed = match LedgerSeed::parse(&body, sim.inner.clock.now_s()) {
+        Ok(s) => s,
+        Err(e) => return bad(e),
+    };
+    let booked = sim.state().seed_ledger(seed);
+    match booked {
+        Ok(v) => Json(v).into_response(),
+        Err((status, msg)) => (
+            status,
+            Json(json!({"error": {"type": "invalid_request_error", "message": msg}})),
+        )
+            .into_response(),
+    }
 }
 
 async fn deliveries(State(sim): State<Sim>) -> Json<Value> {

@@ -6,6 +6,7 @@ pub mod control;
 pub mod error;
 pub mod faults;
 pub mod form;
+pub mod reports;
 pub mod state;
 pub mod webhooks;
 

@@ -1038,7 +1038,8 @@ async fn a_partial_capture_limits_refunds_to_what_was_captured() {
     assert_eq!(captured[0]["data"]["object"]["amount_refunded"], 0);
     assert_eq!(
         captured[0]["data"]["previous_attributes"],
-        json!({"amount_captured": 0, "captured": false})
+        json!({"amount_captured": 0, "balance_transaction": null, "captured": false}),
+        "the capture is booked: the charge names its balance transaction"
     );
 
     let (s, _, e) = t

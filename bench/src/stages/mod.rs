@@ -7,6 +7,7 @@ mod initiation;
 mod poller;
 mod replay;
 mod stripe;
+mod sweep;
 mod webhook;
 
 use std::fmt::Write as _;
@@ -30,14 +31,31 @@ pub use initiation::load_only;
 /// Every stage in turn: the table's rows, and resource use at idle and at peak.
 pub async fn run(stack: &Stack, http: &reqwest::Client, s: &Settings) -> anyhow::Result<Report> {
     let mut ctx = Ctx::new(stack, http, s).await;
-    idle(&mut ctx).await;
-    stripe::capacity(&mut ctx).await;
     let keys = Keys::create(&ctx.primary, 32).await?;
-    initiation::measure(&mut ctx, &keys).await?;
-    replay::measure(&mut ctx, &keys).await?;
-    webhook::measure(&mut ctx, keys.client).await?;
-    cdc::measure(&mut ctx, keys.client).await?;
-    poller::measure(&mut ctx, keys.client).await?;
+    if s.wants("idle") {
+        idle(&mut ctx).await;
+    }
+    if s.wants("stripe") {
+        stripe::capacity(&mut ctx).await;
+    }
+    if s.wants("initiation") {
+        initiation::measure(&mut ctx, &keys).await?;
+    }
+    if s.wants("replay") {
+        replay::measure(&mut ctx, &keys).await?;
+    }
+    if s.wants("webhook") {
+        webhook::measure(&mut ctx, keys.client).await?;
+    }
+    if s.wants("cdc") {
+        cdc::measure(&mut ctx, keys.client).await?;
+    }
+    if s.wants("poller") {
+        poller::measure(&mut ctx, keys.client).await?;
+    }
+    if s.wants("sweep") {
+        sweep::measure(&mut ctx, &keys).await?;
+    }
     Ok(ctx.report)
 }
 
@@ -45,6 +63,9 @@ pub async fn run(stack: &Stack, http: &reqwest::Client, s: &Settings) -> anyhow:
 pub struct Settings {
     pub runs: usize,
     pub length: Duration,
+    /// `--only STAGE`: that stage alone (idle, stripe, initiation, replay, webhook, cdc,
+    /// poller, sweep).
+    pub only: Option<String>,
 }
 
 impl Settings {
@@ -54,13 +75,19 @@ impl Settings {
             Settings {
                 runs: 1,
                 length: Duration::from_secs(2),
+                only: None,
             }
         } else {
             Settings {
                 runs: 3,
                 length: Duration::from_secs(5),
+                only: None,
             }
         }
+    }
+
+    fn wants(&self, stage: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == stage)
     }
 }
 

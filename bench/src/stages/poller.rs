@@ -9,7 +9,7 @@ use super::Ctx;
 use crate::metrics::{drained, polls_total};
 
 /// The stack's reconciler runs with the default poll rate (`APP_POLL__RATE_PER_SEC`).
-const POLL_RATE: u32 = 20;
+const POLL_RATE: u32 = 12;
 
 pub async fn measure(ctx: &mut Ctx<'_>, client: Uuid) -> anyhow::Result<()> {
     println!("poller, 100,000 due ...");

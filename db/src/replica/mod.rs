@@ -24,6 +24,8 @@ pub struct PaymentRow {
     pub intent: Option<String>,
     pub status: PaymentStatus,
     pub amount: i64,
+    /// What Stripe took, once captured (less than `amount` after a partial capture).
+    pub amount_captured: Option<i64>,
     pub currency: String,
     pub created_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
@@ -36,7 +38,7 @@ pub struct PaymentRow {
 
 const PAYMENT_ROW: &str =
     "SELECT id, stripe_payment_intent_id, status, amount, currency, created_at,
-        resolved_at, resolution_source, attention, updated_at FROM payments";
+        resolved_at, resolution_source, attention, updated_at, amount_captured FROM payments";
 
 fn payment_row(r: &Row) -> Result<PaymentRow, DbError> {
     Ok(PaymentRow {
@@ -56,6 +58,7 @@ fn payment_row(r: &Row) -> Result<PaymentRow, DbError> {
             .map(crate::payments::parse_attention)
             .transpose()?,
         updated_at: r.try_get(9)?,
+        amount_captured: r.try_get(10)?,
     })
 }
 
@@ -81,6 +84,71 @@ pub async fn payments_created(
         .await?
         .try_get(0)?;
     Ok((payments, as_of))
+}
+
+/// Payments created in `[since, until)`, streamed to `each` in no particular order (a
+/// window of a million payments is never held whole), and the replica's last replayed
+/// commit, read in the same snapshot-free session just before.
+pub async fn each_payment_created(
+    replica: &Replica,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    mut each: impl FnMut(PaymentRow),
+) -> Result<(u64, Option<DateTime<Utc>>), DbError> {
+    let client = replica.client().await?;
+    let as_of: Option<DateTime<Utc>> = client
+        .query_one("SELECT pg_last_xact_replay_timestamp()", &[])
+        .await?
+        .try_get(0)?;
+    let rows = client
+        .query_raw(
+            &format!("{PAYMENT_ROW} WHERE created_at >= $1 AND created_at < $2"),
+            [&since, &until],
+        )
+        .await?;
+    pin_mut!(rows);
+    let mut n = 0;
+    while let Some(r) = rows.try_next().await? {
+        each(payment_row(&r)?);
+        n += 1;
+    }
+    Ok((n, as_of))
+}
+
+/// How many payments were created in `[since, until)`.
+pub async fn count_created(
+    replica: &Replica,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<u64, DbError> {
+    let n: i64 = replica
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM payments WHERE created_at >= $1 AND created_at < $2",
+            &[&since, &until],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The payments of `ids` (any window), streamed to `each`.
+pub async fn each_payment_of(
+    replica: &Replica,
+    ids: &[Uuid],
+    mut each: impl FnMut(PaymentRow),
+) -> Result<(), DbError> {
+    let client = replica.client().await?;
+    for chunk in ids.chunks(10_000) {
+        let rows = client
+            .query(&format!("{PAYMENT_ROW} WHERE id = ANY($1)"), &[&chunk])
+            .await?;
+        for r in &rows {
+            each(payment_row(r)?);
+        }
+    }
+    Ok(())
 }
 
 /// Payments flagged for an operator that were created outside `[since, until)`, oldest

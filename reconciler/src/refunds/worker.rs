@@ -80,8 +80,6 @@ pub struct RefundWorker<G> {
     start_at: HashMap<i32, i64>,
     polls: JoinSet<PollDone>,
     rejoin: Rejoin,
-    /// Polls paused until then (Stripe said 429).
-    paused_until: Option<Instant>,
 }
 
 /// Waits for the broker to acknowledge a message (at most `DELIVERY_TIMEOUT`).
@@ -127,7 +125,6 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
                 crate::worker::engine::REJOIN_AFTER,
                 crate::worker::engine::REJOIN_AT_MOST_EVERY,
             ),
-            paused_until: None,
         })
     }
 
@@ -359,7 +356,7 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
     }
 
     fn dispatch(&mut self) {
-        if self.paused_until.is_some_and(|t| Instant::now() < t) {
+        if self.budget.paused(Instant::now()) {
             return;
         }
         let now = Utc::now();
@@ -415,14 +412,16 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
         };
         match done.result {
             Ok(o) => {
+                self.budget.answered(Instant::now());
                 if let RefundOutcome::Resolved(to) = &o {
                     tracing::info!(refund_id = %done.id, to = to.as_str(), "refund resolved by poll");
                 }
                 state.note_poll(done.id, o.usable());
             }
             Err(PollError::Stripe(GatewayError::RateLimited)) => {
-                let pause = Duration::from_secs(2);
-                self.paused_until = Some(Instant::now() + pause);
+                // The whole instance slows down: the limit is the account's.
+                let pause = self.budget.limited(Instant::now());
+                tracing::warn!(refund_id = %done.id, backoff_ms = pause.as_millis() as u64, "stripe rate limit: polls paused");
                 state.reschedule(
                     done.id,
                     Utc::now() + chrono::Duration::from_std(pause).unwrap_or_default(),

@@ -12,12 +12,14 @@
 //!   its state was read (they are in that state already);
 //! - a run of undecodable records halts instead of dead-lettering every change;
 //! - polls stay within the instance's share of the Stripe budget and pause on a 429;
+//! - a sweep of Stripe's events puts the polls of payments that moved first (`sweep`);
 //! - an instance that holds no partition for a while asks to rejoin its group.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use paystream_core::gateway::GatewayError;
 use paystream_core::ratelimit::TokenBucket;
 use uuid::Uuid;
 
@@ -29,6 +31,7 @@ use crate::poll::Target;
 use crate::schedule::Schedule;
 use crate::source::Rejoin;
 use crate::state::{Effect, PendingState};
+use crate::sweep::{self, Swept};
 
 pub use super::unconfirmed::DeliveryId;
 use super::unconfirmed::Unconfirmed;
@@ -108,6 +111,8 @@ pub enum Event {
         total_partitions: i32,
         partitions: Vec<Handed>,
     },
+    /// What a sweep of Stripe's events found (see `Command::Sweep`).
+    Swept(Result<Swept, GatewayError>),
     Tick,
     /// No more records or polls; finish what is in flight, then commit.
     Shutdown,
@@ -138,6 +143,15 @@ pub enum Count {
     Confirmed(u64),
     /// A dispatch round had a due poll but no token.
     RateLimitWait,
+    /// A sweep: its Stripe calls, the events new to it, the polls it put first, and
+    /// whether it left events unread.
+    Swept {
+        calls: u32,
+        events: usize,
+        nudged: usize,
+        truncated: bool,
+    },
+    SweepFailed,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +175,16 @@ pub enum Command {
         partition: i32,
         target: Target,
     },
+    /// Read Stripe's events from where the cursor says; the answer comes back as
+    /// `Event::Swept`.
+    Sweep(sweep::From),
+    /// Apply the final status a swept event says (no Stripe call); the answer comes back
+    /// as `Event::PollDone`, like a poll's.
+    ApplySwept {
+        partition: i32,
+        id: Uuid,
+        intent: paystream_core::IntentView,
+    },
     /// Position a partition new to the group at its start offset.
     Seek {
         partition: i32,
@@ -177,22 +201,52 @@ pub enum Command {
     Count(Count),
 }
 
-/// A token bucket several pollers draw from (a std mutex: held for a few instructions,
-/// never across an await).
+/// The instance's Stripe budget: a token bucket every caller draws from (payment polls,
+/// refund polls, event sweeps), and one backoff they all obey, because Stripe's rate
+/// limit is the account's: a 429 on any call slows every loop of the instance, not just
+/// the one that met it. A std mutex: held for a few instructions, never across an await.
 #[derive(Debug, Clone)]
-pub struct StripeBudget(std::sync::Arc<std::sync::Mutex<TokenBucket>>);
+pub struct StripeBudget(std::sync::Arc<std::sync::Mutex<(TokenBucket, Backoff)>>);
 
 impl StripeBudget {
     pub fn new(bucket: TokenBucket) -> Self {
-        StripeBudget(std::sync::Arc::new(std::sync::Mutex::new(bucket)))
+        StripeBudget(std::sync::Arc::new(std::sync::Mutex::new((
+            bucket,
+            Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
+        ))))
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, (TokenBucket, Backoff)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One call's token, or how long until there may be one (a pause after a 429 first).
     pub fn take(&self, now: Instant) -> Result<(), Duration> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take(now)
+        let mut g = self.lock();
+        if let Some(wait) = g.1.pause_left(now) {
+            return Err(wait);
+        }
+        g.0.take(now)
     }
 
+    /// Whether calls wait at `now` after a 429.
+    pub fn paused(&self, now: Instant) -> bool {
+        self.lock().1.paused(now)
+    }
+
+    /// Stripe answered 429 at `now`: every caller pauses, twice as long as last time.
+    pub fn limited(&self, now: Instant) -> Duration {
+        self.lock().1.limited(now)
+    }
+
+    /// Stripe answered a call without a 429.
+    pub fn answered(&self, now: Instant) {
+        self.lock().1.succeeded(now);
+    }
+
+    /// A new rate, the backoff kept.
     fn replace(&self, bucket: TokenBucket) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = bucket;
+        self.lock().0 = bucket;
     }
 }
 
@@ -206,14 +260,14 @@ pub struct Engine {
     /// Changes at every rebalance.
     epoch: u64,
     unconfirmed: Unconfirmed,
-    /// The instance's Stripe budget, shared with the refund worker: one rate for every
-    /// poll this instance makes, payments and refunds alike.
+    /// The instance's Stripe budget, shared with the refund worker: one rate and one
+    /// backoff for every call this instance makes, payments and refunds alike.
     limiter: StripeBudget,
-    backoff: Backoff,
     polls_in_flight: usize,
     /// Undecodable records in a row (see `PollConfig::halt_after_undecodable`).
     undecodable_run: u32,
     rejoin: Rejoin,
+    sweep: sweep::Cursor,
     draining: bool,
     committed: bool,
 }
@@ -235,10 +289,10 @@ impl Engine {
             epoch: 0,
             unconfirmed: Unconfirmed::default(),
             limiter: budget,
-            backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
             polls_in_flight: 0,
             undecodable_run: 0,
             rejoin: Rejoin::new(REJOIN_AFTER, REJOIN_AT_MOST_EVERY),
+            sweep: sweep::Cursor::new(Duration::from_millis(poll_cfg.sweep_every_ms)),
             draining: false,
             committed: false,
         }
@@ -246,6 +300,11 @@ impl Engine {
 
     pub fn states(&self) -> impl Iterator<Item = (i32, &PendingState)> {
         self.states.iter().map(|(p, s)| (*p, s))
+    }
+
+    /// The instance's Stripe budget, for calls made outside the engine (sweep pages).
+    pub fn budget(&self) -> StripeBudget {
+        self.limiter.clone()
     }
 
     pub fn partitions(&self) -> usize {
@@ -300,8 +359,13 @@ impl Engine {
                 total_partitions,
                 partitions,
             } => self.assigned(total_partitions, partitions, now, &mut out),
+            Event::Swept(result) => {
+                self.swept(result, now, &mut out);
+                self.dispatch(now, &mut out);
+            }
             Event::Tick => {
                 self.dispatch(now, &mut out);
+                self.start_sweep(now, &mut out);
                 if self.rejoin.due(!self.states.is_empty(), now.mono) {
                     out.push(Command::Rejoin);
                 }
@@ -442,7 +506,7 @@ impl Engine {
     }
 
     fn dispatch(&mut self, now: Now, out: &mut Vec<Command>) {
-        if self.draining || self.backoff.paused(now.mono) {
+        if self.draining || self.limiter.paused(now.mono) {
             return;
         }
         while self.polls_in_flight < self.poll_cfg.max_in_flight {
@@ -478,6 +542,96 @@ impl Engine {
         }
     }
 
+    /// A sweep is worth its call only while some payment is pending here.
+    fn start_sweep(&mut self, now: Now, out: &mut Vec<Command>) {
+        if self.draining
+            || self.limiter.paused(now.mono)
+            || self.states.values().all(PendingState::is_empty)
+        {
+            return;
+        }
+        if let Some(from) = self.sweep.start(now) {
+            out.push(Command::Sweep(from));
+        }
+    }
+
+    /// Each payment held here that one of the swept events names (by our payment id, on
+    /// the intent the payment holds, or any while it holds none yet): a final status is
+    /// applied as read, at no further Stripe call; anything else (an authorization, a
+    /// status we do not know) puts the payment's poll first.
+    fn swept(&mut self, result: Result<Swept, GatewayError>, now: Now, out: &mut Vec<Command>) {
+        let swept = match result {
+            Ok(s) => s,
+            Err(e) => {
+                self.sweep.failed(now);
+                out.push(Command::Count(Count::SweepFailed));
+                if e == GatewayError::RateLimited {
+                    let pause = self.limiter.limited(now.mono);
+                    tracing::warn!(
+                        backoff_ms = pause.as_millis() as u64,
+                        "stripe rate limit on the event sweep: polls paused"
+                    );
+                } else {
+                    tracing::warn!(error = %e, "event sweep failed; next one on schedule");
+                }
+                return;
+            }
+        };
+        let (calls, truncated) = (swept.calls, swept.truncated);
+        let fresh = self.sweep.finish(swept, now);
+        let events = fresh.len();
+        let mut nudged = 0;
+        for e in fresh {
+            let Some(id) = e
+                .intent
+                .payment_id
+                .as_deref()
+                .and_then(|p| p.parse::<Uuid>().ok())
+            else {
+                continue;
+            };
+            let held = self.states.iter_mut().find_map(|(partition, state)| {
+                let p = state.get(&id)?;
+                p.intent
+                    .as_deref()
+                    .is_none_or(|pi| pi == e.intent.id)
+                    .then_some((*partition, state))
+            });
+            let Some((partition, state)) = held else {
+                continue;
+            };
+            self.sweep.acted_on(&e);
+            nudged += 1;
+            if e.intent.status().is_some_and(|s| s.is_final()) {
+                tracing::info!(payment_id = %id, event = %e.id, stripe_status = %e.intent.stripe_status, "final at stripe: applied from the event sweep");
+                // Its scheduled poll would only find it final: pushed back while the
+                // change reaches the state through CDC.
+                state.reschedule(id, now.wall + chrono::Duration::seconds(60), &self.schedule);
+                self.polls_in_flight += 1;
+                out.push(Command::ApplySwept {
+                    partition,
+                    id,
+                    intent: e.intent,
+                });
+            } else {
+                tracing::info!(payment_id = %id, event = %e.id, stripe_status = %e.intent.stripe_status, "moved at stripe: polled first");
+                state.nudge(id, now.wall);
+            }
+        }
+        if truncated {
+            tracing::info!(
+                calls,
+                "event sweep stopped at its page limit; the next one goes on"
+            );
+        }
+        out.push(Command::Count(Count::Swept {
+            calls,
+            events,
+            nudged,
+            truncated,
+        }));
+    }
+
     fn poll_done(&mut self, partition: i32, id: Uuid, answer: PollAnswer, now: Now) {
         match answer {
             PollAnswer::Answered { usable } => {
@@ -489,7 +643,7 @@ impl Engine {
                 }
             }
             PollAnswer::RateLimited => {
-                let pause = self.backoff.limited(now.mono);
+                let pause = self.limiter.limited(now.mono);
                 let retry_at =
                     now.wall + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::MAX);
                 if let Some(s) = self.states.get_mut(&partition) {
@@ -501,7 +655,7 @@ impl Engine {
             // Only a 429 says anything about Stripe's rate.
             PollAnswer::Failed => {}
         }
-        self.backoff.succeeded(now.mono);
+        self.limiter.answered(now.mono);
     }
 
     fn finish_if_drained(&mut self, out: &mut Vec<Command>) {

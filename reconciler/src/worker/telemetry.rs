@@ -35,19 +35,53 @@ pub fn count(metrics: &Metrics, c: Count) {
                 &[("effect", effect_label(effect))],
             );
         }
-        Count::Confirmed(n) => {
-            for _ in 0..n {
-                metrics.inc(
-                    "reconciler_published_total",
-                    "messages confirmed by the broker (updates and the offsets behind them)",
-                    &[],
-                );
-            }
-        }
+        Count::Confirmed(n) => metrics.add(
+            "reconciler_published_total",
+            "messages confirmed by the broker (updates and the offsets behind them)",
+            &[],
+            n,
+        ),
         Count::RateLimitWait => metrics.inc(
             "reconciler_rate_limit_waits_total",
             "dispatch rounds that had a due poll but no token",
             &[],
+        ),
+        Count::Swept {
+            calls,
+            events,
+            nudged,
+            truncated,
+        } => {
+            let outcome = if truncated { "truncated" } else { "ok" };
+            metrics.inc(
+                "reconciler_sweeps_total",
+                "sweeps of Stripe's events, by outcome",
+                &[("outcome", outcome)],
+            );
+            for (name, help, n) in [
+                (
+                    "reconciler_sweep_calls_total",
+                    "event list pages the sweeps read (one Stripe call each)",
+                    u64::from(calls),
+                ),
+                (
+                    "reconciler_sweep_events_total",
+                    "events new to the sweep",
+                    events as u64,
+                ),
+                (
+                    "reconciler_sweep_nudges_total",
+                    "pending payments the sweep found moved at Stripe and polled first",
+                    nudged as u64,
+                ),
+            ] {
+                metrics.add(name, help, &[], n);
+            }
+        }
+        Count::SweepFailed => metrics.inc(
+            "reconciler_sweeps_total",
+            "sweeps of Stripe's events, by outcome",
+            &[("outcome", "failed")],
         ),
     }
 }

@@ -4,8 +4,9 @@
 use axum::Extension;
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::{CONTENT_TYPE, HOST};
 use axum::http::request::Parts;
-use axum::http::{Method, Uri};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
@@ -191,4 +192,56 @@ pub async fn delete_endpoint(State(sim): State<Sim>, Id(id): Id) -> Reply {
 /// Stripe answers an unknown path, or a method a path does not take, with a 404.
 pub async fn unrecognized(method: Method, uri: Uri) -> StripeError {
     StripeError::unrecognized_url(method.as_str(), uri.path())
+}
+
+pub async fn list_balance_transactions(State(sim): State<Sim>, Extension(p): Form) -> Reply {
+    let now = sim.inner.clock.now_s();
+    Reply(sim.state().list_balance_transactions(&p, now))
+}
+
+pub async fn retrieve_balance_transaction(State(sim): State<Sim>, Id(id): Id) -> Reply {
+    let now = sim.inner.clock.now_s();
+    Reply(sim.state().retrieve_balance_transaction(&id, now))
+}
+
+/// Answers the run `pending` and starts its job. The file's `url` points back at the sim
+/// as this client reached it (Stripe's points at files.stripe.com).
+pub async fn create_report_run(
+    State(sim): State<Sim>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Extension(p): Form,
+) -> Reply {
+    let created = sim.state().create_report_run(&p, &ctx);
+    if let Some(run) = created.as_ref().ok().and_then(|v| v["id"].as_str()) {
+        let host = headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        crate::reports::spawn(sim.clone(), run.to_owned(), format!("http://{host}"));
+    }
+    Reply(created)
+}
+
+pub async fn retrieve_report_run(State(sim): State<Sim>, Id(id): Id) -> Reply {
+    Reply(sim.state().report_run(&id))
+}
+
+pub async fn list_report_runs(State(sim): State<Sim>, Extension(p): Form) -> Reply {
+    Reply(sim.state().list_report_runs(&p))
+}
+
+pub async fn retrieve_report_type(State(sim): State<Sim>, Id(id): Id) -> Reply {
+    let now = sim.inner.clock.now_s();
+    Reply(sim.state().report_type(&id, now))
+}
+
+pub async fn retrieve_file(State(sim): State<Sim>, Id(id): Id) -> Reply {
+    Reply(sim.state().file(&id))
+}
+
+/// The file's bytes as `text/csv`, as files.stripe.com serves a report.
+pub async fn file_contents(State(sim): State<Sim>, Id(id): Id) -> Result<Response, StripeError> {
+    let bytes = sim.state().file_contents(&id)?;
+    Ok(([(CONTENT_TYPE, "text/csv")], bytes).into_response())
 }

@@ -65,6 +65,28 @@ pub fn router(sim: Sim) -> Router {
             get_only(h::retrieve_refund).post(h::update_refund),
         )
         .route("/v1/refunds/{id}/cancel", post(h::cancel_refund))
+        .route(
+            "/v1/balance_transactions",
+            get_only(h::list_balance_transactions),
+        )
+        .route(
+            "/v1/balance_transactions/{id}",
+            get_only(h::retrieve_balance_transaction),
+        )
+        .route(
+            "/v1/reporting/report_runs",
+            get_only(h::list_report_runs).post(h::create_report_run),
+        )
+        .route(
+            "/v1/reporting/report_runs/{id}",
+            get_only(h::retrieve_report_run),
+        )
+        .route(
+            "/v1/reporting/report_types/{id}",
+            get_only(h::retrieve_report_type),
+        )
+        .route("/v1/files/{id}", get_only(h::retrieve_file))
+        .route("/v1/files/{id}/contents", get_only(h::file_contents))
         .route("/v1/events", get_only(h::list_events))
         .route("/v1/events/{id}", get_only(h::retrieve_event))
         .route(

@@ -57,7 +57,11 @@ fn path_shape(method: &Method, path: &str) -> String {
     let segments: Vec<&str> = path
         .split('/')
         .map(|s| match s.split_once('_') {
-            Some((prefix, _)) if ["pi", "evt", "we", "ch", "re"].contains(&prefix) => ":id",
+            Some((prefix, _))
+                if ["pi", "evt", "we", "ch", "re", "txn", "frr", "file"].contains(&prefix) =>
+            {
+                ":id"
+            }
             _ => s,
         })
         .collect();

@@ -45,6 +45,8 @@ pub struct Charge {
     amount_refunded: i64,
     /// Its refunds, oldest first.
     refunds: Vec<String>,
+    /// Set when it is captured: what the capture added to the balance.
+    balance_transaction: Option<String>,
 }
 
 impl Charge {
@@ -55,6 +57,7 @@ impl Charge {
             amount_captured: if captured { n.amount } else { 0 },
             amount_refunded: 0,
             refunds: Vec::new(),
+            balance_transaction: None,
             id: n.id,
             payment_intent: n.payment_intent,
             created: n.created,
@@ -78,6 +81,18 @@ impl Charge {
 
     pub fn currency(&self) -> &str {
         &self.currency
+    }
+
+    pub fn amount_captured(&self) -> i64 {
+        self.amount_captured
+    }
+
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    pub fn set_balance_transaction(&mut self, id: String) {
+        self.balance_transaction = Some(id);
     }
 
     pub fn payment_method(&self) -> Option<&str> {
@@ -128,7 +143,7 @@ impl Charge {
             "application": null,
             "application_fee": null,
             "application_fee_amount": null,
-            "balance_transaction": null,
+            "balance_transaction": self.balance_transaction,
             "billing_details": {"address": null, "email": null, "name": null, "phone": null},
             "calculated_statement_descriptor": "PAYSTREAM",
             "captured": self.captured,

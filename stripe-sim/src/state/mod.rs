@@ -3,20 +3,24 @@
 //! the one lock around `State`, so cross-resource steps (a charge emits events, which
 //! queue deliveries) are atomic.
 
+mod booking;
 mod cards;
 mod charges;
 mod deliveries;
 mod endpoints;
 mod events;
 mod intents;
+mod ledger;
 mod list;
 mod metadata;
 mod payment_methods;
 mod payments;
 mod refunding;
 mod refunds;
+mod reporting;
 mod search;
 mod seeded;
+mod seeding;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -26,6 +30,8 @@ pub use deliveries::{
     Recorded,
 };
 pub use events::API_VERSION;
+pub use reporting::ReportJob;
+pub use seeding::LedgerSeed;
 
 use crate::error::StripeError;
 use crate::faults::Faults;
@@ -35,8 +41,10 @@ use charges::Charges;
 use endpoints::{Change, Endpoints, Fields};
 use events::Events;
 use intents::Intents;
+use ledger::Ledger;
 use payment_methods::PaymentMethods;
 use refunds::Refunds;
+use reporting::Reporting;
 use seeded::Seeded;
 
 /// Tunables of the simulated world (not faults).
@@ -122,6 +130,12 @@ pub struct State {
     events: Events,
     endpoints: Endpoints,
     deliveries: Deliveries,
+    ledger: Ledger,
+    reporting: Reporting,
+    /// The ids of balance transactions, report runs and files: a stream of their own, so
+    /// that the ids of everything else stay what they were before these existed.
+    books: Seeded,
+    instance: u64,
 }
 
 impl State {
@@ -138,6 +152,10 @@ impl State {
             events: Events::default(),
             endpoints: Endpoints::default(),
             deliveries: Deliveries::default(),
+            ledger: Ledger::default(),
+            reporting: Reporting::default(),
+            books: Seeded::new(seed ^ 0xB00C_5EED_B00C_5EED),
+            instance: reporting::next_instance(),
         }
     }
 
@@ -191,6 +209,14 @@ impl State {
             self.deliveries
                 .queue(&id, &endpoint_id, ctx.now_ms, &self.faults, &mut self.dice);
         }
+    }
+
+    pub fn list_balance_transactions(&self, p: &Params, now: i64) -> Result<Value, StripeError> {
+        self.ledger.list(p, now)
+    }
+
+    pub fn retrieve_balance_transaction(&self, id: &str, now: i64) -> Result<Value, StripeError> {
+        self.ledger.retrieve(id, now)
     }
 
     pub fn list_events(&self, p: &Params) -> Result<Value, StripeError> {

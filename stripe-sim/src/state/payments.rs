@@ -208,9 +208,12 @@ impl State {
         {
             let before = charge.to_json(None);
             charge.capture(captured);
-            let after = charge.to_json(None);
-            let previous = previous_attributes(&before, &after);
-            self.emit_change("charge.captured", after, Some(previous), ctx);
+            self.book_charge(&ch, ctx);
+            if let Ok(charge) = self.charges.get(&ch) {
+                let after = charge.to_json(None);
+                let previous = previous_attributes(&before, &after);
+                self.emit_change("charge.captured", after, Some(previous), ctx);
+            }
         }
         self.emit("payment_intent.succeeded", snap.clone(), ctx);
         Ok(snap)
@@ -268,8 +271,15 @@ impl State {
         };
         let snap = intent.to_json();
         let charge = intent.new_charge(&ch, ctx.now(), None);
-        let charge_json = charge.to_json(None);
         self.charges.insert(charge);
+        if !manual {
+            self.book_charge(&ch, ctx);
+        }
+        let charge_json = self
+            .charges
+            .get(&ch)
+            .map(|c| c.to_json(None))
+            .unwrap_or_default();
         if manual {
             let at = ctx.now_ms.saturating_add(self.world.uncaptured_expiry_ms);
             self.intents.expire_at(id, at);
@@ -521,6 +531,9 @@ mod tests {
             let _ = st.search_intents(&p);
             let _ = st.list_events(&p);
             let _ = st.create_endpoint(&p, &ctx, None);
+            let _ = st.create_report_run(&p, &ctx);
+            let _ = st.list_report_runs(&p);
+            let _ = st.list_balance_transactions(&p, 0);
             if let Err(e) = created {
                 prop_assert!(e.status.is_client_error(), "{}", e.status);
             }

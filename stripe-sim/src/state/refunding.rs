@@ -101,7 +101,9 @@ impl State {
         let refund = self.new_refund(&charge_id, amount, reason, meta, status, ctx)?;
         let refund_json = refund.to_json();
         let (charge, previous) = self.count_refund(&charge_id, &refund)?;
+        let refund_id = refund.id().to_owned();
         self.refunds.insert(refund, timer);
+        self.book_refund(&refund_id, false, ctx);
         self.emit("refund.created", refund_json.clone(), ctx);
         self.emit_change("charge.refunded", charge, Some(previous), ctx);
         Ok(refund_json)
@@ -283,6 +285,7 @@ impl State {
                 if let Ok(c) = self.charges.get_mut(&charge) {
                     c.refund_failed(amount);
                 }
+                self.book_refund(&id, true, ctx);
                 self.emit("refund.failed", after, ctx);
             }
         }

@@ -794,3 +794,181 @@ proptest! {
         }
     }
 }
+
+fn sweeps(cmds: &[Command]) -> Vec<i64> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Sweep(from) => Some(from.since),
+            _ => None,
+        })
+        .collect()
+}
+
+fn started(cmds: &[Command]) -> Vec<Uuid> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::StartPoll { target, .. } => Some(target.id),
+            _ => None,
+        })
+        .collect()
+}
+
+fn moved(
+    payment: Uuid,
+    intent: &str,
+    event: &str,
+    status: &str,
+) -> paystream_core::gateway::IntentEvent {
+    paystream_core::gateway::IntentEvent {
+        id: event.into(),
+        created: wall0().timestamp(),
+        intent: paystream_core::IntentView {
+            id: intent.into(),
+            stripe_status: status.into(),
+            amount: 100,
+            currency: "usd".into(),
+            payment_id: Some(payment.to_string()),
+            client_secret: None,
+            last_error: None,
+            created: wall0().timestamp(),
+            amount_capturable: 0,
+            amount_received: 100,
+        },
+    }
+}
+
+/// A payment the sweep finds final at Stripe gets that status applied at once; one that
+/// moved to a status that is not final (authorized) is polled next, ahead of a backlog of
+/// due polls; events about payments not held here, or about another intent than the one
+/// a payment holds, move nothing.
+#[test]
+fn a_swept_event_puts_its_payments_poll_first() {
+    let cfg = PollConfig {
+        rate_per_sec: 1,
+        burst: 1,
+        max_in_flight: 1,
+        ..PollConfig::default()
+    };
+    let t0 = now0();
+    let mut state = due_state(50);
+    let (target, authorized, other_intent) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for id in [target, authorized, other_intent] {
+        let mut r = row(id, "pending", wall0() - chrono::Duration::hours(5));
+        r.stripe_payment_intent_id = Some(format!("pi_{id}"));
+        let change = Change::Upsert {
+            row: r,
+            before_status: None,
+            snapshot: true,
+            lsn: 0,
+            commit_ts_ms: 0,
+        };
+        state.apply(&change, &Schedule::default());
+    }
+    let handed = Handed {
+        partition: 0,
+        state,
+        start_at: None,
+    };
+    let mut e = holding(cfg, vec![handed], 1, t0);
+    let first = e.step(Event::Tick, t0);
+    assert_eq!(
+        sweeps(&first).len(),
+        1,
+        "a sweep starts while payments are pending"
+    );
+    let backlog = started(&first)[0];
+    assert_ne!(backlog, target);
+    let cmds = e.step(
+        Event::Swept(Ok(Swept {
+            events: vec![
+                moved(target, &format!("pi_{target}"), "evt_1", "succeeded"),
+                moved(other_intent, "pi_someone_else", "evt_2", "succeeded"),
+                moved(Uuid::now_v7(), "pi_x", "evt_3", "canceled"),
+                moved(
+                    authorized,
+                    &format!("pi_{authorized}"),
+                    "evt_4",
+                    "requires_capture",
+                ),
+            ],
+            calls: 1,
+            truncated: false,
+            last: None,
+        })),
+        t0,
+    );
+    assert!(cmds.iter().any(|c| matches!(
+        c,
+        Command::Count(Count::Swept {
+            events: 4,
+            nudged: 2,
+            ..
+        })
+    )));
+    let applied: Vec<(Uuid, &str)> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::ApplySwept { id, intent, .. } => Some((*id, intent.stripe_status.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        applied,
+        [(target, "succeeded")],
+        "no Stripe call for a final status"
+    );
+    assert_eq!(
+        e.polls_in_flight(),
+        2,
+        "the apply counts as a poll in flight"
+    );
+    for id in [backlog, target] {
+        let done = Event::PollDone {
+            partition: 0,
+            id,
+            answer: PollAnswer::Answered { usable: true },
+        };
+        e.step(done, t0);
+    }
+    let later = t0.after(Duration::from_secs(1));
+    assert_eq!(
+        started(&e.step(Event::Tick, later)),
+        [authorized],
+        "the authorized one first"
+    );
+    assert!(
+        sweeps(&e.step(Event::Tick, t0.after(Duration::from_millis(1500)))).is_empty(),
+        "the next sweep waits its period"
+    );
+    assert_eq!(
+        sweeps(&e.step(Event::Tick, t0.after(Duration::from_secs(3)))),
+        [wall0().timestamp() - crate::sweep::OVERLAP_SECS]
+    );
+}
+
+/// A 429 on a sweep pauses the instance's polls too (the account's limit is shared), and
+/// nothing is swept while no payment is pending.
+#[test]
+fn a_rate_limited_sweep_pauses_polls_and_an_empty_state_sweeps_nothing() {
+    let t0 = now0();
+    let cfg = PollConfig {
+        max_in_flight: 1,
+        ..PollConfig::default()
+    };
+    let mut e = holding_due(cfg, 5, t0);
+    let first = e.step(Event::Tick, t0);
+    assert_eq!((sweeps(&first).len(), polls(&first)), (1, 1));
+    let cmds = e.step(Event::Swept(Err(GatewayError::RateLimited)), t0);
+    assert_eq!(polls(&cmds), 0);
+    // The poll's slot frees up (its task ended), yet nothing starts during the pause.
+    assert_eq!(polls(&e.step(Event::PollLost, t0)), 0, "paused");
+    assert_eq!(
+        polls(&e.step(Event::Tick, t0.after(MIN_BACKOFF / 2))),
+        0,
+        "paused"
+    );
+    assert_eq!(polls(&e.step(Event::Tick, t0.after(MIN_BACKOFF))), 1);
+
+    let mut idle = engine(&[0, 1]);
+    assert!(sweeps(&idle.step(Event::Tick, now0())).is_empty());
+}

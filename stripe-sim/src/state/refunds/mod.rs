@@ -104,6 +104,26 @@ impl Refund {
         &self.charge
     }
 
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    pub fn balance_transaction(&self) -> &str {
+        &self.balance_transaction
+    }
+
+    pub fn failure_balance_transaction(&self) -> Option<&str> {
+        self.failure_balance_transaction.as_deref()
+    }
+
+    pub fn payment_intent(&self) -> &str {
+        &self.payment_intent
+    }
+
+    pub fn currency(&self) -> &str {
+        &self.currency
+    }
+
     pub fn metadata_mut(&mut self) -> &mut BTreeMap<String, String> {
         &mut self.metadata
     }

@@ -1,0 +1,333 @@
+//! The event sweep: every few seconds, one call to Stripe's event list says which
+//! PaymentIntents have moved (succeeded, canceled, authorized) since the last sweep, for
+//! any number of pending payments. Each one we hold gets its poll at once, ahead of every
+//! scheduled one (`PendingState::nudge`). The poll still reads the intent and applies what
+//! it says through the one status function: the sweep only decides *who* is polled now,
+//! never what a payment's status is. So per-payment polls can back off for long-abandoned
+//! payments, and a payment confirmed at Stripe while its webhook is lost resolves within
+//! a sweep and a poll, whatever the size of the pending set.
+//!
+//! Stripe's `created` is in whole seconds and an event may be listed a moment after the
+//! second it carries, so each sweep reaches back `OVERLAP` before the newest event seen.
+//! An event that put a poll first is not acted on again; one that named no payment held
+//! here is looked at again while it is within the overlap, because its payment may reach
+//! the state (through CDC) a moment after Stripe moved it. A sweep never reaches back
+//! further than `LOOKBACK` (after a pause, older changes are the scheduled polls' to find).
+//! A sweep reads at most `max_pages` pages; when more are left, the next sweep goes on
+//! from where it stopped (Stripe's `starting_after` cursor) before starting afresh, so a
+//! burst of events is read over a few sweeps rather than skipped.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use paystream_core::gateway::{GatewayError, IntentEvent, StripeGateway};
+
+use crate::worker::engine::{Now, StripeBudget};
+
+/// The events that say an intent needs our attention now.
+pub const TYPES: [&str; 3] = [
+    "payment_intent.succeeded",
+    "payment_intent.canceled",
+    "payment_intent.amount_capturable_updated",
+];
+
+pub const OVERLAP_SECS: i64 = 10;
+pub const LOOKBACK_SECS: i64 = 300;
+
+/// What one sweep read.
+#[derive(Debug, Clone, Default)]
+pub struct Swept {
+    pub events: Vec<IntentEvent>,
+    /// Pages read (one Stripe call each).
+    pub calls: u32,
+    /// More events were left than `max_pages` allowed: the next sweep goes on after
+    /// `last`.
+    pub truncated: bool,
+    /// The last event read.
+    pub last: Option<String>,
+}
+
+/// Where a sweep lists from: events created at or after `since`, after the event `after`
+/// when it goes on with an earlier sweep's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct From {
+    pub since: i64,
+    pub after: Option<String>,
+}
+
+/// When to sweep and from where.
+#[derive(Debug)]
+pub struct Cursor {
+    every: Duration,
+    next_at: Option<Instant>,
+    running: bool,
+    /// The newest event's `created` seen so far.
+    newest: Option<i64>,
+    /// The list the last sweep did not finish, and where it stopped.
+    resume: Option<From>,
+    /// The `since` of the sweep running now.
+    since: i64,
+    /// Events acted on within `OVERLAP_SECS` of `newest`, by id.
+    acted: HashMap<String, i64>,
+}
+
+impl Cursor {
+    /// `every` zero: never sweeps.
+    pub fn new(every: Duration) -> Self {
+        Cursor {
+            every,
+            next_at: None,
+            running: false,
+            newest: None,
+            resume: None,
+            since: 0,
+            acted: HashMap::new(),
+        }
+    }
+
+    /// Whether a sweep starts at `now`, and where it lists from.
+    pub fn start(&mut self, now: Now) -> Option<From> {
+        if self.every.is_zero() || self.running || self.next_at.is_some_and(|t| now.mono < t) {
+            return None;
+        }
+        self.running = true;
+        let floor = now.wall.timestamp() - LOOKBACK_SECS;
+        // A walk being continued may have started up to a lookback earlier; one older than
+        // that is given up (a burst longer than the sweeps can read is the polls' to find).
+        let from = match self.resume.take() {
+            Some(r) if r.since >= floor - LOOKBACK_SECS => r,
+            _ => From {
+                since: self.newest.map_or(floor, |n| (n - OVERLAP_SECS).max(floor)),
+                after: None,
+            },
+        };
+        self.since = from.since;
+        Some(from)
+    }
+
+    /// Takes what a sweep read; returns the events not acted on before.
+    pub fn finish(&mut self, swept: Swept, now: Now) -> Vec<IntentEvent> {
+        self.done(now);
+        let Swept {
+            events,
+            truncated,
+            last,
+            ..
+        } = swept;
+        self.resume = match (truncated, last) {
+            (true, Some(after)) => Some(From {
+                since: self.since,
+                after: Some(after),
+            }),
+            _ => None,
+        };
+        if let Some(max) = events.iter().map(|e| e.created).max() {
+            self.newest = Some(self.newest.map_or(max, |n| n.max(max)));
+        }
+        if let Some(n) = self.newest {
+            self.acted.retain(|_, created| *created >= n - OVERLAP_SECS);
+        }
+        events
+            .into_iter()
+            .filter(|e| !self.acted.contains_key(&e.id))
+            .collect()
+    }
+
+    /// `event` put a poll first: later sweeps skip it.
+    pub fn acted_on(&mut self, event: &IntentEvent) {
+        self.acted.insert(event.id.clone(), event.created);
+    }
+
+    /// A sweep that failed: the next one is due `every` later, from the same cursor.
+    pub fn failed(&mut self, now: Now) {
+        self.done(now);
+    }
+
+    fn done(&mut self, now: Now) {
+        self.running = false;
+        self.next_at = Some(now.mono + self.every);
+    }
+}
+
+/// One sweep: the event list `from`, newest first, at most `max_pages` pages, each paid
+/// for from the instance's Stripe budget.
+pub async fn fetch<G: StripeGateway>(
+    stripe: &G,
+    budget: &StripeBudget,
+    from: From,
+    max_pages: u32,
+) -> Result<Swept, GatewayError> {
+    let mut swept = Swept {
+        last: from.after,
+        ..Swept::default()
+    };
+    loop {
+        while let Err(wait) = budget.take(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        swept.calls += 1;
+        let page = stripe
+            .intent_events(&TYPES, from.since, swept.last.as_deref())
+            .await?;
+        swept.events.extend(page.data);
+        if page.last.is_some() {
+            swept.last = page.last;
+        }
+        if !page.has_more || swept.last.is_none() {
+            return Ok(swept);
+        }
+        if swept.calls >= max_pages.max(1) {
+            swept.truncated = true;
+            return Ok(swept);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+    use paystream_core::gateway::IntentView;
+
+    fn event(id: &str, created: i64) -> IntentEvent {
+        IntentEvent {
+            id: id.into(),
+            created,
+            intent: IntentView {
+                id: "pi_1".into(),
+                stripe_status: "succeeded".into(),
+                amount: 100,
+                currency: "usd".into(),
+                payment_id: None,
+                client_secret: None,
+                last_error: None,
+                created,
+                amount_capturable: 0,
+                amount_received: 100,
+            },
+        }
+    }
+
+    fn read(events: Vec<IntentEvent>) -> Swept {
+        Swept {
+            events,
+            calls: 1,
+            truncated: false,
+            last: None,
+        }
+    }
+
+    fn from(since: i64) -> Option<From> {
+        Some(From { since, after: None })
+    }
+
+    fn at(secs: i64, base: Instant) -> Now {
+        Now {
+            mono: base + Duration::from_secs(u64::try_from(secs).unwrap()),
+            wall: DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn sweeps_every_period_one_at_a_time_from_the_newest_event_less_the_overlap() {
+        let base = Instant::now();
+        let t0 = 1_800_000_000;
+        let mut c = Cursor::new(Duration::from_secs(2));
+        assert_eq!(
+            c.start(at(0, base)),
+            from(t0 - LOOKBACK_SECS),
+            "first: the lookback"
+        );
+        assert_eq!(c.start(at(1, base)), None, "one at a time");
+        let fresh = c.finish(
+            read(vec![event("evt_a", t0 - 5), event("evt_b", t0 - 1)]),
+            at(1, base),
+        );
+        assert_eq!(fresh.len(), 2);
+        c.acted_on(&fresh[1]);
+        assert_eq!(c.start(at(2, base)), None, "not before the period");
+        assert_eq!(c.start(at(3, base)), from(t0 - 1 - OVERLAP_SECS));
+        let fresh = c.finish(
+            read(vec![event("evt_b", t0 - 1), event("evt_c", t0 + 2)]),
+            at(3, base),
+        );
+        assert_eq!(
+            fresh.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            ["evt_c"],
+            "what was acted on is skipped when the overlap reads it again"
+        );
+        assert_eq!(
+            c.finish(read(vec![event("evt_a", t0 - 5)]), at(3, base))
+                .len(),
+            1,
+            "what was not acted on is looked at again (its payment may have arrived)"
+        );
+        c.start(at(4, base));
+        c.failed(at(5, base));
+        assert_eq!(c.start(at(6, base)), None);
+        assert_eq!(
+            c.start(at(7, base)),
+            from(t0 + 2 - OVERLAP_SECS),
+            "a failure keeps the cursor"
+        );
+        c.finish(read(Vec::new()), at(7, base));
+        assert_eq!(
+            c.start(at(1_000, base)),
+            from(t0 + 1_000 - LOOKBACK_SECS),
+            "never further back than the lookback"
+        );
+        assert_eq!(Cursor::new(Duration::ZERO).start(at(0, base)), None, "off");
+    }
+
+    #[test]
+    fn acted_ids_are_forgotten_once_out_of_the_overlap() {
+        let base = Instant::now();
+        let mut c = Cursor::new(Duration::from_secs(1));
+        c.start(at(0, base));
+        let all: Vec<IntentEvent> = (0..100)
+            .map(|i| event(&format!("evt_{i}"), 1_800_000_000 - 100 + i))
+            .collect();
+        for e in c.finish(read(all.clone()), at(0, base)) {
+            c.acted_on(&e);
+        }
+        // The next sweep lists from the newest less the overlap.
+        let since = c.start(at(1, base)).unwrap().since;
+        let listed: Vec<IntentEvent> = all.into_iter().filter(|e| e.created >= since).collect();
+        assert_eq!(listed.len(), usize::try_from(OVERLAP_SECS).unwrap() + 1);
+        assert!(
+            c.finish(read(listed), at(1, base)).is_empty(),
+            "all acted on"
+        );
+        c.start(at(2, base));
+        c.finish(read(vec![event("evt_new", 1_800_000_100)]), at(2, base));
+        assert!(c.acted.is_empty(), "all older than the overlap");
+    }
+
+    /// A sweep that stopped at its page limit is gone on with by the next one, from the
+    /// same `since` after its last event; then sweeps start afresh from the newest.
+    #[test]
+    fn a_truncated_sweep_is_continued_then_the_cursor_moves_on() {
+        let base = Instant::now();
+        let t0 = 1_800_000_000;
+        let mut c = Cursor::new(Duration::from_secs(1));
+        let first = c.start(at(0, base)).unwrap();
+        c.finish(
+            Swept {
+                events: vec![event("evt_9", t0 - 1), event("evt_8", t0 - 2)],
+                calls: 10,
+                truncated: true,
+                last: Some("evt_8".into()),
+            },
+            at(0, base),
+        );
+        assert_eq!(
+            c.start(at(1, base)),
+            Some(From {
+                since: first.since,
+                after: Some("evt_8".into())
+            })
+        );
+        c.finish(read(vec![event("evt_1", t0 - 200)]), at(1, base));
+        assert_eq!(c.start(at(2, base)), from(t0 - 1 - OVERLAP_SECS));
+    }
+}
