@@ -44,12 +44,18 @@ impl Backoff {
             .map(|until| until - now)
     }
 
-    /// Stripe answered 429 at `now`: pause, for twice as long as last time. Returns the
-    /// pause.
+    /// Stripe answered 429 at `now`: pause, for twice as long as last time. A 429 during a
+    /// pause is the same wave (calls already in flight when it began, from any loop of the
+    /// instance): it does not double the pause again, only makes it last `current` from
+    /// itself. Returns the pause.
     pub fn limited(&mut self, now: Instant) -> Duration {
+        self.last_limited = Some(now);
+        if let Some(until) = self.paused_until.filter(|until| now < *until) {
+            self.paused_until = Some(until.max(now + self.current));
+            return self.current;
+        }
         self.current = (self.current * 2).clamp(self.min, self.max);
         self.paused_until = Some(now + self.current);
-        self.last_limited = Some(now);
         self.current
     }
 
@@ -88,20 +94,31 @@ mod tests {
         assert_eq!(b.limited(t0), MIN);
         assert!(b.paused(t0 + Duration::from_millis(499)));
         assert!(!b.paused(t0 + MIN));
-        assert_eq!(b.limited(t0), Duration::from_secs(1));
+        assert_eq!(
+            b.limited(t0 + Duration::from_millis(100)),
+            MIN,
+            "a 429 during the pause is the same wave"
+        );
+        assert!(
+            b.paused(t0 + Duration::from_millis(599)),
+            "lasting MIN from itself"
+        );
+        let mut t = t0 + Duration::from_millis(600);
+        assert_eq!(b.limited(t), Duration::from_secs(1));
         for _ in 0..10 {
-            b.limited(t0);
+            t += b.current();
+            b.limited(t);
         }
         assert_eq!(b.current(), MAX);
         // A success just after the 429 changes nothing.
-        b.succeeded(t0 + Duration::from_secs(1));
+        b.succeeded(t + Duration::from_secs(1));
         assert_eq!(b.current(), MAX);
         // After a quiet period (2 x 30 s) it halves; the next halving needs another one.
-        b.succeeded(t0 + Duration::from_secs(60));
+        b.succeeded(t + Duration::from_secs(60));
         assert_eq!(b.current(), Duration::from_secs(15));
-        b.succeeded(t0 + Duration::from_secs(61));
+        b.succeeded(t + Duration::from_secs(61));
         assert_eq!(b.current(), Duration::from_secs(15));
-        let mut t = t0 + Duration::from_secs(61);
+        let mut t = t + Duration::from_secs(61);
         while b.current() > Duration::ZERO {
             t += b.current() * 2;
             b.succeeded(t);
@@ -111,22 +128,34 @@ mod tests {
     }
 
     proptest! {
-        /// Under a storm (a 429 at most 400 ms after the previous one, successes of polls
-        /// already in flight at any moment in between), the pause never shrinks and
-        /// reaches the cap.
+        /// Under a storm (a 429 at most 400 ms after each pause ends, more 429s and successes
+        /// of calls already in flight at any moment in between), the pause never shrinks and
+        /// reaches the cap; 429s within a pause never lengthen it.
         #[test]
-        fn a_storm_escalates_to_the_cap(storm in proptest::collection::vec((1_u64..400, proptest::collection::vec(0_u64..400, 0..5)), 7..200)) {
+        fn a_storm_escalates_to_the_cap(storm in proptest::collection::vec((1_u64..400, proptest::collection::vec((any::<bool>(), 0_u64..30_000), 0..5)), 7..200)) {
             let mut b = Backoff::new(MIN, MAX);
             let mut t = Instant::now();
             let mut last = Duration::ZERO;
-            for (gap, successes) in storm {
-                let mut at: Vec<u64> = successes.into_iter().map(|o| o % gap).collect();
-                at.sort_unstable();
-                for o in at {
-                    b.succeeded(t + Duration::from_millis(o));
-                    prop_assert!(b.current() >= last, "a success in a storm never shrinks the pause");
+            for (gap, within) in storm {
+                let pause = b.current();
+                let mut at: Vec<(bool, u64)> = within
+                    .into_iter()
+                    .map(|(is_429, o)| (is_429, o % u64::try_from(pause.as_millis()).unwrap_or(1).max(1)))
+                    .collect();
+                at.sort_unstable_by_key(|(_, o)| *o);
+                let started = t;
+                let mut end = started + pause;
+                for (is_429, o) in at {
+                    let when = started + Duration::from_millis(o);
+                    if is_429 && b.paused(when) {
+                        prop_assert_eq!(b.limited(when), pause, "a 429 within a pause");
+                        end = end.max(when + pause);
+                    } else if !is_429 {
+                        b.succeeded(when);
+                    }
+                    prop_assert!(b.current() >= last, "nothing in a storm shrinks the pause");
                 }
-                t += Duration::from_millis(gap);
+                t = end + Duration::from_millis(gap);
                 b.limited(t);
                 prop_assert!(b.current() >= last);
                 last = b.current();

@@ -197,13 +197,32 @@ async fn poll_once<G: StripeGateway>(
 
 /// Applies a final status the event sweep read for a payment's intent (the event's
 /// rendering of it: a final status is final, so no retrieve is needed to trust it), as a
-/// poll would.
+/// poll would; its history row names the event.
 pub async fn apply_swept(
     db: &Primary,
     id: Uuid,
+    event: &str,
     intent: &IntentView,
 ) -> Result<Outcome, PollError> {
-    follow(db, PaymentId::from_uuid(id), intent).await
+    let Some(status) = intent.status() else {
+        return Ok(Outcome::UnknownStatus(intent.stripe_status.clone()));
+    };
+    let mut obs = Observation::of_intent(status, intent, Source::Poll);
+    obs.detail = Some(serde_json::json!({
+        "payment_intent": intent.id,
+        "stripe_status": intent.stripe_status,
+        "via": "event_sweep",
+        "event": event,
+    }));
+    outcome(
+        db,
+        PaymentId::from_uuid(id),
+        status,
+        intent,
+        Source::Poll,
+        &obs,
+    )
+    .await
 }
 
 /// Applies whatever Stripe now says about an intent, as a poll.
@@ -222,7 +241,19 @@ async fn apply(
     source: Source,
 ) -> Result<Outcome, PollError> {
     let obs = Observation::of_intent(status, intent, source);
-    Ok(match payments::apply_status(db, id, &obs).await? {
+    outcome(db, id, status, intent, source, &obs).await
+}
+
+/// Applies `obs` and says what became of it.
+async fn outcome(
+    db: &Primary,
+    id: PaymentId,
+    status: PaymentStatus,
+    intent: &IntentView,
+    source: Source,
+    obs: &Observation<'_>,
+) -> Result<Outcome, PollError> {
+    Ok(match payments::apply_status(db, id, obs).await? {
         Applied::Changed(p) | Applied::Overturned(p) if p.status == status && status.is_final() => {
             Outcome::Resolved { to: status, source }
         }

@@ -1,11 +1,12 @@
 //! The event sweep: every few seconds, one call to Stripe's event list says which
 //! PaymentIntents have moved (succeeded, canceled, authorized) since the last sweep, for
-//! any number of pending payments. Each one we hold gets its poll at once, ahead of every
-//! scheduled one (`PendingState::nudge`). The poll still reads the intent and applies what
-//! it says through the one status function: the sweep only decides *who* is polled now,
-//! never what a payment's status is. So per-payment polls can back off for long-abandoned
-//! payments, and a payment confirmed at Stripe while its webhook is lost resolves within
-//! a sweep and a poll, whatever the size of the pending set.
+//! any number of pending payments. A payment we hold whose intent an event shows final is
+//! given that status through the one status function, as a webhook of the same event
+//! would (a final status is final: the event's rendering of it needs no fresh read); one
+//! shown authorized gets its poll at once, ahead of every scheduled one
+//! (`PendingState::nudge`). So per-payment polls can back off for long-abandoned payments,
+//! and a payment confirmed at Stripe while its webhook is lost resolves within a sweep,
+//! whatever the size of the pending set.
 //!
 //! Stripe's `created` is in whole seconds and an event may be listed a moment after the
 //! second it carries, so each sweep reaches back `OVERLAP` before the newest event seen.
@@ -65,8 +66,8 @@ pub struct Cursor {
     newest: Option<i64>,
     /// The list the last sweep did not finish, and where it stopped.
     resume: Option<From>,
-    /// The `since` of the sweep running now.
-    since: i64,
+    /// Where the sweep running now lists from.
+    current: Option<From>,
     /// Events acted on within `OVERLAP_SECS` of `newest`, by id.
     acted: HashMap<String, i64>,
 }
@@ -80,7 +81,7 @@ impl Cursor {
             running: false,
             newest: None,
             resume: None,
-            since: 0,
+            current: None,
             acted: HashMap::new(),
         }
     }
@@ -101,12 +102,13 @@ impl Cursor {
                 after: None,
             },
         };
-        self.since = from.since;
+        self.current = Some(from.clone());
         Some(from)
     }
 
     /// Takes what a sweep read; returns the events not acted on before.
     pub fn finish(&mut self, swept: Swept, now: Now) -> Vec<IntentEvent> {
+        let since = self.current.take().map_or(0, |f| f.since);
         self.done(now);
         let Swept {
             events,
@@ -116,7 +118,7 @@ impl Cursor {
         } = swept;
         self.resume = match (truncated, last) {
             (true, Some(after)) => Some(From {
-                since: self.since,
+                since,
                 after: Some(after),
             }),
             _ => None,
@@ -138,8 +140,10 @@ impl Cursor {
         self.acted.insert(event.id.clone(), event.created);
     }
 
-    /// A sweep that failed: the next one is due `every` later, from the same cursor.
+    /// A sweep that failed: the next one is due `every` later, from the same cursor (and,
+    /// when it was going on with an earlier sweep's list, from the same place in it).
     pub fn failed(&mut self, now: Now) {
+        self.resume = self.current.take().filter(|f| f.after.is_some());
         self.done(now);
     }
 
@@ -327,7 +331,16 @@ mod tests {
                 after: Some("evt_8".into())
             })
         );
-        c.finish(read(vec![event("evt_1", t0 - 200)]), at(1, base));
-        assert_eq!(c.start(at(2, base)), from(t0 - 1 - OVERLAP_SECS));
+        c.failed(at(1, base));
+        assert_eq!(
+            c.start(at(2, base)),
+            Some(From {
+                since: first.since,
+                after: Some("evt_8".into())
+            }),
+            "a failed continuation is tried again from the same place"
+        );
+        c.finish(read(vec![event("evt_1", t0 - 200)]), at(2, base));
+        assert_eq!(c.start(at(3, base)), from(t0 - 1 - OVERLAP_SECS));
     }
 }

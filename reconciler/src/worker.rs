@@ -120,7 +120,6 @@ pub struct Worker<G> {
     metrics: Arc<Metrics>,
     sink: Sink,
     engine: Engine,
-    sweep_max_pages: u32,
     in_flight: InFlight,
 }
 
@@ -142,7 +141,6 @@ impl<G: StripeGateway + 'static> Worker<G> {
             metrics,
             sink: Sink::new(&cfg.kafka)?,
             engine: Engine::with_budget(cfg.poll, budget),
-            sweep_max_pages: cfg.poll.sweep_max_pages,
             in_flight: InFlight::default(),
         })
     }
@@ -276,29 +274,24 @@ impl<G: StripeGateway + 'static> Worker<G> {
                     self.track(delivery, f, None);
                 }
                 Command::StartPoll { partition, target } => self.spawn_poll(partition, target),
-                Command::ApplySwept {
-                    partition,
-                    id,
-                    intent,
-                } => {
+                Command::ApplySwept(s) => {
                     let db = self.primary.clone();
                     self.in_flight.polls.spawn(async move {
                         let started = Instant::now();
-                        let result = poll::apply_swept(&db, id, &intent).await;
+                        let result = poll::apply_swept(&db, s.id, &s.event, &s.intent).await;
                         PollDone {
-                            partition,
-                            id,
+                            partition: s.partition,
+                            id: s.id,
                             took: started.elapsed(),
                             result,
                         }
                     });
                 }
-                Command::Sweep(from) => {
+                Command::Sweep { from, pages } => {
                     let (stripe, budget) = (self.stripe.clone(), self.engine.budget());
-                    let max_pages = self.sweep_max_pages;
-                    self.in_flight.sweeps.spawn(async move {
-                        sweep::fetch(&*stripe, &budget, from, max_pages).await
-                    });
+                    self.in_flight
+                        .sweeps
+                        .spawn(async move { sweep::fetch(&*stripe, &budget, from, pages).await });
                 }
                 Command::Seek { partition, offset } => {
                     let seek = tokio::task::block_in_place(|| {

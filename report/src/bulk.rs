@@ -18,28 +18,33 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use paystream_core::gateway::{GatewayError, ReportRun, StripeReporting};
+use paystream_core::gateway::{GatewayError, StripeReporting};
 use paystream_core::{Currency, PaymentId, PaymentStatus};
 use paystream_db::Replica;
 use paystream_db::replica;
 use uuid::Uuid;
 
 use crate::classify::{Class, Finding, Ours, Rules, Tally, Timeline};
-use crate::source::SourceError;
+use crate::source::{SourceError, retrying};
 
 /// The report type whose columns name each change's PaymentIntent and our metadata.
 pub const REPORT_TYPE: &str = "balance_change_from_activity.itemized.2";
+/// `customer_facing_amount` and `_currency` are what the customer was charged, in the
+/// payment's currency; `gross` and `currency` are in the account's settlement currency (a
+/// EUR payment on a USD account reads as USD there).
 pub const COLUMNS: [&str; 6] = [
     "balance_transaction_id",
     "created_utc",
-    "currency",
-    "gross",
+    "customer_facing_currency",
+    "customer_facing_amount",
     "reporting_category",
     "payment_metadata[payment_id]",
 ];
-/// A payment created near the window's end may be captured after it (a manual capture
-/// waits up to 7 days): the report reaches this far past the window.
-const CAPTURE_SLACK: chrono::Duration = chrono::Duration::days(7);
+/// A payment created near the window's end is captured a moment after it: the report
+/// reaches this far past the window. A later capture (a manual one waits up to 7 days)
+/// is past the file's data, and so is its payment's change: `in_flight`, not a mismatch.
+/// Longer would hold the captures of payments after the window in memory.
+const CAPTURE_SLACK: chrono::Duration = chrono::Duration::hours(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BulkError {
@@ -90,8 +95,8 @@ impl Captures {
         };
         let (created, currency, gross, category, payment) = (
             col("created_utc")?,
-            col("currency")?,
-            col("gross")?,
+            col("customer_facing_currency")?,
+            col("customer_facing_amount")?,
             col("reporting_category")?,
             col("payment_metadata[payment_id]")?,
         );
@@ -112,7 +117,7 @@ impl Captures {
             let cur = Currency::parse(field(currency))
                 .map_err(|e| bad(format!("currency {:?}: {e}", field(currency))))?;
             let amount = minor_units(field(gross), cur)
-                .ok_or_else(|| bad(format!("gross {:?}", field(gross))))?;
+                .ok_or_else(|| bad(format!("amount {:?}", field(gross))))?;
             // Stripe writes report times as `2026-12-02 07:30:00`, UTC in `created_utc`.
             let at = chrono::NaiveDateTime::parse_from_str(field(created), "%Y-%m-%d %H:%M:%S")
                 .map_err(|_| bad(format!("created_utc {:?}", field(created))))?
@@ -151,6 +156,11 @@ pub fn minor_units(text: &str, currency: Currency) -> Option<i64> {
         None => (false, text),
     };
     let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    // Zeros past the currency's digits change nothing (`5000.00` yen).
+    let frac = match frac.get(exp as usize..) {
+        Some(extra) if extra.bytes().all(|b| b == b'0') => &frac[..exp as usize],
+        _ => frac,
+    };
     if whole.is_empty()
         || !whole.bytes().all(|b| b.is_ascii_digit())
         || !frac.bytes().all(|b| b.is_ascii_digit())
@@ -182,10 +192,10 @@ pub fn judge(
 ) -> (Class, Option<String>, Option<String>) {
     let ours = Some(p.status.as_str().to_owned());
     let charged = moved.map(|m| format!("charged {} {}", m.charged, m.currency.code()));
-    // Resolved at or after the file's end: its capture may be too (the grace counts the
-    // same way from our row's last change).
+    // Changed at or after the file's data ends: money may have moved after it too (the
+    // grace counts the same way from our row's last change).
     let recent = rules.now - p.updated_at.max(p.created_at) < rules.grace
-        || p.resolved_at.is_some_and(|at| at >= covered_until);
+        || p.updated_at.max(p.created_at) >= covered_until;
     let stuck = p.status == PaymentStatus::Pending && rules.now - p.created_at > rules.stuck_after;
     if let Some(a) = p.attention {
         return (Class::of_attention(a), ours, charged);
@@ -215,6 +225,13 @@ pub fn judge(
         ),
         (PaymentStatus::Succeeded, None) => (Class::StatusMismatch, ours, Some("no charge".into())),
         (_, Some(_)) => (Class::StatusMismatch, ours, charged),
+        // Canceled or failed here, or pending, and changed after the file's data ends:
+        // whether Stripe took money since is not in the file.
+        (_, None) if recent && p.updated_at.max(p.created_at) >= covered_until => (
+            Class::InFlight,
+            ours,
+            Some("after the report's data".into()),
+        ),
         (PaymentStatus::Pending, None) if stuck => (Class::StuckPending, ours, None),
         (_, None) => (Class::Matched, None, None),
     }
@@ -273,7 +290,12 @@ pub async fn compare(
     })
     .await?;
     progress(done);
-    // Captures of payments created outside the window: only a disagreement is news.
+    // Captures of payments created outside the window: only a disagreement is news. Our
+    // ids are UUIDv7: one minted at or after the window's end is the next window's.
+    let after = until.timestamp_millis();
+    captures
+        .by_payment
+        .retain(|id, _| v7_millis(id).is_none_or(|ms| ms < after));
     let rest: Vec<Uuid> = captures.by_payment.keys().copied().collect();
     replica::each_payment_of(replica, &rest, |p| {
         let moved = captures.take(&p.id);
@@ -307,6 +329,15 @@ pub async fn compare(
     })
 }
 
+/// When a UUIDv7 was minted (unix milliseconds); `None` for other versions.
+fn v7_millis(id: &Uuid) -> Option<i64> {
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    i64::try_from(secs)
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(i64::from(nanos / 1_000_000))
+}
+
 /// Removes the downloaded file however the report ends.
 struct TempFile(PathBuf);
 
@@ -327,7 +358,18 @@ pub async fn captures<G: StripeReporting>(
     poll_every: Duration,
     wait_at_most: Duration,
 ) -> Result<Option<(Captures, DateTime<Utc>)>, SourceError> {
-    let available = stripe.report_availability(REPORT_TYPE).await?;
+    let available = match retrying(|| stripe.report_availability(REPORT_TYPE)).await {
+        Ok(a) => a,
+        // A Stripe without the Reporting API (a peer such as localstripe), or a key not
+        // allowed to read reports: the list walk does without.
+        Err(
+            GatewayError::NotFound
+            | GatewayError::Unsupported(_)
+            | GatewayError::Misconfigured { .. }
+            | GatewayError::Rejected { .. },
+        ) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     let end = (until + CAPTURE_SLACK).timestamp().min(available.end);
     let Some(covered_until) = DateTime::from_timestamp(end, 0) else {
         return Ok(None);
@@ -335,10 +377,10 @@ pub async fn captures<G: StripeReporting>(
     if end <= since.timestamp() || since.timestamp() < available.start {
         return Ok(None);
     }
-    let mut run = stripe
-        .start_report_run(REPORT_TYPE, since.timestamp(), end, &COLUMNS)
-        .await?;
+    let mut run =
+        retrying(|| stripe.start_report_run(REPORT_TYPE, since.timestamp(), end, &COLUMNS)).await?;
     let started = std::time::Instant::now();
+    let mut poll_every = poll_every;
     let url = loop {
         match run.status.as_str() {
             "succeeded" => {
@@ -357,14 +399,16 @@ pub async fn captures<G: StripeReporting>(
                 return Err(BulkError::RunTimeout(run.id.clone()).into());
             }
             _ => {
+                // Real runs take minutes: a growing interval keeps the calls few.
                 tokio::time::sleep(poll_every).await;
-                run = refreshed(stripe, &run).await?;
+                poll_every = (poll_every * 2).min(Duration::from_secs(10));
+                run = retrying(|| stripe.report_run(&run.id)).await?;
             }
         }
     };
     let file =
         TempFile(std::env::temp_dir().join(format!("paystream-report-{}.csv", Uuid::now_v7())));
-    stripe.download_file(&url, &file.0).await?;
+    retrying(|| stripe.download_file(&url, &file.0)).await?;
     // Reading a million rows is seconds of CPU: off the runtime's threads.
     let captures = tokio::task::spawn_blocking(move || {
         let read = std::fs::File::open(&file.0)?;
@@ -373,13 +417,6 @@ pub async fn captures<G: StripeReporting>(
     .await
     .map_err(|e| BulkError::Io(std::io::Error::other(e)))??;
     Ok(Some((captures, covered_until)))
-}
-
-async fn refreshed<G: StripeReporting>(
-    stripe: &G,
-    run: &ReportRun,
-) -> Result<ReportRun, GatewayError> {
-    stripe.report_run(&run.id).await
 }
 
 #[cfg(test)]
@@ -403,6 +440,8 @@ mod tests {
             ("0.01", usd(), Some(1)),
             ("5000", jpy, Some(5000)),
             ("5000.5", jpy, None),
+            ("5000.00", jpy, Some(5000)),
+            ("12.500", usd(), Some(1250)),
             ("1.234", usd(), None),
             ("", usd(), None),
             ("1e3", usd(), None),
@@ -421,7 +460,7 @@ mod tests {
         }
     }
 
-    const FILE: &str = "balance_transaction_id,created_utc,currency,gross,reporting_category,payment_metadata[payment_id],description
+    const FILE: &str = "balance_transaction_id,created_utc,customer_facing_currency,customer_facing_amount,reporting_category,payment_metadata[payment_id],description
 txn_1,2027-01-15 08:00:00,usd,12.50,charge,01890a5d-ac96-774b-bcce-b302099a8057,\"a, quoted\"
 txn_2,2027-01-15 08:00:10,usd,-5.00,refund,01890a5d-ac96-774b-bcce-b302099a8057,
 txn_3,2027-01-15 08:00:20,jpy,5000,charge,01890a5d-ac96-774b-bcce-b302099a8058,
@@ -533,10 +572,24 @@ txn_5,2027-01-15 08:00:40,usd,1.00,charge,01890a5d-ac96-774b-bcce-b302099a8057,s
         );
         let mut late = ours(Succeeded, old);
         late.resolved_at = Some(t0());
+        late.updated_at = t0();
         assert_eq!(
             judge(&late, None, &rules, t0() - chrono::Duration::seconds(1)).0,
             Class::InFlight,
             "resolved after the file's data ends: its capture may be too"
+        );
+        let mut canceled_late = ours(Canceled, old);
+        canceled_late.updated_at = t0();
+        assert_eq!(
+            judge(
+                &canceled_late,
+                None,
+                &rules,
+                t0() - chrono::Duration::seconds(1)
+            )
+            .0,
+            Class::InFlight,
+            "changed after the file's data ends: money may have moved since"
         );
     }
 }

@@ -25,6 +25,15 @@ pub async fn repair(primary: &Primary, findings: &[Finding]) -> Result<Vec<Repai
         let (Some(id), Some(stripe)) = (f.payment_id, f.stripe.as_deref()) else {
             continue;
         };
+        // A finding from a report file says money moved (`charged 1250 usd`, `no charge`),
+        // not Stripe's status: nothing to repair to.
+        if stripe.starts_with("charged ") || stripe == "no charge" {
+            out.push(Repair::Refused {
+                id,
+                reason: format!("stripe's report file says {stripe}, not its status: repair over a window small enough for the list walk (--bulk-from)"),
+            });
+            continue;
+        }
         let Some(to) = PaymentStatus::from_stripe(stripe).filter(|s| s.is_final()) else {
             out.push(Repair::Refused {
                 id,

@@ -86,7 +86,7 @@ pub async fn stripe_intents<G: StripeGateway>(
 }
 
 /// Retries what Stripe says is worth retrying (429, 409, 5xx), with backoff.
-async fn retrying<T, F, Fut>(mut call: F) -> Result<T, GatewayError>
+pub(crate) async fn retrying<T, F, Fut>(mut call: F) -> Result<T, GatewayError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, GatewayError>>,

@@ -118,6 +118,15 @@ pub enum Event {
     Shutdown,
 }
 
+/// A final status a sweep read for a payment held here, waiting to be applied.
+#[derive(Debug, Clone)]
+pub struct SweptStatus {
+    pub partition: i32,
+    pub id: Uuid,
+    pub event: String,
+    pub intent: paystream_core::IntentView,
+}
+
 /// Why the worker must stop.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Halt {
@@ -175,16 +184,15 @@ pub enum Command {
         partition: i32,
         target: Target,
     },
-    /// Read Stripe's events from where the cursor says; the answer comes back as
-    /// `Event::Swept`.
-    Sweep(sweep::From),
+    /// Read at most `pages` pages of Stripe's events from where the cursor says; the
+    /// answer comes back as `Event::Swept`.
+    Sweep {
+        from: sweep::From,
+        pages: u32,
+    },
     /// Apply the final status a swept event says (no Stripe call); the answer comes back
     /// as `Event::PollDone`, like a poll's.
-    ApplySwept {
-        partition: i32,
-        id: Uuid,
-        intent: paystream_core::IntentView,
-    },
+    ApplySwept(SweptStatus),
     /// Position a partition new to the group at its start offset.
     Seek {
         partition: i32,
@@ -268,6 +276,12 @@ pub struct Engine {
     undecodable_run: u32,
     rejoin: Rejoin,
     sweep: sweep::Cursor,
+    /// Final statuses sweeps read, applied as poll slots free up (they need no token).
+    swept: std::collections::VecDeque<SweptStatus>,
+    /// Pages one sweep may read: at most half of the instance's share of the rate over a
+    /// sweep period, so sweeps never starve polls however many instances each read the
+    /// account's whole event list.
+    sweep_pages: u32,
     draining: bool,
     committed: bool,
 }
@@ -293,6 +307,8 @@ impl Engine {
             undecodable_run: 0,
             rejoin: Rejoin::new(REJOIN_AFTER, REJOIN_AT_MOST_EVERY),
             sweep: sweep::Cursor::new(Duration::from_millis(poll_cfg.sweep_every_ms)),
+            swept: std::collections::VecDeque::new(),
+            sweep_pages: 1,
             draining: false,
             committed: false,
         }
@@ -498,15 +514,30 @@ impl Engine {
                 .unwrap_or(u32::MAX)
                 .max(1)
         };
-        self.limiter.replace(TokenBucket::new(
-            share(self.poll_cfg.rate_per_sec),
-            share(self.poll_cfg.burst),
-            now,
-        ));
+        let rate = share(self.poll_cfg.rate_per_sec);
+        self.limiter
+            .replace(TokenBucket::new(rate, share(self.poll_cfg.burst), now));
+        let per_sweep = u64::from(rate) * self.poll_cfg.sweep_every_ms / 2_000;
+        self.sweep_pages = u32::try_from(per_sweep)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.poll_cfg.sweep_max_pages.max(1));
     }
 
     fn dispatch(&mut self, now: Now, out: &mut Vec<Command>) {
-        if self.draining || self.limiter.paused(now.mono) {
+        if self.draining {
+            return;
+        }
+        while self.polls_in_flight < self.poll_cfg.max_in_flight {
+            let Some(s) = self.swept.pop_front() else {
+                break;
+            };
+            // Its partition may have been revoked meanwhile: the new owner's state has it.
+            if self.states.contains_key(&s.partition) {
+                self.polls_in_flight += 1;
+                out.push(Command::ApplySwept(s));
+            }
+        }
+        if self.limiter.paused(now.mono) {
             return;
         }
         while self.polls_in_flight < self.poll_cfg.max_in_flight {
@@ -551,7 +582,10 @@ impl Engine {
             return;
         }
         if let Some(from) = self.sweep.start(now) {
-            out.push(Command::Sweep(from));
+            out.push(Command::Sweep {
+                from,
+                pages: self.sweep_pages,
+            });
         }
     }
 
@@ -577,6 +611,7 @@ impl Engine {
                 return;
             }
         };
+        self.limiter.answered(now.mono);
         let (calls, truncated) = (swept.calls, swept.truncated);
         let fresh = self.sweep.finish(swept, now);
         let events = fresh.len();
@@ -607,10 +642,10 @@ impl Engine {
                 // Its scheduled poll would only find it final: pushed back while the
                 // change reaches the state through CDC.
                 state.reschedule(id, now.wall + chrono::Duration::seconds(60), &self.schedule);
-                self.polls_in_flight += 1;
-                out.push(Command::ApplySwept {
+                self.swept.push_back(SweptStatus {
                     partition,
                     id,
+                    event: e.id,
                     intent: e.intent,
                 });
             } else {

@@ -798,7 +798,7 @@ proptest! {
 fn sweeps(cmds: &[Command]) -> Vec<i64> {
     cmds.iter()
         .filter_map(|c| match c {
-            Command::Sweep(from) => Some(from.since),
+            Command::Sweep { from, .. } => Some(from.since),
             _ => None,
         })
         .collect()
@@ -905,31 +905,37 @@ fn a_swept_event_puts_its_payments_poll_first() {
             ..
         })
     )));
-    let applied: Vec<(Uuid, &str)> = cmds
-        .iter()
-        .filter_map(|c| match c {
-            Command::ApplySwept { id, intent, .. } => Some((*id, intent.stripe_status.as_str())),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(
-        applied,
-        [(target, "succeeded")],
-        "no Stripe call for a final status"
+    let applied = |cmds: &[Command]| -> Vec<(Uuid, String)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::ApplySwept(s) => Some((s.id, s.intent.stripe_status.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(
+        applied(&cmds).is_empty(),
+        "waits for a free slot (max_in_flight 1)"
     );
+    let backlog_done = Event::PollDone {
+        partition: 0,
+        id: backlog,
+        answer: PollAnswer::Answered { usable: true },
+    };
+    let cmds = e.step(backlog_done, t0);
     assert_eq!(
-        e.polls_in_flight(),
-        2,
-        "the apply counts as a poll in flight"
+        applied(&cmds),
+        [(target, "succeeded".to_owned())],
+        "applied as read: no Stripe call, no token"
     );
-    for id in [backlog, target] {
-        let done = Event::PollDone {
-            partition: 0,
-            id,
-            answer: PollAnswer::Answered { usable: true },
-        };
-        e.step(done, t0);
-    }
+    assert_eq!(polls(&cmds), 0);
+    assert_eq!(e.polls_in_flight(), 1, "the apply holds the slot");
+    let target_done = Event::PollDone {
+        partition: 0,
+        id: target,
+        answer: PollAnswer::Answered { usable: true },
+    };
+    e.step(target_done, t0);
     let later = t0.after(Duration::from_secs(1));
     assert_eq!(
         started(&e.step(Event::Tick, later)),
@@ -971,4 +977,42 @@ fn a_rate_limited_sweep_pauses_polls_and_an_empty_state_sweeps_nothing() {
 
     let mut idle = engine(&[0, 1]);
     assert!(sweeps(&idle.step(Event::Tick, now0())).is_empty());
+}
+
+/// A sweep reads at most half of the instance's share of the rate over a sweep period,
+/// whatever `sweep_max_pages` allows: an instance holding a quarter of the partitions
+/// sweeps with a quarter of the pages.
+#[test]
+fn sweep_pages_follow_the_instances_share_of_the_rate() {
+    let pages = |cmds: &[Command]| {
+        cmds.iter()
+            .find_map(|c| match c {
+                Command::Sweep { pages, .. } => Some(*pages),
+                _ => None,
+            })
+            .expect("a sweep")
+    };
+    let cfg = PollConfig {
+        rate_per_sec: 8,
+        burst: 8,
+        sweep_every_ms: 2_000,
+        sweep_max_pages: 50,
+        ..PollConfig::default()
+    };
+    let t0 = now0();
+    let mut whole = holding_due(cfg, 3, t0);
+    assert_eq!(pages(&whole.step(Event::Tick, t0)), 8);
+    let quarter = Handed {
+        partition: 0,
+        state: due_state(3),
+        start_at: None,
+    };
+    let mut e = holding(cfg, vec![quarter], 4, t0);
+    assert_eq!(pages(&e.step(Event::Tick, t0)), 2);
+    let capped = PollConfig {
+        sweep_max_pages: 3,
+        ..cfg
+    };
+    let mut e = holding_due(capped, 3, t0);
+    assert_eq!(pages(&e.step(Event::Tick, t0)), 3);
 }
