@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use paystream_db::keys::{self, Role};
 use paystream_db::{Primary, Replica};
 
+mod exporter;
 mod tail;
 
 #[derive(Parser)]
@@ -47,6 +48,11 @@ enum Command {
     /// record, as a table or JSON lines. Commits no offsets. Follows until Ctrl-C, or
     /// stops after --max records or --timeout-secs without one.
     Tail(tail::TailArgs),
+    /// Serve Prometheus metrics (`GET /metrics`) about what has no /metrics of its own:
+    /// Kafka Connect's connectors, the primary's replication slots and replicas, the
+    /// payments backlog (read from a replica), the consumer groups' lag. Read at scrape
+    /// time; a source that fails shows as `paystream_exporter_source_up 0`.
+    Exporter(exporter::ExporterArgs),
     /// Create, register and revoke API keys.
     Keys {
         #[command(subcommand)]
@@ -342,6 +348,7 @@ async fn main() -> anyhow::Result<()> {
             let summary = tail::run(&args, &mut std::io::stdout()).await?;
             eprintln!("tail: {} shown, {} read", summary.shown, summary.read);
         }
+        Command::Exporter(args) => exporter::run(args).await?,
         Command::Migrate { database_url } => {
             let pool = connect(&database_url).await?;
             // The same migrator `sqlx migrate run` uses, embedded so no extra tool is needed.

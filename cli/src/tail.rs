@@ -85,7 +85,7 @@ pub struct TailArgs {
     pub refund_status_topic: Option<String>,
 }
 
-fn property(s: &str) -> Result<(String, String), String> {
+pub(crate) fn property(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

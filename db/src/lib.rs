@@ -4,6 +4,7 @@
 
 pub mod analytics;
 pub mod events;
+pub mod health;
 pub mod idempotency;
 pub mod keys;
 pub mod payments;

@@ -9,16 +9,19 @@
 //! whatever the size of the pending set.
 //!
 //! Stripe's `created` is in whole seconds and an event may be listed a moment after the
-//! second it carries, so each sweep reaches back `OVERLAP` before the newest event seen.
-//! An event that put a poll first is not acted on again; one that named no payment held
-//! here is looked at again while it is within the overlap, because its payment may reach
-//! the state (through CDC) a moment after Stripe moved it. A sweep never reaches back
-//! further than `LOOKBACK` (after a pause, older changes are the scheduled polls' to find).
+//! second it carries, so each sweep lists from `OVERLAP` before the newest event seen, and
+//! its walk (newest first) ends at the first page holding an event an earlier sweep read
+//! (or older than `LISTED_LATE` before the newest): a busy account costs a page or two a
+//! sweep, not its whole overlap. An event is handed on once; one naming a payment not
+//! held yet is kept by the engine for its row to arrive through CDC. A sweep never reaches
+//! back further than `LOOKBACK` (after a pause, older changes are the scheduled polls' to
+//! find).
 //! A sweep reads at most `max_pages` pages; when more are left, the next sweep goes on
 //! from where it stopped (Stripe's `starting_after` cursor) before starting afresh, so a
 //! burst of events is read over a few sweeps rather than skipped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use paystream_core::gateway::{GatewayError, IntentEvent, StripeGateway};
@@ -33,6 +36,10 @@ pub const TYPES: [&str; 3] = [
 ];
 
 pub const OVERLAP_SECS: i64 = 10;
+/// How late (seconds after its `created`) an event may appear in Stripe's list and still
+/// be read by the sweep after the one that read its neighbours.
+pub const LISTED_LATE_SECS: i64 = 3;
+const STALLED: Duration = Duration::from_secs(30);
 pub const LOOKBACK_SECS: i64 = 300;
 
 /// What one sweep read.
@@ -54,6 +61,12 @@ pub struct Swept {
 pub struct From {
     pub since: i64,
     pub after: Option<String>,
+    /// Earlier sweeps read everything created before this: the walk ends once its pages
+    /// reach older events. The overlap catches an event listed late; re-reading the whole
+    /// overlap every sweep would, at hundreds of events a second, cost tens of pages.
+    pub read_below: Option<i64>,
+    /// Events earlier sweeps read: the walk ends at a page holding one.
+    pub known: Arc<HashSet<String>>,
 }
 
 /// When to sweep and from where.
@@ -61,15 +74,16 @@ pub struct From {
 pub struct Cursor {
     every: Duration,
     next_at: Option<Instant>,
-    running: bool,
+    /// When the sweep reading now started.
+    running: Option<Instant>,
     /// The newest event's `created` seen so far.
     newest: Option<i64>,
     /// The list the last sweep did not finish, and where it stopped.
     resume: Option<From>,
     /// Where the sweep running now lists from.
     current: Option<From>,
-    /// Events acted on within `OVERLAP_SECS` of `newest`, by id.
-    acted: HashMap<String, i64>,
+    /// Events read within `OVERLAP_SECS` of `newest`, by id.
+    read: HashMap<String, i64>,
 }
 
 impl Cursor {
@@ -78,20 +92,23 @@ impl Cursor {
         Cursor {
             every,
             next_at: None,
-            running: false,
+            running: None,
             newest: None,
             resume: None,
             current: None,
-            acted: HashMap::new(),
+            read: HashMap::new(),
         }
     }
 
     /// Whether a sweep starts at `now`, and where it lists from.
     pub fn start(&mut self, now: Now) -> Option<From> {
-        if self.every.is_zero() || self.running || self.next_at.is_some_and(|t| now.mono < t) {
+        if self.every.is_zero()
+            || self.is_running(now.mono)
+            || self.next_at.is_some_and(|t| now.mono < t)
+        {
             return None;
         }
-        self.running = true;
+        self.running = Some(now.mono);
         let floor = now.wall.timestamp() - LOOKBACK_SECS;
         // A walk being continued may have started up to a lookback earlier; one older than
         // that is given up (a burst longer than the sweeps can read is the polls' to find).
@@ -100,15 +117,24 @@ impl Cursor {
             _ => From {
                 since: self.newest.map_or(floor, |n| (n - OVERLAP_SECS).max(floor)),
                 after: None,
+                read_below: self.newest.map(|n| n - LISTED_LATE_SECS),
+                known: Arc::new(self.read.keys().cloned().collect()),
             },
         };
         self.current = Some(from.clone());
         Some(from)
     }
 
-    /// Takes what a sweep read; returns the events not acted on before.
+    /// Whether a sweep is reading at `now`. One reading for longer than `STALLED` (its
+    /// calls time out long before) no longer holds polls back, whatever became of it.
+    pub fn is_running(&self, now: Instant) -> bool {
+        self.running
+            .is_some_and(|since| now.duration_since(since) < STALLED)
+    }
+
+    /// Takes what a sweep read; returns the events no earlier sweep read.
     pub fn finish(&mut self, swept: Swept, now: Now) -> Vec<IntentEvent> {
-        let since = self.current.take().map_or(0, |f| f.since);
+        let current = self.current.take();
         self.done(now);
         let Swept {
             events,
@@ -117,27 +143,27 @@ impl Cursor {
             ..
         } = swept;
         self.resume = match (truncated, last) {
-            (true, Some(after)) => Some(From {
-                since,
+            (true, Some(after)) => current.map(|c| From {
                 after: Some(after),
+                ..c
             }),
             _ => None,
         };
+        // In a burst the next page is worth a hundred polls: go on at once.
+        if self.resume.is_some() {
+            self.next_at = Some(now.mono);
+        }
         if let Some(max) = events.iter().map(|e| e.created).max() {
             self.newest = Some(self.newest.map_or(max, |n| n.max(max)));
         }
-        if let Some(n) = self.newest {
-            self.acted.retain(|_, created| *created >= n - OVERLAP_SECS);
-        }
-        events
+        let fresh: Vec<IntentEvent> = events
             .into_iter()
-            .filter(|e| !self.acted.contains_key(&e.id))
-            .collect()
-    }
-
-    /// `event` put a poll first: later sweeps skip it.
-    pub fn acted_on(&mut self, event: &IntentEvent) {
-        self.acted.insert(event.id.clone(), event.created);
+            .filter(|e| self.read.insert(e.id.clone(), e.created).is_none())
+            .collect();
+        if let Some(n) = self.newest {
+            self.read.retain(|_, created| *created >= n - OVERLAP_SECS);
+        }
+        fresh
     }
 
     /// A sweep that failed: the next one is due `every` later, from the same cursor (and,
@@ -148,7 +174,7 @@ impl Cursor {
     }
 
     fn done(&mut self, now: Now) {
-        self.running = false;
+        self.running = None;
         self.next_at = Some(now.mono + self.every);
     }
 }
@@ -173,11 +199,14 @@ pub async fn fetch<G: StripeGateway>(
         let page = stripe
             .intent_events(&TYPES, from.since, swept.last.as_deref())
             .await?;
+        let oldest = page.data.iter().map(|e| e.created).min();
+        let reached_known = page.data.iter().any(|e| from.known.contains(&e.id));
         swept.events.extend(page.data);
         if page.last.is_some() {
             swept.last = page.last;
         }
-        if !page.has_more || swept.last.is_none() {
+        let caught_up = from.read_below.zip(oldest).is_some_and(|(b, o)| o < b) || reached_known;
+        if !page.has_more || swept.last.is_none() || caught_up {
             return Ok(swept);
         }
         if swept.calls >= max_pages.max(1) {
@@ -221,8 +250,19 @@ mod tests {
         }
     }
 
-    fn from(since: i64) -> Option<From> {
-        Some(From { since, after: None })
+    /// Where a sweep lists from, without the ids it knows.
+    type Pos = (i64, Option<String>, Option<i64>);
+
+    fn pos(f: Option<From>) -> Option<Pos> {
+        f.map(|f| (f.since, f.after, f.read_below))
+    }
+
+    fn from(since: i64) -> Option<Pos> {
+        Some((since, None, None))
+    }
+
+    fn from_newest(newest: i64) -> Option<Pos> {
+        Some((newest - OVERLAP_SECS, None, Some(newest - LISTED_LATE_SECS)))
     }
 
     fn at(secs: i64, base: Instant) -> Now {
@@ -238,19 +278,27 @@ mod tests {
         let t0 = 1_800_000_000;
         let mut c = Cursor::new(Duration::from_secs(2));
         assert_eq!(
-            c.start(at(0, base)),
+            pos(c.start(at(0, base))),
             from(t0 - LOOKBACK_SECS),
             "first: the lookback"
         );
-        assert_eq!(c.start(at(1, base)), None, "one at a time");
+        assert_eq!(pos(c.start(at(1, base))), None, "one at a time");
         let fresh = c.finish(
             read(vec![event("evt_a", t0 - 5), event("evt_b", t0 - 1)]),
             at(1, base),
         );
         assert_eq!(fresh.len(), 2);
-        c.acted_on(&fresh[1]);
-        assert_eq!(c.start(at(2, base)), None, "not before the period");
-        assert_eq!(c.start(at(3, base)), from(t0 - 1 - OVERLAP_SECS));
+        assert_eq!(pos(c.start(at(2, base))), None, "not before the period");
+        let next = c.start(at(3, base)).unwrap();
+        assert_eq!(
+            next.known
+                .iter()
+                .map(String::as_str)
+                .collect::<HashSet<_>>(),
+            HashSet::from(["evt_a", "evt_b"]),
+            "its walk ends where the earlier one's began"
+        );
+        assert_eq!(pos(Some(next)), from_newest(t0 - 1));
         let fresh = c.finish(
             read(vec![event("evt_b", t0 - 1), event("evt_c", t0 + 2)]),
             at(3, base),
@@ -258,53 +306,41 @@ mod tests {
         assert_eq!(
             fresh.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
             ["evt_c"],
-            "what was acted on is skipped when the overlap reads it again"
+            "an event read before is handed on once"
         );
-        assert_eq!(
-            c.finish(read(vec![event("evt_a", t0 - 5)]), at(3, base))
-                .len(),
-            1,
-            "what was not acted on is looked at again (its payment may have arrived)"
-        );
-        c.start(at(4, base));
+        c.start(at(5, base));
         c.failed(at(5, base));
-        assert_eq!(c.start(at(6, base)), None);
+        assert_eq!(pos(c.start(at(6, base))), None);
         assert_eq!(
-            c.start(at(7, base)),
-            from(t0 + 2 - OVERLAP_SECS),
+            pos(c.start(at(7, base))),
+            from_newest(t0 + 2),
             "a failure keeps the cursor"
         );
         c.finish(read(Vec::new()), at(7, base));
         assert_eq!(
-            c.start(at(1_000, base)),
-            from(t0 + 1_000 - LOOKBACK_SECS),
+            c.start(at(1_000, base)).map(|f| f.since),
+            Some(t0 + 1_000 - LOOKBACK_SECS),
             "never further back than the lookback"
         );
-        assert_eq!(Cursor::new(Duration::ZERO).start(at(0, base)), None, "off");
+        assert!(
+            Cursor::new(Duration::ZERO).start(at(0, base)).is_none(),
+            "off"
+        );
     }
 
     #[test]
-    fn acted_ids_are_forgotten_once_out_of_the_overlap() {
+    fn read_ids_are_forgotten_once_out_of_the_overlap() {
         let base = Instant::now();
         let mut c = Cursor::new(Duration::from_secs(1));
         c.start(at(0, base));
         let all: Vec<IntentEvent> = (0..100)
             .map(|i| event(&format!("evt_{i}"), 1_800_000_000 - 100 + i))
             .collect();
-        for e in c.finish(read(all.clone()), at(0, base)) {
-            c.acted_on(&e);
-        }
-        // The next sweep lists from the newest less the overlap.
-        let since = c.start(at(1, base)).unwrap().since;
-        let listed: Vec<IntentEvent> = all.into_iter().filter(|e| e.created >= since).collect();
-        assert_eq!(listed.len(), usize::try_from(OVERLAP_SECS).unwrap() + 1);
-        assert!(
-            c.finish(read(listed), at(1, base)).is_empty(),
-            "all acted on"
-        );
-        c.start(at(2, base));
-        c.finish(read(vec![event("evt_new", 1_800_000_100)]), at(2, base));
-        assert!(c.acted.is_empty(), "all older than the overlap");
+        assert_eq!(c.finish(read(all.clone()), at(0, base)).len(), 100);
+        assert_eq!(c.read.len(), usize::try_from(OVERLAP_SECS).unwrap() + 1);
+        c.start(at(1, base));
+        c.finish(read(vec![event("evt_new", 1_800_000_100)]), at(1, base));
+        assert_eq!(c.read.len(), 1, "all older than the overlap");
     }
 
     /// A sweep that stopped at its page limit is gone on with by the next one, from the
@@ -324,23 +360,19 @@ mod tests {
             },
             at(0, base),
         );
+        let again = Some((first.since, Some("evt_8".to_owned()), first.read_below));
         assert_eq!(
-            c.start(at(1, base)),
-            Some(From {
-                since: first.since,
-                after: Some("evt_8".into())
-            })
+            pos(c.start(at(0, base))),
+            again,
+            "at once, without waiting for the period"
         );
         c.failed(at(1, base));
         assert_eq!(
-            c.start(at(2, base)),
-            Some(From {
-                since: first.since,
-                after: Some("evt_8".into())
-            }),
+            pos(c.start(at(2, base))),
+            again,
             "a failed continuation is tried again from the same place"
         );
         c.finish(read(vec![event("evt_1", t0 - 200)]), at(2, base));
-        assert_eq!(c.start(at(3, base)), from(t0 - 1 - OVERLAP_SECS));
+        assert_eq!(pos(c.start(at(3, base))), from_newest(t0 - 1));
     }
 }

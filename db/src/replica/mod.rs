@@ -507,3 +507,56 @@ pub async fn refund_books(
     tx.commit().await?;
     Ok(RefundBooks { refunds, payments })
 }
+
+/// The pending backlog of one table (payments or refunds), as `paystream exporter`
+/// shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    /// Age of the oldest pending row not flagged for an operator; `None` when there is
+    /// none.
+    pub oldest_pending: Option<Duration>,
+    /// Pending, unflagged rows older than the `stuck_after` asked for.
+    pub stuck: u64,
+    /// Rows flagged for an operator, whatever their status: a flag such as
+    /// `charged_after_cancel` sits on a final row, and it waits all the same.
+    pub needing_attention: u64,
+}
+
+/// The payments' and refunds' backlogs, in one statement (one snapshot, one replica even
+/// behind nginx). Ages are by the replica's clock against the primary's `created_at`.
+pub async fn backlogs(
+    replica: &Replica,
+    stuck_after: Duration,
+) -> Result<(Backlog, Backlog), DbError> {
+    let client = replica.client().await?;
+    let row = client
+        .query_one(
+            "SELECT
+               (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM payments
+                WHERE status = 'pending' AND attention IS NULL),
+               (SELECT count(*) FROM payments WHERE status = 'pending' AND attention IS NULL
+                AND created_at < now() - $1::float8 * interval '1 second'),
+               (SELECT count(*) FROM payments WHERE attention IS NOT NULL),
+               (SELECT extract(epoch FROM now() - min(created_at))::float8 FROM refunds
+                WHERE status = 'pending' AND attention IS NULL),
+               (SELECT count(*) FROM refunds WHERE status = 'pending' AND attention IS NULL
+                AND created_at < now() - $1::float8 * interval '1 second'),
+               (SELECT count(*) FROM refunds WHERE attention IS NOT NULL)",
+            &[&stuck_after.as_secs_f64()],
+        )
+        .await?;
+    let backlog = |at: usize| -> Result<Backlog, DbError> {
+        let count = |i: usize| -> Result<u64, DbError> {
+            Ok(u64::try_from(row.try_get::<_, i64>(i)?).unwrap_or(0))
+        };
+        Ok(Backlog {
+            // A clock step between primary and replica can make a fresh row look unborn.
+            oldest_pending: row
+                .try_get::<_, Option<f64>>(at)?
+                .map(|s| Duration::try_from_secs_f64(s).unwrap_or_default()),
+            stuck: count(at + 1)?,
+            needing_attention: count(at + 2)?,
+        })
+    };
+    Ok((backlog(0)?, backlog(3)?))
+}

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use paystream_core::gateway::GatewayError;
+use paystream_core::gateway::{GatewayError, IntentEvent};
 use paystream_core::ratelimit::TokenBucket;
 use uuid::Uuid;
 
@@ -40,6 +40,10 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(500);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const REJOIN_AFTER: Duration = Duration::from_secs(20);
 pub const REJOIN_AT_MOST_EVERY: Duration = Duration::from_secs(600);
+/// How long, and how many, swept events about payments not yet held are kept for their
+/// rows to arrive: CDC is behind by well under a second, or seconds under a burst.
+const EARLY_FOR: chrono::Duration = chrono::Duration::minutes(2);
+const EARLY_MAX: usize = 20_000;
 
 /// The two clocks the engine reads: monotonic for rates and pauses, wall for the poll
 /// schedule (which is anchored to the payments' `created_at`).
@@ -276,6 +280,8 @@ pub struct Engine {
     undecodable_run: u32,
     rejoin: Rejoin,
     sweep: sweep::Cursor,
+    /// Swept events about payments not held when read, by payment (see `act`).
+    early: HashMap<Uuid, (IntentEvent, DateTime<Utc>)>,
     /// Final statuses sweeps read, applied as poll slots free up (they need no token).
     swept: std::collections::VecDeque<SweptStatus>,
     /// Pages one sweep may read: at most half of the instance's share of the rate over a
@@ -308,6 +314,7 @@ impl Engine {
             rejoin: Rejoin::new(REJOIN_AFTER, REJOIN_AT_MOST_EVERY),
             sweep: sweep::Cursor::new(Duration::from_millis(poll_cfg.sweep_every_ms)),
             swept: std::collections::VecDeque::new(),
+            early: HashMap::new(),
             sweep_pages: 1,
             draining: false,
             committed: false,
@@ -343,7 +350,7 @@ impl Engine {
                 partition,
                 offset,
                 change,
-            } => self.record(partition, offset, change, &mut out),
+            } => self.record(partition, offset, change, now, &mut out),
             Event::Delivered { delivery, result } => {
                 self.delivered(delivery, result, &mut out);
                 self.finish_if_drained(&mut out);
@@ -399,6 +406,7 @@ impl Engine {
         partition: i32,
         offset: i64,
         change: Result<Change, DecodeError>,
+        now: Now,
         out: &mut Vec<Command>,
     ) {
         let Some(state) = self.states.get_mut(&partition) else {
@@ -438,6 +446,11 @@ impl Engine {
             effect,
             commit_ts_ms: change.commit_ts_ms(),
         }));
+        if matches!(effect, Effect::Added | Effect::Updated)
+            && let Some((e, _)) = self.early.remove(&change.id())
+        {
+            self.act(change.id(), e, now);
+        }
         match change.final_transition() {
             Some(update) => {
                 let delivery = self.unconfirmed.wait(partition, offset, self.epoch);
@@ -537,7 +550,9 @@ impl Engine {
                 out.push(Command::ApplySwept(s));
             }
         }
-        if self.limiter.paused(now.mono) {
+        // A sweep's page serves up to a hundred payments, a poll one: while a sweep reads,
+        // its pages get the tokens (at most half of a period's, see `sweep_pages`).
+        if self.limiter.paused(now.mono) || self.sweep.is_running(now.mono) {
             return;
         }
         while self.polls_in_flight < self.poll_cfg.max_in_flight {
@@ -616,6 +631,8 @@ impl Engine {
         let fresh = self.sweep.finish(swept, now);
         let events = fresh.len();
         let mut nudged = 0;
+        self.early
+            .retain(|_, (_, seen)| now.wall - *seen < EARLY_FOR);
         for e in fresh {
             let Some(id) = e
                 .intent
@@ -625,32 +642,8 @@ impl Engine {
             else {
                 continue;
             };
-            let held = self.states.iter_mut().find_map(|(partition, state)| {
-                let p = state.get(&id)?;
-                p.intent
-                    .as_deref()
-                    .is_none_or(|pi| pi == e.intent.id)
-                    .then_some((*partition, state))
-            });
-            let Some((partition, state)) = held else {
-                continue;
-            };
-            self.sweep.acted_on(&e);
-            nudged += 1;
-            if e.intent.status().is_some_and(|s| s.is_final()) {
-                tracing::info!(payment_id = %id, event = %e.id, stripe_status = %e.intent.stripe_status, "final at stripe: applied from the event sweep");
-                // Its scheduled poll would only find it final: pushed back while the
-                // change reaches the state through CDC.
-                state.reschedule(id, now.wall + chrono::Duration::seconds(60), &self.schedule);
-                self.swept.push_back(SweptStatus {
-                    partition,
-                    id,
-                    event: e.id,
-                    intent: e.intent,
-                });
-            } else {
-                tracing::info!(payment_id = %id, event = %e.id, stripe_status = %e.intent.stripe_status, "moved at stripe: polled first");
-                state.nudge(id, now.wall);
+            if self.act(id, e, now) {
+                nudged += 1;
             }
         }
         if truncated {
@@ -665,6 +658,42 @@ impl Engine {
             nudged,
             truncated,
         }));
+    }
+
+    /// Acts on a swept event about payment `id`: a final status is queued to be applied,
+    /// anything else puts the payment's poll first. An event about a payment not held (yet:
+    /// its row may reach the state through CDC after Stripe moved it) is kept a while, for
+    /// `record` to act on when the row arrives. Returns whether it acted.
+    fn act(&mut self, id: Uuid, e: IntentEvent, now: Now) -> bool {
+        let held = self.states.iter_mut().find_map(|(partition, state)| {
+            let p = state.get(&id)?;
+            p.intent
+                .as_deref()
+                .is_none_or(|pi| pi == e.intent.id)
+                .then_some((*partition, state))
+        });
+        let Some((partition, state)) = held else {
+            if self.early.len() < EARLY_MAX {
+                self.early.insert(id, (e, now.wall));
+            }
+            return false;
+        };
+        if e.intent.status().is_some_and(|s| s.is_final()) {
+            tracing::info!(payment_id = %id, event = %e.id, stripe_status = %e.intent.stripe_status, "final at stripe: applied from the event sweep");
+            // Its scheduled poll would only find it final: pushed back while the change
+            // reaches the state through CDC.
+            state.reschedule(id, now.wall + chrono::Duration::seconds(60), &self.schedule);
+            self.swept.push_back(SweptStatus {
+                partition,
+                id,
+                event: e.id,
+                intent: e.intent,
+            });
+        } else {
+            tracing::info!(payment_id = %id, event = %e.id, stripe_status = %e.intent.stripe_status, "moved at stripe: polled first");
+            state.nudge(id, now.wall);
+        }
+        true
     }
 
     fn poll_done(&mut self, partition: i32, id: Uuid, answer: PollAnswer, now: Now) {

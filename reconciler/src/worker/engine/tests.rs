@@ -320,6 +320,8 @@ fn a_dead_letter_holds_the_offsets_behind_it_until_confirmed() {
 #[test]
 fn polls_start_within_the_rate() {
     let cfg = PollConfig {
+        // Polls alone: a sweep in flight holds them back (tested below).
+        sweep_every_ms: 0,
         rate_per_sec: 2,
         burst: 2,
         max_in_flight: 100,
@@ -348,6 +350,8 @@ fn polls_start_within_the_rate() {
 #[test]
 fn polls_pause_after_a_429_for_twice_as_long_each_time() {
     let cfg = PollConfig {
+        // Polls alone: a sweep in flight holds them back (tested below).
+        sweep_every_ms: 0,
         rate_per_sec: 1000,
         burst: 1000,
         max_in_flight: 1,
@@ -396,6 +400,8 @@ fn polls_pause_after_a_429_for_twice_as_long_each_time() {
 #[test]
 fn polls_in_flight_are_bounded_and_each_answer_lets_one_more_start() {
     let cfg = PollConfig {
+        // Polls alone: a sweep in flight holds them back (tested below).
+        sweep_every_ms: 0,
         max_in_flight: 2,
         ..PollConfig::default()
     };
@@ -1015,4 +1021,89 @@ fn sweep_pages_follow_the_instances_share_of_the_rate() {
     };
     let mut e = holding_due(capped, 3, t0);
     assert_eq!(pages(&e.step(Event::Tick, t0)), 3);
+}
+
+/// While a sweep reads, its pages get the tokens and no poll starts; once it is back (or
+/// stalled past any call's timeout), polls start again.
+#[test]
+fn polls_wait_while_a_sweep_reads() {
+    let cfg = PollConfig {
+        max_in_flight: 4,
+        rate_per_sec: 1000,
+        burst: 1000,
+        ..PollConfig::default()
+    };
+    let t0 = now0();
+    let mut e = holding_due(cfg, 50, t0);
+    let first = e.step(Event::Tick, t0);
+    assert_eq!(
+        (sweeps(&first).len(), polls(&first)),
+        (1, 4),
+        "polls first, then the sweep"
+    );
+    let t1 = t0.after(Duration::from_millis(500));
+    for _ in 0..4 {
+        assert_eq!(polls(&e.step(Event::PollLost, t1)), 0, "the sweep reads");
+    }
+    assert_eq!(polls(&e.step(Event::Tick, t1)), 0, "the sweep reads");
+    let done = Swept {
+        events: Vec::new(),
+        calls: 1,
+        truncated: false,
+        last: None,
+    };
+    assert_eq!(
+        polls(&e.step(Event::Swept(Ok(done)), t1)),
+        4,
+        "back to polls"
+    );
+
+    let mut stalled = holding_due(cfg, 50, t0);
+    stalled.step(Event::Tick, t0);
+    for _ in 0..4 {
+        stalled.step(Event::PollLost, t0);
+    }
+    assert_eq!(
+        polls(&stalled.step(Event::Tick, t0.after(Duration::from_secs(29)))),
+        0
+    );
+    assert!(
+        polls(&stalled.step(Event::Tick, t0.after(Duration::from_secs(31)))) > 0,
+        "a sweep that never came back no longer holds polls"
+    );
+}
+
+/// An event about a payment whose row has not reached the state yet (CDC behind Stripe)
+/// is acted on when the row arrives.
+#[test]
+fn an_event_ahead_of_its_row_is_acted_on_when_the_row_arrives() {
+    let t0 = now0();
+    let mut e = holding(PollConfig::default(), vec![handed(0)], 1, t0);
+    e.step(Event::Tick, t0);
+    let id = Uuid::now_v7();
+    let event = moved(id, &format!("pi_{id}"), "evt_early", "succeeded");
+    let swept = Swept {
+        events: vec![event],
+        calls: 1,
+        truncated: false,
+        last: None,
+    };
+    let cmds = e.step(Event::Swept(Ok(swept)), t0);
+    assert!(!cmds.iter().any(|c| matches!(c, Command::ApplySwept(_))));
+    let mut r = row(id, "pending", wall0());
+    r.stripe_payment_intent_id = Some(format!("pi_{id}"));
+    let change = Ok(Change::Upsert {
+        row: r,
+        before_status: None,
+        snapshot: false,
+        lsn: 1,
+        commit_ts_ms: 1,
+    });
+    e.step(record(0, 5, change), t0);
+    let cmds = e.step(Event::Tick, t0.after(Duration::from_millis(30)));
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::ApplySwept(s) if s.id == id && s.event == "evt_early")),
+        "{cmds:?}"
+    );
 }
