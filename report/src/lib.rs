@@ -136,7 +136,7 @@ pub async fn run<G: StripeGateway + StripeReporting>(
     })
     .await?;
     let now = Utc::now();
-    let mut classified = classify(
+    let classified = classify(
         &ours,
         &theirs,
         classify::Rules {
@@ -145,35 +145,15 @@ pub async fn run<G: StripeGateway + StripeReporting>(
             grace: s.grace,
         },
     );
-    let flagged = replica::flagged_outside(replica, s.since, s.until).await?;
-    let orphaned = replica::orphaned_events(replica).await?;
-    add_operator_items(&mut classified, &flagged, &orphaned);
-    progress(step("Stripe's refunds"));
-    let refunds = source::refunds(replica, stripe, s.since, s.until, s.stripe_rate).await?;
-    classify_refunds(
-        &mut classified,
-        &refunds.ours,
-        &refunds.theirs,
-        &refunds.payments,
-        now,
-        s.stuck_after,
-    );
-    Ok(Report {
-        since: s.since,
-        until: s.until,
-        generated_at: now,
+    let payments = Payments {
         data_as_of,
-        stuck_after_secs: s.stuck_after.num_seconds(),
-        grace_secs: s.grace.num_seconds(),
-        payments: ours.len(),
+        count: ours.len(),
         stripe_source: list_source(),
         stripe_intents: theirs.len(),
         balance_changes: 0,
-        refunds: refunds.ours.len(),
-        stripe_refunds: refunds.theirs.len(),
-        classified,
         timeline: classify::timeline(&ours, s.since, s.until, 24),
-    })
+    };
+    finish(replica, stripe, s, now, classified, payments, progress).await
 }
 
 /// A large window: Stripe's captures from a report run, ours streamed (see `bulk`); the
@@ -229,7 +209,38 @@ async fn run_bulk<G: StripeGateway>(
         payments += tail.len();
         stripe_intents += theirs.len();
     }
-    let mut classified = tally.finish();
+    let payments = Payments {
+        data_as_of: c.data_as_of,
+        count: payments,
+        stripe_source: "report_run".into(),
+        stripe_intents,
+        balance_changes: c.rows,
+        timeline: timeline.finish(),
+    };
+    finish(replica, stripe, s, now, tally.finish(), payments, progress).await
+}
+
+/// The payments' side of a report, however Stripe's was read.
+struct Payments {
+    data_as_of: Option<DateTime<Utc>>,
+    count: usize,
+    stripe_source: String,
+    stripe_intents: usize,
+    balance_changes: u64,
+    timeline: Vec<classify::Bucket>,
+}
+
+/// What every report adds to its payments, whatever the window's size: flagged payments,
+/// orphaned events and the refunds.
+async fn finish<G: StripeGateway>(
+    replica: &Replica,
+    stripe: &G,
+    s: &Settings,
+    now: DateTime<Utc>,
+    mut classified: Classified,
+    payments: Payments,
+    mut progress: impl FnMut(Progress),
+) -> Result<Report, SourceError> {
     let flagged = replica::flagged_outside(replica, s.since, s.until).await?;
     let orphaned = replica::orphaned_events(replica).await?;
     add_operator_items(&mut classified, &flagged, &orphaned);
@@ -250,17 +261,17 @@ async fn run_bulk<G: StripeGateway>(
         since: s.since,
         until: s.until,
         generated_at: now,
-        data_as_of: c.data_as_of,
+        data_as_of: payments.data_as_of,
         stuck_after_secs: s.stuck_after.num_seconds(),
         grace_secs: s.grace.num_seconds(),
-        payments,
-        stripe_source: "report_run".into(),
-        stripe_intents,
-        balance_changes: c.rows,
+        payments: payments.count,
+        stripe_source: payments.stripe_source,
+        stripe_intents: payments.stripe_intents,
+        balance_changes: payments.balance_changes,
         refunds: refunds.ours.len(),
         stripe_refunds: refunds.theirs.len(),
         classified,
-        timeline: timeline.finish(),
+        timeline: payments.timeline,
     })
 }
 
