@@ -7,11 +7,13 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # libssl-dev and pkg-config: librdkafka is built with TLS (and so SASL SCRAM) against
-# the system OpenSSL; openssl makes the stack's CA and certificates. prometheus: its
-# promtool checks and unit-tests the alert rules in monitoring/ (testkit's alert_rules
-# test); the package's own service is not started (no systemd here).
+# the system OpenSSL; openssl makes the stack's CA and certificates. prometheus and
+# prometheus-alertmanager run in the stack (monitoring/monitoring.sh), and promtool checks
+# and unit-tests the alert rules (testkit's alert_rules test); the packages' own services
+# are not started (no systemd here).
 APT_PACKAGES=(postgresql-15 postgresql-client-15 nginx libnginx-mod-stream libjetty9-java
-    jq curl gettext-base python3-venv libssl-dev pkg-config openssl prometheus)
+    jq curl gettext-base python3-venv libssl-dev pkg-config openssl prometheus
+    prometheus-alertmanager)
 command -v java >/dev/null || APT_PACKAGES+=(openjdk-17-jre-headless)
 
 install_apt() {

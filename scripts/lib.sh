@@ -36,6 +36,10 @@ export API_2_PORT=${API_2_PORT:-8102}
 export WEBHOOK_PORT=${WEBHOOK_PORT:-8201}
 export RECONCILER_PORT=${RECONCILER_PORT:-8301}
 export STRIPE_SIM_PORT=${STRIPE_SIM_PORT:-12111}
+# Monitoring (monitoring/monitoring.sh): Prometheus, Alertmanager, `paystream exporter`.
+export PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
+export ALERTMANAGER_PORT=${ALERTMANAGER_PORT:-9093}
+export EXPORTER_PORT=${EXPORTER_PORT:-9187}
 
 export TANSU_VERSION=0.6.0
 export TANSU_BIN=$PAYSTREAM_CACHE/tansu-$TANSU_VERSION/bin/tansu
@@ -181,6 +185,10 @@ load_secrets() {
             } >"$f"
         )
     fi
+    # Added after the first stacks were made: their secrets.env gains it on the next `up`.
+    # Only docker-compose.yml's Grafana reads it (secrets.env serves as compose's .env).
+    grep -q '^GRAFANA_ADMIN_PASSWORD=' "$f" ||
+        echo "GRAFANA_ADMIN_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr '+/' 'xy')" >>"$f"
     set -a
     # shellcheck disable=SC1090
     . "$f"

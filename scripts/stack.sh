@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole local stack, in dependency order:
 #   postgres primary + 2 replicas -> migrations -> tansu -> Kafka Connect (Debezium)
-#   -> api x2, webhook, reconciler -> nginx
+#   -> api x2, webhook, reconciler -> nginx -> exporter, Alertmanager, Prometheus
 #
 #   stack.sh up [--no-demo]   install what is missing, start everything, wait until healthy,
 #                             write .stack/env, print where everything is (and run the demo)
@@ -183,6 +183,9 @@ API_1_URL=http://127.0.0.1:$API_1_PORT
 API_2_URL=http://127.0.0.1:$API_2_PORT
 WEBHOOK_URL=http://127.0.0.1:$WEBHOOK_PORT
 RECONCILER_URL=http://127.0.0.1:$RECONCILER_PORT
+PROMETHEUS_URL=http://127.0.0.1:$PROMETHEUS_PORT
+ALERTMANAGER_URL=http://127.0.0.1:$ALERTMANAGER_PORT
+EXPORTER_URL=http://127.0.0.1:$EXPORTER_PORT
 STACK_DIR=$STACK_DIR
 EOF
     # Only a sim stack has stripe-sim (and its /_sim control endpoints).
@@ -219,8 +222,10 @@ up() {
         start_service "$s" 9>&-
     done
     "$ROOT/nginx/nginx.sh" up 9>&-
-    flock -u 9
     write_env
+    # Reads .stack/env: it watches the stack as an operator would.
+    "$ROOT/monitoring/monitoring.sh" up 9>&-
+    flock -u 9
     status
     log "environment for clients and tests: $STACK_DIR/env"
     if [ "$STRIPE" = real ]; then
@@ -231,6 +236,7 @@ up() {
 
 down() {
     mkdir -p "$STACK_DIR"
+    "$ROOT/monitoring/monitoring.sh" down
     "$ROOT/nginx/nginx.sh" down
     for s in "${SERVICES[@]}"; do stop_pid "$s"; done
     "$ROOT/debezium/connect.sh" stop-watch
@@ -260,6 +266,7 @@ status() {
         printf '  %-19s %-15s %s\n' "$s" "127.0.0.1:$port" "$state"
     done
     "$ROOT/nginx/nginx.sh" status
+    "$ROOT/monitoring/monitoring.sh" status
     if [ "$stripe" = real ]; then
         printf '  %-19s %s\n' stripe "Stripe test mode at $stripe_base (STRIPE=real); its webhooks: stripe listen --forward-to http://127.0.0.1:$NGINX_HTTP_PORT/webhook/stripe"
     else

@@ -9,7 +9,12 @@ use paystream_service::{OnExit, Service, load_config};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg: ApiConfig = load_config()?;
-    let service = Service::start("api", &cfg.database, cfg.log_format)?;
+    let service = Service::start(
+        "api",
+        env!("CARGO_PKG_VERSION"),
+        &cfg.database,
+        cfg.log_format,
+    )?;
     let state = AppState::new(service.primary.clone(), &cfg, service.metrics.clone())?;
     if cfg.analytics.refresh_ms > 0 {
         let every = std::time::Duration::from_millis(cfg.analytics.refresh_ms);

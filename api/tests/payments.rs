@@ -557,7 +557,7 @@ async fn an_instance_exposes_prometheus_metrics_and_request_ids() {
         .unwrap();
     for needle in [
         "http_requests_total{route=\"/v1/payments\",method=\"POST\",status=\"201\"}",
-        "http_request_duration_seconds_bucket{route=\"/v1/payments\",method=\"POST\",le=\"+Inf\"}",
+        "http_request_duration_seconds_bucket{le=\"+Inf\",route=\"/v1/payments\",method=\"POST\"}",
         "stripe_calls_total{operation=\"create_intent\",outcome=\"created\"}",
         "db_pool_connections ",
     ] {

@@ -25,7 +25,7 @@ pub enum StackError {
 }
 
 /// Ports of the chaos stack: the development stack's, moved out of its way.
-const PORTS: [(&str, &str); 13] = [
+const PORTS: [(&str, &str); 16] = [
     ("PG_PRIMARY_PORT", "6533"),
     ("PG_REPLICA1_PORT", "6534"),
     ("PG_REPLICA2_PORT", "6535"),
@@ -38,6 +38,9 @@ const PORTS: [(&str, &str); 13] = [
     ("WEBHOOK_PORT", "9201"),
     ("RECONCILER_PORT", "9301"),
     ("STRIPE_SIM_PORT", "13111"),
+    ("PROMETHEUS_PORT", "19090"),
+    ("ALERTMANAGER_PORT", "19093"),
+    ("EXPORTER_PORT", "19187"),
     ("CDC_PARTITIONS", "4"),
 ];
 

@@ -20,6 +20,12 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use paystream_db::{Primary, Replica};
 use paystream_reconciler::config::{KafkaConfig, KafkaConfigError};
+use paystream_service::metrics::{ProcessCollector, register_build_info};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
@@ -163,55 +169,37 @@ fn flag(b: bool) -> f64 {
     if b { 1.0 } else { 0.0 }
 }
 
-/// The text exposition format (0.0.4): every metric is a gauge; HELP and TYPE once per
-/// metric, before its samples, in `METRICS` order; metrics without samples are left out.
-pub fn render(samples: &[Sample]) -> String {
-    let mut out = String::new();
-    for (name, help) in METRICS {
-        let mut mine = samples.iter().filter(|s| s.name == *name).peekable();
-        if mine.peek().is_none() {
-            continue;
-        }
-        out.push_str(&format!("# HELP {name} {}\n", escape_help(help)));
-        out.push_str(&format!("# TYPE {name} gauge\n"));
-        for s in mine {
-            out.push_str(name);
-            if !s.labels.is_empty() {
-                out.push('{');
-                for (i, (k, v)) in s.labels.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&format!("{k}=\"{}\"", escape_label(v)));
-                }
-                out.push('}');
+/// The samples of one scrape, as a `prometheus-client` collector: every metric is a
+/// gauge; HELP and TYPE once per metric, before its samples, in `METRICS` order; metrics
+/// without samples are left out.
+#[derive(Debug)]
+struct Scraped(Vec<Sample>);
+
+impl Collector for Scraped {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        for (name, help) in METRICS {
+            let mut mine = self.0.iter().filter(|s| s.name == *name).peekable();
+            if mine.peek().is_none() {
+                continue;
             }
-            out.push(' ');
-            out.push_str(&number(s.value));
-            out.push('\n');
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for s in mine {
+                ConstGauge::new(s.value).encode(metric.encode_family(&s.labels)?)?;
+            }
         }
+        Ok(())
+    }
+}
+
+/// The text exposition format (0.0.4) of `samples` after what `registry` holds.
+fn render_with(mut registry: Registry, samples: &[Sample]) -> String {
+    registry.register_collector(Box::new(Scraped(samples.to_vec())));
+    let mut out = String::new();
+    if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+        // Only a failing writer errs, and a String's never does.
+        eprintln!("exporter: encoding metrics failed: {e}");
     }
     out
-}
-
-fn escape_help(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-fn escape_label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn number(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".to_owned()
-    } else if v.is_infinite() {
-        if v.is_sign_positive() { "+Inf" } else { "-Inf" }.to_owned()
-    } else {
-        v.to_string()
-    }
 }
 
 /// Runs the exporter until Ctrl-C.
@@ -270,10 +258,15 @@ pub async fn run(args: ExporterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The scrape's samples, and the exporter's own build and process. The Prometheus text
+/// format rather than OpenMetrics: every sample is a gauge, so nothing is lost.
 async fn metrics(State(exporter): State<Arc<Exporter>>) -> impl IntoResponse {
+    let mut registry = Registry::default();
+    register_build_info(&mut registry, "exporter", env!("CARGO_PKG_VERSION"));
+    registry.register_collector(Box::new(ProcessCollector));
     (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        render(&exporter.scrape().await),
+        [(CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
+        render_with(registry, &exporter.scrape().await),
     )
 }
 
@@ -699,6 +692,11 @@ fn committed(
 mod tests {
     use super::*;
 
+    /// The text exposition format (0.0.4) of `samples` alone.
+    fn render(samples: &[Sample]) -> String {
+        render_with(Registry::default(), samples)
+    }
+
     #[test]
     fn help_and_type_once_per_metric_in_order() {
         let text = render(&[
@@ -714,11 +712,11 @@ mod tests {
             text,
             "# HELP paystream_connect_up Whether Kafka Connect's REST API answered the list of connectors (1) or not (0).\n\
              # TYPE paystream_connect_up gauge\n\
-             paystream_connect_up 0\n\
+             paystream_connect_up 0.0\n\
              # HELP paystream_exporter_source_up Whether everything the exporter reads from the source was read within its timeout (1) or not (0).\n\
              # TYPE paystream_exporter_source_up gauge\n\
-             paystream_exporter_source_up{source=\"kafka\"} 1\n\
-             paystream_exporter_source_up{source=\"connect\"} 0\n"
+             paystream_exporter_source_up{source=\"kafka\"} 1.0\n\
+             paystream_exporter_source_up{source=\"connect\"} 0.0\n"
         );
     }
 
@@ -731,7 +729,7 @@ mod tests {
         )]);
         assert!(
             text.contains(
-                "paystream_connect_task_running{connector=\"a\\\"b\\\\c\\nd\",task=\"0\"} 1\n"
+                "paystream_connect_task_running{connector=\"a\\\"b\\\\c\\nd\",task=\"0\"} 1.0\n"
             ),
             "{text}"
         );
@@ -739,12 +737,17 @@ mod tests {
 
     #[test]
     fn numbers_as_prometheus_reads_them() {
-        assert_eq!(number(0.0), "0");
-        assert_eq!(number(1_038_328.0), "1038328");
-        assert_eq!(number(0.001282), "0.001282");
-        assert_eq!(number(f64::INFINITY), "+Inf");
-        assert_eq!(number(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(number(f64::NAN), "NaN");
+        let value = |v: f64| {
+            let text = render(&[sample("paystream_pg_replica_lag_seconds", &[], v)]);
+            let line = text.lines().last().unwrap_or_default().to_owned();
+            line.rsplit_once(' ').unwrap().1.to_owned()
+        };
+        assert_eq!(value(0.0), "0.0");
+        assert_eq!(value(1_038_328.0), "1038328.0");
+        assert_eq!(value(0.001282), "0.001282");
+        assert_eq!(value(f64::INFINITY), "+Inf");
+        assert_eq!(value(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(value(f64::NAN), "NaN");
     }
 
     #[derive(clap::Parser)]

@@ -20,7 +20,12 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg: ReconcilerConfig = load_config()?;
     // A property that may not be set stops the start, not the first consumer.
     cfg.kafka.client_config()?;
-    let service = Service::start("reconciler", &cfg.database, cfg.log_format)?;
+    let service = Service::start(
+        "reconciler",
+        env!("CARGO_PKG_VERSION"),
+        &cfg.database,
+        cfg.log_format,
+    )?;
     let replica = Replica::new(&cfg.replica.url, cfg.replica.max_connections as usize)?;
     let stripe = Arc::new(Counted::new(cfg.stripe.gateway()?, service.metrics.clone()));
     // Before any worker publishes: every status message carries its schema's id.

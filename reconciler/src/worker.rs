@@ -132,6 +132,7 @@ impl<G: StripeGateway + 'static> Worker<G> {
         metrics: Arc<Metrics>,
         budget: engine::StripeBudget,
     ) -> Result<Self, WorkerError> {
+        telemetry::zero(&metrics);
         Ok(Worker {
             kafka: cfg.kafka.clone(),
             rules: cfg.poll.rules(),

@@ -196,7 +196,7 @@ async fn prometheus(State(h): State<Health>) -> impl IntoResponse {
         ),
     ];
     (
-        [("content-type", "text/plain; version=0.0.4")],
+        [("content-type", crate::metrics::CONTENT_TYPE)],
         h.metrics.render(&gauges),
     )
 }
@@ -292,7 +292,10 @@ mod tests {
     use tower::ServiceExt;
 
     fn app(runtime: Option<Runtime>) -> Router {
-        let metrics = Arc::new(Metrics::default());
+        app_with(runtime, Arc::new(Metrics::default()))
+    }
+
+    fn app_with(runtime: Option<Runtime>, metrics: Arc<Metrics>) -> Router {
         Health {
             service: "test",
             instance: "test-1".into(),
@@ -369,6 +372,80 @@ mod tests {
             .await
             .unwrap();
         serde_json::from_slice(&body).unwrap()
+    }
+
+    /// The values of `label` in the series of `metric`.
+    fn label_values(text: &str, metric: &str, label: &str) -> std::collections::BTreeSet<String> {
+        let key = format!("{label}=\"");
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{")))
+            .filter_map(|l| Some(l.split(&key).nth(1)?.split('"').next()?.to_owned()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn raw_paths_and_invented_methods_add_no_label_values() {
+        let metrics = Arc::new(Metrics::default());
+        let app = app_with(None, metrics.clone());
+        let send = |method: &str, path: String| {
+            let req = axum::http::Request::builder()
+                .method(Method::from_bytes(method.as_bytes()).unwrap())
+                .uri(path)
+                .body(Body::empty())
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+        send("GET", "/hello".into()).await.unwrap();
+        // Paths as anyone may send them: ids, traversal, encoded bytes, near misses.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..300 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let path = match i % 5 {
+                0 => format!("/{seed:x}"),
+                1 => format!("/hello/{seed}"),
+                2 => format!("/v1/payments/{seed:x}/../%2e%2e/{i}"),
+                3 => format!("/hello%20{seed}?q={seed}"),
+                _ => format!("/health/{seed:o}/x"),
+            };
+            let method = ["GET", "POST", "BREW", "PROPFIND", "X-EVIL", "get"][i % 6];
+            send(method, path).await.unwrap();
+        }
+        let res = send("SPACEJUMP", "/hello".into()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let text = metrics.render(&[]);
+        for metric in [
+            "http_requests_total",
+            "http_request_duration_seconds_bucket",
+        ] {
+            let routes = label_values(&text, metric, "route");
+            assert_eq!(
+                routes.iter().map(String::as_str).collect::<Vec<_>>(),
+                ["/hello", "unmatched"],
+                "{metric}: {text}"
+            );
+            let methods = label_values(&text, metric, "method");
+            assert_eq!(
+                methods.iter().map(String::as_str).collect::<Vec<_>>(),
+                ["GET", "POST", "other"],
+                "{metric}: {text}"
+            );
+        }
+        let statuses = label_values(&text, "http_requests_total", "status");
+        assert!(statuses.len() <= 3, "{statuses:?}");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_as_openmetrics() {
+        let res = call(app(None), "/metrics", None).await;
+        assert_eq!(res.headers()["content-type"], crate::metrics::CONTENT_TYPE);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("\ndb_pool_connections 0\n"), "{text}");
     }
 
     #[test]

@@ -55,15 +55,17 @@ pub struct Service {
 
 impl Service {
     /// Starts logging and opens the primary's pool lazily: the process starts (and says
-    /// it is unready) while the primary is down.
+    /// it is unready) while the primary is down. `version` is the deployable's own
+    /// (`env!("CARGO_PKG_VERSION")` in its crate), for `paystream_build_info`.
     pub fn start(
         name: &'static str,
+        version: &'static str,
         database: &DatabaseConfig,
         log_format: config::LogFormat,
     ) -> Result<Self, RunError> {
         telemetry::init(log_format);
         let primary = Primary::connect_lazy(&database.url, database.max_connections)?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::for_service(name, version));
         Ok(Service {
             name,
             primary,
@@ -108,9 +110,9 @@ impl Service {
 }
 
 /// A service with no settings of its own beyond `ServiceConfig`.
-pub async fn run(name: &'static str, app: Router) -> Result<(), RunError> {
+pub async fn run(name: &'static str, version: &'static str, app: Router) -> Result<(), RunError> {
     let cfg: ServiceConfig = load_config()?;
-    Service::start(name, &cfg.database, cfg.log_format)?
+    Service::start(name, version, &cfg.database, cfg.log_format)?
         .serve(cfg.instance, cfg.listen_addr, app)
         .await
 }

@@ -1,73 +1,81 @@
-//! Prometheus metrics, rendered in the text exposition format. Integer microseconds
-//! throughout (rendered as decimal seconds), so no float ever enters the arithmetic.
+//! Prometheus metrics on `prometheus-client`, the Prometheus project's own Rust client,
+//! exposed in the OpenMetrics text format.
+//!
+//! Why that crate and not `metrics` + `metrics-exporter-prometheus`: its registries are
+//! explicit values, with no process-global recorder (tests run several services in one
+//! process, each with a registry of its own); its families are typed and can drop one
+//! series (`Family::remove`: the reconciler drops a partition's gauges when the partition
+//! moves to another instance), which the exporter's global recorder cannot.
+//!
+//! Call sites name a metric and pass its labels; the family is registered on first use.
+//! Every label value must come from a bounded set: a series lives as long as the process.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+mod process;
+
+pub use process::ProcessCollector;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Upper bounds of the latency buckets, in microseconds (1 ms to 10 s).
-const BUCKETS_US: [u64; 13] = [
-    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
-    5_000_000, 10_000_000,
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// What `/metrics` answers with: OpenMetrics (the body ends with `# EOF`).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds of the latency buckets, in seconds (1 ms to 10 s).
+const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    /// Not cumulative: `counts[i]` is the number of observations in bucket i; the last
-    /// slot holds those above every bound.
-    counts: [u64; BUCKETS_US.len() + 1],
-    sum_us: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, us: u64) {
-        let i = BUCKETS_US
-            .iter()
-            .position(|b| us <= *b)
-            .unwrap_or(BUCKETS_US.len());
-        self.counts[i] += 1;
-        self.sum_us = self.sum_us.saturating_add(us);
-    }
-}
-
 type Labels = Vec<(&'static str, String)>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
-#[derive(Default)]
-struct Inner {
-    counters: BTreeMap<(&'static str, Labels), u64>,
-    histograms: BTreeMap<(&'static str, Labels), Histogram>,
-    gauges: BTreeMap<(&'static str, Labels), i64>,
-    help: BTreeMap<&'static str, (&'static str, &'static str)>,
+fn new_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
-#[derive(Default)]
-pub struct Metrics {
-    inner: Mutex<Inner>,
+enum Handle {
+    Counter(Family<Labels, Counter>),
+    Gauge {
+        family: Family<Labels, Gauge>,
+        /// A `Family` cannot be iterated, and `remove_gauge` drops every series whose
+        /// labels include the given pairs: so the label sets set are kept here too.
+        series: HashSet<Labels>,
+    },
+    Histogram(Histograms),
 }
 
-fn seconds(us: u64) -> String {
-    format!("{}.{:06}", us / 1_000_000, us % 1_000_000)
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn render_labels(labels: &[(&'static str, String)], extra: Option<(&str, &str)>) -> String {
-    let mut parts: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    if let Some((k, v)) = extra {
-        parts.push(format!("{k}=\"{v}\""));
+impl Handle {
+    fn kind(&self) -> &'static str {
+        match self {
+            Handle::Counter(_) => "counter",
+            Handle::Gauge { .. } => "gauge",
+            Handle::Histogram(_) => "histogram",
+        }
     }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
+}
+
+/// A service's metrics: one registry, its families by exposed name.
+pub struct Metrics {
+    /// Locked after `families` whenever both are held.
+    registry: Mutex<Registry>,
+    families: Mutex<HashMap<&'static str, Handle>>,
+}
+
+impl Default for Metrics {
+    /// An empty registry, without build or process metrics (tests' choice).
+    fn default() -> Self {
+        Metrics {
+            registry: Mutex::new(Registry::default()),
+            families: Mutex::default(),
+        }
     }
 }
 
@@ -75,15 +83,65 @@ fn owned(labels: &[(&'static str, &str)]) -> Labels {
     labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// A deployable's registry: `paystream_build_info{service, version}` and the standard
+    /// `process_*` metrics, besides what the service records.
+    pub fn for_service(service: &'static str, version: &'static str) -> Self {
+        let m = Metrics::default();
+        {
+            let mut registry = lock(&m.registry);
+            register_build_info(&mut registry, service, version);
+            registry.register_collector(Box::new(process::ProcessCollector));
+        }
+        m
+    }
+
+    /// The family called `name`, registered on first use as `make` builds it. `None` if
+    /// the name is taken by another kind (a programming error: the sample is dropped).
+    fn with_family<R>(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        kind: &'static str,
+        make: impl FnOnce() -> Handle,
+        f: impl FnOnce(&mut Handle) -> R,
+    ) -> Option<R> {
+        let mut families = lock(&self.families);
+        let handle = families.entry(name).or_insert_with(|| {
+            let handle = make();
+            let mut registry = lock(&self.registry);
+            match &handle {
+                // The client appends `_total` to a counter's name: call sites name the
+                // series as exposed, so the suffix is registered without it.
+                Handle::Counter(c) => {
+                    registry.register(name.strip_suffix("_total").unwrap_or(name), help, c.clone())
+                }
+                Handle::Gauge { family, .. } => registry.register(name, help, family.clone()),
+                Handle::Histogram(h) => registry.register(name, help, h.clone()),
+            }
+            handle
+        });
+        if handle.kind() != kind {
+            tracing::warn!(
+                metric = name,
+                registered = handle.kind(),
+                used_as = kind,
+                "metric used as another kind; sample dropped"
+            );
+            return None;
+        }
+        Some(f(handle))
     }
 
     pub fn inc(&self, name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) {
         self.add(name, help, labels, 1);
     }
 
+    /// Adds to a counter; `name` ends in `_total`, as exposed.
     pub fn add(
         &self,
         name: &'static str,
@@ -91,9 +149,23 @@ impl Metrics {
         labels: &[(&'static str, &str)],
         n: u64,
     ) {
-        let mut m = self.lock();
-        m.help.entry(name).or_insert((help, "counter"));
-        *m.counters.entry((name, owned(labels))).or_default() += n;
+        debug_assert!(
+            name.ends_with("_total"),
+            "counter {name} must end in _total"
+        );
+        let family = self.with_family(
+            name,
+            help,
+            "counter",
+            || Handle::Counter(Family::default()),
+            |h| match h {
+                Handle::Counter(c) => Some(c.clone()),
+                _ => None,
+            },
+        );
+        if let Some(Some(c)) = family {
+            c.get_or_create(&owned(labels)).inc_by(n);
+        }
     }
 
     /// Sets a gauge that the service updates itself (e.g. per Kafka partition).
@@ -104,20 +176,42 @@ impl Metrics {
         labels: &[(&'static str, &str)],
         value: i64,
     ) {
-        let mut m = self.lock();
-        m.help.entry(name).or_insert((help, "gauge"));
-        m.gauges.insert((name, owned(labels)), value);
+        let labels = owned(labels);
+        self.with_family(
+            name,
+            help,
+            "gauge",
+            || Handle::Gauge {
+                family: Family::default(),
+                series: HashSet::new(),
+            },
+            |h| {
+                if let Handle::Gauge { family, series } = h {
+                    family.get_or_create(&labels).set(value);
+                    if !series.contains(&labels) {
+                        series.insert(labels);
+                    }
+                }
+            },
+        );
     }
 
-    /// Drops every series of a gauge whose labels match `labels` (e.g. a partition that
+    /// Drops every series of a gauge whose labels include `labels` (e.g. a partition that
     /// moved to another instance).
     pub fn remove_gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) {
         let labels = owned(labels);
-        self.lock()
-            .gauges
-            .retain(|(n, l), _| *n != name || !labels.iter().all(|kv| l.contains(kv)));
+        if let Some(Handle::Gauge { family, series }) = lock(&self.families).get_mut(name) {
+            series.retain(|l| {
+                let matches = labels.iter().all(|kv| l.contains(kv));
+                if matches {
+                    family.remove(l);
+                }
+                !matches
+            });
+        }
     }
 
+    /// Records a duration in a histogram whose buckets are in seconds.
     pub fn observe(
         &self,
         name: &'static str,
@@ -125,133 +219,109 @@ impl Metrics {
         labels: &[(&'static str, &str)],
         took: Duration,
     ) {
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let mut m = self.lock();
-        m.help.entry(name).or_insert((help, "histogram"));
-        m.histograms
-            .entry((name, owned(labels)))
-            .or_default()
-            .observe(us);
+        let family = self.with_family(
+            name,
+            help,
+            "histogram",
+            || Handle::Histogram(Family::new_with_constructor(new_histogram)),
+            |h| match h {
+                Handle::Histogram(f) => Some(f.clone()),
+                _ => None,
+            },
+        );
+        if let Some(Some(f)) = family {
+            f.get_or_create(&owned(labels)).observe(took.as_secs_f64());
+        }
     }
 
-    /// The exposition text; `gauges` are values read at scrape time (e.g. pool usage).
+    /// The OpenMetrics exposition; `gauges` are values read at scrape time (e.g. pool
+    /// usage).
     pub fn render(&self, gauges: &[(&'static str, &'static str, i64)]) -> String {
-        let m = self.lock();
-        let mut out = String::new();
-        let mut last = "";
-        for ((name, labels), v) in &m.counters {
-            if *name != last {
-                let (help, kind) = m.help[name];
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{} {v}", render_labels(labels, None));
-        }
-        for ((name, labels), h) in &m.histograms {
-            if *name != last {
-                let (help, kind) = m.help[name];
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                last = name;
-            }
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS_US.iter().enumerate() {
-                cumulative += h.counts[i];
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{} {cumulative}",
-                    render_labels(labels, Some(("le", &seconds(*bound))))
-                );
-            }
-            cumulative += h.counts[BUCKETS_US.len()];
-            let _ = writeln!(
-                out,
-                "{name}_bucket{} {cumulative}",
-                render_labels(labels, Some(("le", "+Inf")))
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{} {}",
-                render_labels(labels, None),
-                seconds(h.sum_us)
-            );
-            let _ = writeln!(
-                out,
-                "{name}_count{} {cumulative}",
-                render_labels(labels, None)
-            );
-        }
-        for ((name, labels), v) in &m.gauges {
-            if *name != last {
-                let (help, kind) = m.help[name];
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{} {v}", render_labels(labels, None));
-        }
         for (name, help, v) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            self.set_gauge(name, help, &[], *v);
+        }
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &lock(&self.registry)) {
+            // Only a failing writer errs, and a String's never does.
+            tracing::error!(error = %e, "encoding metrics failed");
         }
         out
     }
+}
+
+/// `<prefix>_build_info{service, version} 1`: which build runs where, for dashboards and
+/// for joins onto other series.
+pub fn register_build_info(registry: &mut Registry, service: &'static str, version: &'static str) {
+    registry.register(
+        "paystream_build",
+        "the build that runs: service name and version (value 1)",
+        Info::new(vec![("service", service), ("version", version)]),
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
     #[test]
-    fn renders_counters_histograms_and_gauges() {
+    fn counters_keep_their_total_names_and_escape_label_values() {
         let m = Metrics::default();
         m.inc("x_total", "things", &[("route", "/a"), ("status", "200")]);
         m.inc("x_total", "things", &[("route", "/a"), ("status", "200")]);
-        m.inc(
+        m.add(
             "x_total",
             "things",
-            &[("route", "/b\"q"), ("status", "500")],
+            &[("route", "/b\"q\\\n"), ("status", "500")],
+            3,
         );
-        m.observe(
-            "lat_seconds",
-            "latency",
-            &[("route", "/a")],
-            Duration::from_micros(3_000),
-        );
-        m.observe(
-            "lat_seconds",
-            "latency",
-            &[("route", "/a")],
-            Duration::from_secs(20),
-        );
-        let text = m.render(&[("pool_size", "connections", 4)]);
-        assert!(text.contains("# TYPE x_total counter"), "{text}");
+        let text = m.render(&[]);
+        let l = lines(&text);
+        assert!(l.contains(&"# TYPE x counter"), "{text}");
         assert!(
-            text.contains("x_total{route=\"/a\",status=\"200\"} 2"),
+            l.contains(&"x_total{route=\"/a\",status=\"200\"} 2"),
             "{text}"
         );
         assert!(
-            text.contains("x_total{route=\"/b\\\"q\",status=\"500\"} 1"),
+            l.contains(&"x_total{route=\"/b\\\"q\\\\\\n\",status=\"500\"} 3"),
             "{text}"
         );
-        assert!(
-            text.contains("lat_seconds_bucket{route=\"/a\",le=\"0.002500\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lat_seconds_bucket{route=\"/a\",le=\"0.005000\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lat_seconds_bucket{route=\"/a\",le=\"+Inf\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lat_seconds_sum{route=\"/a\"} 20.003000"),
-            "{text}"
-        );
-        assert!(text.contains("lat_seconds_count{route=\"/a\"} 2"), "{text}");
-        assert!(
-            text.contains("# TYPE pool_size gauge\npool_size 4"),
-            "{text}"
-        );
+        assert!(!text.contains("x_total_total"), "{text}");
+        assert!(!text.contains("_created"), "{text}");
+        assert_eq!(l.last(), Some(&"# EOF"), "{text}");
+    }
+
+    #[test]
+    fn histograms_bucket_in_seconds() {
+        let m = Metrics::default();
+        let observe = |d| m.observe("lat_seconds", "latency", &[("route", "/a")], d);
+        observe(Duration::from_micros(3_000));
+        observe(Duration::from_secs(20));
+        m.observe("bare_seconds", "latency", &[], Duration::from_millis(1));
+        let text = m.render(&[]);
+        let l = lines(&text);
+        for want in [
+            "# TYPE lat_seconds histogram",
+            "lat_seconds_bucket{le=\"0.001\",route=\"/a\"} 0",
+            "lat_seconds_bucket{le=\"0.0025\",route=\"/a\"} 0",
+            "lat_seconds_bucket{le=\"0.005\",route=\"/a\"} 1",
+            "lat_seconds_bucket{le=\"10.0\",route=\"/a\"} 1",
+            "lat_seconds_bucket{le=\"+Inf\",route=\"/a\"} 2",
+            "lat_seconds_sum{route=\"/a\"} 20.003",
+            "lat_seconds_count{route=\"/a\"} 2",
+            // What the bench parses: no labels but `le`.
+            "bare_seconds_bucket{le=\"0.001\"} 1",
+        ] {
+            assert!(l.contains(&want), "{want} in\n{text}");
+        }
+        let buckets = l
+            .iter()
+            .filter(|l| l.starts_with("lat_seconds_bucket"))
+            .count();
+        assert_eq!(buckets, BUCKETS.len() + 1, "{text}");
     }
 
     #[test]
@@ -260,14 +330,72 @@ mod tests {
         m.set_gauge("lag", "behind", &[("partition", "0")], 5);
         m.set_gauge("lag", "behind", &[("partition", "1")], 7);
         m.set_gauge("lag", "behind", &[("partition", "0")], 2);
-        let text = m.render(&[]);
+        m.set_gauge("pairs", "x", &[("partition", "1"), ("topic", "a")], 1);
+        m.set_gauge("pairs", "x", &[("partition", "1"), ("topic", "b")], 1);
+        m.set_gauge("pairs", "x", &[("partition", "2"), ("topic", "a")], 1);
+        let text = m.render(&[("pool_size", "connections", 4)]);
+        let l = lines(&text);
+        assert!(l.contains(&"# TYPE lag gauge"), "{text}");
+        assert!(l.contains(&"lag{partition=\"0\"} 2"), "{text}");
+        assert!(l.contains(&"lag{partition=\"1\"} 7"), "{text}");
+        assert!(l.contains(&"pool_size 4"), "{text}");
+        m.remove_gauge("lag", &[("partition", "1")]);
+        // A subset of the labels: every series holding it goes.
+        m.remove_gauge("pairs", &[("partition", "1")]);
+        let text = m.render(&[("pool_size", "connections", 3)]);
+        let l = lines(&text);
+        assert!(!text.contains("lag{partition=\"1\"}"), "{text}");
+        assert!(l.contains(&"lag{partition=\"0\"} 2"), "{text}");
+        assert!(!text.contains("pairs{partition=\"1\""), "{text}");
         assert!(
-            text.contains("# TYPE lag gauge\nlag{partition=\"0\"} 2\nlag{partition=\"1\"} 7"),
+            l.contains(&"pairs{partition=\"2\",topic=\"a\"} 1"),
             "{text}"
         );
-        m.remove_gauge("lag", &[("partition", "1")]);
+        assert!(l.contains(&"pool_size 3"), "{text}");
+        // Set again after removal: back.
+        m.set_gauge("lag", "behind", &[("partition", "1")], 9);
+        assert!(m.render(&[]).contains("lag{partition=\"1\"} 9"));
+    }
+
+    #[test]
+    fn a_name_used_as_another_kind_is_ignored_not_duplicated() {
+        let m = Metrics::default();
+        m.set_gauge("y", "a gauge", &[], 1);
+        m.observe("y", "now a histogram", &[], Duration::from_millis(1));
         let text = m.render(&[]);
-        assert!(!text.contains("partition=\"1\""), "{text}");
-        assert!(text.contains("lag{partition=\"0\"} 2"), "{text}");
+        assert_eq!(text.matches("# TYPE y ").count(), 1, "{text}");
+        assert!(!text.contains("y_bucket"), "{text}");
+    }
+
+    #[test]
+    fn a_service_exposes_its_build_and_process() {
+        let m = Metrics::for_service("api", "1.2.3");
+        let text = m.render(&[]);
+        let l = lines(&text);
+        assert!(
+            l.contains(&"paystream_build_info{service=\"api\",version=\"1.2.3\"} 1"),
+            "{text}"
+        );
+        if cfg!(target_os = "linux") {
+            for name in [
+                "process_cpu_seconds_total",
+                "process_resident_memory_bytes",
+                "process_virtual_memory_bytes",
+                "process_open_fds",
+                "process_max_fds",
+                "process_start_time_seconds",
+                "process_threads",
+            ] {
+                let value = l
+                    .iter()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                    .unwrap_or_else(|| panic!("{name} in\n{text}"));
+                let v: f64 = value.parse().unwrap_or_else(|_| panic!("{name} {value}"));
+                assert!(v >= 0.0, "{name} {v}");
+            }
+        }
+        // Each registry its own: a second service in the process sees only its own build.
+        let other = Metrics::for_service("webhook", "1.2.3").render(&[]);
+        assert!(!other.contains("service=\"api\""), "{other}");
     }
 }

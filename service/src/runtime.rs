@@ -24,6 +24,11 @@ pub enum OnExit {
     Fatal,
 }
 
+const RESTARTS: (&str, &str) = (
+    "background_task_restarts_total",
+    "background tasks restarted after they ended or panicked",
+);
+
 const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(60);
 
@@ -94,6 +99,9 @@ impl Runtime {
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         self.set(name, TaskState::Running);
+        // Zero from the start: "no restarts" reads 0, not no data.
+        self.metrics
+            .add(RESTARTS.0, RESTARTS.1, &[("task", name)], 0);
         let rt = self.clone();
         self.tracker.spawn(async move {
             let mut delay = FIRST_RESTART_DELAY;
@@ -117,11 +125,7 @@ impl Runtime {
                 }
                 restarts += 1;
                 tracing::error!(task = name, error = %error, restarts, retry_in_ms = delay.as_millis() as u64, "background task ended: restarting");
-                rt.metrics.inc(
-                    "background_task_restarts_total",
-                    "background tasks restarted after they ended or panicked",
-                    &[("task", name)],
-                );
+                rt.metrics.inc(RESTARTS.0, RESTARTS.1, &[("task", name)]);
                 rt.set(
                     name,
                     TaskState::Restarting {
@@ -146,6 +150,9 @@ impl Runtime {
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         self.set(name, TaskState::Running);
+        // Zero from the start: "no restarts" reads 0, not no data.
+        self.metrics
+            .add(RESTARTS.0, RESTARTS.1, &[("task", name)], 0);
         let rt = self.clone();
         self.tracker.spawn(async move {
             let ended = tokio::spawn(work).await;

@@ -6,6 +6,7 @@ pub mod control;
 pub mod error;
 pub mod faults;
 pub mod form;
+pub mod metrics;
 pub mod reports;
 pub mod state;
 pub mod webhooks;
@@ -43,6 +44,7 @@ struct Inner {
     request_seq: AtomicU64,
     wake: Notify,
     world: World,
+    metrics: metrics::Metrics,
 }
 
 impl Sim {
@@ -58,15 +60,23 @@ impl Sim {
                 request_seq: AtomicU64::new(0),
                 wake: Notify::new(),
                 world: cfg.world,
+                metrics: metrics::Metrics::default(),
             }),
         }
     }
 
-    /// The HTTP app: `/v1/...` (Stripe) and `/_sim/...` (control). Spawns the delivery
-    /// loop, so it must be called inside a Tokio runtime.
+    /// The HTTP app: `/v1/...` (Stripe), `/_sim/...` (control) and `/metrics`. Spawns the
+    /// delivery loop, so it must be called inside a Tokio runtime.
     pub fn router(&self) -> Router {
         tokio::spawn(webhooks::run(self.clone()));
+        // The Stripe API counts its own requests (its routes are matched in there); a
+        // route layer here counts only what matched out here, so nothing twice.
         control::routes()
+            .route("/metrics", axum::routing::get(metrics::serve))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                metrics::observe,
+            ))
             .fallback_service(api::router(self.clone()))
             .with_state(self.clone())
     }

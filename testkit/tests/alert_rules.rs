@@ -111,3 +111,52 @@ fn every_alert_is_tested_firing_and_quiet() {
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
 }
+
+/// Prometheus's config (the one file both stacks use) is valid with its rules and the
+/// compose targets, assembled as docker-compose.yml mounts them; the local stack's are
+/// written by monitoring.sh in the same shape.
+#[test]
+fn prometheus_config_is_valid() {
+    let dir = std::env::temp_dir().join(format!("paystream-promcfg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        root().join("monitoring/prometheus/prometheus.yml"),
+        dir.join("prometheus.yml"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        root().join("monitoring/prometheus/rules"),
+        dir.join("rules"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        root().join("monitoring/prometheus/compose-targets"),
+        dir.join("targets"),
+    )
+    .unwrap();
+    let out = promtool(&["check", "config"], &[dir.join("prometheus.yml")]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("rules found"), "no rules loaded: {said}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn alertmanager_config_is_valid() {
+    let out = Command::new("amtool")
+        .arg("check-config")
+        .arg(root().join("monitoring/alertmanager/alertmanager.yml"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run amtool ({e}): run `make deps` (scripts/install.sh installs the \
+                 Debian package prometheus-alertmanager, which provides amtool)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "amtool check-config: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -279,3 +279,105 @@ fn ports_listeners_mounts_and_the_build_context_agree() {
         );
     }
 }
+
+/// The port a compose service listens on inside its container: its `APP_LISTEN_ADDR`,
+/// an `--addr`/`--listen` argument, or the container side of its published port.
+fn listen_port(svc: &Value) -> Option<String> {
+    let port_of = |addr: &str| addr.rsplit_once(':').map(|(_, p)| p.to_owned());
+    if let Some(addr) = svc["environment"]["APP_LISTEN_ADDR"].as_str() {
+        return port_of(addr);
+    }
+    let args: Vec<&str> = svc["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if let Some(w) = args
+        .windows(2)
+        .find(|w| w[0] == "--addr" || w[0] == "--listen")
+    {
+        return port_of(w[1]);
+    }
+    svc["ports"]
+        .as_array()?
+        .first()?
+        .as_str()
+        .and_then(|p| p.rsplit(':').next().map(str::to_owned))
+}
+
+#[test]
+fn prometheus_scrapes_compose_services_on_their_ports_with_the_local_stacks_jobs() {
+    let c = compose();
+    let services = c["services"].as_object().unwrap();
+    let dir = root().join("monitoring/prometheus/compose-targets");
+    let config = std::fs::read_to_string(root().join("monitoring/prometheus/prometheus.yml"))
+        .expect("prometheus.yml");
+    let jobs: Vec<&str> = config
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- job_name: "))
+        .collect();
+    assert!(jobs.len() >= 7, "jobs: {jobs:?}");
+    let local = std::fs::read_to_string(root().join("monitoring/monitoring.sh")).unwrap();
+    for job in &jobs {
+        assert!(
+            config.contains(&format!("files: [targets/{job}.yml]")),
+            "{job} reads targets/{job}.yml"
+        );
+        assert!(
+            local.contains(&format!("targets {job}")),
+            "monitoring.sh writes no targets for {job}"
+        );
+        let file = dir.join(format!("{job}.yml"));
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
+            ])
+            .arg(&file)
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "reading {}", file.display());
+        let groups: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let groups = groups.as_array().expect("a list of target groups");
+        assert!(!groups.is_empty(), "{job}: no targets");
+        for g in groups {
+            for t in g["targets"].as_array().expect("targets") {
+                let (host, port) = t.as_str().unwrap().rsplit_once(':').unwrap();
+                let svc = services
+                    .get(host)
+                    .unwrap_or_else(|| panic!("{job} scrapes {host}, not a compose service"));
+                assert_eq!(
+                    listen_port(svc).as_deref(),
+                    Some(port),
+                    "{job} scrapes {host}:{port}"
+                );
+            }
+        }
+    }
+    let grafana = std::fs::read_to_string(
+        root().join("monitoring/grafana/provisioning/datasources/prometheus.yml"),
+    )
+    .unwrap();
+    let prometheus_port = listen_port(&services["prometheus"]).expect("prometheus's port");
+    assert!(
+        grafana.contains(&format!("url: http://prometheus:{prometheus_port}")),
+        "Grafana's data source is compose's Prometheus: {grafana}"
+    );
+    // Every dashboard panel names the provisioned data source.
+    let uid = "uid: paystream-prometheus";
+    assert!(grafana.contains(uid), "{grafana}");
+    for d in ["payment-flow", "pipeline-health"] {
+        let text =
+            std::fs::read_to_string(root().join(format!("monitoring/grafana/dashboards/{d}.json")))
+                .unwrap();
+        let dash: Value = serde_json::from_str(&text).unwrap();
+        for p in dash["panels"].as_array().unwrap() {
+            assert_eq!(
+                p["datasource"]["uid"], "paystream-prometheus",
+                "{d}: {}",
+                p["title"]
+            );
+        }
+    }
+}

@@ -11,7 +11,12 @@ use paystream_webhook::{AppState, router, unmatched_loop};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg: WebhookConfig = load_config()?;
-    let service = Service::start("webhook", &cfg.database, cfg.log_format)?;
+    let service = Service::start(
+        "webhook",
+        env!("CARGO_PKG_VERSION"),
+        &cfg.database,
+        cfg.log_format,
+    )?;
     let db = service.primary.clone();
     let state = AppState::new(db.clone(), &cfg.webhook, service.metrics.clone());
     anyhow::ensure!(

@@ -94,6 +94,11 @@ async fn confirmed(delivery: DeliveryFuture) -> Result<Delivery, RefundWorkerErr
     }
 }
 
+const REFUND_UNDECODABLE: (&str, &str) = (
+    "reconciler_refund_undecodable_total",
+    "refund CDC records that could not be read",
+);
+
 impl<G: StripeGateway + 'static> RefundWorker<G> {
     pub fn new(
         cfg: &ReconcilerConfig,
@@ -108,6 +113,8 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
             &cfg.kafka.refund_status_topic,
             &cfg.kafka.refund_dead_letter_topic,
         )?;
+        // Zero from the start: a dashboard reads 0, not no data (worker::telemetry::zero).
+        metrics.add(REFUND_UNDECODABLE.0, REFUND_UNDECODABLE.1, &[], 0);
         Ok(RefundWorker {
             kafka: cfg.kafka.clone(),
             rules: cfg.poll.refund_rules(),
@@ -206,11 +213,8 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
                 // Retried, it would stop the partition forever: it goes whole to the
                 // dead-letter topic, and on.
                 tracing::error!(partition, offset, error = %e, "undecodable refund CDC record sent to the dead-letter topic");
-                self.metrics.inc(
-                    "reconciler_refund_undecodable_total",
-                    "refund CDC records that could not be read",
-                    &[],
-                );
+                self.metrics
+                    .inc(REFUND_UNDECODABLE.0, REFUND_UNDECODABLE.1, &[]);
                 self.dead_letter(m, &e.to_string()).await?;
             }
         }

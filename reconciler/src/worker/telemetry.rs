@@ -9,13 +9,20 @@ use super::engine::{Count, Engine};
 use crate::output::StatusUpdate;
 use crate::state::Effect;
 
+const UNDECODABLE: (&str, &str) = (
+    "reconciler_undecodable_total",
+    "CDC records that could not be decoded (sent to the dead-letter topic)",
+);
+
+/// Counters that may stay at zero for a process's whole life exist from its start, so a
+/// dashboard or an alert reads 0 rather than no data, and `rate()` sees the first one.
+pub fn zero(metrics: &Metrics) {
+    metrics.add(UNDECODABLE.0, UNDECODABLE.1, &[], 0);
+}
+
 pub fn count(metrics: &Metrics, c: Count) {
     match c {
-        Count::Undecodable => metrics.inc(
-            "reconciler_undecodable_total",
-            "CDC records that could not be decoded (sent to the dead-letter topic)",
-            &[],
-        ),
+        Count::Undecodable => metrics.inc(UNDECODABLE.0, UNDECODABLE.1, &[]),
         Count::Applied {
             effect,
             commit_ts_ms,

@@ -102,6 +102,8 @@ pub fn router(sim: Sim) -> Router {
         .method_not_allowed_fallback(h::unrecognized)
         .fallback(h::unrecognized)
         .layer(pipeline)
+        // Outermost: what auth, rate limits and faults answer is counted too.
+        .layer(from_fn_with_state(sim.clone(), crate::metrics::observe))
         .with_state(sim)
 }
 
