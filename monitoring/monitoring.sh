@@ -28,28 +28,46 @@ targets() {
 
 prometheus_ready() { curl -fsS --max-time 1 "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" >/dev/null; }
 alertmanager_ready() { curl -fsS --max-time 1 "http://127.0.0.1:$ALERTMANAGER_PORT/-/ready" >/dev/null; }
-exporter_ready() { curl -fsS --max-time 1 "http://127.0.0.1:$EXPORTER_PORT/metrics" >/dev/null; }
+# Longer than the exporter's per-source timeout: a slow source is what it reports, not a
+# reason to call it down.
+exporter_ready() { curl -fsS --max-time 5 "http://127.0.0.1:$EXPORTER_PORT/metrics" >/dev/null; }
 
-# A process from another build of the exporter, or one left from another config, is
-# restarted; one running with this stack's is kept.
+# only_env VAR...: from here on (call it in a subshell), only these variables and the
+# basics are exported: the stack's scripts hold every secret of secrets.env in theirs.
+only_env() {
+    local v keep=" PATH HOME LANG LC_ALL TZ $* "
+    for v in $(compgen -e); do
+        [[ $keep == *" $v "* ]] || export -n "$v"
+    done
+}
+
+# fresh NAME FINGERPRINT: whether NAME runs as FINGERPRINT says (binary, config, ports);
+# one started otherwise is stopped, to be started again.
+fresh() {
+    if is_running "$1" && [ "$2" = "$(cat "$RUN_DIR/$1.fingerprint" 2>/dev/null)" ]; then return 0; fi
+    stop_pid "$1"
+    return 1
+}
+
 start_exporter() {
     local bin=$CARGO_TARGET_DIR/$PAYSTREAM_PROFILE/paystream
-    if is_running exporter && [ ! "$bin" -nt "$(pid_file exporter)" ] && [ "$(cat "$RUN_DIR/exporter.bin" 2>/dev/null)" = "$bin" ]; then
-        return 0
-    fi
-    stop_pid exporter
     [ -x "$bin" ] || die "exporter: binary $bin missing (cargo build failed?)"
-    if port_open "$EXPORTER_PORT"; then die "exporter: port $EXPORTER_PORT is taken by a process this stack did not start"; fi
-    # Secrets (the database URLs) through the environment, never argv.
-    (
-        set -a
-        # shellcheck disable=SC1091
-        . "$STACK_DIR/env"
-        set +a
-        start_bg exporter "$ROOT" env APP_LOG_FORMAT=json "$bin" exporter \
-            --listen "127.0.0.1:$EXPORTER_PORT" --source-timeout 3s
-    )
-    echo "$bin" >"$RUN_DIR/exporter.bin"
+    local print
+    print="$(stat -c %Y "$bin") $bin $EXPORTER_PORT $(grep -v "^#" "$STACK_DIR/env" | sha256sum)"
+    if ! fresh exporter "$print"; then
+        if port_open "$EXPORTER_PORT"; then die "exporter: port $EXPORTER_PORT is taken by a process this stack did not start"; fi
+        # The URLs it reads, from .stack/env, through its environment (never argv), and
+        # nothing else of the stack's secrets.
+        (
+            # shellcheck disable=SC1091
+            . "$STACK_DIR/env"
+            only_env
+            export DATABASE_URL REPLICA_URL KAFKA_CONNECT_URL KAFKA_BROKERS CDC_TOPIC REFUND_CDC_TOPIC
+            start_bg exporter "$ROOT" env APP_LOG_FORMAT=json "$bin" exporter \
+                --listen "127.0.0.1:$EXPORTER_PORT" --source-timeout 3s
+        )
+        echo "$print" >"$RUN_DIR/exporter.fingerprint"
+    fi
     wait_for "exporter on :$EXPORTER_PORT" 30 exporter_ready || die "the exporter does not serve /metrics; see $LOG_DIR/exporter.log"
 }
 
@@ -66,20 +84,20 @@ start_prometheus() {
     targets exporter "exporter=$EXPORTER_PORT"
     targets prometheus "prometheus=$PROMETHEUS_PORT"
     targets alertmanager "alertmanager=$ALERTMANAGER_PORT"
-    # Targets are re-read on their own (file_sd). A changed config or rule file restarts
-    # Prometheus rather than reloading it: after a SIGHUP, Prometheus 2.42 was seen to
-    # lose its discovered Alertmanager until the next restart.
-    local sum
-    sum=$(cat "$PROM_DIR/prometheus.yml" "$HERE"/prometheus/rules/*.yml | sha256sum)
-    if is_running prometheus && [ "$sum" != "$(cat "$PROM_DIR/config.sum" 2>/dev/null)" ]; then
-        stop_pid prometheus
-    fi
-    if ! is_running prometheus; then
+    # Targets are re-read on their own (file_sd). A changed config, rule file or port
+    # restarts Prometheus rather than reloading it: after a SIGHUP, Prometheus 2.42 was
+    # seen to lose its discovered Alertmanager until the next restart.
+    local print
+    print="$PROMETHEUS_PORT $(cat "$PROM_DIR/prometheus.yml" "$HERE"/prometheus/rules/*.yml | sha256sum)"
+    if ! fresh prometheus "$print"; then
         if port_open "$PROMETHEUS_PORT"; then die "prometheus: port $PROMETHEUS_PORT is taken by a process this stack did not start"; fi
-        start_bg prometheus "$PROM_DIR" "$PROMETHEUS" --config.file="$PROM_DIR/prometheus.yml" \
-            --storage.tsdb.path="$PROM_DIR/data" --storage.tsdb.retention.time=7d \
-            --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" --web.enable-lifecycle
-        echo "$sum" >"$PROM_DIR/config.sum"
+        (
+            only_env
+            start_bg prometheus "$PROM_DIR" "$PROMETHEUS" --config.file="$PROM_DIR/prometheus.yml" \
+                --storage.tsdb.path="$PROM_DIR/data" --storage.tsdb.retention.time=7d \
+                --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" --web.enable-lifecycle
+        )
+        echo "$print" >"$RUN_DIR/prometheus.fingerprint"
     fi
     wait_for "prometheus on :$PROMETHEUS_PORT" 30 prometheus_ready || die "prometheus is not ready; see $LOG_DIR/prometheus.log"
 }
@@ -87,18 +105,18 @@ start_prometheus() {
 start_alertmanager() {
     [ -x "$ALERTMANAGER" ] || die "alertmanager not found at $ALERTMANAGER (apt-get install prometheus-alertmanager; make deps)"
     mkdir -p "$AM_DIR/data"
-    local sum
-    sum=$(sha256sum <"$HERE/alertmanager/alertmanager.yml")
-    if is_running alertmanager && [ "$sum" != "$(cat "$AM_DIR/config.sum" 2>/dev/null)" ]; then
-        stop_pid alertmanager
-    fi
-    if ! is_running alertmanager; then
+    local print
+    print="$ALERTMANAGER_PORT $(sha256sum <"$HERE/alertmanager/alertmanager.yml")"
+    if ! fresh alertmanager "$print"; then
         if port_open "$ALERTMANAGER_PORT"; then die "alertmanager: port $ALERTMANAGER_PORT is taken by a process this stack did not start"; fi
         # No cluster listener: one instance, and no port 9094 to collide on.
-        start_bg alertmanager "$AM_DIR" "$ALERTMANAGER" --config.file="$HERE/alertmanager/alertmanager.yml" \
-            --storage.path="$AM_DIR/data" --web.listen-address="127.0.0.1:$ALERTMANAGER_PORT" \
-            --cluster.listen-address=
-        echo "$sum" >"$AM_DIR/config.sum"
+        (
+            only_env
+            start_bg alertmanager "$AM_DIR" "$ALERTMANAGER" --config.file="$HERE/alertmanager/alertmanager.yml" \
+                --storage.path="$AM_DIR/data" --web.listen-address="127.0.0.1:$ALERTMANAGER_PORT" \
+                --cluster.listen-address=
+        )
+        echo "$print" >"$RUN_DIR/alertmanager.fingerprint"
     fi
     wait_for "alertmanager on :$ALERTMANAGER_PORT" 30 alertmanager_ready || die "alertmanager is not ready; see $LOG_DIR/alertmanager.log"
 }

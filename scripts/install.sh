@@ -9,8 +9,9 @@ set -euo pipefail
 # libssl-dev and pkg-config: librdkafka is built with TLS (and so SASL SCRAM) against
 # the system OpenSSL; openssl makes the stack's CA and certificates. prometheus and
 # prometheus-alertmanager run in the stack (monitoring/monitoring.sh), and promtool checks
-# and unit-tests the alert rules (testkit's alert_rules test); the packages' own services
-# are not started (no systemd here).
+# and unit-tests the alert rules (testkit's alert_rules test). Where systemd runs, Debian
+# also starts the packages' own services on 9090 and 9093: the stack's use other ports
+# (lib.sh) and leave them be.
 APT_PACKAGES=(postgresql-15 postgresql-client-15 nginx libnginx-mod-stream libjetty9-java
     jq curl gettext-base python3-venv libssl-dev pkg-config openssl prometheus
     prometheus-alertmanager)

@@ -37,8 +37,10 @@ export WEBHOOK_PORT=${WEBHOOK_PORT:-8201}
 export RECONCILER_PORT=${RECONCILER_PORT:-8301}
 export STRIPE_SIM_PORT=${STRIPE_SIM_PORT:-12111}
 # Monitoring (monitoring/monitoring.sh): Prometheus, Alertmanager, `paystream exporter`.
-export PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
-export ALERTMANAGER_PORT=${ALERTMANAGER_PORT:-9093}
+# Not their usual 9090 and 9093: on a Debian host with systemd, installing the packages
+# starts the packages' own services there.
+export PROMETHEUS_PORT=${PROMETHEUS_PORT:-9490}
+export ALERTMANAGER_PORT=${ALERTMANAGER_PORT:-9493}
 export EXPORTER_PORT=${EXPORTER_PORT:-9187}
 
 export TANSU_VERSION=0.6.0

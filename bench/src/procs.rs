@@ -18,6 +18,11 @@ fn component(cmdline: &str, comm: &str) -> Option<String> {
         c if c.starts_with("paystream-webho") => "paystream-webhook",
         c if c.starts_with("paystream-recon") => "paystream-reconciler",
         "java" if cmdline.contains("ConnectStandalone") => "kafka-connect",
+        // This process: the load generator, reported apart from the pipeline it loads.
+        "paystream-bench" => "load generator",
+        "prometheus" => "prometheus",
+        c if c.starts_with("prometheus-ale") => "alertmanager",
+        "paystream" if cmdline.contains(" exporter") => "exporter",
         "postgres" if cmdline.contains(" -D ") => {
             let dir = cmdline.split(" -D ").nth(1)?.split_whitespace().next()?;
             return Some(format!("postgres {}", dir.rsplit('/').next()?));

@@ -23,6 +23,9 @@ pub struct Report {
     pub idle: Usage,
     /// `None` until the peak load has run; the table then shows zeros.
     pub peak: Option<Usage>,
+    /// CPU per payment: (clients, payments per second, per-process use) of one sustained
+    /// initiation run.
+    pub cost: Option<(usize, f64, Usage)>,
 }
 
 impl Report {
@@ -83,8 +86,58 @@ impl Report {
                 "| {name} | {rss:.0} MB | {cpu:.0}% | {prss:.0} MB | {pcpu:.0}% |"
             );
         }
+        if let Some((clients, per_sec, usage)) = &self.cost {
+            t.push_str(&cost_table(*clients, *per_sec, usage));
+        }
         t
     }
+}
+
+/// Where a process's CPU goes in the cost table: the pipeline's own, or apart from it.
+fn cost_group(name: &str) -> &'static str {
+    match name {
+        "stripe-sim" => "stripe-sim (Stripe's side)",
+        "load generator" => "load generator",
+        "prometheus" | "alertmanager" | "exporter" => "monitoring",
+        _ => "pipeline",
+    }
+}
+
+/// CPU milliseconds per payment, per process and per group, at a sustained initiation
+/// load: CPU % of one core is ms per second, divided by payments per second.
+pub fn cost_table(clients: usize, per_sec: f64, usage: &Usage) -> String {
+    let mut t = format!(
+        "\n| CPU per payment ({clients} clients, {per_sec:.0} payments/s) | ms |\n|---|---|\n"
+    );
+    let per_payment = |cpu: f64| {
+        if per_sec > 0.0 {
+            cpu * 10.0 / per_sec
+        } else {
+            0.0
+        }
+    };
+    let mut rows: Vec<_> = usage
+        .iter()
+        .map(|(n, _, cpu)| (n, per_payment(*cpu)))
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (name, ms) in &rows {
+        let _ = writeln!(t, "| {name} | {ms:.2} |");
+    }
+    for group in [
+        "pipeline",
+        "stripe-sim (Stripe's side)",
+        "load generator",
+        "monitoring",
+    ] {
+        let sum: f64 = rows
+            .iter()
+            .filter(|(n, _)| cost_group(n) == group)
+            .map(|(_, ms)| ms)
+            .sum();
+        let _ = writeln!(t, "| **total: {group}** | {sum:.2} |");
+    }
+    t
 }
 
 /// A load run in one phrase: rate (with `unit` after "/s"), latencies and errors.
@@ -133,6 +186,29 @@ mod tests {
             summary(&run(99.6, 3), " applied"),
             "100/s applied, p50 1.5 ms, p99 12.0 ms, 3 errors"
         );
+    }
+
+    #[test]
+    fn cpu_per_payment_is_core_share_over_rate_with_stripe_and_load_apart() {
+        let usage: Usage = vec![
+            ("paystream-api".into(), 40.0, 25.0),
+            ("postgres primary".into(), 200.0, 50.0),
+            ("stripe-sim".into(), 10.0, 10.0),
+            ("load generator".into(), 30.0, 20.0),
+            ("prometheus".into(), 50.0, 1.0),
+        ];
+        let t = cost_table(32, 100.0, &usage);
+        // 25% of a core is 250 ms each second, over 100 payments.
+        assert!(t.contains("| paystream-api | 2.50 |"), "{t}");
+        assert!(t.contains("| **total: pipeline** | 7.50 |"), "{t}");
+        assert!(
+            t.contains("| **total: stripe-sim (Stripe's side)** | 1.00 |"),
+            "{t}"
+        );
+        assert!(t.contains("| **total: load generator** | 2.00 |"), "{t}");
+        assert!(t.contains("| **total: monitoring** | 0.10 |"), "{t}");
+        // Heaviest first.
+        assert!(t.find("postgres primary") < t.find("paystream-api"), "{t}");
     }
 
     #[test]

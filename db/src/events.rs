@@ -122,7 +122,7 @@ pub async fn process(db: &Primary, e: &Received<'_>) -> Result<Outcome, DbError>
     if inserted == 0 {
         return Ok(Outcome::Duplicate);
     }
-    let outcome = apply(&mut tx, e.id, e.reading.as_ref()).await?;
+    let outcome = apply(&mut tx, e.id, e.kind, e.reading.as_ref()).await?;
     tx.commit().await?;
     Ok(outcome)
 }
@@ -130,12 +130,13 @@ pub async fn process(db: &Primary, e: &Received<'_>) -> Result<Outcome, DbError>
 async fn apply(
     tx: &mut PgConnection,
     event_id: &str,
+    kind: &str,
     reading: Option<&Reading>,
 ) -> Result<Outcome, DbError> {
     let (outcome, payment_id, refund_id) = match reading {
         None => (Outcome::Ignored, None, None),
         Some(Reading::Intent(r)) => {
-            let (o, p) = apply_intent(tx, event_id, r).await?;
+            let (o, p) = apply_intent(tx, event_id, kind, r).await?;
             (o, p, None)
         }
         Some(Reading::Refund(r)) => {
@@ -166,6 +167,7 @@ async fn apply(
 async fn apply_intent(
     tx: &mut PgConnection,
     event_id: &str,
+    kind: &str,
     r: &IntentReading,
 ) -> Result<(Outcome, Option<PaymentId>), DbError> {
     let Some(pid) = payments::find_for_intent(tx, &r.intent_id, r.payment_id).await? else {
@@ -178,10 +180,16 @@ async fn apply_intent(
         };
         return Ok((o, None));
     };
+    // `payment_intent.created` says what the intent was when it was made: nothing we did
+    // not store from Stripe's answer to our create. Deliveries run concurrently and
+    // retries reorder them, so it may land after the intent moved on (held for capture,
+    // say): its status must not put ours back. It still links the intent to a payment
+    // whose row lacks it (the API died between Stripe's answer and its own update).
+    let stripe_status = (kind != "payment_intent.created").then_some(r.stripe_status.as_str());
     let obs = Observation {
         status: r.status,
         intent: Some(&r.intent_id),
-        stripe_status: Some(&r.stripe_status),
+        stripe_status,
         error: r.error.as_deref(),
         source: Source::Webhook,
         detail: Some(serde_json::json!({"event": event_id})),
@@ -261,16 +269,16 @@ pub async fn retry_unmatched(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    let rows: Vec<(String, Value)> = sqlx::query_as(
-        "SELECT id, payload FROM stripe_events WHERE outcome = 'unmatched' AND next_attempt_at <= now()
+    let rows: Vec<(String, String, Value)> = sqlx::query_as(
+        "SELECT id, type, payload FROM stripe_events WHERE outcome = 'unmatched' AND next_attempt_at <= now()
          ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(batch)
     .fetch_all(&mut *tx)
     .await?;
     let mut matched = 0;
-    for (id, payload) in rows {
-        if apply(&mut tx, &id, read(&payload).as_ref()).await? != Outcome::Unmatched {
+    for (id, kind, payload) in rows {
+        if apply(&mut tx, &id, &kind, read(&payload).as_ref()).await? != Outcome::Unmatched {
             matched += 1;
         }
     }

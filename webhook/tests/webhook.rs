@@ -471,6 +471,38 @@ async fn refund_and_capture_events_resolve_them_and_catch_up_heals_dropped_ones(
     }
     assert_eq!(stripe_status().await.as_deref(), Some("requires_capture"));
     assert_eq!(env.ours(held).await.0, "pending", "held, not taken");
+    // The intent's `created` event, delivered last (deliveries race, retries reorder
+    // them), does not put the held intent back to requires_payment_method.
+    let late = json!({"id": format!("evt_late_{}", Uuid::now_v7().simple()),
+                      "type": "payment_intent.created", "created": 1,
+                      "data": {"object": {"object": "payment_intent", "id": held_pi,
+                               "status": "requires_payment_method", "amount": 2000,
+                               "metadata": {"payment_id": held.to_string()}}}})
+    .to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let res = env
+        .http
+        .post(&env.hook)
+        .header(
+            "Stripe-Signature",
+            format!(
+                "t={now},v1={}",
+                stripe_sim::webhooks::signature(&env.secret, now, &late)
+            ),
+        )
+        .body(late)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        stripe_status().await.as_deref(),
+        Some("requires_capture"),
+        "a late created event regressed the held intent"
+    );
     env.stripe
         .capture_intent(&held_pi, Some(1500), "test-capture")
         .await
