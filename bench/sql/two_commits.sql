@@ -7,6 +7,6 @@
 INSERT INTO bench_floor_payments (id, client_id, idempotency_key, amount, currency, metadata)
 VALUES (gen_random_uuid(), :client, gen_random_uuid()::text, :amount, 'usd', '{}')
 RETURNING id AS pid \gset
-UPDATE bench_floor_payments SET stripe_payment_intent_id = 'pi_floor_' || :'pid',
+UPDATE bench_floor_payments SET stripe_payment_intent_id = 'pi_floor_' || replace(:pid, '-', ''),
        stripe_status = 'requires_payment_method', version = version + 1, updated_at = now()
- WHERE id = :'pid';
+ WHERE id = :pid;
