@@ -133,6 +133,40 @@ impl Stack {
         consumer
     }
 
+    /// Payment `id` as the client sees it through the API (nginx, the client's key),
+    /// read every 100 ms until its status is `status`: `Ok` with it then, `Err` with the
+    /// last answer once `within` has passed.
+    pub async fn await_payment(
+        &self,
+        id: &str,
+        status: &str,
+        within: Duration,
+    ) -> Result<serde_json::Value, serde_json::Value> {
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let p: serde_json::Value = http
+                .get(format!(
+                    "{}/v1/payments/{id}",
+                    self.var("PAYSTREAM_API_URL")
+                ))
+                .bearer_auth(self.var("PAYSTREAM_CLIENT_KEY"))
+                .send()
+                .await
+                .expect("the API answers")
+                .json()
+                .await
+                .expect("JSON");
+            if p["status"] == status {
+                return Ok(p);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(p);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The customer pays the PaymentIntent `intent` at the stack's Stripe (stripe-sim, or
     /// api.stripe.com in test mode) with one of Stripe's test payment methods
     /// (`pm_card_visa`, `pm_card_chargeDeclined`, ...), as a browser would after the API

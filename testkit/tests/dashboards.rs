@@ -118,20 +118,17 @@ const AGGREGATIONS: [&str; 12] = [
     "quantile",
 ];
 
-const KEYWORDS: [&str; 12] = [
+/// Clauses whose parenthesised list names labels, not metrics.
+const GROUPING: [&str; 6] = [
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "offset",
-    "inf",
 ];
+
+const KEYWORDS: [&str; 6] = ["and", "or", "unless", "bool", "offset", "inf"];
 
 /// The metric names a PromQL expression selects: identifiers outside label matchers,
 /// ranges and grouping clauses that are not functions or keywords.
@@ -155,16 +152,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 }
                 i += 1;
             }
-            '(' if [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ]
-            .contains(&last_word.as_str()) =>
-            {
+            '(' if GROUPING.contains(&last_word.as_str()) => {
                 while i < chars.len() && chars[i] != ')' {
                     i += 1;
                 }
@@ -183,6 +171,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
                 let is_call = next == Some(&'(');
                 let lower = word.to_ascii_lowercase();
                 if !is_call
+                    && !GROUPING.contains(&lower.as_str())
                     && !KEYWORDS.contains(&lower.as_str())
                     && !AGGREGATIONS.contains(&lower.as_str())
                 {
@@ -508,22 +497,11 @@ async fn load(stack: &Stack) {
     }
     // A refund, once its payment is succeeded here.
     let id = &paid[0];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let p: Value = http
-            .get(format!("{api}/v1/payments/{id}"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("the API answers")
-            .json()
-            .await
-            .expect("JSON");
-        if p["status"] == "succeeded" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{id} not succeeded: {p}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Err(p) = stack
+        .await_payment(id, "succeeded", Duration::from_secs(30))
+        .await
+    {
+        panic!("{id} not succeeded: {p}");
     }
     let res = http
         .post(format!("{api}/v1/payments/{id}/refunds"))

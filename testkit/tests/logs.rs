@@ -156,25 +156,11 @@ async fn one_payment_is_followed_through_every_services_logs() {
     assert_eq!(confirmed["status"], "succeeded", "confirm: {confirmed}");
 
     // Final through the API.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let p: Value = http
-            .get(format!("{api}/v1/payments/{id}"))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("the API answers")
-            .json()
-            .await
-            .expect("JSON");
-        if p["status"] == "succeeded" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "payment {id} is not final after 30 s: {p}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Err(p) = stack
+        .await_payment(&id, "succeeded", Duration::from_secs(30))
+        .await
+    {
+        panic!("payment {id} is not final after 30 s: {p}");
     }
 
     // The logs catch up: the reconciler publishes after the CDC change reaches it.
