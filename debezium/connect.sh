@@ -124,12 +124,14 @@ up() {
     recover_lost_slot
     mkdir -p "$CONNECT_DATA_DIR"
     if is_running connect; then
-        # Standalone mode reads the connector's settings only at start.
+        # Standalone mode reads the worker's and the connector's settings only at start.
         connector_properties "$CONNECT_DATA_DIR/connector.properties.next"
-        if cmp -s "$CONNECT_DATA_DIR/connector.properties.next" "$CONNECT_DATA_DIR/connector.properties"; then
-            rm -f "$CONNECT_DATA_DIR/connector.properties.next"
+        render "$HERE/worker.properties" "$CONNECT_DATA_DIR/worker.properties.next"
+        if cmp -s "$CONNECT_DATA_DIR/connector.properties.next" "$CONNECT_DATA_DIR/connector.properties" &&
+            cmp -s "$CONNECT_DATA_DIR/worker.properties.next" "$CONNECT_DATA_DIR/worker.properties"; then
+            rm -f "$CONNECT_DATA_DIR/connector.properties.next" "$CONNECT_DATA_DIR/worker.properties.next"
         else
-            log "Debezium connector settings changed: restarting Kafka Connect (offsets are kept)"
+            log "Kafka Connect or Debezium settings changed: restarting Kafka Connect (offsets are kept)"
             stop_pid connect TERM
         fi
     fi
@@ -141,7 +143,7 @@ up() {
     if port_open "$CONNECT_PORT"; then die "port $CONNECT_PORT is taken by a process this stack did not start"; fi
     render "$HERE/worker.properties" "$CONNECT_DATA_DIR/worker.properties"
     connector_properties "$CONNECT_DATA_DIR/connector.properties"
-    rm -f "$CONNECT_DATA_DIR/connector.properties.next"
+    rm -f "$CONNECT_DATA_DIR/connector.properties.next" "$CONNECT_DATA_DIR/worker.properties.next"
     local cp
     cp=$(classpath)
     log "starting Kafka Connect (Debezium) on $CONNECT_URL"

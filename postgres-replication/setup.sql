@@ -23,6 +23,8 @@ SELECT format('CREATE DATABASE %I OWNER paystream', :'db')
 GRANT CREATE, CONNECT ON DATABASE :"db" TO debezium;
 GRANT CONNECT ON DATABASE :"db" TO analyst;
 \connect :"db"
+-- What each statement costs the primary (loaded by shared_preload_libraries).
+CREATE EXTENSION IF NOT EXISTS pg_stat_statements;
 -- Tables are created later by the migrations, as paystream; these make the analyst
 -- able to read whatever they create.
 ALTER DEFAULT PRIVILEGES FOR ROLE paystream IN SCHEMA public GRANT SELECT ON TABLES TO analyst;

@@ -53,9 +53,11 @@ impl Window {
     }
 
     /// Raw rows for `[from, rollup.0)` and `[rollup.1, to)`, rollups for the whole hours
-    /// in between. Without rollups (never refreshed) or without a whole hour, everything
-    /// is raw: `rollup` is then the empty `[to, to)`.
-    pub fn split(&self, have_rollups: bool) -> (DateTime<Utc>, DateTime<Utc>) {
+    /// in between. `refreshed_at` is the rollups' last refresh: they hold every hour
+    /// before the one it ran in (that hour was still being filled). Without rollups
+    /// (never refreshed) or without a whole hour, everything is raw: `rollup` is then the
+    /// empty `[to, to)`.
+    pub fn split(&self, refreshed_at: Option<DateTime<Utc>>) -> (DateTime<Utc>, DateTime<Utc>) {
         let hour = Duration::hours(1);
         let floor = |t: DateTime<Utc>| t.duration_trunc(hour).unwrap_or(t);
         let first = if floor(self.from) == self.from {
@@ -63,11 +65,9 @@ impl Window {
         } else {
             floor(self.from) + hour
         };
-        let last = floor(self.to);
-        if have_rollups && first < last {
-            (first, last)
-        } else {
-            (self.to, self.to)
+        match refreshed_at.map(|r| floor(self.to).min(floor(r))) {
+            Some(last) if first < last => (first, last),
+            _ => (self.to, self.to),
         }
     }
 }
@@ -220,21 +220,28 @@ mod tests {
 
     #[test]
     fn whole_hours_come_from_rollups_and_edges_from_rows() {
+        let later = Some(t("2026-02-01T00:00:00Z"));
         let w = Window::new(t("2026-01-01T10:20:00Z"), t("2026-01-01T15:05:00Z"), None).unwrap();
         assert_eq!(
-            w.split(true),
+            w.split(later),
             (t("2026-01-01T11:00:00Z"), t("2026-01-01T15:00:00Z"))
         );
-        assert_eq!(w.split(false), (w.to, w.to));
+        assert_eq!(w.split(None), (w.to, w.to));
+        // Refreshed at 13:40: the rollups end at 13:00, the rest is read from rows.
+        assert_eq!(
+            w.split(Some(t("2026-01-01T13:40:00Z"))),
+            (t("2026-01-01T11:00:00Z"), t("2026-01-01T13:00:00Z"))
+        );
+        assert_eq!(w.split(Some(t("2026-01-01T11:59:00Z"))), (w.to, w.to));
         let aligned =
             Window::new(t("2026-01-01T10:00:00Z"), t("2026-01-01T12:00:00Z"), None).unwrap();
-        assert_eq!(aligned.split(true), (aligned.from, aligned.to));
+        assert_eq!(aligned.split(later), (aligned.from, aligned.to));
         let inside =
             Window::new(t("2026-01-01T10:10:00Z"), t("2026-01-01T10:50:00Z"), None).unwrap();
-        assert_eq!(inside.split(true), (inside.to, inside.to));
+        assert_eq!(inside.split(later), (inside.to, inside.to));
         let across =
             Window::new(t("2026-01-01T10:10:00Z"), t("2026-01-01T11:50:00Z"), None).unwrap();
-        assert_eq!(across.split(true), (across.to, across.to));
+        assert_eq!(across.split(later), (across.to, across.to));
     }
 
     #[test]
@@ -285,20 +292,23 @@ mod tests {
         /// Raw head + rollup hours + raw tail is exactly the window, with no overlap, and the
         /// rollup part is whole hours.
         #[test]
-        fn the_split_partitions_the_window(from in 0i64..10_000_000, len in 1i64..1_000_000, rollups: bool) {
+        fn the_split_partitions_the_window(from in 0i64..10_000_000, len in 1i64..1_000_000, refreshed in proptest::option::of(0i64..12_000_000)) {
             let base = 1_800_000_000i64;
             let w = Window::new(
                 DateTime::from_timestamp(base + from, 0).unwrap(),
                 DateTime::from_timestamp(base + from + len, 0).unwrap(),
                 None,
             ).unwrap();
-            let (a, b) = w.split(rollups);
+            let refreshed = refreshed.map(|r| DateTime::from_timestamp(base + r, 0).unwrap());
+            let (a, b) = w.split(refreshed);
             prop_assert!(w.from <= a && a <= b && b <= w.to);
             if a < b {
-                prop_assert!(rollups);
+                // Only hours the refresh had finished.
+                prop_assert!(refreshed.is_some_and(|r| b <= r));
                 prop_assert_eq!(a.timestamp() % 3600, 0);
                 prop_assert_eq!(b.timestamp() % 3600, 0);
-                prop_assert!(a - w.from < Duration::hours(1) && w.to - b < Duration::hours(1));
+                prop_assert!(a - w.from < Duration::hours(1));
+                prop_assert!(w.to - b < Duration::hours(1) || refreshed.is_some_and(|r| r - b < Duration::hours(1)));
             } else {
                 prop_assert_eq!((a, b), (w.to, w.to));
             }

@@ -282,7 +282,7 @@ async fn read(
                 max_ms,
             });
         }
-        Ok(w.split(f.rollups_refreshed_at.is_some()))
+        Ok(w.split(f.rollups_refreshed_at))
     })
     .await?;
     let f = &answer.freshness;

@@ -14,7 +14,7 @@ use paystream_core::gateway::{
 };
 use paystream_core::{CaptureMethod, Currency, Money, PaymentStatus};
 use paystream_core::{ClientId, PaymentId};
-use paystream_db::idempotency::{self, Begin, Claim, Take};
+use paystream_db::idempotency::{self, Begin, Claim, Lease, Take};
 use paystream_db::keys::Principal;
 use paystream_db::payments::{
     self, Attached, ListFilter, NewPayment, Observation, Payment, Source,
@@ -138,7 +138,8 @@ pub async fn create(
         };
     tracing::Span::current().record("payment_id", tracing::field::display(payment.id));
     tracing::info!(payment_id = %payment.id, client_id = %who.client_id, fresh, "payment pending; finding its PaymentIntent");
-    match finish_create(&s, payment, fresh).await? {
+    match finish_create(&s, payment, fresh, &lease).await? {
+        Finish::Stored(status, body) => Ok((status, Json(body)).into_response()),
         Finish::Final(status, body) => {
             idempotency::complete(&s.db, &lease, status.as_u16(), &body).await?;
             Ok((status, Json(body)).into_response())
@@ -197,6 +198,8 @@ pub(crate) fn key_in_use() -> ApiError {
 /// (the key is released so a retry resumes the payment).
 enum Finish {
     Final(StatusCode, Value),
+    /// Final, and already stored for the key by the write that made it.
+    Stored(StatusCode, Value),
     Unfinished(ApiError),
 }
 
@@ -204,7 +207,12 @@ enum Finish {
 /// committed). Keeps I1 and I2 (docs/invariants.md): a payment that is already final gets
 /// nothing new, and the client secret handed out is always that of the payment's one
 /// intent.
-async fn finish_create(s: &AppState, payment: Payment, fresh: bool) -> Result<Finish, ApiError> {
+async fn finish_create(
+    s: &AppState,
+    payment: Payment,
+    fresh: bool,
+    lease: &Lease,
+) -> Result<Finish, ApiError> {
     if payment.status.is_final() {
         // Canceled, expired or failed while the key was free: replay the outcome, never
         // a new PaymentIntent (Stripe may have forgotten the create key by now).
@@ -242,7 +250,7 @@ async fn finish_create(s: &AppState, payment: Payment, fresh: bool) -> Result<Fi
         "stripe call"
     );
     match intent {
-        Ok(pi) => adopt(s, payment, pi).await,
+        Ok(pi) => adopt(s, payment, pi, lease).await,
         Err(GatewayError::Rejected {
             status,
             code,
@@ -306,19 +314,37 @@ async fn create_intent(s: &AppState, p: &Payment) -> Result<IntentView, GatewayE
 }
 
 /// Makes `pi` the payment's intent, if the payment still takes one, and answers with it.
-async fn adopt(s: &AppState, payment: Payment, pi: IntentView) -> Result<Finish, ApiError> {
+/// An intent still open at Stripe is linked and its answer stored in one commit.
+async fn adopt(
+    s: &AppState,
+    payment: Payment,
+    pi: IntentView,
+    lease: &Lease,
+) -> Result<Finish, ApiError> {
     let stripe_final = pi.status().filter(|st| st.is_final());
-    match payments::attach_intent(&s.db, payment.id, &pi.id, &pi.stripe_status).await? {
-        Attached::Attached(p) => match stripe_final {
+    let secret = pi.client_secret.as_deref();
+    let (attached, answered) = idempotency::attach_and_complete(
+        &s.db,
+        lease,
+        payment.id,
+        &pi.id,
+        &pi.stripe_status,
+        |p| {
+            stripe_final
+                .is_none()
+                .then(|| (StatusCode::CREATED.as_u16(), payment_json(p, secret)))
+        },
+    )
+    .await?;
+    match attached {
+        Attached::Attached(p) => match (stripe_final, answered) {
+            (None, Some((_, body))) => Ok(Finish::Stored(StatusCode::CREATED, body)),
             // Already over at Stripe (canceled there, or paid): record it, no secret.
-            Some(status) => {
+            (Some(status), _) => {
                 let p = observe(s, p.id, status, &pi).await?;
                 Ok(Finish::Final(StatusCode::OK, payment_json(&p, None)))
             }
-            None => Ok(Finish::Final(
-                StatusCode::CREATED,
-                payment_json(&p, pi.client_secret.as_deref()),
-            )),
+            (None, None) => Ok(Finish::Final(StatusCode::CREATED, payment_json(&p, secret))),
         },
         Attached::Refused(p) => {
             if p.stripe_payment_intent_id.as_deref() != Some(pi.id.as_str()) {

@@ -484,11 +484,26 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     // refresh.
     seed_refunds(&primary, 1, 1999, true).await;
     seed_refunds(&primary, 2061, 3000, true).await;
+    // A payment of this hour, which is still being filled: the rollups leave it to the rows.
+    sqlx::query(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency)
+         VALUES (gen_random_uuid(), gen_random_uuid(), 'this-hour', 700, 'usd')",
+    )
+    .execute(&primary)
+    .await
+    .unwrap();
     let first = paystream_analytics::refresh::refresh(&primary.clone().into(), false)
         .await
         .unwrap()
         .unwrap();
     assert!(first.full && first.hours >= 51, "{first:?}");
+    let this_hour: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM analytics_hourly WHERE hour >= date_trunc('hour', now(), 'UTC')",
+    )
+    .fetch_one(&primary)
+    .await
+    .unwrap();
+    assert_eq!(this_hour, 0, "the refresh computed the hour it ran in");
     // Changes after the refresh: late resolutions and new payments in old hours. The next
     // (incremental) refresh must find exactly those hours.
     sqlx::query(

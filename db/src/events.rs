@@ -100,6 +100,20 @@ impl Outcome {
     }
 }
 
+/// Which of `ids` are stored already: a catch-up pass, which lists every undelivered
+/// event of the last days again, reads a page's duplicates in one query instead of a
+/// transaction each.
+pub async fn stored(
+    db: &Primary,
+    ids: &[&str],
+) -> Result<std::collections::HashSet<String>, DbError> {
+    let found: Vec<String> = sqlx::query_scalar("SELECT id FROM stripe_events WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(db.pool())
+        .await?;
+    Ok(found.into_iter().collect())
+}
+
 /// Stores the event (dedupe by id) and applies it, in one transaction.
 pub async fn process(db: &Primary, e: &Received<'_>) -> Result<Outcome, DbError> {
     let mut tx = db.pool().begin().await?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::payments::{self, NewPayment, Payment};
+use crate::payments::{self, Attached, NewPayment, Payment};
 use crate::{DbError, Primary};
 
 /// A request's hold on an idempotency key.
@@ -73,6 +73,12 @@ pub enum Claim {
     /// Another request is working on this key right now.
     InFlight,
 }
+
+/// Inserts the key of a new payment ($1), the request's hash ($10) and its lease ($11 ms,
+/// token $12), unless the client ($2) already used the key ($3).
+const CLAIM_NEW: &str = "INSERT INTO idempotency_keys (client_id, idempotency_key, request_hash, locked_until, lease_token, payment_id)
+     VALUES ($2, $3, $10, now() + $11::bigint * interval '1 millisecond', $12, $1)
+     ON CONFLICT DO NOTHING RETURNING 1";
 
 /// Claims `key` for a request whose identity is `request_hash`, for `lease` (a crashed
 /// request frees it after that), inside the caller's transaction: the caller commits the
@@ -174,6 +180,28 @@ pub async fn begin(
     request_hash: &[u8],
     lease: Duration,
 ) -> Result<Begin, DbError> {
+    // A new key, the common case, is one statement: the key, the payment and its history
+    // row in one commit. A key already there inserts nothing, and the transaction below
+    // finds out what it holds.
+    let id = PaymentId::generate();
+    let held = Lease {
+        client_id: new.client_id,
+        key: new.idempotency_key.to_owned(),
+        token: Uuid::now_v7(),
+    };
+    let created: Option<Payment> = payments::bind_pending(
+        sqlx::query_as(&payments::insert_pending_sql(Some(CLAIM_NEW))),
+        id,
+        new,
+    )
+    .bind(request_hash)
+    .bind(millis(lease))
+    .bind(held.token)
+    .fetch_optional(db.pool())
+    .await?;
+    if let Some(payment) = created {
+        return Ok(Begin::Created(payment, held));
+    }
     let mut tx = db.pool().begin().await?;
     let claim = claim_in(
         &mut tx,
@@ -288,6 +316,40 @@ pub async fn complete(
     status: u16,
     body: &Value,
 ) -> Result<bool, DbError> {
+    complete_in(db.pool(), lease, status, body).await
+}
+
+/// Links a new payment to its PaymentIntent (`payments::attach_intent`) and, when `answer`
+/// makes the final response from the linked row, stores it for the key held by `lease`:
+/// both in one commit. Returns what the link did and the answer it made, if any (stored
+/// unless the lease was lost, as in `complete`).
+pub async fn attach_and_complete(
+    db: &Primary,
+    lease: &Lease,
+    id: PaymentId,
+    intent_id: &str,
+    stripe_status: &str,
+    answer: impl FnOnce(&Payment) -> Option<(u16, Value)>,
+) -> Result<(Attached, Option<(u16, Value)>), DbError> {
+    let mut tx = db.pool().begin().await?;
+    let attached = payments::attach_intent_in(&mut tx, id, intent_id, stripe_status).await?;
+    let answered = match &attached {
+        Attached::Attached(p) => answer(p),
+        _ => None,
+    };
+    if let Some((status, body)) = &answered {
+        complete_in(&mut *tx, lease, *status, body).await?;
+    }
+    tx.commit().await?;
+    Ok((attached, answered))
+}
+
+async fn complete_in<'e, E: sqlx::PgExecutor<'e>>(
+    db: E,
+    lease: &Lease,
+    status: u16,
+    body: &Value,
+) -> Result<bool, DbError> {
     let done = sqlx::query(
         "UPDATE idempotency_keys SET response_status = $3, response_body = $4, locked_until = NULL, lease_token = NULL
          WHERE client_id = $1 AND idempotency_key = $2 AND lease_token = $5 AND response_status IS NULL",
@@ -297,7 +359,7 @@ pub async fn complete(
     .bind(i16::try_from(status).unwrap_or(500))
     .bind(body)
     .bind(lease.token)
-    .execute(db.pool())
+    .execute(db)
     .await?;
     let held = done.rows_affected() == 1;
     if !held {

@@ -23,19 +23,14 @@ impl Primary {
     /// `sslmode` and `sslrootcert` in `url` are read as libpq reads them (`crate::tls`).
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Primary, DbError> {
         let options = crate::tls::connect_options(url).map_err(primary_config)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options);
+        let pool = pool_options(max_connections, Duration::from_secs(5)).connect_lazy_with(options);
         Ok(Primary(pool))
     }
 
     /// Opens now, so that a wrong URL or a down primary fails here (tools, tests).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Primary, DbError> {
         let options = crate::tls::connect_options(url).map_err(primary_config)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+        let pool = pool_options(max_connections, Duration::from_secs(10))
             .connect_with(options)
             .await?;
         Ok(Primary(pool))
@@ -80,6 +75,28 @@ impl Primary {
             .await?;
         Ok(WalPosition(lsn))
     }
+}
+
+/// A connection idle longer than this is pinged before use.
+const PING_IDLE_OVER: Duration = Duration::from_secs(1);
+
+/// sqlx pings every connection on acquire by default: a round trip before each
+/// statement of a busy service. Only a connection idle long enough to have been dropped
+/// unnoticed (a primary restart) is checked here. A busy one that broke fails its
+/// statement, and sqlx's ping on release closes it.
+fn pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IDLE_OVER {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 fn primary_config(e: DbError) -> DbError {

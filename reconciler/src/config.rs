@@ -70,6 +70,12 @@ pub struct KafkaConfig {
 #[serde(from = "BTreeMap<String, String>")]
 pub struct KafkaProperties(BTreeMap<String, String>);
 
+impl KafkaProperties {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
 impl From<BTreeMap<String, String>> for KafkaProperties {
     fn from(raw: BTreeMap<String, String>) -> Self {
         KafkaProperties(

@@ -12,6 +12,15 @@ use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 
+/// How long the broker may hold a fetch that finds nothing (`fetch.wait.max.ms`), unless
+/// `kafka.properties` sets it. tansu 0.6 holds every fetch for its whole max wait, data
+/// or not (Kafka answers as soon as it has some): on tansu this wait is CDC latency, and
+/// its inverse is the broker's busiest work (each fetch reads every partition held).
+/// Payments wait for this hop; refunds are few and polled in seconds, so their consumer
+/// asks less often.
+const PAYMENTS_FETCH_WAIT_MS: &str = "10";
+const REFUNDS_FETCH_WAIT_MS: &str = "100";
+
 /// A rebalance as the worker sees it, in the order the group produced them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rebalanced {
@@ -150,6 +159,7 @@ pub fn consumer(
         &cfg.group_id,
         &cfg.cdc_topic,
         "reconciler_consumer_lag",
+        PAYMENTS_FETCH_WAIT_MS,
         metrics,
     )
 }
@@ -164,6 +174,7 @@ pub fn refund_consumer(
         &cfg.refund_group_id(),
         &cfg.refund_cdc_topic,
         "reconciler_refund_consumer_lag",
+        REFUNDS_FETCH_WAIT_MS,
         metrics,
     )
 }
@@ -173,6 +184,7 @@ fn consumer_of(
     group: &str,
     topic: &str,
     lag_gauge: &'static str,
+    fetch_wait_ms: &str,
     metrics: Arc<Metrics>,
 ) -> rdkafka::error::KafkaResult<CdcConsumer> {
     let ctx = SourceContext {
@@ -181,9 +193,13 @@ fn consumer_of(
         metrics,
         rebalances: Mutex::new(Vec::new()),
     };
-    let consumer: CdcConsumer = cfg
+    let mut config = cfg
         .client_config()
-        .map_err(|e| rdkafka::error::KafkaError::ClientCreation(e.to_string()))?
+        .map_err(|e| rdkafka::error::KafkaError::ClientCreation(e.to_string()))?;
+    if cfg.properties.get("fetch.wait.max.ms").is_none() {
+        config.set("fetch.wait.max.ms", fetch_wait_ms);
+    }
+    let consumer: CdcConsumer = config
         .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -191,7 +207,6 @@ fn consumer_of(
         // A brand-new group is positioned by the worker (at the end, with state from the
         // replica); earliest is only the safe fallback should that fail.
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "20")
         // A killed instance's partitions move after this long.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")

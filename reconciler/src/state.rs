@@ -10,17 +10,16 @@ use uuid::Uuid;
 use crate::envelope::{Change, PaymentRow};
 use crate::schedule::Schedule;
 
-/// A pending payment as the state keeps it: only what a poll needs, compactly (the id
-/// is the map's key; strings are boxed, the currency is its three ASCII letters).
+/// A pending payment as the state keeps it: only what a poll and the ordering of changes
+/// need (the id is the map's key, the intent id boxed). A million of them are held at
+/// once, so nothing the poll does not read is here: what it publishes comes from the
+/// row Stripe's answer is applied to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     pub intent: Option<Box<str>>,
-    pub idempotency_key: Box<str>,
-    pub amount: i64,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub next_poll: DateTime<Utc>,
-    currency: [u8; 3],
     pub attempts: u32,
     /// Polls in a row whose answer could not be used (Stripe does not know the intent,
     /// or says a status we do not know); past a bound the payment goes to an operator.
@@ -31,12 +30,9 @@ impl Pending {
     fn new(row: &PaymentRow, next_poll: DateTime<Utc>) -> Self {
         let mut p = Pending {
             intent: None,
-            idempotency_key: Box::from(""),
-            amount: 0,
             version: 0,
             created_at: row.created_at,
             next_poll,
-            currency: [b' '; 3],
             attempts: 0,
             misses: 0,
         };
@@ -46,19 +42,11 @@ impl Pending {
 
     /// Takes a newer version of the row; the poll timer and count stay.
     fn update(&mut self, row: &PaymentRow) {
-        self.intent = row.stripe_payment_intent_id.as_deref().map(Box::from);
-        self.idempotency_key = Box::from(row.idempotency_key.as_str());
-        self.amount = row.amount;
-        self.version = row.version;
-        let c = row.currency.as_bytes();
-        // ISO 4217 codes are three ASCII letters (the database checks it).
-        if c.len() == 3 {
-            self.currency.copy_from_slice(c);
+        // The intent is set once: a row that still names the one held needs no new box.
+        if self.intent.as_deref() != row.stripe_payment_intent_id.as_deref() {
+            self.intent = row.stripe_payment_intent_id.as_deref().map(Box::from);
         }
-    }
-
-    pub fn currency(&self) -> &str {
-        std::str::from_utf8(&self.currency).unwrap_or("???")
+        self.version = row.version;
     }
 }
 
@@ -259,7 +247,7 @@ impl PendingState {
         let strings: usize = self
             .entries
             .values()
-            .map(|p| p.idempotency_key.len() + p.intent.as_ref().map_or(0, |i| i.len()))
+            .map(|p| p.intent.as_ref().map_or(0, |i| i.len()))
             .sum();
         self.entries.capacity() * (size_of::<(Uuid, Pending)>() + 1)
             + strings
@@ -478,10 +466,7 @@ mod tests {
         );
         assert_eq!(due[0].1.attempts, 3);
         let kept = st.get(&b).unwrap();
-        assert_eq!(
-            (kept.currency(), kept.amount, kept.intent.as_deref()),
-            ("usd", 100, Some("pi_1"))
-        );
+        assert_eq!(kept.intent.as_deref(), Some("pi_1"));
     }
 
     #[test]

@@ -30,7 +30,8 @@ const KINDS: [&str; 2] = ["payment_intent.*", "refund.*"];
 
 /// One pass over undelivered events created at or after `since` (unix seconds), through
 /// the same gateway as every other Stripe call (its timeout; a 429 is `RateLimited`, and
-/// the pass is tried again at the next tick). Returns how many events were new to us.
+/// the pass is tried again at the next tick). Returns how many events were new to us
+/// (not counting those that could change nothing).
 pub async fn run_once(stripe: &StripeApi, db: &Primary, since: i64) -> Result<usize, CatchupError> {
     let mut new = 0;
     for kind in KINDS {
@@ -39,8 +40,17 @@ pub async fn run_once(stripe: &StripeApi, db: &Primary, since: i64) -> Result<us
             let page = stripe
                 .list_events(kind, since, true, after.as_deref())
                 .await?;
+            let ids: Vec<&str> = page.data.iter().filter_map(|e| e["id"].as_str()).collect();
+            let stored = paystream_db::events::stored(db, &ids).await?;
             for event in &page.data {
-                if events::process(db, event, Via::Catchup).await? != events::Outcome::Duplicate {
+                if event["id"].as_str().is_some_and(|id| stored.contains(id)) {
+                    continue;
+                }
+                let outcome = events::process(db, event, Via::Catchup).await?;
+                if !matches!(
+                    outcome,
+                    events::Outcome::Duplicate | events::Outcome::Ignored
+                ) {
                     new += 1;
                 }
             }

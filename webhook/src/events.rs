@@ -164,6 +164,9 @@ pub async fn process_for(
         },
         None => Subject::default(),
     };
+    if !can_change_anything(event, reading.as_ref()) {
+        return Ok((Outcome::Ignored, subject));
+    }
     let received = Received {
         id,
         kind: event["type"].as_str().unwrap_or_default(),
@@ -185,6 +188,16 @@ pub async fn process_for(
             .map(|r| r.payment_id);
     }
     Ok((outcome, subject))
+}
+
+/// Whether an event may change one of our rows; one that cannot is acknowledged without
+/// a write on the primary. That is an event about neither an intent nor a refund, and
+/// `payment_intent.created`, which says only what the intent was when we made it: the
+/// API stored that from Stripe's answer. (Should the API die before storing it, the
+/// reconciler finds the intent by our payment id.) Every payment would otherwise cost
+/// the primary a second transaction for it.
+fn can_change_anything(event: &Value, reading: Option<&Reading>) -> bool {
+    reading.is_some() && event["type"] != "payment_intent.created"
 }
 
 /// Retries the unmatched events that are due (at most `batch`), and gives up on those

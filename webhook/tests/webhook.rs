@@ -498,11 +498,22 @@ async fn refund_and_capture_events_resolve_them_and_catch_up_heals_dropped_ones(
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["outcome"], "ignored");
     assert_eq!(
         stripe_status().await.as_deref(),
         Some("requires_capture"),
         "a late created event regressed the held intent"
     );
+    // It can change nothing, so it costs the primary nothing: not even the event's row,
+    // neither this delivery's nor stripe-sim's own.
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM stripe_events WHERE payment_intent_id = $1 AND type = 'payment_intent.created'",
+    )
+    .bind(&held_pi)
+    .fetch_one(&env.db)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0, "payment_intent.created events were stored");
     env.stripe
         .capture_intent(&held_pi, Some(1500), "test-capture")
         .await

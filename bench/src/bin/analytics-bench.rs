@@ -255,7 +255,8 @@ async fn main() -> anyhow::Result<()> {
 
     // The plans, on the replica, with the 30-day window's parameters.
     let w = Window::new(windows[0].1, windows[0].2, None)?;
-    let (a, b) = w.split(true);
+    // As right after a refresh: every whole hour of the window is in the rollups.
+    let (a, b) = w.split(Some(chrono::Utc::now()));
     println!("\nplans (30-day window):");
     let mut violations = Vec::new();
     for (name, sql) in paystream_analytics::query::sql_for_explain() {

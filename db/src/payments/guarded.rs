@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Attention, COLUMNS, Payment, Source, by_id};
+use super::{Attention, COLUMNS, Payment, Source, by_id_in};
 use crate::{DbError, Primary};
 
 /// What `attach_intent` did.
@@ -35,6 +35,22 @@ pub async fn attach_intent(
     intent_id: &str,
     stripe_status: &str,
 ) -> Result<Attached, DbError> {
+    attach_intent_in(
+        &mut *db.pool().acquire().await?,
+        id,
+        intent_id,
+        stripe_status,
+    )
+    .await
+}
+
+/// `attach_intent` inside the caller's transaction.
+pub(crate) async fn attach_intent_in(
+    conn: &mut PgConnection,
+    id: PaymentId,
+    intent_id: &str,
+    stripe_status: &str,
+) -> Result<Attached, DbError> {
     let attached: Option<Payment> = sqlx::query_as(&format!(
         "UPDATE payments SET stripe_payment_intent_id = $2,
                 stripe_status = CASE WHEN stripe_payment_intent_id IS NULL THEN $3 ELSE stripe_status END
@@ -45,12 +61,12 @@ pub async fn attach_intent(
     .bind(id.as_uuid())
     .bind(intent_id)
     .bind(stripe_status)
-    .fetch_optional(db.pool())
+    .fetch_optional(&mut *conn)
     .await?;
     if let Some(p) = attached {
         return Ok(Attached::Attached(p));
     }
-    Ok(match by_id(db, id).await? {
+    Ok(match by_id_in(&mut *conn, id).await? {
         Some(p) => Attached::Refused(p),
         None => Attached::NotFound,
     })

@@ -11,6 +11,7 @@ use crate::{DbError, Primary};
 
 mod guarded;
 
+pub(crate) use guarded::attach_intent_in;
 pub use guarded::{
     Applied, Attached, Observation, apply_status, apply_status_in, attach_intent, clear_attention,
     find_for_intent, flag_attention,
@@ -215,10 +216,7 @@ pub async fn create_pending(
     id: PaymentId,
     new: &NewPayment<'_>,
 ) -> Result<Payment, DbError> {
-    let mut tx = db.pool().begin().await?;
-    let p = insert_pending(&mut tx, id, new).await?;
-    tx.commit().await?;
-    Ok(p)
+    insert_pending(&mut *db.pool().acquire().await?, id, new).await
 }
 
 /// Inserts a `pending` payment and its first history row, inside the caller's transaction.
@@ -227,26 +225,51 @@ pub(crate) async fn insert_pending(
     id: PaymentId,
     new: &NewPayment<'_>,
 ) -> Result<Payment, DbError> {
-    let payment: Payment = sqlx::query_as(&format!(
-        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, description, customer_email, metadata, capture_method)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
-    ))
-    .bind(id.as_uuid())
-    .bind(new.client_id.as_uuid())
-    .bind(new.idempotency_key)
-    .bind(new.money.amount())
-    .bind(new.money.currency().code())
-    .bind(new.description)
-    .bind(new.customer_email)
-    .bind(new.metadata)
-    .bind(new.capture_method.as_str())
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query("INSERT INTO payment_status_history (payment_id, from_status, to_status, source) VALUES ($1, NULL, 'pending', 'api')")
+    Ok(
+        bind_pending(sqlx::query_as(&insert_pending_sql(None)), id, new)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
+}
+
+/// The one statement that inserts a pending payment ($1-$9) and its first history row.
+/// With `claim`, a CTE that inserts the row's idempotency key first: the payment is
+/// inserted only if the key was new, so a statement that returns no row created nothing.
+/// One statement is one round trip and, outside a transaction, one commit.
+pub(crate) fn insert_pending_sql(claim: Option<&str>) -> String {
+    let (claim, from) = match claim {
+        Some(cte) => (format!("claimed AS ({cte}), "), " FROM claimed"),
+        None => (String::new(), ""),
+    };
+    format!(
+        "WITH {claim}payment AS (
+             INSERT INTO payments (id, client_id, idempotency_key, amount, currency, description, customer_email, metadata, capture_method)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9{from}
+             RETURNING {COLUMNS}
+         ), history AS (
+             INSERT INTO payment_status_history (payment_id, to_status, source)
+             SELECT id, 'pending', 'api' FROM payment
+         )
+         SELECT {COLUMNS} FROM payment"
+    )
+}
+
+/// Binds a new payment to `insert_pending_sql`'s first nine parameters.
+pub(crate) fn bind_pending<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    id: PaymentId,
+    new: &NewPayment<'q>,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
         .bind(id.as_uuid())
-        .execute(&mut *conn)
-        .await?;
-    Ok(payment)
+        .bind(new.client_id.as_uuid())
+        .bind(new.idempotency_key)
+        .bind(new.money.amount())
+        .bind(new.money.currency().code())
+        .bind(new.description)
+        .bind(new.customer_email)
+        .bind(new.metadata)
+        .bind(new.capture_method.as_str())
 }
 
 /// Payments that need an operator, oldest flag first.
@@ -284,10 +307,17 @@ pub(crate) async fn get_in<'e, E: sqlx::PgExecutor<'e>>(
 
 /// A payment whoever owns it (for the services, never for clients).
 pub async fn by_id(db: &Primary, id: PaymentId) -> Result<Option<Payment>, DbError> {
+    by_id_in(db.pool(), id).await
+}
+
+pub(crate) async fn by_id_in<'e, E: sqlx::PgExecutor<'e>>(
+    db: E,
+    id: PaymentId,
+) -> Result<Option<Payment>, DbError> {
     Ok(
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM payments WHERE id = $1"))
             .bind(id.as_uuid())
-            .fetch_optional(db.pool())
+            .fetch_optional(db)
             .await?,
     )
 }

@@ -165,6 +165,8 @@ pub enum Count {
         truncated: bool,
     },
     SweepFailed,
+    /// A swept event that came before its payment's row was acted on when the row came.
+    NudgedLate,
 }
 
 #[derive(Debug, Clone)]
@@ -448,8 +450,9 @@ impl Engine {
         }));
         if matches!(effect, Effect::Added | Effect::Updated)
             && let Some((e, _)) = self.early.remove(&change.id())
+            && self.act(change.id(), e, now)
         {
-            self.act(change.id(), e, now);
+            out.push(Command::Count(Count::NudgedLate));
         }
         match change.final_transition() {
             Some(update) => {

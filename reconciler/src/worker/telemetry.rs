@@ -14,10 +14,21 @@ const UNDECODABLE: (&str, &str) = (
     "CDC records that could not be decoded (sent to the dead-letter topic)",
 );
 
+const NUDGES: (&str, &str) = (
+    "reconciler_sweep_nudges_total",
+    "pending payments the sweep found moved at Stripe and polled first (or applied, when final)",
+);
+
+const CDC_LATENCY: (&str, &str) = (
+    "reconciler_cdc_latency_seconds",
+    "from the commit on the primary (source.ts_ms) to the change in the state",
+);
+
 /// Counters that may stay at zero for a process's whole life exist from its start, so a
 /// dashboard or an alert reads 0 rather than no data, and `rate()` sees the first one.
 pub fn zero(metrics: &Metrics) {
     metrics.add(UNDECODABLE.0, UNDECODABLE.1, &[], 0);
+    metrics.declare_histogram(CDC_LATENCY.0, CDC_LATENCY.1, &[]);
 }
 
 pub fn count(metrics: &Metrics, c: Count) {
@@ -30,8 +41,8 @@ pub fn count(metrics: &Metrics, c: Count) {
             if let Some(ts) = commit_ts_ms {
                 let lag_ms = Utc::now().timestamp_millis().saturating_sub(ts).max(0);
                 metrics.observe(
-                    "reconciler_cdc_latency_seconds",
-                    "from the commit on the primary (source.ts_ms) to the change in the state",
+                    CDC_LATENCY.0,
+                    CDC_LATENCY.1,
                     &[],
                     Duration::from_millis(lag_ms.unsigned_abs()),
                 );
@@ -76,15 +87,12 @@ pub fn count(metrics: &Metrics, c: Count) {
                     "events new to the sweep",
                     events as u64,
                 ),
-                (
-                    "reconciler_sweep_nudges_total",
-                    "pending payments the sweep found moved at Stripe and polled first",
-                    nudged as u64,
-                ),
+                (NUDGES.0, NUDGES.1, nudged as u64),
             ] {
                 metrics.add(name, help, &[], n);
             }
         }
+        Count::NudgedLate => metrics.inc(NUDGES.0, NUDGES.1, &[]),
         Count::SweepFailed => metrics.inc(
             "reconciler_sweeps_total",
             "sweeps of Stripe's events, by outcome",

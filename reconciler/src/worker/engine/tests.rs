@@ -1099,7 +1099,12 @@ fn an_event_ahead_of_its_row_is_acted_on_when_the_row_arrives() {
         lsn: 1,
         commit_ts_ms: 1,
     });
-    e.step(record(0, 5, change), t0);
+    let cmds = e.step(record(0, 5, change), t0);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, Command::Count(Count::NudgedLate))),
+        "counted with the sweep's nudges: {cmds:?}"
+    );
     let cmds = e.step(Event::Tick, t0.after(Duration::from_millis(30)));
     assert!(
         cmds.iter()
