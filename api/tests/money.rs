@@ -455,6 +455,20 @@ async fn a_lease_taken_over_cannot_overwrite_the_holders_answer() {
             .await
             .unwrap()
     );
+    // Nor can it store one with the intent it links (the link itself is harmless: the
+    // payment's one intent, which the holder would find by its create key).
+    let intent = format!("pi_lease_{}", Uuid::now_v7().simple());
+    let (attached, _) = idempotency::attach_and_complete(
+        &app.primary,
+        &first,
+        p.id,
+        &intent,
+        "requires_payment_method",
+        |_| Some((201, json!({"stale": true}))),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(attached, payments::Attached::Attached(_)));
     assert!(
         idempotency::complete(&app.primary, &second, 201, &json!({"holder": true}))
             .await

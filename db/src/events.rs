@@ -195,10 +195,10 @@ async fn apply_intent(
         return Ok((o, None));
     };
     // `payment_intent.created` says what the intent was when it was made: nothing we did
-    // not store from Stripe's answer to our create. Deliveries run concurrently and
-    // retries reorder them, so it may land after the intent moved on (held for capture,
-    // say): its status must not put ours back. It still links the intent to a payment
-    // whose row lacks it (the API died between Stripe's answer and its own update).
+    // not store from Stripe's answer to our create. The webhook service no longer stores
+    // it (it can change nothing), but one stored before that may still be retried here as
+    // unmatched, and it may land after the intent moved on (held for capture, say): its
+    // status must not put ours back. It may still link the intent to a row that lacks it.
     let stripe_status = (kind != "payment_intent.created").then_some(r.stripe_status.as_str());
     let obs = Observation {
         status: r.status,

@@ -17,9 +17,9 @@ use crate::config::KafkaConfig;
 /// or not (Kafka answers as soon as it has some): on tansu this wait is CDC latency, and
 /// its inverse is the broker's busiest work (each fetch reads every partition held).
 /// Payments wait for this hop; refunds are few and polled in seconds, so their consumer
-/// asks less often.
+/// asks half as often.
 const PAYMENTS_FETCH_WAIT_MS: &str = "10";
-const REFUNDS_FETCH_WAIT_MS: &str = "100";
+const REFUNDS_FETCH_WAIT_MS: &str = "20";
 
 /// A rebalance as the worker sees it, in the order the group produced them.
 #[derive(Debug, Clone, PartialEq, Eq)]

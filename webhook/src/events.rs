@@ -193,9 +193,10 @@ pub async fn process_for(
 /// Whether an event may change one of our rows; one that cannot is acknowledged without
 /// a write on the primary. That is an event about neither an intent nor a refund, and
 /// `payment_intent.created`, which says only what the intent was when we made it: the
-/// API stored that from Stripe's answer. (Should the API die before storing it, the
-/// reconciler finds the intent by our payment id.) Every payment would otherwise cost
-/// the primary a second transaction for it.
+/// API stored that from Stripe's answer. (Should the API die before storing it, a retry
+/// of the create finds the intent, or the reconciler does by our payment id once the
+/// payment is `create_after` old.) Every payment would otherwise cost the primary a
+/// second transaction for it.
 fn can_change_anything(event: &Value, reading: Option<&Reading>) -> bool {
     reading.is_some() && event["type"] != "payment_intent.created"
 }
