@@ -534,6 +534,24 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
         !second.full && second.hours > 0 && second.hours < first.hours,
         "{second:?}"
     );
+    // Each day's histogram (before today's) is the sum of its hours', after the
+    // incremental refresh too; the summaries below read whole days from it.
+    let disagree: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM analytics_resolution_daily d
+         FULL JOIN (SELECT date_trunc('day', hour, 'UTC') AS day, currency, lo_ms, sum(payments) AS payments
+                    FROM analytics_resolution_hourly WHERE hour < date_trunc('day', now(), 'UTC')
+                    GROUP BY 1, 2, 3) h USING (day, currency, lo_ms)
+         WHERE d.payments IS DISTINCT FROM h.payments",
+    )
+    .fetch_one(&primary)
+    .await
+    .unwrap();
+    let days: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT day) FROM analytics_resolution_daily")
+            .fetch_one(&primary)
+            .await
+            .unwrap();
+    assert_eq!((disagree, days >= 3), (0, true), "{days} days rolled up");
     caught_up(&primary, &replica).await;
 
     // The SQL bucket function and its Rust twin agree.
@@ -616,6 +634,17 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
         (h(3, 0), h(27, 0), Some("eur")),
     )
     .await;
+    // Whole UTC days inside the rolled-up hours come from the daily histogram: with and
+    // without hourly edges around them.
+    check_summary(
+        &http,
+        &base,
+        &analyst,
+        &primary,
+        (h(0, 1817), h(50, 1200), Some("usd")),
+    )
+    .await;
+    check_summary(&http, &base, &analyst, &primary, (h(0, 0), h(48, 0), None)).await;
     let inside = check_summary(
         &http,
         &base,

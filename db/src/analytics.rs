@@ -27,6 +27,10 @@ const ROLLUPS: [&str; 3] = [
     "analytics_money_hourly",
 ];
 
+/// Rolled up by day from `analytics_resolution_hourly`: the days of the hours a run
+/// rewrites are rewritten with them.
+const DAILY: &str = "analytics_resolution_daily";
+
 /// One instance refreshes at a time; the others skip their turn.
 const LOCK_KEY: i64 = 0x7073_5f61_6e61_6c79; // "ps_analy"
 
@@ -79,10 +83,16 @@ pub async fn refresh(primary: &Primary, full: bool) -> Result<Option<Refreshed>,
                     .execute(&mut *tx)
                     .await?;
             }
+            sqlx::query(&format!(
+                "DELETE FROM {DAILY} WHERE day IN (SELECT date_trunc('day', h, 'UTC') FROM unnest($1::timestamptz[]) h)"
+            ))
+            .bind(&hours)
+            .execute(&mut *tx)
+            .await?;
             hours
         }
         None => {
-            for table in ROLLUPS {
+            for table in ROLLUPS.iter().chain([&DAILY]) {
                 sqlx::query(&format!("DELETE FROM {table}"))
                     .execute(&mut *tx)
                     .await?;
@@ -114,6 +124,22 @@ pub async fn refresh(primary: &Primary, full: bool) -> Result<Option<Refreshed>,
              WHERE p.resolved_at IS NOT NULL
              GROUP BY 1, 2, 3",
         )
+        .bind(&hours)
+        .execute(&mut *tx)
+        .await?;
+        // Whole days, from the hourly rows just written and those the day already had.
+        // Not today: readers take whole days only before the day of the rollups' last
+        // hour, so today's row would be rewritten every run and never read; the first run
+        // after midnight computes it (it computes the last hour of the day).
+        // `+ 24 hours`, not `+ 1 day`: a day of the session's time zone may be 23 or 25.
+        sqlx::query(&format!(
+            "INSERT INTO {DAILY} (day, currency, lo_ms, payments)
+             SELECT d, r.currency, r.lo_ms, sum(r.payments)
+             FROM (SELECT DISTINCT date_trunc('day', h, 'UTC') AS d FROM unnest($1::timestamptz[]) h) days
+             JOIN analytics_resolution_hourly r ON r.hour >= d AND r.hour < d + interval '24 hours'
+             WHERE d < date_trunc('day', now(), 'UTC')
+             GROUP BY 1, 2, 3"
+        ))
         .bind(&hours)
         .execute(&mut *tx)
         .await?;

@@ -2,6 +2,8 @@
 //! writes them: key `{"id": ...}`, value `{"before", "after", "source": {"lsn", "ts_ms", ...},
 //! "op": "c|u|d|r", "ts_ms"}`, and a null value (tombstone) after each delete.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use paystream_core::PaymentStatus;
 use serde::Deserialize;
@@ -14,7 +16,6 @@ pub struct PaymentRow {
     pub id: Uuid,
     pub status: String,
     pub stripe_payment_intent_id: Option<String>,
-    pub idempotency_key: String,
     pub amount: i64,
     pub currency: String,
     pub created_at: DateTime<Utc>,
@@ -36,7 +37,6 @@ pub(crate) fn test_row(
         id,
         status: status.into(),
         stripe_payment_intent_id: Some("pi_1".into()),
-        idempotency_key: "k".into(),
         amount: 100,
         currency: "usd".into(),
         created_at,
@@ -157,13 +157,14 @@ struct Source {
 
 /// Debezium's envelope, for any table whose rows have a `status` (payments, refunds).
 /// The row is read straight into `R`, skipping the columns `R` does not name: no tree of
-/// JSON values is built for each change.
+/// JSON values is built for each change, and the op is borrowed from the message.
 #[derive(Deserialize)]
-struct Envelope<R> {
+struct Envelope<'a, R> {
     before: Option<BeforeJson>,
     after: Option<R>,
     source: Source,
-    op: String,
+    #[serde(borrow)]
+    op: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -176,7 +177,6 @@ struct RowJson {
     id: Uuid,
     status: String,
     stripe_payment_intent_id: Option<String>,
-    idempotency_key: String,
     amount: i64,
     currency: String,
     /// Debezium renders timestamptz as an ISO-8601 string.
@@ -184,8 +184,9 @@ struct RowJson {
     version: i64,
     #[serde(default)]
     resolution_source: Option<String>,
+    /// Only whether it is set matters.
     #[serde(default)]
-    attention: Option<String>,
+    attention: Option<serde::de::IgnoredAny>,
 }
 
 /// One Debezium record of a table with an `id` key and a `status` column, its row read
@@ -222,9 +223,9 @@ pub(crate) fn decode_record<R: Keyed>(
     let Some(value) = value else {
         return Ok(Record::Tombstone { id: key.id });
     };
-    let env: Envelope<R> =
+    let env: Envelope<'_, R> =
         serde_json::from_slice(value).map_err(|e| DecodeError::BadEnvelope(e.to_string()))?;
-    match env.op.as_str() {
+    match env.op.as_ref() {
         "c" | "u" | "r" => {
             let row = env
                 .after
@@ -270,7 +271,6 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, Decode
                 id: r.id,
                 status: r.status,
                 stripe_payment_intent_id: r.stripe_payment_intent_id,
-                idempotency_key: r.idempotency_key,
                 amount: r.amount,
                 currency: r.currency,
                 created_at: r.created_at,

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use paystream_db::{DbError, Primary, Replica, replica};
 
-use crate::envelope::{Change, PaymentRow};
 use crate::partition::partition_for;
 use crate::schedule::Schedule;
 use crate::state::PendingState;
@@ -45,26 +44,12 @@ pub async fn load(
         let Some(state) = states.get_mut(&partition_for(r.id.as_uuid(), total)) else {
             return;
         };
-        let row = PaymentRow {
-            id: r.id.as_uuid(),
-            status: "pending".into(),
-            stripe_payment_intent_id: r.intent,
-            idempotency_key: r.idempotency_key,
-            amount: r.amount,
-            currency: r.currency,
-            created_at: r.created_at,
-            version: r.version,
-            resolution_source: None,
-            flagged: false,
-        };
-        state.apply(
-            &Change::Upsert {
-                row,
-                before_status: None,
-                snapshot: true,
-                lsn: 0,
-                commit_ts_ms: 0,
-            },
+        // Fresh states, and one row per payment: nothing to order, so no version check.
+        state.hold(
+            r.id.as_uuid(),
+            r.intent.as_deref(),
+            r.created_at,
+            r.version,
             schedule,
         );
     })

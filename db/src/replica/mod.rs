@@ -263,9 +263,6 @@ pub async fn authenticate(replica: &Replica, key: &str) -> Result<Option<Princip
 pub struct PendingPayment {
     pub id: PaymentId,
     pub intent: Option<String>,
-    pub idempotency_key: String,
-    pub amount: i64,
-    pub currency: String,
     pub created_at: DateTime<Utc>,
     pub version: i64,
 }
@@ -284,7 +281,7 @@ pub async fn pending_payments(
     caught_up(&client, position, catch_up_limit).await?;
     let rows = client
         .query_raw(
-            "SELECT id, stripe_payment_intent_id, idempotency_key, amount, currency, created_at, version
+            "SELECT id, stripe_payment_intent_id, created_at, version
              FROM payments WHERE status = 'pending' AND attention IS NULL",
             std::iter::empty::<&str>(),
         )
@@ -295,11 +292,8 @@ pub async fn pending_payments(
         each(PendingPayment {
             id: PaymentId::from_uuid(r.try_get(0)?),
             intent: r.try_get(1)?,
-            idempotency_key: r.try_get(2)?,
-            amount: r.try_get(3)?,
-            currency: r.try_get(4)?,
-            created_at: r.try_get(5)?,
-            version: r.try_get(6)?,
+            created_at: r.try_get(2)?,
+            version: r.try_get(3)?,
         });
         n += 1;
     }
