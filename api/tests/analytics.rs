@@ -539,7 +539,8 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     let disagree: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM analytics_resolution_daily d
          FULL JOIN (SELECT date_trunc('day', hour, 'UTC') AS day, currency, lo_ms, sum(payments) AS payments
-                    FROM analytics_resolution_hourly WHERE hour < date_trunc('day', now(), 'UTC')
+                    FROM analytics_resolution_hourly
+                    WHERE hour < (SELECT date_trunc('day', refreshed_at, 'UTC') FROM analytics_refresh)
                     GROUP BY 1, 2, 3) h USING (day, currency, lo_ms)
          WHERE d.payments IS DISTINCT FROM h.payments",
     )

@@ -155,8 +155,9 @@ pub struct PendingState {
     /// poll, and nothing delays the poll of a payment Stripe has just finished. Entries
     /// are not removed when a payment leaves or is rescheduled; a popped entry counts
     /// only if its slot is live with that `next_poll`. (A slot freed and taken by a new
-    /// payment due at the very same microsecond makes a duplicate entry: the first pop
-    /// polls it and moves its `next_poll`, which makes the second stale.)
+    /// payment due at the very same microsecond makes a duplicate entry, perhaps in
+    /// another tier: the first pop polls it, once, and moves its `next_poll`, which makes
+    /// the second stale.)
     timers: [Timers; 3],
     /// Highest version seen per id for payments that left the state, so a late replay of
     /// an older `pending` version cannot bring them back. Bounded (oldest forgotten first):
