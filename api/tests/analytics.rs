@@ -627,25 +627,15 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
         late["rollups_as_of"].is_string() && late["refunds"].as_i64() > Some(0),
         "{late}"
     );
-    check_summary(
-        &http,
-        &base,
-        &analyst,
-        &primary,
+    // One currency; then whole UTC days inside the rolled-up hours, read from the daily
+    // histogram, with and without hourly edges around them.
+    for window in [
         (h(3, 0), h(27, 0), Some("eur")),
-    )
-    .await;
-    // Whole UTC days inside the rolled-up hours come from the daily histogram: with and
-    // without hourly edges around them.
-    check_summary(
-        &http,
-        &base,
-        &analyst,
-        &primary,
         (h(0, 1817), h(50, 1200), Some("usd")),
-    )
-    .await;
-    check_summary(&http, &base, &analyst, &primary, (h(0, 0), h(48, 0), None)).await;
+        (h(0, 0), h(48, 0), None),
+    ] {
+        check_summary(&http, &base, &analyst, &primary, window).await;
+    }
     let inside = check_summary(
         &http,
         &base,

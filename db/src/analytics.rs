@@ -83,12 +83,14 @@ pub async fn refresh(primary: &Primary, full: bool) -> Result<Option<Refreshed>,
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlx::query(&format!(
-                "DELETE FROM {DAILY} WHERE day IN (SELECT date_trunc('day', h, 'UTC') FROM unnest($1::timestamptz[]) h)"
-            ))
-            .bind(&hours)
-            .execute(&mut *tx)
-            .await?;
+            if !hours.is_empty() {
+                sqlx::query(&format!(
+                    "DELETE FROM {DAILY} WHERE day IN (SELECT date_trunc('day', h, 'UTC') FROM unnest($1::timestamptz[]) h)"
+                ))
+                .bind(&hours)
+                .execute(&mut *tx)
+                .await?;
+            }
             hours
         }
         None => {
