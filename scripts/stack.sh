@@ -68,7 +68,7 @@ migrate() {
         --name stack-operator --role operator 2>>"$LOG_DIR/migrate.log" || die "registering the stack's operator key failed"
 }
 
-healthy() { curl -fsS --max-time 1 "http://127.0.0.1:$(service_port "$1")$(health_path "$1")" >/dev/null; }
+healthy() { curl -fsS --max-time 3 "http://127.0.0.1:$(service_port "$1")$(health_path "$1")" >/dev/null; }
 
 # STRIPE=real's keys, as the environment gave them: load_secrets then sets the sim's.
 REAL_STRIPE_SECRET_KEY=${STRIPE_SECRET_KEY:-}
@@ -284,7 +284,7 @@ logs() {
 
 # The reconciler holds CDC partitions (it has joined its group and loaded its state).
 reconciler_owns_partitions() {
-    curl -fsS --max-time 1 "http://127.0.0.1:$RECONCILER_PORT/metrics" | grep -Eq '^reconciler_partitions [1-9]'
+    curl -fsS --max-time 3 "http://127.0.0.1:$RECONCILER_PORT/metrics" | grep -Eq '^reconciler_partitions [1-9]'
 }
 
 demo() {

@@ -16,44 +16,61 @@ use crate::DbError;
 
 /// The primary: every write, and reads that must see the latest commit.
 #[derive(Clone, Debug)]
-pub struct Primary(PgPool);
+pub struct Primary {
+    pool: PgPool,
+    /// Readiness's own connection. Readiness asks whether the primary answers, not
+    /// whether the pool has a free connection: under load every connection can be busy
+    /// for seconds, and a probe queued behind the requests would take a working (merely
+    /// busy) instance out of rotation, or keep a restarted one from ever becoming ready.
+    probe: PgPool,
+}
 
 impl Primary {
     /// Opens lazily: a service starts (and says it is unready) while the primary is down.
     /// `sslmode` and `sslrootcert` in `url` are read as libpq reads them (`crate::tls`).
     pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Primary, DbError> {
         let options = crate::tls::connect_options(url).map_err(primary_config)?;
-        let pool = pool_options(max_connections, Duration::from_secs(5)).connect_lazy_with(options);
-        Ok(Primary(pool))
+        let pool = pool_options(max_connections, Duration::from_secs(5))
+            .connect_lazy_with(options.clone());
+        Ok(Primary::with_probe(pool, options))
     }
 
     /// Opens now, so that a wrong URL or a down primary fails here (tools, tests).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Primary, DbError> {
         let options = crate::tls::connect_options(url).map_err(primary_config)?;
         let pool = pool_options(max_connections, Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Primary(pool))
+        Ok(Primary::with_probe(pool, options))
     }
 
-    /// Wraps a pool a test harness already holds.
+    /// Wraps a pool a test harness already holds; readiness then uses that pool too.
     pub fn from_pool(pool: PgPool) -> Primary {
-        Primary(pool)
+        Primary {
+            probe: pool.clone(),
+            pool,
+        }
+    }
+
+    fn with_probe(pool: PgPool, options: sqlx::postgres::PgConnectOptions) -> Primary {
+        // Opened on the first probe, and closed when idle like any other connection.
+        let probe = pool_options(1, Duration::from_secs(2)).connect_lazy_with(options);
+        Primary { pool, probe }
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
-        &self.0
+        &self.pool
     }
 
-    /// Readiness: the primary answers.
+    /// Readiness: the primary answers, however busy the pool is.
     pub async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("SELECT 1").execute(&self.0).await?;
+        sqlx::query("SELECT 1").execute(&self.probe).await?;
         Ok(())
     }
 
     /// (open, idle) connections, for the metrics.
     pub fn connections(&self) -> (u32, usize) {
-        (self.0.size(), self.0.num_idle())
+        (self.pool.size(), self.pool.num_idle())
     }
 
     /// Applies the embedded migrations (the same ones `sqlx migrate run` would); returns
@@ -61,7 +78,7 @@ impl Primary {
     pub async fn migrate(&self) -> Result<usize, DbError> {
         let migrator = sqlx::migrate!("../migrations");
         migrator
-            .run(&self.0)
+            .run(&self.pool)
             .await
             .map_err(|e| DbError::Config(format!("migrations: {e}")))?;
         Ok(migrator.iter().count())
@@ -71,7 +88,7 @@ impl Primary {
     /// every commit made before now.
     pub async fn wal_position(&self) -> Result<WalPosition, DbError> {
         let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-            .fetch_one(&self.0)
+            .fetch_one(&self.pool)
             .await?;
         Ok(WalPosition(lsn))
     }
@@ -108,7 +125,7 @@ fn primary_config(e: DbError) -> DbError {
 
 impl From<PgPool> for Primary {
     fn from(pool: PgPool) -> Primary {
-        Primary(pool)
+        Primary::from_pool(pool)
     }
 }
 

@@ -3,6 +3,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use paystream_db::Primary;
+use paystream_db::keys::{self, Role};
 use paystream_testkit::Stack;
 use paystream_testkit::cdc::{self, Record};
 use paystream_testkit::cluster::ScratchCluster;
@@ -428,4 +430,59 @@ fn cluster_setup_is_idempotent_and_repairs_a_half_made_replica() {
     );
     assert!(status.1.contains("standby=t"), "{}", status.1);
     assert!(clean.0, "{}", clean.1);
+}
+
+/// Readiness has a connection of its own: while every pooled connection of a service
+/// waits (here on a row lock), the probe still answers at once. A probe queued behind
+/// the requests once kept a restarted, busy webhook receiver unready for its whole start.
+#[tokio::test]
+async fn readiness_answers_while_every_pooled_connection_waits() {
+    let stack = Stack::get();
+    let db = stack.pool("DATABASE_URL").await;
+    let primary = Primary::connect_lazy(stack.var("DATABASE_URL"), 1).unwrap();
+    let (client, key) = keys::create(&primary, &format!("ready-{}", Uuid::now_v7()), Role::Client)
+        .await
+        .unwrap();
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM api_keys WHERE client_id = $1 FOR UPDATE")
+        .bind(Uuid::from(client))
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let revoking = tokio::spawn({
+        let primary = primary.clone();
+        async move { keys::revoke(&primary, &key).await }
+    });
+    let mut waiting = false;
+    for _ in 0..100 {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE '%FROM api_keys%FOR UPDATE%'
+               AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(waiting, "the revoke never reached the row lock");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), primary.wal_position())
+            .await
+            .is_err(),
+        "the pool's one connection is held by the waiting revoke"
+    );
+    tokio::time::timeout(Duration::from_secs(2), primary.ping())
+        .await
+        .expect("readiness queued behind the busy pool")
+        .expect("the primary answers");
+    lock.rollback().await.unwrap();
+    revoking
+        .await
+        .unwrap()
+        .expect("the revoke goes on once the lock is gone");
 }
