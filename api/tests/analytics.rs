@@ -555,8 +555,14 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     assert_eq!((disagree, days >= 3), (0, true), "{days} days rolled up");
     caught_up(&primary, &replica).await;
 
-    // The SQL bucket function and its Rust twin agree.
-    let probes: Vec<i64> = (0..64).map(|i| (1i64 << i.min(40)) + i * 7).collect();
+    // The SQL bucket function and its Rust twin agree: powers of two, each decade's
+    // edges (where a bucket's width changes), below zero and bigint's largest.
+    let mut probes: Vec<i64> = (0..64).map(|i| (1i64 << i.min(40)) + i * 7).collect();
+    for d in 0..=18 {
+        let p = 10i64.pow(d);
+        probes.extend([p - 1, p, p + 1, p + p / 2]);
+    }
+    probes.extend([-1, -150, i64::MAX]);
     let sql: Vec<i64> =
         sqlx::query_scalar("SELECT analytics_ms_bucket(v) FROM unnest($1::bigint[]) v")
             .bind(&probes)
@@ -567,6 +573,38 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
         sql,
         probes.iter().map(|&v| bucket_lo(v)).collect::<Vec<_>>()
     );
+    // Resolution times are whole milliseconds rounded down, never below zero, and null
+    // while unresolved.
+    let created = DateTime::parse_from_rfc3339("2026-03-01T10:00:00.123456Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let resolved: Vec<Option<DateTime<Utc>>> = [
+        -2_000_000,
+        -1,
+        0,
+        999,
+        1_000,
+        1_001,
+        1_999_999,
+        86_400_000_001,
+    ]
+    .into_iter()
+    .map(|gap_us| Some(created + chrono::Duration::microseconds(gap_us)))
+    .chain([None])
+    .collect();
+    let sql: Vec<Option<i64>> = sqlx::query_scalar(
+        "SELECT analytics_resolution_ms($1, r) FROM unnest($2::timestamptz[]) WITH ORDINALITY u (r, i) ORDER BY i",
+    )
+    .bind(created)
+    .bind(&resolved)
+    .fetch_all(&primary)
+    .await
+    .unwrap();
+    let want: Vec<Option<i64>> = resolved
+        .iter()
+        .map(|r| r.map(|r| (r - created).num_milliseconds().max(0)))
+        .collect();
+    assert_eq!(sql, want);
 
     // Access: analysts and operators read analytics; clients may not; analyst keys do
     // nothing else.

@@ -118,13 +118,19 @@ pub async fn refresh(primary: &Primary, full: bool) -> Result<Option<Refreshed>,
         .bind(&hours)
         .execute(&mut *tx)
         .await?;
+        // Histogram rows go in in key order, so that an hour's (a day's) rows share a few
+        // pages: hashed out of order, a summary's 23 edge hours at 10 M payments read
+        // 8,574 heap pages (23 ms); in order, a third of the time.
         sqlx::query(
             "INSERT INTO analytics_resolution_hourly (hour, currency, lo_ms, payments)
-             SELECT h, p.currency, analytics_ms_bucket(analytics_resolution_ms(p.created_at, p.resolved_at)), count(*)
-             FROM unnest($1::timestamptz[]) h
-             JOIN payments p ON p.created_at >= h AND p.created_at < h + interval '1 hour'
-             WHERE p.resolved_at IS NOT NULL
-             GROUP BY 1, 2, 3",
+             SELECT h, currency, analytics_ms_bucket(ms), count(*) FROM (
+                SELECT h, p.currency, analytics_resolution_ms(p.created_at, p.resolved_at)
+                FROM unnest($1::timestamptz[]) h
+                JOIN payments p ON p.created_at >= h AND p.created_at < h + interval '1 hour'
+                WHERE p.resolved_at IS NOT NULL
+                OFFSET 0 -- RESOLUTION_SQL says why
+             ) resolved (h, currency, ms)
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         )
         .bind(&hours)
         .execute(&mut *tx)
@@ -140,7 +146,7 @@ pub async fn refresh(primary: &Primary, full: bool) -> Result<Option<Refreshed>,
              FROM (SELECT DISTINCT date_trunc('day', h, 'UTC') AS d FROM unnest($1::timestamptz[]) h) days
              JOIN analytics_resolution_hourly r ON r.hour >= d AND r.hour < d + interval '24 hours'
              WHERE d < date_trunc('day', now(), 'UTC')
-             GROUP BY 1, 2, 3"
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
         ))
         .bind(&hours)
         .execute(&mut *tx)
