@@ -5,7 +5,9 @@
 -- 30-day summary's time at 10 M payments (its raw edge hours) and of each hour's rollup.
 --
 -- Null in, null out, as before: a null `resolved` fails `resolved < created` and reaches
--- floor(null); a null `ms` falls through every branch to null arithmetic.
+-- floor(null); a null `ms` falls through every branch to null arithmetic. The one
+-- difference: an infinite timestamp resolved before its creation gives 0 where the old
+-- body raised an error (neither column is ever infinite: both are set from now()).
 CREATE OR REPLACE FUNCTION analytics_resolution_ms(created timestamptz, resolved timestamptz) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN CASE WHEN resolved < created THEN 0

@@ -563,16 +563,29 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
         probes.extend([p - 1, p, p + 1, p + p / 2]);
     }
     probes.extend([-1, -150, i64::MAX]);
-    let sql: Vec<i64> =
-        sqlx::query_scalar("SELECT analytics_ms_bucket(v) FROM unnest($1::bigint[]) v")
-            .bind(&probes)
-            .fetch_all(&primary)
-            .await
-            .unwrap();
+    // Each beside the body migration 0013 replaced (0005's), which it must equal.
+    let sql: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT analytics_ms_bucket(v),
+                CASE WHEN v < 100 THEN greatest(v, 0)
+                     ELSE v - v % power(10::numeric, length(v::text) - 2)::bigint END
+         FROM unnest($1::bigint[]) WITH ORDINALITY u (v, i) ORDER BY i",
+    )
+    .bind(&probes)
+    .fetch_all(&primary)
+    .await
+    .unwrap();
     assert_eq!(
         sql,
-        probes.iter().map(|&v| bucket_lo(v)).collect::<Vec<_>>()
+        probes
+            .iter()
+            .map(|&v| (bucket_lo(v), bucket_lo(v)))
+            .collect::<Vec<_>>()
     );
+    let null: Option<i64> = sqlx::query_scalar("SELECT analytics_ms_bucket(NULL)")
+        .fetch_one(&primary)
+        .await
+        .unwrap();
+    assert_eq!(null, None);
     // Resolution times are whole milliseconds rounded down, never below zero, and null
     // while unresolved.
     let created = DateTime::parse_from_rfc3339("2026-03-01T10:00:00.123456Z")
@@ -592,17 +605,21 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     .map(|gap_us| Some(created + chrono::Duration::microseconds(gap_us)))
     .chain([None])
     .collect();
-    let sql: Vec<Option<i64>> = sqlx::query_scalar(
-        "SELECT analytics_resolution_ms($1, r) FROM unnest($2::timestamptz[]) WITH ORDINALITY u (r, i) ORDER BY i",
+    let sql: Vec<(Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT analytics_resolution_ms($1, r),
+                CASE WHEN r IS NOT NULL
+                     THEN greatest(0, floor(extract(epoch FROM r - $1) * 1000))::bigint END
+         FROM unnest($2::timestamptz[]) WITH ORDINALITY u (r, i) ORDER BY i",
     )
     .bind(created)
     .bind(&resolved)
     .fetch_all(&primary)
     .await
     .unwrap();
-    let want: Vec<Option<i64>> = resolved
+    let want: Vec<(Option<i64>, Option<i64>)> = resolved
         .iter()
         .map(|r| r.map(|r| (r - created).num_milliseconds().max(0)))
+        .map(|ms| (ms, ms))
         .collect();
     assert_eq!(sql, want);
 

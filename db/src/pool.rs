@@ -53,7 +53,7 @@ impl Primary {
     }
 
     fn with_probe(pool: PgPool, options: sqlx::postgres::PgConnectOptions) -> Primary {
-        // Opened on the first probe, and closed when idle like any other connection.
+        // Opened on the first probe (usually kept open by the next ones).
         let probe = pool_options(1, Duration::from_secs(2)).connect_lazy_with(options);
         Primary { pool, probe }
     }

@@ -444,6 +444,10 @@ async fn readiness_answers_while_every_pooled_connection_waits() {
         .await
         .unwrap();
     let mut lock = db.begin().await.unwrap();
+    let holder: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *lock)
+        .await
+        .unwrap();
     sqlx::query("SELECT 1 FROM api_keys WHERE client_id = $1 FOR UPDATE")
         .bind(Uuid::from(client))
         .execute(&mut *lock)
@@ -455,11 +459,11 @@ async fn readiness_answers_while_every_pooled_connection_waits() {
     });
     let mut waiting = false;
     for _ in 0..100 {
+        // Waiting on this test's lock, not any other session's.
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND query LIKE '%FROM api_keys%FOR UPDATE%'
-               AND pid <> pg_backend_pid()",
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))",
         )
+        .bind(holder)
         .fetch_one(&db)
         .await
         .unwrap();

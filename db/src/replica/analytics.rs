@@ -281,7 +281,7 @@ fn money_sql(trunc: Option<Trunc>) -> String {
 /// 30-day window sums about 24 times fewer rows. Each part is a range of its table's
 /// primary key (a filter excluding the whole days would read every hourly row).
 /// The raw edges compute each row's time in a subquery kept apart by `OFFSET 0`: the
-/// bucket function reads its argument four times, and PostgreSQL inlines it (migration
+/// bucket function reads its argument many times, and PostgreSQL inlines it (migration
 /// 0013) only when that argument is a plain column, not the time's whole expression.
 const RESOLUTION_SQL: &str = "
 SELECT lo_ms, sum(payments)::bigint FROM (
