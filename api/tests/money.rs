@@ -428,7 +428,9 @@ async fn a_lease_taken_over_cannot_overwrite_the_holders_answer() {
         metadata: &json!({}),
         capture_method: paystream_core::CaptureMethod::Automatic,
     };
-    let lease = Duration::from_millis(50);
+    // Long enough that the second `begin` below always runs within it on a loaded
+    // machine (50 ms once did not, in CI).
+    let lease = Duration::from_secs(2);
     let Begin::Created(p, first) = idempotency::begin(&app.primary, &new, b"h", lease)
         .await
         .unwrap()
@@ -441,7 +443,7 @@ async fn a_lease_taken_over_cannot_overwrite_the_holders_answer() {
             .unwrap(),
         Begin::InFlight
     ));
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
     let Begin::Resume(q, second) = idempotency::begin(&app.primary, &new, b"h", lease)
         .await
         .unwrap()
