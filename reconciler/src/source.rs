@@ -13,13 +13,11 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use crate::config::KafkaConfig;
 
 /// How long the broker may hold a fetch that finds nothing (`fetch.wait.max.ms`), unless
-/// `kafka.properties` sets it. tansu 0.6 holds every fetch for its whole max wait, data
-/// or not (Kafka answers as soon as it has some): on tansu this wait is CDC latency, and
-/// its inverse is the broker's busiest work (each fetch reads every partition held).
-/// Payments wait for this hop; refunds are few and polled in seconds, so their consumer
-/// asks half as often.
-const PAYMENTS_FETCH_WAIT_MS: &str = "10";
-const REFUNDS_FETCH_WAIT_MS: &str = "20";
+/// `kafka.properties` sets it. Kafka, and the stack's tansu with third_party/tansu's
+/// patch, answer a fetch as soon as data is there, so this wait is not CDC latency: it
+/// bounds how often an idle consumer asks (on tansu each fetch reads every partition it
+/// holds from SQLite) and how long a consumer's close waits for its last fetch.
+const FETCH_WAIT_MS: &str = "100";
 
 /// A rebalance as the worker sees it, in the order the group produced them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +157,6 @@ pub fn consumer(
         &cfg.group_id,
         &cfg.cdc_topic,
         "reconciler_consumer_lag",
-        PAYMENTS_FETCH_WAIT_MS,
         metrics,
     )
 }
@@ -174,7 +171,6 @@ pub fn refund_consumer(
         &cfg.refund_group_id(),
         &cfg.refund_cdc_topic,
         "reconciler_refund_consumer_lag",
-        REFUNDS_FETCH_WAIT_MS,
         metrics,
     )
 }
@@ -184,7 +180,6 @@ fn consumer_of(
     group: &str,
     topic: &str,
     lag_gauge: &'static str,
-    fetch_wait_ms: &str,
     metrics: Arc<Metrics>,
 ) -> rdkafka::error::KafkaResult<CdcConsumer> {
     let ctx = SourceContext {
@@ -197,7 +192,7 @@ fn consumer_of(
         .client_config()
         .map_err(|e| rdkafka::error::KafkaError::ClientCreation(e.to_string()))?;
     if cfg.properties.get("fetch.wait.max.ms").is_none() {
-        config.set("fetch.wait.max.ms", fetch_wait_ms);
+        config.set("fetch.wait.max.ms", FETCH_WAIT_MS);
     }
     let consumer: CdcConsumer = config
         .set("group.id", group)

@@ -24,7 +24,7 @@ fn tansu() -> PathBuf {
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/paystream")
         });
-    let bin = cache.join("tansu-0.6.0/bin/tansu");
+    let bin = cache.join("tansu-0.6.0-paystream2/bin/tansu");
     assert!(
         bin.exists(),
         "tansu is missing at {} (scripts/install.sh builds it)",

@@ -99,9 +99,9 @@ impl Stack {
         self.kafka_config()
             .set("group.id", format!("test-{}", uuid::Uuid::now_v7()))
             .set("enable.auto.commit", "false")
-            // librdkafka's default 500 ms would dominate the latencies tests and the demo
-            // show; the reconciler's own wait, so the bench's probe times what it sees.
-            .set("fetch.wait.max.ms", "10")
+            // The reconciler's own wait, so the bench's probe times what it sees (the
+            // broker answers as soon as data is there; this bounds idle fetches).
+            .set("fetch.wait.max.ms", "100")
             .create()
             .expect("kafka consumer")
     }

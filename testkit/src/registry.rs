@@ -34,7 +34,7 @@ pub struct SchemaRegistry {
 pub async fn start_schema_registry() -> SchemaRegistry {
     let tansu_bin = tool_path(
         "TANSU_BIN",
-        "tansu-0.6.0/bin/tansu",
+        "tansu-0.6.0-paystream2/bin/tansu",
         "tansu 0.6.0 (the local broker)",
     );
     let karapace_bin = tool_path(

@@ -2,7 +2,9 @@
 //! inserts of pending payments, half their final updates, Debezium's JSON shape) read
 //! from the beginning by a consumer that decodes each change and applies it to the
 //! per-partition state, against the floor of a consumer that only counts the same
-//! messages. Same broker, same run, median of several runs.
+//! messages. Same broker, same run, median of several runs. First, the same decode +
+//! apply over up to 200,000 changes held in memory, against serde_json merely scanning
+//! the same bytes: the reconciler's own CPU per change, no broker competing for the core.
 //!
 //!   throughput-bench <brokers> [changes] [runs] [seconds per pass, default 20]
 //!
@@ -47,6 +49,85 @@ fn envelope(op: &str, before: serde_json::Value, after: serde_json::Value, lsn: 
     .to_string()
 }
 
+/// `pairs` payments as Debezium writes them: each one's key, its insert as pending and its
+/// update to succeeded.
+fn changes(pairs: i64) -> impl Iterator<Item = (String, [String; 2])> {
+    (0..pairs).map(|i| {
+        let id = Uuid::now_v7();
+        let insert = envelope(
+            "c",
+            serde_json::Value::Null,
+            row(id, "pending", 1, None),
+            2 * i,
+        );
+        let update = envelope(
+            "u",
+            row(id, "pending", 1, None),
+            row(id, "succeeded", 2, Some("webhook")),
+            2 * i + 1,
+        );
+        (json!({"id": id}).to_string(), [insert, update])
+    })
+}
+
+/// Decode + apply over changes held in memory, median of `runs` passes: the reconciler's
+/// own CPU per change, with no broker or consumer threads competing for the core. Its
+/// floor in the same run: serde_json only scanning the same bytes, keeping nothing.
+fn in_memory(n: i64, runs: usize) -> anyhow::Result<()> {
+    let messages: Vec<(i32, String, String)> = changes(n / 2)
+        .enumerate()
+        .flat_map(|(i, (key, values))| {
+            let partition = (i % PARTITIONS as usize) as i32;
+            values.map(|v| (partition, key.clone(), v))
+        })
+        .collect();
+    let schedule = Schedule::default();
+    let mut decode = Vec::new();
+    let mut decode_only = Vec::new();
+    let mut scan = Vec::new();
+    for _ in 0..runs {
+        let mut states: HashMap<i32, PendingState> = HashMap::new();
+        let t = Instant::now();
+        for (partition, key, value) in &messages {
+            let change = envelope::decode(Some(key.as_bytes()), Some(value.as_bytes()))?;
+            states
+                .entry(*partition)
+                .or_default()
+                .apply(&change, &schedule);
+        }
+        decode.push(t.elapsed().as_secs_f64() * 1e6 / messages.len() as f64);
+        let left: usize = states.values().map(PendingState::len).sum();
+        anyhow::ensure!(
+            left == 0,
+            "{left} payments still pending after their final updates"
+        );
+        let t = Instant::now();
+        for (_, key, value) in &messages {
+            std::hint::black_box(envelope::decode(
+                Some(key.as_bytes()),
+                Some(value.as_bytes()),
+            )?);
+        }
+        decode_only.push(t.elapsed().as_secs_f64() * 1e6 / messages.len() as f64);
+        let t = Instant::now();
+        for (_, key, value) in &messages {
+            let _: serde::de::IgnoredAny = serde_json::from_slice(key.as_bytes())?;
+            let _: serde::de::IgnoredAny = serde_json::from_slice(value.as_bytes())?;
+        }
+        scan.push(t.elapsed().as_secs_f64() * 1e6 / messages.len() as f64);
+    }
+    for v in [&mut decode, &mut decode_only, &mut scan] {
+        v.sort_by(f64::total_cmp);
+    }
+    let (d, o, f) = (decode[runs / 2], decode_only[runs / 2], scan[runs / 2]);
+    println!(
+        "decode + apply in memory, {} changes, median of {runs}: {d:.2} us/change (decode alone {o:.2}); serde_json scanning the same bytes: {f:.2} us/change; ratio {:.2}",
+        messages.len(),
+        f / d
+    );
+    Ok(())
+}
+
 /// Messages in the topic now (sum of high watermarks).
 fn size(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<i64> {
     let mut total = 0;
@@ -82,22 +163,8 @@ async fn fill(config: &ClientConfig, topic: &str, n: i64) -> anyhow::Result<()> 
         .create()?;
     let started = Instant::now();
     let mut pending = Vec::new();
-    for i in 0..(n - have) / 2 {
-        let id = Uuid::now_v7();
-        let key = json!({"id": id}).to_string();
-        let insert = envelope(
-            "c",
-            serde_json::Value::Null,
-            row(id, "pending", 1, None),
-            2 * i,
-        );
-        let update = envelope(
-            "u",
-            row(id, "pending", 1, None),
-            row(id, "succeeded", 2, Some("webhook")),
-            2 * i + 1,
-        );
-        for value in [insert, update] {
+    for (key, values) in changes((n - have) / 2) {
+        for value in values {
             let record = FutureRecord::to(topic).key(&key).payload(&value);
             pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
         }
@@ -188,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
     let n: i64 = args.get(2).map_or(Ok(1_000_000), |s| s.parse())?;
     let runs: usize = args.get(3).map_or(Ok(3), |s| s.parse())?;
     let window_secs: u64 = args.get(4).map_or(Ok(20), |s| s.parse())?;
+    in_memory(n.min(200_000), runs.max(3))?;
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     let topic = format!("bench-cdc-{n}");
