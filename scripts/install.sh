@@ -50,7 +50,7 @@ install_tansu() {
     cp -r "$src/tansu-$TANSU_VERSION" "$build/tansu"
     cp -r "$src/tansu-storage-$TANSU_VERSION" "$build/tansu-storage"
     chmod -R u+w "$build"
-    patch -s -d "$build" -p1 <"$patch"
+    patch -s --fuzz=0 --no-backup-if-mismatch -d "$build" -p1 <"$patch"
     printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage" }\n' >>"$build/tansu/Cargo.toml"
     # Not `cargo install`: it reads the package's Cargo.lock only with --locked, which the
     # patched tansu-storage entry fails. A build keeps every other pin of that lock.

@@ -81,6 +81,7 @@ fn in_memory(n: i64, runs: usize) -> anyhow::Result<()> {
             values.map(|v| (partition, key.clone(), v))
         })
         .collect();
+    anyhow::ensure!(!messages.is_empty(), "no changes to decode");
     let schedule = Schedule::default();
     let mut decode = Vec::new();
     let mut decode_only = Vec::new();
