@@ -11,27 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use paystream_reconciler::config::KafkaConfig;
+use paystream_testkit::registry::tansu_bin;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-fn tansu() -> PathBuf {
-    if let Ok(bin) = std::env::var("TANSU_BIN") {
-        return bin.into();
-    }
-    let cache = std::env::var("PAYSTREAM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/paystream")
-        });
-    let bin = cache.join("tansu-0.6.0-paystream2/bin/tansu");
-    assert!(
-        bin.exists(),
-        "tansu is missing at {} (scripts/install.sh builds it)",
-        bin.display()
-    );
-    bin
-}
 
 struct Broker {
     child: Child,
@@ -49,7 +32,7 @@ impl Drop for Broker {
 
 fn broker(dir: &PathBuf, port: u16, authentication: bool) -> Child {
     let url = format!("tcp://127.0.0.1:{port}");
-    let mut cmd = Command::new(tansu());
+    let mut cmd = Command::new(tansu_bin());
     cmd.current_dir(dir)
         .args([
             "broker",
@@ -77,7 +60,7 @@ fn broker(dir: &PathBuf, port: u16, authentication: bool) -> Child {
 }
 
 fn cli(args: &[&str]) {
-    let out = Command::new(tansu())
+    let out = Command::new(tansu_bin())
         .args(args)
         .output()
         .expect("tansu runs");

@@ -32,11 +32,7 @@ pub struct SchemaRegistry {
 /// requests: it has read `_schemas` and is its group's primary (so it accepts writes).
 /// Panics, with the tail of the failing process's log, if either does not come up.
 pub async fn start_schema_registry() -> SchemaRegistry {
-    let tansu_bin = tool_path(
-        "TANSU_BIN",
-        "tansu-0.6.0-paystream2/bin/tansu",
-        "tansu 0.6.0 (the local broker)",
-    );
+    let tansu_bin = tansu_bin();
     let karapace_bin = tool_path(
         "KARAPACE_BIN",
         "karapace-3.15.2/bin/karapace",
@@ -226,6 +222,15 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
+}
+
+/// The local broker `scripts/install.sh` builds (`TANSU_BIN` there, in `scripts/lib.sh`).
+pub fn tansu_bin() -> PathBuf {
+    tool_path(
+        "TANSU_BIN",
+        "tansu-0.6.0-paystream2/bin/tansu",
+        "tansu 0.6.0 with third_party/tansu's patch (the local broker)",
+    )
 }
 
 /// `$VAR` if set, else the tool's place in the cache `scripts/install.sh` fills
