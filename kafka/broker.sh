@@ -29,6 +29,25 @@ ensure_topics() {
 up() {
     [ -x "$TANSU_BIN" ] || die "tansu not installed at $TANSU_BIN (run scripts/install.sh)"
     mkdir -p "$DATA"
+    if is_running tansu; then
+        # A rebuilt broker (install.sh replaces the binary when its patch changed) takes
+        # over: the running one's executable is then deleted or another build's. Its data
+        # stays; clients reconnect. A pid that is no tansu at all (a stale pid file,
+        # reused) is not ours to signal.
+        local exe
+        exe=$(readlink "/proc/$(cat "$(pid_file tansu)")/exe" 2>/dev/null || true)
+        case $exe in
+        "$(readlink -f "$TANSU_BIN")") ;;
+        "$(readlink -f "$PAYSTREAM_CACHE")"/tansu-*/bin/tansu*)
+            log "tansu's binary was rebuilt: restarting the broker"
+            stop_pid tansu TERM
+            ;;
+        *)
+            warn "tansu's pid file names a process that is not tansu ($exe): ignoring it"
+            rm -f "$(pid_file tansu)"
+            ;;
+        esac
+    fi
     if ! is_running tansu; then
         if port_open "$KAFKA_PORT"; then die "port $KAFKA_PORT is taken by a process this stack did not start"; fi
         log "starting tansu on $BROKER_URL"

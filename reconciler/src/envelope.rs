@@ -180,6 +180,7 @@ struct RowJson {
     amount: i64,
     currency: String,
     /// Debezium renders timestamptz as an ISO-8601 string.
+    #[serde(deserialize_with = "crate::timestamp::deserialize_utc")]
     created_at: DateTime<Utc>,
     version: i64,
     #[serde(default)]

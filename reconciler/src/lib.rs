@@ -1,7 +1,7 @@
 //! The reconciler: a stream worker over the Debezium change stream of `payments`.
 //!
 //! - `source`: the Kafka consumer group (rebalances, offsets stored after the work);
-//! - `envelope`: Debezium's change events, decoded;
+//! - `envelope`: Debezium's change events, decoded (`timestamp`: their timestamps);
 //! - `state`: pending payments per partition, with a timer queue of next polls;
 //! - `recovery`: state of newly assigned partitions, rebuilt from a replica;
 //! - `schedule` and `poll`: when and how a pending payment is polled at Stripe, expired;
@@ -24,4 +24,5 @@ pub mod schedule;
 pub mod source;
 pub mod state;
 pub mod sweep;
+mod timestamp;
 pub mod worker;

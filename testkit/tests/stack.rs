@@ -217,7 +217,34 @@ async fn insert_update_delete_arrive_as_debezium_envelopes() {
     assert_eq!(c["after"]["status"], "pending");
     assert_eq!(c["after"]["amount"], 1250);
     assert_eq!(c["after"]["currency"], "usd");
-    // REPLICA IDENTITY FULL: the update carries the whole before-image.
+    // The connector's column.include.list: the columns the reconciler reads, client_id
+    // (the bench's CDC probe selects by it), and no customer data (email, description,
+    // metadata) in Kafka.
+    for image in [&c["after"], &u["before"], &u["after"], &d["before"]] {
+        let mut columns: Vec<&str> = image
+            .as_object()
+            .expect("a row image")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        columns.sort_unstable();
+        assert_eq!(
+            columns,
+            [
+                "amount",
+                "attention",
+                "client_id",
+                "created_at",
+                "currency",
+                "id",
+                "resolution_source",
+                "status",
+                "stripe_payment_intent_id",
+                "version"
+            ]
+        );
+    }
+    // REPLICA IDENTITY FULL: the update carries the before-image of every column listed.
     assert_eq!(u["before"]["status"], "pending");
     assert_eq!(u["after"]["status"], "succeeded");
     assert_eq!(u["after"]["version"], 2);

@@ -104,6 +104,7 @@ struct RowJson {
     failure_reason: Option<String>,
     #[serde(default)]
     resolution_source: Option<String>,
+    #[serde(deserialize_with = "crate::timestamp::deserialize_utc")]
     created_at: DateTime<Utc>,
     version: i64,
     #[serde(default)]
