@@ -6,7 +6,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# patch applies third_party/tansu's patch to the broker's source. libssl-dev and
+# patch applies third_party/tansu's patches to the broker's source. libssl-dev and
 # pkg-config: librdkafka is built with TLS (and so SASL SCRAM) against
 # the system OpenSSL; openssl makes the stack's CA and certificates. prometheus and
 # prometheus-alertmanager run in the stack (monitoring/monitoring.sh), and promtool checks
@@ -32,11 +32,12 @@ install_apt() {
 }
 
 install_tansu() {
-    local patch=$ROOT/third_party/tansu/fetch-long-poll.patch
+    # Applied in this order; the build is stamped with their joint SHA-256.
+    local patches=("$ROOT"/third_party/tansu/fetch-long-poll.patch "$ROOT"/third_party/tansu/statement-cache.patch)
     local want root=$PAYSTREAM_CACHE/tansu-$TANSU_BUILD
-    want=$(sha256sum "$patch" | cut -d' ' -f1)
+    want=$(cat "${patches[@]}" | sha256sum | cut -d' ' -f1)
     [ -x "$TANSU_BIN" ] && [ "$(cat "$root/patch.sha256" 2>/dev/null)" = "$want" ] && return 0
-    log "building tansu $TANSU_VERSION with third_party/tansu's patch (about 20 minutes on 2 cores, once per machine)"
+    log "building tansu $TANSU_VERSION with third_party/tansu's patches (about 20 minutes on 2 cores, once per machine)"
     local build=$PAYSTREAM_CACHE/tansu-build
     rm -rf "$build" && mkdir -p "$build/fetch/src"
     # cargo fetch unpacks the two crates' published sources into the registry.
@@ -50,7 +51,10 @@ install_tansu() {
     cp -r "$src/tansu-$TANSU_VERSION" "$build/tansu"
     cp -r "$src/tansu-storage-$TANSU_VERSION" "$build/tansu-storage"
     chmod -R u+w "$build"
-    patch -s --fuzz=0 --no-backup-if-mismatch -d "$build" -p1 <"$patch"
+    local patch
+    for patch in "${patches[@]}"; do
+        patch -s --fuzz=0 --no-backup-if-mismatch -d "$build" -p1 <"$patch"
+    done
     printf '\n[patch.crates-io]\ntansu-storage = { path = "../tansu-storage" }\n' >>"$build/tansu/Cargo.toml"
     # Not `cargo install`: it reads the package's Cargo.lock only with --locked, which the
     # patched tansu-storage entry fails. A build keeps every other pin of that lock.

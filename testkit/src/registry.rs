@@ -228,8 +228,8 @@ fn free_port() -> u16 {
 pub fn tansu_bin() -> PathBuf {
     tool_path(
         "TANSU_BIN",
-        "tansu-0.6.0-paystream2/bin/tansu",
-        "tansu 0.6.0 with third_party/tansu's patch (the local broker)",
+        "tansu-0.6.0-paystream3/bin/tansu",
+        "tansu 0.6.0 with third_party/tansu's patches (the local broker)",
     )
 }
 
