@@ -127,11 +127,10 @@ async fn records_come_back_whole_and_once_under_concurrent_produce_and_fetch() {
         (key, value, headers)
     };
     let producers = (0..PRODUCERS).map(|producer| {
-        let config = stack.kafka_config();
+        let mut config = stack.kafka_config();
         let topic = topic.clone();
         tokio::spawn(async move {
             let sink: FutureProducer = config
-                .clone()
                 .set("linger.ms", "5")
                 .create()
                 .expect("kafka producer");
@@ -191,12 +190,16 @@ async fn records_come_back_whole_and_once_under_concurrent_produce_and_fetch() {
         producer.await.expect("producer task");
     }
 
-    let mut keys = std::collections::HashSet::new();
+    // Each partition's end, once its offsets are known to be dense: what the group commits.
+    let mut ends = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         let offsets: Vec<i64> = seen.range((p, 0)..(p + 1, 0)).map(|(k, _)| k.1).collect();
         let dense: Vec<i64> = (0..offsets.len() as i64).collect();
         assert_eq!(offsets, dense, "partition {p}'s offsets have a gap");
+        ends.add_partition_offset(&topic, p, Offset::Offset(offsets.len() as i64))
+            .expect("offset");
     }
+    let mut keys = std::collections::HashSet::new();
     for ((p, offset), (key, value, headers)) in &seen {
         let (producer, n) = key
             .strip_prefix('p')
@@ -211,12 +214,6 @@ async fn records_come_back_whole_and_once_under_concurrent_produce_and_fetch() {
     assert_eq!(keys.len(), total);
 
     // The group's offsets: committed, then read back by a new member of the group.
-    let mut ends = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        let count = seen.range((p, 0)..(p + 1, 0)).count() as i64;
-        ends.add_partition_offset(&topic, p, Offset::Offset(count))
-            .expect("offset");
-    }
     consumer
         .commit(&ends, rdkafka::consumer::CommitMode::Sync)
         .expect("commit");
