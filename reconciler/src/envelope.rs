@@ -9,6 +9,7 @@ use paystream_core::PaymentStatus;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::json::{Declined, Read, Reader, once};
 use crate::output::StatusUpdate;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,11 +146,13 @@ pub enum DecodeError {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Key {
     id: Uuid,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Source {
     lsn: i64,
     ts_ms: i64,
@@ -159,6 +162,7 @@ struct Source {
 /// The row is read straight into `R`, skipping the columns `R` does not name: no tree of
 /// JSON values is built for each change, and the op is borrowed from the message.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Envelope<'a, R> {
     before: Option<BeforeJson>,
     after: Option<R>,
@@ -168,11 +172,13 @@ struct Envelope<'a, R> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct BeforeJson {
     status: Option<String>,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RowJson {
     id: Uuid,
     status: String,
@@ -188,6 +194,140 @@ struct RowJson {
     /// Only whether it is set matters.
     #[serde(default)]
     attention: Option<serde::de::IgnoredAny>,
+}
+
+// The fast readers (`crate::json`) of the same structs: each must give what serde's
+// derived `Deserialize` gives, or decline. The property tests below hold them to it.
+
+impl Key {
+    fn read(bytes: &[u8]) -> Read<Self> {
+        let mut r = Reader::new(bytes);
+        let mut id = None;
+        r.object(|field, r| match field {
+            b"id" => once(&mut id, uuid(r)?),
+            _ => r.skip(),
+        })?;
+        r.end()?;
+        Ok(Key {
+            id: id.ok_or(Declined)?,
+        })
+    }
+}
+
+impl Source {
+    fn read(r: &mut Reader<'_>) -> Read<Self> {
+        let (mut lsn, mut ts_ms) = (None, None);
+        r.object(|field, r| match field {
+            b"lsn" => once(&mut lsn, r.integer()?),
+            b"ts_ms" => once(&mut ts_ms, r.integer()?),
+            _ => r.skip(),
+        })?;
+        Ok(Source {
+            lsn: lsn.ok_or(Declined)?,
+            ts_ms: ts_ms.ok_or(Declined)?,
+        })
+    }
+}
+
+impl<'a, R: Keyed> Envelope<'a, R> {
+    fn read(bytes: &'a [u8]) -> Read<Self> {
+        let mut r = Reader::new(bytes);
+        let (mut before, mut after, mut source, mut op) = (None, None, None, None);
+        r.object(|field, r| match field {
+            b"before" => once(&mut before, nullable(r, BeforeJson::read)?),
+            b"after" => once(&mut after, nullable(r, R::read)?),
+            b"source" => once(&mut source, Source::read(r)?),
+            b"op" => once(&mut op, r.plain_string()?),
+            _ => r.skip(),
+        })?;
+        r.end()?;
+        Ok(Envelope {
+            before: before.flatten(),
+            after: after.flatten(),
+            source: source.ok_or(Declined)?,
+            op: Cow::Borrowed(op.ok_or(Declined)?),
+        })
+    }
+}
+
+impl BeforeJson {
+    fn read(r: &mut Reader<'_>) -> Read<Self> {
+        let mut status = None;
+        r.object(|field, r| match field {
+            b"status" => once(&mut status, owned(r.optional_string()?)),
+            _ => r.skip(),
+        })?;
+        Ok(BeforeJson {
+            status: status.flatten(),
+        })
+    }
+}
+
+impl Keyed for RowJson {
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn read(r: &mut Reader<'_>) -> Read<Self> {
+        let (mut id, mut status, mut intent, mut amount, mut currency) =
+            (None, None, None, None, None);
+        let (mut created_at, mut version, mut resolution_source, mut attention) =
+            (None, None, None, None);
+        r.object(|field, r| match field {
+            b"id" => once(&mut id, uuid(r)?),
+            b"status" => once(&mut status, r.plain_string()?.to_owned()),
+            b"stripe_payment_intent_id" => once(&mut intent, owned(r.optional_string()?)),
+            b"amount" => once(&mut amount, r.integer()?),
+            b"currency" => once(&mut currency, r.plain_string()?.to_owned()),
+            b"created_at" => once(&mut created_at, timestamp(r)?),
+            b"version" => once(&mut version, r.integer()?),
+            b"resolution_source" => once(&mut resolution_source, owned(r.optional_string()?)),
+            b"attention" => once(&mut attention, set(r)?),
+            _ => r.skip(),
+        })?;
+        Ok(RowJson {
+            id: id.ok_or(Declined)?,
+            status: status.ok_or(Declined)?,
+            // serde reads a missing `Option` field as `None`, like `#[serde(default)]`.
+            stripe_payment_intent_id: intent.flatten(),
+            amount: amount.ok_or(Declined)?,
+            currency: currency.ok_or(Declined)?,
+            created_at: created_at.ok_or(Declined)?,
+            version: version.ok_or(Declined)?,
+            resolution_source: resolution_source.flatten(),
+            attention: attention.flatten(),
+        })
+    }
+}
+
+/// `null` as `None`, anything else read by `read`.
+pub(crate) fn nullable<'a, T>(
+    r: &mut Reader<'a>,
+    read: impl FnOnce(&mut Reader<'a>) -> Read<T>,
+) -> Read<Option<T>> {
+    if r.null()? {
+        Ok(None)
+    } else {
+        read(r).map(Some)
+    }
+}
+
+pub(crate) fn owned(s: Option<&str>) -> Option<String> {
+    s.map(str::to_owned)
+}
+
+pub(crate) fn uuid(r: &mut Reader<'_>) -> Read<Uuid> {
+    // Only hex digits and hyphens parse, so unchecked UTF-8 cannot.
+    Uuid::try_parse_ascii(r.plain_bytes()?).map_err(|_| Declined)
+}
+
+pub(crate) fn timestamp(r: &mut Reader<'_>) -> Read<DateTime<Utc>> {
+    crate::timestamp::parse_utc(r.plain_string()?).map_err(|_| Declined)
+}
+
+/// Whether a value is set (not `null`), as `Option<IgnoredAny>` reads it.
+fn set(r: &mut Reader<'_>) -> Read<Option<serde::de::IgnoredAny>> {
+    nullable(r, |r| r.skip().map(|()| serde::de::IgnoredAny))
 }
 
 /// One Debezium record of a table with an `id` key and a `status` column, its row read
@@ -213,19 +353,52 @@ pub(crate) enum Record<R> {
 /// A row that names its own id, checked against the record's key.
 pub(crate) trait Keyed: serde::de::DeserializeOwned {
     fn id(&self) -> Uuid;
+    /// The row read by the fast reader: what `Deserialize` reads, or `Declined`.
+    fn read(r: &mut Reader<'_>) -> Read<Self>;
+}
+
+/// How a record's JSON is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// The fast reader, and serde_json where it declines: what the reconciler does.
+    FastFirst,
+    /// The fast reader alone, what it declines an error: for tests that real records
+    /// take the fast path.
+    FastOnly,
+    /// serde_json alone: the benchmark's baseline.
+    SerdeOnly,
+}
+
+/// `bytes` read by `fast` or, where it declines, by serde_json, as `reading` says.
+fn read_with<'a, T: Deserialize<'a>>(
+    reading: Reading,
+    bytes: &'a [u8],
+    fast: impl FnOnce(&'a [u8]) -> Read<T>,
+) -> Result<T, String> {
+    if reading != Reading::SerdeOnly {
+        match fast(bytes) {
+            Ok(value) => return Ok(value),
+            Err(Declined) if reading == Reading::FastOnly => {
+                return Err("declined by the fast reader".into());
+            }
+            Err(Declined) => {}
+        }
+    }
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
 pub(crate) fn decode_record<R: Keyed>(
+    reading: Reading,
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> Result<Record<R>, DecodeError> {
-    let key: Key = serde_json::from_slice(key.ok_or(DecodeError::NoKey)?)
-        .map_err(|e| DecodeError::BadKey(e.to_string()))?;
+    let key = key.ok_or(DecodeError::NoKey)?;
+    let key = read_with(reading, key, Key::read).map_err(DecodeError::BadKey)?;
     let Some(value) = value else {
         return Ok(Record::Tombstone { id: key.id });
     };
     let env: Envelope<'_, R> =
-        serde_json::from_slice(value).map_err(|e| DecodeError::BadEnvelope(e.to_string()))?;
+        read_with(reading, value, Envelope::read).map_err(DecodeError::BadEnvelope)?;
     match env.op.as_ref() {
         "c" | "u" | "r" => {
             let row = env
@@ -253,14 +426,17 @@ pub(crate) fn decode_record<R: Keyed>(
     }
 }
 
-impl Keyed for RowJson {
-    fn id(&self) -> Uuid {
-        self.id
-    }
+pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, DecodeError> {
+    decode_with(Reading::FastFirst, key, value)
 }
 
-pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Change, DecodeError> {
-    Ok(match decode_record::<RowJson>(key, value)? {
+/// `decode`, its JSON read as `reading` says.
+pub fn decode_with(
+    reading: Reading,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<Change, DecodeError> {
+    Ok(match decode_record::<RowJson>(reading, key, value)? {
         Record::Upsert {
             row: r,
             before_status,
@@ -440,6 +616,244 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(k in proptest::collection::vec(any::<u8>(), 0..64), v in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256))) {
             let _ = decode(Some(&k), v.as_deref());
+        }
+    }
+}
+
+/// Records for the property tests of the fast readers: Debezium's envelope around a
+/// table's row, its fields in any order, and (when `odd`) any JSON in any field, fields
+/// missing or repeated.
+#[cfg(test)]
+pub(crate) mod records {
+    use super::*;
+    use crate::json::tests::any_json;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    pub(crate) type Fields = Vec<(String, String)>;
+
+    /// A field's value: as Debezium writes it, or, when `odd`, sometimes any JSON at all.
+    pub(crate) fn value(canonical: BoxedStrategy<String>, odd: bool) -> BoxedStrategy<String> {
+        if odd {
+            prop_oneof![4 => canonical, 1 => any_json().prop_map(|v| v.to_string())].boxed()
+        } else {
+            canonical
+        }
+    }
+
+    pub(crate) fn word() -> BoxedStrategy<String> {
+        "[a-z_]{1,12}".prop_map(|s| format!("\"{s}\"")).boxed()
+    }
+
+    pub(crate) fn nullable_word() -> BoxedStrategy<String> {
+        prop_oneof![Just("null".to_owned()), word()].boxed()
+    }
+
+    pub(crate) fn uuid() -> BoxedStrategy<String> {
+        any::<u128>()
+            .prop_map(|n| format!("\"{}\"", Uuid::from_u128(n)))
+            .boxed()
+    }
+
+    pub(crate) fn integer() -> BoxedStrategy<String> {
+        any::<i64>().prop_map(|n| n.to_string()).boxed()
+    }
+
+    pub(crate) fn timestamp() -> BoxedStrategy<String> {
+        (0i64..4_102_444_800_000_000)
+            .prop_map(|us| {
+                let t = DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
+                format!(
+                    "\"{}\"",
+                    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                )
+            })
+            .boxed()
+    }
+
+    /// Columns the reader does not keep, as the connector's list or a wider one carries.
+    fn extras(odd: bool) -> BoxedStrategy<Fields> {
+        // Prefixed, so that only `edit` repeats a field the reader keeps.
+        let extra = ("x_[a-z_]{0,8}", value(nullable_word(), odd));
+        prop::collection::vec(extra, 0..6).boxed()
+    }
+
+    /// Drops (`1`) or repeats (`2`) one of the fields, or neither.
+    fn edit(mut fields: Fields, at: Index, how: u8) -> Fields {
+        if fields.is_empty() {
+            return fields;
+        }
+        let i = at.index(fields.len());
+        match how {
+            1 => {
+                fields.remove(i);
+            }
+            2 => fields.push(fields[i].clone()),
+            _ => {}
+        }
+        fields
+    }
+
+    fn object(fields: Fields, space: &'static str) -> String {
+        let body: Vec<String> = fields
+            .into_iter()
+            .map(|(k, v)| format!("{}:{space}{v}", serde_json::Value::from(k)))
+            .collect();
+        format!("{{{space}{}{space}}}", body.join(&format!(",{space}")))
+    }
+
+    /// A record's value. `row` gives a row's own fields.
+    pub(crate) fn record(
+        row: fn(bool) -> BoxedStrategy<Fields>,
+        odd: bool,
+    ) -> BoxedStrategy<String> {
+        let edits = move || (any::<Index>(), if odd { 0..3u8 } else { 0..1u8 });
+        let space = prop::sample::select(vec!["", " ", "\n  "]);
+        let row_of = move || {
+            (row(odd), extras(odd), edits()).prop_flat_map(|(mut fields, extra, (at, how))| {
+                fields.extend(extra);
+                Just(edit(fields, at, how)).prop_shuffle()
+            })
+        };
+        let op = prop::sample::select(vec!["c", "u", "r", "d"]);
+        let source = (integer(), integer(), extras(odd)).prop_flat_map(|(lsn, ts, mut f)| {
+            f.extend([("lsn".into(), lsn), ("ts_ms".into(), ts)]);
+            Just(f).prop_shuffle()
+        });
+        (
+            row_of(),
+            row_of(),
+            0..3u8,
+            op,
+            source,
+            integer(),
+            edits(),
+            space,
+        )
+            .prop_flat_map(
+                move |(before, after, shape, op, source, ts, (at, how), space)| {
+                    let image = |fields: Fields| object(fields, space);
+                    let (before, after) = match shape {
+                        0 => ("null".to_owned(), image(after)),
+                        1 => (image(before), image(after)),
+                        _ => (image(before), "null".to_owned()),
+                    };
+                    let fields = vec![
+                        ("before".to_owned(), before),
+                        ("after".to_owned(), after),
+                        ("source".to_owned(), image(source)),
+                        ("op".to_owned(), format!("\"{op}\"")),
+                        ("ts_ms".to_owned(), ts),
+                        ("transaction".to_owned(), "null".to_owned()),
+                    ];
+                    Just(edit(fields, at, how))
+                        .prop_shuffle()
+                        .prop_map(move |fields| object(fields, space))
+                },
+            )
+            .boxed()
+    }
+
+    /// What the fast reader makes of a value: serde's reading of it, or nothing.
+    pub(crate) fn agree<R: Keyed + std::fmt::Debug + PartialEq>(
+        value: &[u8],
+    ) -> Result<bool, TestCaseError> {
+        let Ok(fast) = Envelope::<R>::read(value) else {
+            return Ok(false);
+        };
+        let serde: Envelope<'_, R> = serde_json::from_slice(value)
+            .map_err(|e| TestCaseError::fail(format!("read where serde_json fails ({e})")))?;
+        prop_assert_eq!(fast, serde);
+        Ok(true)
+    }
+
+    /// One byte of `text` replaced or inserted (`how` 1, 2), or none.
+    pub(crate) fn mutate(text: String, at: Index, byte: u8, how: u8) -> Vec<u8> {
+        let mut bytes = text.into_bytes();
+        match how {
+            1 => {
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+            }
+            2 => bytes.insert(at.index(bytes.len() + 1), byte),
+            _ => {}
+        }
+        bytes
+    }
+
+    pub(crate) fn any_mutation() -> impl Strategy<Value = (Index, u8, u8)> {
+        (
+            any::<Index>(),
+            prop::sample::select(b"{}[]\",:\\0-.eEnu \x01\xc3".to_vec()),
+            0..3u8,
+        )
+    }
+
+    pub(crate) fn payment_row(odd: bool) -> BoxedStrategy<Fields> {
+        let status = prop::sample::select(vec!["pending", "succeeded", "failed", "canceled"])
+            .prop_map(|s| format!("\"{s}\""))
+            .boxed();
+        (
+            (
+                value(uuid(), odd),
+                value(status, odd),
+                value(nullable_word(), odd),
+            ),
+            (
+                value(integer(), odd),
+                value(word(), odd),
+                value(timestamp(), odd),
+            ),
+            (
+                value(integer(), odd),
+                value(nullable_word(), odd),
+                value(nullable_word(), odd),
+            ),
+        )
+            .prop_map(
+                |(
+                    (id, status, intent),
+                    (amount, currency, created),
+                    (version, source, attention),
+                )| {
+                    [
+                        ("id", id),
+                        ("status", status),
+                        ("stripe_payment_intent_id", intent),
+                        ("amount", amount),
+                        ("currency", currency),
+                        ("created_at", created),
+                        ("version", version),
+                        ("resolution_source", source),
+                        ("attention", attention),
+                    ]
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .into()
+                },
+            )
+            .boxed()
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_reader_reads_every_record_debezium_writes(text in record(payment_row, false)) {
+            prop_assert!(agree::<RowJson>(text.as_bytes())?, "declined {}", text);
+        }
+
+        #[test]
+        fn the_fast_reader_gives_what_serde_gives_or_declines(
+            text in record(payment_row, true),
+            (at, byte, how) in any_mutation(),
+        ) {
+            agree::<RowJson>(&mutate(text, at, byte, how))?;
+        }
+
+        #[test]
+        fn keys_too(id in uuid(), extra in value(nullable_word(), true), (at, byte, how) in any_mutation()) {
+            let text = mutate(format!("{{\"id\":{id},\"x\":{extra}}}"), at, byte, how);
+            if let Ok(fast) = Key::read(&text) {
+                prop_assert_eq!(Some(fast), serde_json::from_slice::<Key>(&text).ok());
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The reconciler: a stream worker over the Debezium change stream of `payments`.
 //!
 //! - `source`: the Kafka consumer group (rebalances, offsets stored after the work);
-//! - `envelope`: Debezium's change events, decoded (`timestamp`: their timestamps);
+//! - `envelope`: Debezium's change events, decoded (`json`: the reader of the fields kept;
+//!   `timestamp`: their timestamps);
 //! - `state`: pending payments per partition, with a timer queue of next polls;
 //! - `recovery`: state of newly assigned partitions, rebuilt from a replica;
 //! - `schedule` and `poll`: when and how a pending payment is polled at Stripe, expired;
@@ -14,6 +15,7 @@ pub mod backoff;
 pub mod config;
 pub mod envelope;
 pub mod fingerprint;
+mod json;
 pub mod output;
 pub mod partition;
 pub mod poll;

@@ -24,7 +24,7 @@ pub(crate) fn deserialize_utc<'de, D: Deserializer<'de>>(d: D) -> Result<DateTim
     d.deserialize_str(Utc3339)
 }
 
-fn parse_utc(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
+pub(crate) fn parse_utc(s: &str) -> Result<DateTime<Utc>, chrono::ParseError> {
     match debezium_utc(s.as_bytes()) {
         Some(t) => Ok(t),
         None => s.parse(),

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use paystream_reconciler::envelope::{Change, decode};
+use paystream_reconciler::envelope::{Change, Reading, decode, decode_with};
 use paystream_reconciler::partition::{cdc_key, partition_for};
 use paystream_reconciler::schedule::Schedule;
 use paystream_reconciler::state::{Effect, PendingState};
@@ -46,6 +46,11 @@ async fn real_debezium_events_decode_and_drive_the_state() {
         if change.id() != id {
             continue;
         }
+        assert_eq!(
+            decode_with(Reading::FastOnly, msg.key(), msg.payload()).as_ref(),
+            Ok(&change),
+            "the fast reader reads what Debezium writes, as serde_json does"
+        );
         assert_eq!(
             msg.key(),
             Some(cdc_key(id).as_bytes()),

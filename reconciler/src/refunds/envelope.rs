@@ -7,7 +7,8 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::output::RefundUpdate;
-use crate::envelope::{DecodeError, Keyed, Record, decode_record};
+use crate::envelope::{DecodeError, Keyed, Reading, Record, decode_record, owned, timestamp, uuid};
+use crate::json::{Declined, Read, Reader, once};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefundRow {
@@ -93,6 +94,7 @@ impl RefundChange {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct RowJson {
     id: Uuid,
     payment_id: Uuid,
@@ -115,43 +117,83 @@ impl Keyed for RowJson {
     fn id(&self) -> Uuid {
         self.id
     }
+
+    fn read(r: &mut Reader<'_>) -> Read<Self> {
+        let (mut id, mut payment_id, mut status, mut refund_id) = (None, None, None, None);
+        let (mut amount, mut currency, mut failure_reason, mut resolution_source) =
+            (None, None, None, None);
+        let (mut created_at, mut version, mut attention) = (None, None, None);
+        r.object(|field, r| match field {
+            b"id" => once(&mut id, uuid(r)?),
+            b"payment_id" => once(&mut payment_id, uuid(r)?),
+            b"status" => once(&mut status, r.plain_string()?.to_owned()),
+            b"stripe_refund_id" => once(&mut refund_id, owned(r.optional_string()?)),
+            b"amount" => once(&mut amount, r.integer()?),
+            b"currency" => once(&mut currency, r.plain_string()?.to_owned()),
+            b"failure_reason" => once(&mut failure_reason, owned(r.optional_string()?)),
+            b"resolution_source" => once(&mut resolution_source, owned(r.optional_string()?)),
+            b"created_at" => once(&mut created_at, timestamp(r)?),
+            b"version" => once(&mut version, r.integer()?),
+            b"attention" => once(&mut attention, owned(r.optional_string()?)),
+            _ => r.skip(),
+        })?;
+        Ok(RowJson {
+            id: id.ok_or(Declined)?,
+            payment_id: payment_id.ok_or(Declined)?,
+            status: status.ok_or(Declined)?,
+            stripe_refund_id: refund_id.flatten(),
+            amount: amount.ok_or(Declined)?,
+            currency: currency.ok_or(Declined)?,
+            failure_reason: failure_reason.flatten(),
+            resolution_source: resolution_source.flatten(),
+            created_at: created_at.ok_or(Declined)?,
+            version: version.ok_or(Declined)?,
+            attention: attention.flatten(),
+        })
+    }
 }
 
 pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<RefundChange, DecodeError> {
-    Ok(match decode_record::<RowJson>(key, value)? {
-        Record::Upsert {
-            row: r,
-            before_status,
-            snapshot,
-            lsn,
-            commit_ts_ms,
-        } => RefundChange::Upsert {
-            row: RefundRow {
-                id: r.id,
-                payment_id: r.payment_id,
-                status: r.status,
-                stripe_refund_id: r.stripe_refund_id,
-                amount: r.amount,
-                currency: r.currency,
-                failure_reason: r.failure_reason,
-                resolution_source: r.resolution_source,
-                created_at: r.created_at,
-                version: r.version,
-                flagged: r.attention.is_some(),
+    Ok(
+        match decode_record::<RowJson>(Reading::FastFirst, key, value)? {
+            Record::Upsert {
+                row: r,
+                before_status,
+                snapshot,
+                lsn,
+                commit_ts_ms,
+            } => RefundChange::Upsert {
+                row: RefundRow {
+                    id: r.id,
+                    payment_id: r.payment_id,
+                    status: r.status,
+                    stripe_refund_id: r.stripe_refund_id,
+                    amount: r.amount,
+                    currency: r.currency,
+                    failure_reason: r.failure_reason,
+                    resolution_source: r.resolution_source,
+                    created_at: r.created_at,
+                    version: r.version,
+                    flagged: r.attention.is_some(),
+                },
+                before_status,
+                snapshot,
+                lsn,
+                commit_ts_ms,
             },
-            before_status,
-            snapshot,
-            lsn,
-            commit_ts_ms,
+            Record::Delete { id, .. } => RefundChange::Delete { id },
+            Record::Tombstone { id } => RefundChange::Tombstone { id },
         },
-        Record::Delete { id, .. } => RefundChange::Delete { id },
-        Record::Tombstone { id } => RefundChange::Tombstone { id },
-    })
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::records::{
+        Fields, agree, any_mutation, integer, mutate, nullable_word, record, timestamp, uuid,
+        value, word,
+    };
     use proptest::prelude::*;
     use serde_json::{Value, json};
 
@@ -235,6 +277,76 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(k in proptest::collection::vec(any::<u8>(), 0..64), v in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256))) {
             let _ = decode(Some(&k), v.as_deref());
+        }
+    }
+
+    fn refund_row(odd: bool) -> BoxedStrategy<Fields> {
+        let status = prop::sample::select(vec![
+            "pending",
+            "requires_action",
+            "succeeded",
+            "failed",
+            "canceled",
+        ])
+        .prop_map(|s| format!("\"{s}\""))
+        .boxed();
+        (
+            (
+                value(uuid(), odd),
+                value(uuid(), odd),
+                value(status, odd),
+                value(nullable_word(), odd),
+            ),
+            (
+                value(integer(), odd),
+                value(word(), odd),
+                value(nullable_word(), odd),
+                value(nullable_word(), odd),
+            ),
+            (
+                value(timestamp(), odd),
+                value(integer(), odd),
+                value(nullable_word(), odd),
+            ),
+        )
+            .prop_map(
+                |(
+                    (id, payment, status, refund),
+                    (amount, currency, failure, source),
+                    (created, version, attention),
+                )| {
+                    [
+                        ("id", id),
+                        ("payment_id", payment),
+                        ("status", status),
+                        ("stripe_refund_id", refund),
+                        ("amount", amount),
+                        ("currency", currency),
+                        ("failure_reason", failure),
+                        ("resolution_source", source),
+                        ("created_at", created),
+                        ("version", version),
+                        ("attention", attention),
+                    ]
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .into()
+                },
+            )
+            .boxed()
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_reader_reads_every_refund_record_debezium_writes(text in record(refund_row, false)) {
+            prop_assert!(agree::<RowJson>(text.as_bytes())?, "declined {}", text);
+        }
+
+        #[test]
+        fn the_fast_reader_gives_what_serde_gives_for_refunds_or_declines(
+            text in record(refund_row, true),
+            (at, byte, how) in any_mutation(),
+        ) {
+            agree::<RowJson>(&mutate(text, at, byte, how))?;
         }
     }
 }
