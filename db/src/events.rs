@@ -114,12 +114,24 @@ pub async fn stored(
     Ok(found.into_iter().collect())
 }
 
-/// Stores the event (dedupe by id) and applies it, in one transaction.
+/// Applies the event and stores it (dedupe by id), in one transaction.
+///
+/// The event is applied first and stored last, with its outcome, in one insert: a row
+/// written once instead of inserted and then updated. A duplicate (its id stored
+/// already) is found by that insert, and the transaction, apply and all, rolls back.
+/// Two deliveries of one event at once queue on the payment's (or refund's) row lock,
+/// or for an event that matches nothing on the id's unique index, so the second sees
+/// what the first did.
 pub async fn process(db: &Primary, e: &Received<'_>) -> Result<Outcome, DbError> {
     let mut tx = db.pool().begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO stripe_events (id, type, payment_intent_id, payload, source, outcome, stripe_created)
-         VALUES ($1, $2, $3, $4, $5, 'unmatched', $6) ON CONFLICT (id) DO NOTHING",
+    let decided = decide(&mut tx, e.id, e.kind, e.reading.as_ref()).await?;
+    // The first try's backoff is `apply_stored`'s with no attempt before: 1 second.
+    let stored = sqlx::query(
+        "INSERT INTO stripe_events (id, type, payment_intent_id, payload, source, stripe_created,
+                                    outcome, payment_id, refund_id, processed_at, attempts, next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), ($7 = 'unmatched')::int,
+                 CASE WHEN $7 = 'unmatched' THEN now() + interval '1 second' END)
+         ON CONFLICT (id) DO NOTHING",
     )
     .bind(e.id)
     .bind(e.kind)
@@ -130,23 +142,33 @@ pub async fn process(db: &Primary, e: &Received<'_>) -> Result<Outcome, DbError>
     .bind(e.payload)
     .bind(e.via.as_str())
     .bind(e.stripe_created)
+    .bind(decided.outcome.as_str())
+    .bind(decided.payment_id.map(PaymentId::as_uuid))
+    .bind(decided.refund_id.map(RefundId::as_uuid))
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if inserted == 0 {
+    if stored == 0 {
+        // Dropped without a commit: sqlx rolls the transaction back.
         return Ok(Outcome::Duplicate);
     }
-    let outcome = apply(&mut tx, e.id, e.kind, e.reading.as_ref()).await?;
     tx.commit().await?;
-    Ok(outcome)
+    Ok(decided.outcome)
 }
 
-async fn apply(
+/// What applying an event did, and to which of our rows.
+struct Decided {
+    outcome: Outcome,
+    payment_id: Option<PaymentId>,
+    refund_id: Option<RefundId>,
+}
+
+async fn decide(
     tx: &mut PgConnection,
     event_id: &str,
     kind: &str,
     reading: Option<&Reading>,
-) -> Result<Outcome, DbError> {
+) -> Result<Decided, DbError> {
     let (outcome, payment_id, refund_id) = match reading {
         None => (Outcome::Ignored, None, None),
         Some(Reading::Intent(r)) => {
@@ -158,6 +180,21 @@ async fn apply(
             (o, None, refund)
         }
     };
+    Ok(Decided {
+        outcome,
+        payment_id,
+        refund_id,
+    })
+}
+
+/// Applies a stored event again and records the outcome on its row.
+async fn apply_stored(
+    tx: &mut PgConnection,
+    event_id: &str,
+    kind: &str,
+    reading: Option<&Reading>,
+) -> Result<Outcome, DbError> {
+    let decided = decide(tx, event_id, kind, reading).await?;
     // An unmatched event is tried again after 1 s, 2 s, 4 s... at most MAX_BACKOFF apart:
     // events that will never match drift to the back of the line instead of pinning it.
     sqlx::query(
@@ -169,13 +206,13 @@ async fn apply(
          WHERE id = $1",
     )
     .bind(event_id)
-    .bind(outcome.as_str())
-    .bind(payment_id.map(PaymentId::as_uuid))
+    .bind(decided.outcome.as_str())
+    .bind(decided.payment_id.map(PaymentId::as_uuid))
     .bind(MAX_BACKOFF_SECS)
-    .bind(refund_id.map(RefundId::as_uuid))
+    .bind(decided.refund_id.map(RefundId::as_uuid))
     .execute(&mut *tx)
     .await?;
-    Ok(outcome)
+    Ok(decided.outcome)
 }
 
 async fn apply_intent(
@@ -292,7 +329,7 @@ pub async fn retry_unmatched(
     .await?;
     let mut matched = 0;
     for (id, kind, payload) in rows {
-        if apply(&mut tx, &id, &kind, read(&payload).as_ref()).await? != Outcome::Unmatched {
+        if apply_stored(&mut tx, &id, &kind, read(&payload).as_ref()).await? != Outcome::Unmatched {
             matched += 1;
         }
     }

@@ -532,3 +532,97 @@ async fn refund_and_capture_events_resolve_them_and_catch_up_heals_dropped_ones(
             .unwrap();
     assert_eq!(captured, Some(1500), "what Stripe took, not the amount");
 }
+
+/// One event delivered many times at once (Stripe retries while the first is still in
+/// flight): applied once, stored once, one status change; every other delivery is a
+/// duplicate and changes nothing. The same for an event that matches nothing yet: one
+/// stored row, waiting for its first retry.
+#[tokio::test]
+async fn concurrent_deliveries_of_one_event_apply_it_once() {
+    let db = Stack::get().pool("DATABASE_URL").await;
+    let primary: paystream_db::Primary = db.clone().into();
+    let id = Uuid::now_v7();
+    let pi = format!("pi_race_{}", id.simple());
+    sqlx::query("INSERT INTO payments (id, client_id, idempotency_key, amount, currency, metadata, stripe_payment_intent_id) VALUES ($1, $1, $2, 900, 'usd', '{}', $3)")
+        .bind(id)
+        .bind(format!("race-{id}"))
+        .bind(&pi)
+        .execute(&db)
+        .await
+        .unwrap();
+    let event = |event_id: &str, intent: &str, payment: Uuid| {
+        json!({"id": event_id, "object": "event", "type": "payment_intent.succeeded", "created": 1_700_000_000,
+               "data": {"object": {"id": intent, "object": "payment_intent", "status": "succeeded",
+                                   "amount": 900, "amount_received": 900, "currency": "usd",
+                                   "metadata": {"payment_id": payment.to_string()}}}})
+    };
+    let deliver_8_times = |e: Value| {
+        let primary = primary.clone();
+        async move {
+            let deliveries = (0..8).map(|_| {
+                let (primary, e) = (primary.clone(), e.clone());
+                tokio::spawn(async move {
+                    events::process(&primary, &e, paystream_db::events::Via::Webhook)
+                        .await
+                        .unwrap()
+                })
+            });
+            let mut outcomes = Vec::new();
+            for d in deliveries.collect::<Vec<_>>() {
+                outcomes.push(d.await.unwrap());
+            }
+            outcomes.sort_by_key(|o| o.as_str());
+            outcomes
+        }
+    };
+
+    let applied = format!("evt_race_{}", id.simple());
+    let outcomes = deliver_8_times(event(&applied, &pi, id)).await;
+    let duplicates = vec![events::Outcome::Duplicate; 7];
+    assert_eq!(
+        outcomes,
+        [vec![events::Outcome::Applied], duplicates.clone()].concat()
+    );
+    let (status, changes): (String, i64) = sqlx::query_as(
+        "SELECT p.status, (SELECT count(*) FROM payment_status_history h WHERE h.payment_id = p.id AND h.to_status = 'succeeded')
+         FROM payments p WHERE p.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), changes), ("succeeded", 1));
+    let stored: (String, Option<Uuid>, i32) =
+        sqlx::query_as("SELECT outcome, payment_id, attempts FROM stripe_events WHERE id = $1")
+            .bind(&applied)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(stored, ("applied".into(), Some(id), 0));
+
+    // Our payment id, but no row for it (yet): stored once, unmatched, retried in 1 s.
+    let missing = Uuid::now_v7();
+    let unmatched = format!("evt_race_{}", missing.simple());
+    let outcomes = deliver_8_times(event(
+        &unmatched,
+        &format!("pi_race_{}", missing.simple()),
+        missing,
+    ))
+    .await;
+    assert_eq!(
+        outcomes,
+        [duplicates, vec![events::Outcome::Unmatched]].concat()
+    );
+    let (outcome, attempts, wait_ms): (String, i32, f64) = sqlx::query_as(
+        "SELECT outcome, attempts, extract(epoch FROM next_attempt_at - processed_at)::float8 * 1000 FROM stripe_events WHERE id = $1",
+    )
+    .bind(&unmatched)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((outcome.as_str(), attempts), ("unmatched", 1));
+    assert!(
+        (wait_ms - 1000.0).abs() < 1.0,
+        "first retry after 1 s, not {wait_ms} ms"
+    );
+}

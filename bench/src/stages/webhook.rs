@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -23,12 +23,13 @@ pub async fn measure(ctx: &mut Ctx<'_>, client: Uuid) -> anyhow::Result<()> {
     let (http, api, counter, events) =
         (ctx.http.clone(), ctx.api.clone(), next.clone(), ids.clone());
     let secret = ctx.stack.var("STRIPE_WEBHOOK_SECRET").to_owned();
+    let intent = Arc::new(succeeded_intent(ctx).await?);
     let r = ctx
         .median_load(32, move |_, _| {
             let request = events
                 .get(counter.fetch_add(1, Ordering::Relaxed))
                 .map(|(pi, id)| {
-                    let body = webhook_event(&format!("evt_{pi}"), pi, *id);
+                    let body = webhook_event(&intent, &format!("evt_{pi}"), pi, *id);
                     let t = chrono::Utc::now().timestamp();
                     http.post(format!("{api}/webhook/stripe"))
                         .header(
@@ -121,17 +122,52 @@ async fn floor_fixtures(primary: &PgPool, client: Uuid) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A Stripe event as Stripe sends it for a PaymentIntent that succeeded.
-fn webhook_event(event_id: &str, pi: &str, payment: Uuid) -> String {
+/// A PaymentIntent that succeeded, whole, as the stack's Stripe renders it: the object
+/// every event carries, so the receiver reads it as it reads Stripe's (through
+/// async-stripe's model, not the fallback for unknown shapes).
+async fn succeeded_intent(ctx: &Ctx<'_>) -> anyhow::Result<Value> {
+    let intent: Value = ctx
+        .http
+        .post(format!(
+            "{}/v1/payment_intents",
+            ctx.stack.var("STRIPE_API_BASE")
+        ))
+        .bearer_auth(ctx.stack.var("STRIPE_SECRET_KEY"))
+        .form(&[
+            ("amount", "1250"),
+            ("currency", "usd"),
+            ("confirm", "true"),
+            ("payment_method", "pm_card_visa"),
+            ("metadata[payment_id]", "bench"),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    anyhow::ensure!(
+        intent["status"] == "succeeded",
+        "the stand-in's intent did not succeed: {intent}"
+    );
+    Ok(intent)
+}
+
+/// A Stripe event as Stripe sends it for a PaymentIntent that succeeded: `intent`, as
+/// our payment `payment`'s intent `pi`.
+fn webhook_event(intent: &Value, event_id: &str, pi: &str, payment: Uuid) -> String {
+    let mut object = intent.clone();
+    object["id"] = json!(pi);
+    object["metadata"] = json!({"payment_id": payment.to_string()});
     json!({
         "id": event_id,
         "object": "event",
+        "api_version": stripe_sim::state::API_VERSION,
         "type": "payment_intent.succeeded",
         "created": chrono::Utc::now().timestamp(),
-        "data": {"object": {
-            "id": pi, "object": "payment_intent", "status": "succeeded",
-            "amount": 1250, "currency": "usd", "metadata": {"payment_id": payment.to_string()}
-        }}
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": {"id": null, "idempotency_key": null},
+        "data": {"object": object}
     })
     .to_string()
 }
