@@ -121,7 +121,8 @@ pub async fn stored(
 /// already) is found by that insert, and the transaction, apply and all, rolls back.
 /// Two deliveries of one event at once queue on the payment's (or refund's) row lock,
 /// or for an event that matches nothing on the id's unique index, so the second sees
-/// what the first did.
+/// what the first did. A duplicate's writes roll back, its log lines do not: one that
+/// would overturn a payment logs that, and the retry that does it logs it again.
 pub async fn process(db: &Primary, e: &Received<'_>) -> Result<Outcome, DbError> {
     let mut tx = db.pool().begin().await?;
     let decided = decide(&mut tx, e.id, e.kind, e.reading.as_ref()).await?;
@@ -305,35 +306,52 @@ pub struct Retried {
 /// Retries the unmatched events that are due (at most `batch`, soonest due first), read
 /// again from their stored payload by `read`, and gives up on those older than
 /// `orphan_after`.
+///
+/// Each event is retried in a transaction of its own, which holds its row and then the
+/// payment's (or refund's). A pass holding many events' rows would lock payments while
+/// holding the rows of events already retried, and a redelivery of one of those, which
+/// locks the payment before storing the event (`process`), would wait for the pass
+/// while the pass waits for it: a deadlock.
 pub async fn retry_unmatched(
     db: &Primary,
     batch: i64,
     orphan_after: std::time::Duration,
     read: fn(&Value) -> Option<Reading>,
 ) -> Result<Retried, DbError> {
-    let mut tx = db.pool().begin().await?;
     let orphaned = sqlx::query(
         "UPDATE stripe_events SET outcome = 'orphaned', next_attempt_at = NULL, processed_at = now()
          WHERE outcome = 'unmatched' AND received_at < now() - $1::bigint * interval '1 millisecond'",
     )
     .bind(i64::try_from(orphan_after.as_millis()).unwrap_or(i64::MAX))
-    .execute(&mut *tx)
+    .execute(db.pool())
     .await?
     .rows_affected();
-    let rows: Vec<(String, String, Value)> = sqlx::query_as(
-        "SELECT id, type, payload FROM stripe_events WHERE outcome = 'unmatched' AND next_attempt_at <= now()
-         ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+    let due: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM stripe_events WHERE outcome = 'unmatched' AND next_attempt_at <= now()
+         ORDER BY next_attempt_at LIMIT $1",
     )
     .bind(batch)
-    .fetch_all(&mut *tx)
+    .fetch_all(db.pool())
     .await?;
     let mut matched = 0;
-    for (id, kind, payload) in rows {
+    for id in due {
+        let mut tx = db.pool().begin().await?;
+        // Skipped if another pass (or instance) holds it, or it was settled meanwhile.
+        let event: Option<(String, Value)> = sqlx::query_as(
+            "SELECT type, payload FROM stripe_events WHERE id = $1 AND outcome = 'unmatched'
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((kind, payload)) = event else {
+            continue;
+        };
         if apply_stored(&mut tx, &id, &kind, read(&payload).as_ref()).await? != Outcome::Unmatched {
             matched += 1;
         }
+        tx.commit().await?;
     }
-    tx.commit().await?;
     if orphaned > 0 {
         tracing::warn!(
             orphaned,
