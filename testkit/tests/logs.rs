@@ -109,7 +109,10 @@ fn seen(lines: &HashMap<&'static str, Vec<(String, Value)>>) -> Seen {
                 .and_then(Value::as_str)
                 == Some("POST");
         s.api_create |= in_create && msg == "request";
-        s.api_stripe_call |= msg == "stripe call" && field(v, "operation") == Some("create_intent");
+        // With the call's own time, to tell it from the database's in a slow request.
+        s.api_stripe_call |= msg == "stripe call"
+            && field(v, "operation") == Some("create_intent")
+            && v.get("latency_us").and_then(Value::as_u64).is_some();
     }
     s.webhook_event = lines["webhook"].iter().any(|(_, v)| {
         field(v, "message") == Some("event processed") && field(v, "event_id").is_some()
