@@ -201,13 +201,13 @@ struct RowJson {
 
 impl Key {
     fn read(bytes: &[u8]) -> Read<Self> {
-        let mut r = Reader::new(bytes);
         let mut id = None;
-        r.object(|field, r| match field {
-            b"id" => once(&mut id, uuid(r)?),
-            _ => r.skip(),
+        Reader::whole(bytes, |r| {
+            r.object(|field, r| match field {
+                b"id" => once(&mut id, uuid(r)?),
+                _ => r.skip(),
+            })
         })?;
-        r.end()?;
         Ok(Key {
             id: id.ok_or(Declined)?,
         })
@@ -231,16 +231,16 @@ impl Source {
 
 impl<'a, R: Keyed> Envelope<'a, R> {
     fn read(bytes: &'a [u8]) -> Read<Self> {
-        let mut r = Reader::new(bytes);
         let (mut before, mut after, mut source, mut op) = (None, None, None, None);
-        r.object(|field, r| match field {
-            b"before" => once(&mut before, nullable(r, BeforeJson::read)?),
-            b"after" => once(&mut after, nullable(r, R::read)?),
-            b"source" => once(&mut source, Source::read(r)?),
-            b"op" => once(&mut op, r.plain_string()?),
-            _ => r.skip(),
+        Reader::whole(bytes, |r| {
+            r.object(|field, r| match field {
+                b"before" => once(&mut before, nullable(r, BeforeJson::read)?),
+                b"after" => once(&mut after, nullable(r, R::read)?),
+                b"source" => once(&mut source, Source::read(r)?),
+                b"op" => once(&mut op, r.plain_string()?),
+                _ => r.skip(),
+            })
         })?;
-        r.end()?;
         Ok(Envelope {
             before: before.flatten(),
             after: after.flatten(),
@@ -702,18 +702,20 @@ pub(crate) mod records {
         format!("{{{space}{}{space}}}", body.join(&format!(",{space}")))
     }
 
-    /// A record's value. `row` gives a row's own fields.
+    /// A record's value. `table_row` gives a row's own fields.
     pub(crate) fn record(
-        row: fn(bool) -> BoxedStrategy<Fields>,
+        table_row: fn(bool) -> BoxedStrategy<Fields>,
         odd: bool,
     ) -> BoxedStrategy<String> {
         let edits = move || (any::<Index>(), if odd { 0..3u8 } else { 0..1u8 });
         let space = prop::sample::select(vec!["", " ", "\n  "]);
         let row_of = move || {
-            (row(odd), extras(odd), edits()).prop_flat_map(|(mut fields, extra, (at, how))| {
-                fields.extend(extra);
-                Just(edit(fields, at, how)).prop_shuffle()
-            })
+            (table_row(odd), extras(odd), edits()).prop_flat_map(
+                |(mut fields, extra, (at, how))| {
+                    fields.extend(extra);
+                    Just(edit(fields, at, how)).prop_shuffle()
+                },
+            )
         };
         let op = prop::sample::select(vec!["c", "u", "r", "d"]);
         let source = (integer(), integer(), extras(odd)).prop_flat_map(|(lsn, ts, mut f)| {
@@ -789,49 +791,45 @@ pub(crate) mod records {
         )
     }
 
-    pub(crate) fn payment_row(odd: bool) -> BoxedStrategy<Fields> {
-        let status = prop::sample::select(vec!["pending", "succeeded", "failed", "canceled"])
-            .prop_map(|s| format!("\"{s}\""))
-            .boxed();
-        (
-            (
-                value(uuid(), odd),
-                value(status, odd),
-                value(nullable_word(), odd),
-            ),
-            (
-                value(integer(), odd),
-                value(word(), odd),
-                value(timestamp(), odd),
-            ),
-            (
-                value(integer(), odd),
-                value(nullable_word(), odd),
-                value(nullable_word(), odd),
-            ),
-        )
-            .prop_map(
-                |(
-                    (id, status, intent),
-                    (amount, currency, created),
-                    (version, source, attention),
-                )| {
-                    [
-                        ("id", id),
-                        ("status", status),
-                        ("stripe_payment_intent_id", intent),
-                        ("amount", amount),
-                        ("currency", currency),
-                        ("created_at", created),
-                        ("version", version),
-                        ("resolution_source", source),
-                        ("attention", attention),
-                    ]
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .into()
-                },
-            )
+    /// A row of `columns`, each value from its strategy (through `value`).
+    pub(crate) fn columns(
+        columns: Vec<(&'static str, BoxedStrategy<String>)>,
+        odd: bool,
+    ) -> BoxedStrategy<Fields> {
+        let (names, values): (Vec<_>, Vec<_>) = columns
+            .into_iter()
+            .map(|(name, strategy)| (name, value(strategy, odd)))
+            .unzip();
+        values
+            .prop_map(move |values| names.iter().map(|n| n.to_string()).zip(values).collect())
             .boxed()
+    }
+
+    /// One of `statuses`, as a JSON string.
+    pub(crate) fn status(statuses: &[&'static str]) -> BoxedStrategy<String> {
+        prop::sample::select(statuses.to_vec())
+            .prop_map(|s| format!("\"{s}\""))
+            .boxed()
+    }
+
+    pub(crate) fn payment_row(odd: bool) -> BoxedStrategy<Fields> {
+        columns(
+            vec![
+                ("id", uuid()),
+                (
+                    "status",
+                    status(&["pending", "succeeded", "failed", "canceled"]),
+                ),
+                ("stripe_payment_intent_id", nullable_word()),
+                ("amount", integer()),
+                ("currency", word()),
+                ("created_at", timestamp()),
+                ("version", integer()),
+                ("resolution_source", nullable_word()),
+                ("attention", nullable_word()),
+            ],
+            odd,
+        )
     }
 
     proptest! {

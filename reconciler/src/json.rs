@@ -29,8 +29,17 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+    fn new(bytes: &'a [u8]) -> Self {
         Self { bytes, at: 0 }
+    }
+
+    /// All of `bytes` as one value read by `read`, only whitespace after it, as
+    /// serde_json's `from_slice` requires.
+    pub(crate) fn whole<T>(bytes: &'a [u8], read: impl FnOnce(&mut Self) -> Read<T>) -> Read<T> {
+        let mut r = Self::new(bytes);
+        let value = read(&mut r)?;
+        r.end()?;
+        Ok(value)
     }
 
     fn whitespace(&mut self) {
@@ -52,8 +61,8 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// Nothing but whitespace left, as serde_json's `from_slice` requires.
-    pub(crate) fn end(mut self) -> Read<()> {
+    /// Nothing but whitespace left.
+    fn end(&mut self) -> Read<()> {
         self.whitespace();
         if self.at == self.bytes.len() {
             Ok(())
@@ -334,9 +343,7 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     fn skipped(text: &str) -> Read<()> {
-        let mut r = Reader::new(text.as_bytes());
-        r.skip()?;
-        r.end()
+        Reader::whole(text.as_bytes(), Reader::skip)
     }
 
     #[test]
@@ -384,11 +391,7 @@ pub(crate) mod tests {
 
     #[test]
     fn integers_are_plain() {
-        let read = |text: &str| -> Read<i64> {
-            let mut r = Reader::new(text.as_bytes());
-            let n = r.integer()?;
-            r.end().map(|()| n)
-        };
+        let read = |text: &str| Reader::whole(text.as_bytes(), Reader::integer);
         assert_eq!(read("1250"), Ok(1250));
         assert_eq!(read("-7"), Ok(-7));
         assert_eq!(read("0"), Ok(0));
@@ -454,8 +457,7 @@ pub(crate) mod tests {
                 1 => { let i = at.index(text.len()); text[i] = byte; }
                 _ => { let i = at.index(text.len() + 1); text.insert(i, byte); }
             }
-            let mut r = Reader::new(&text);
-            if r.skip().and_then(|()| r.end()).is_ok() {
+            if Reader::whole(&text, Reader::skip).is_ok() {
                 prop_assert!(serde_json::from_slice::<serde::de::IgnoredAny>(&text).is_ok());
             }
             if edit == 0 {

@@ -191,8 +191,8 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<RefundChange, 
 mod tests {
     use super::*;
     use crate::envelope::records::{
-        Fields, agree, any_mutation, integer, mutate, nullable_word, record, timestamp, uuid,
-        value, word,
+        Fields, agree, any_mutation, columns, integer, mutate, nullable_word, record, status,
+        timestamp, uuid, word,
     };
     use proptest::prelude::*;
     use serde_json::{Value, json};
@@ -281,58 +281,29 @@ mod tests {
     }
 
     fn refund_row(odd: bool) -> BoxedStrategy<Fields> {
-        let status = prop::sample::select(vec![
+        let statuses = [
             "pending",
             "requires_action",
             "succeeded",
             "failed",
             "canceled",
-        ])
-        .prop_map(|s| format!("\"{s}\""))
-        .boxed();
-        (
-            (
-                value(uuid(), odd),
-                value(uuid(), odd),
-                value(status, odd),
-                value(nullable_word(), odd),
-            ),
-            (
-                value(integer(), odd),
-                value(word(), odd),
-                value(nullable_word(), odd),
-                value(nullable_word(), odd),
-            ),
-            (
-                value(timestamp(), odd),
-                value(integer(), odd),
-                value(nullable_word(), odd),
-            ),
+        ];
+        columns(
+            vec![
+                ("id", uuid()),
+                ("payment_id", uuid()),
+                ("status", status(&statuses)),
+                ("stripe_refund_id", nullable_word()),
+                ("amount", integer()),
+                ("currency", word()),
+                ("failure_reason", nullable_word()),
+                ("resolution_source", nullable_word()),
+                ("created_at", timestamp()),
+                ("version", integer()),
+                ("attention", nullable_word()),
+            ],
+            odd,
         )
-            .prop_map(
-                |(
-                    (id, payment, status, refund),
-                    (amount, currency, failure, source),
-                    (created, version, attention),
-                )| {
-                    [
-                        ("id", id),
-                        ("payment_id", payment),
-                        ("status", status),
-                        ("stripe_refund_id", refund),
-                        ("amount", amount),
-                        ("currency", currency),
-                        ("failure_reason", failure),
-                        ("resolution_source", source),
-                        ("created_at", created),
-                        ("version", version),
-                        ("attention", attention),
-                    ]
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .into()
-                },
-            )
-            .boxed()
     }
 
     proptest! {
