@@ -30,16 +30,16 @@ const KINDS: [&str; 2] = ["payment_intent.*", "refund.*"];
 
 /// One pass over undelivered events created at or after `since` (unix seconds), through
 /// the same gateway as every other Stripe call (its timeout; a 429 is `RateLimited`, and
-/// the pass is tried again at the next tick). Returns how many events were new to us
-/// (not counting those that could change nothing).
-pub async fn run_once(stripe: &StripeApi, db: &Primary, since: i64) -> Result<usize, CatchupError> {
-    let mut new = 0;
+/// the pass is tried again at the next tick).
+pub async fn run_once(stripe: &StripeApi, db: &Primary, since: i64) -> Result<Pass, CatchupError> {
+    let mut pass = Pass::default();
     for kind in KINDS {
         let mut after: Option<String> = None;
         loop {
             let page = stripe
                 .list_events(kind, since, true, after.as_deref())
                 .await?;
+            pass.listed += page.data.len();
             let ids: Vec<&str> = page.data.iter().filter_map(|e| e["id"].as_str()).collect();
             let stored = paystream_db::events::stored(db, &ids).await?;
             for event in &page.data {
@@ -51,7 +51,7 @@ pub async fn run_once(stripe: &StripeApi, db: &Primary, since: i64) -> Result<us
                     outcome,
                     events::Outcome::Duplicate | events::Outcome::Ignored
                 ) {
-                    new += 1;
+                    pass.new += 1;
                 }
             }
             match (
@@ -63,11 +63,69 @@ pub async fn run_once(stripe: &StripeApi, db: &Primary, since: i64) -> Result<us
             }
         }
     }
-    Ok(new)
+    Ok(pass)
 }
 
-/// On start and then every `every` until shutdown: looks back `lookback` (Stripe retries
-/// deliveries for 3 days; its event list keeps 30).
+/// What a pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Undelivered events Stripe listed.
+    pub listed: usize,
+    /// Of them, those new to us (not counting those that could change nothing).
+    pub new: usize,
+}
+
+/// Where each pass starts looking. A pass that completed listed every event that was
+/// undelivered then (Stripe lists an event whose delivery is still pending as
+/// undelivered), and fed each through the same path as a webhook: the next pass needs only
+/// the events created since it started, less `overlap` for the clocks (ours gives the
+/// start, Stripe's an event's `created`). Re-listing all of the lookback's undelivered
+/// events every pass cost the webhook service and Stripe work in proportion to every event
+/// ever dropped (on a busy stack, passes of 100,000 events back to back); now that is the
+/// first pass's work only, after each start.
+#[derive(Debug, Clone)]
+pub struct Catchup {
+    lookback: Duration,
+    overlap: Duration,
+    /// Unix seconds: every event created since was seen by a completed pass.
+    covered: Option<i64>,
+}
+
+/// Between our clock and Stripe's, and beyond: a pass rereads the 10 minutes before the
+/// previous one started.
+pub const OVERLAP: Duration = Duration::from_secs(600);
+
+impl Catchup {
+    pub fn new(lookback: Duration, overlap: Duration) -> Catchup {
+        Catchup {
+            lookback,
+            overlap,
+            covered: None,
+        }
+    }
+
+    /// The `created` a pass starting at `now` lists from.
+    pub fn since(&self, now: i64) -> i64 {
+        let oldest = now.saturating_sub(secs(self.lookback));
+        self.covered.map_or(oldest, |covered| covered.max(oldest))
+    }
+
+    /// One pass ([`run_once`]); a failed one leaves the cursor where it was.
+    pub async fn pass(&mut self, stripe: &StripeApi, db: &Primary) -> Result<Pass, CatchupError> {
+        let started = crate::now_unix();
+        let pass = run_once(stripe, db, self.since(started)).await?;
+        self.covered = Some(started.saturating_sub(secs(self.overlap)));
+        Ok(pass)
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// On start and then every `every` until shutdown: looks back `lookback` on the first
+/// pass (Stripe retries deliveries for 3 days; its event list keeps 30), then from where
+/// the previous pass started ([`Catchup`]).
 pub async fn run_loop(
     api: StripeConfig,
     db: Primary,
@@ -76,15 +134,35 @@ pub async fn run_loop(
     token: CancellationToken,
 ) -> Result<(), String> {
     let stripe = api.gateway().map_err(|e| e.to_string())?;
+    let mut catchup = Catchup::new(lookback, OVERLAP);
     loop {
-        let since = crate::now_unix() - lookback.as_secs() as i64;
-        match run_once(&stripe, &db, since).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(events = n, "catch-up applied undelivered events"),
+        match catchup.pass(&stripe, &db).await {
+            Ok(Pass { new: 0, .. }) => {}
+            Ok(Pass { new, listed }) => {
+                tracing::info!(events = new, listed, "catch-up applied undelivered events");
+            }
             Err(e) => tracing::warn!(error = %e, "catch-up failed; retrying later"),
         }
         if !tick(&token, every).await {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_pass_looks_back_the_whole_lookback_and_the_next_from_the_last_start() {
+        let day = Duration::from_secs(86_400);
+        let mut c = Catchup::new(day, Duration::from_secs(600));
+        assert_eq!(c.since(1_000_000), 1_000_000 - 86_400);
+        c.covered = Some(1_000_000 - 600);
+        assert_eq!(c.since(1_000_060), 1_000_000 - 600);
+        // Never further back than the lookback, however long ago the last pass was.
+        assert_eq!(c.since(2_000_000), 2_000_000 - 86_400);
+        let unbounded = Catchup::new(Duration::MAX, Duration::MAX);
+        assert_eq!(unbounded.since(5), 5 - i64::MAX);
     }
 }

@@ -7,7 +7,9 @@ use paystream_db::events::{self, Received, Via};
 pub use paystream_db::events::{IntentReading, Outcome, Reading, RefundReading, Retried};
 use paystream_db::{DbError, Primary};
 use paystream_stripe::{UntypedObject, intent_from_json, refund_from_json};
+use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// An event says something about our money when it carries a PaymentIntent or a refund
 /// snapshot; the snapshot's `status` (not the event type) is what Stripe says, so a
@@ -190,6 +192,71 @@ pub async fn process_for(
     Ok((outcome, subject))
 }
 
+/// An event that can change nothing whatever its object says, answered from its body
+/// without building the body's tree: Stripe sends a `payment_intent.created` for every
+/// payment, and reading its whole PaymentIntent (twice: as JSON, then with async-stripe's
+/// model) was most of the receiver's work per payment. `None` for every other event, and
+/// for a body this narrow read does not take (a field of an unexpected type, a repeated
+/// key): `process_for` reads those whole, as before.
+pub fn ignored_by_type(body: &[u8]) -> Option<Answered> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        id: Cow<'a, str>,
+        #[serde(rename = "type", borrow)]
+        kind: Cow<'a, str>,
+        #[serde(borrow)]
+        data: Option<Data<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow)]
+        object: Option<Object<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Object<'a> {
+        #[serde(borrow)]
+        metadata: Option<Metadata<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Metadata<'a> {
+        #[serde(borrow)]
+        payment_id: Option<Cow<'a, str>>,
+    }
+    // As text first: serde_json skips the fields a struct leaves out without checking
+    // their UTF-8, which the whole read refuses (a 400).
+    let head: Head = serde_json::from_str(std::str::from_utf8(body).ok()?).ok()?;
+    if head.kind != CREATED {
+        return None;
+    }
+    let payment_id = head
+        .data
+        .and_then(|d| d.object)
+        .and_then(|o| o.metadata)
+        .and_then(|m| m.payment_id)
+        .and_then(|p| p.parse().ok());
+    Some(Answered {
+        id: head.id.into_owned(),
+        kind: CREATED.to_owned(),
+        outcome: Outcome::Ignored,
+        subject: Subject {
+            payment_id,
+            refund_id: None,
+        },
+    })
+}
+
+/// What a delivered event was and what came of it, for its answer and its log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    pub id: String,
+    pub kind: String,
+    pub outcome: Outcome,
+    pub subject: Subject,
+}
+
+const CREATED: &str = "payment_intent.created";
+
 /// Whether an event may change one of our rows; one that cannot is acknowledged without
 /// a write on the primary. That is an event about neither an intent nor a refund, and
 /// `payment_intent.created`, which says only what the intent was when we made it: the
@@ -198,7 +265,7 @@ pub async fn process_for(
 /// payment is `create_after` old.) Every payment would otherwise cost the primary a
 /// second transaction for it.
 fn can_change_anything(event: &Value, reading: Option<&Reading>) -> bool {
-    reading.is_some() && event["type"] != "payment_intent.created"
+    reading.is_some() && event["type"] != CREATED
 }
 
 /// Retries the unmatched events that are due (at most `batch`), and gives up on those
@@ -215,6 +282,93 @@ pub async fn retry_unmatched(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn created_event(pid: &str) -> Value {
+        json!({"id": "evt_created_1", "object": "event", "type": "payment_intent.created",
+               "api_version": "2025-03-31.basil", "created": 1, "livemode": false,
+               "data": {"object": {"object": "payment_intent", "id": "pi_1", "amount": 2000,
+                        "status": "requires_payment_method", "metadata": {"payment_id": pid},
+                        "payment_method_types": ["card"], "description": "café \"quoted\""}}})
+    }
+
+    #[test]
+    fn a_created_event_is_ignored_from_its_head() {
+        let pid = paystream_core::PaymentId::generate();
+        let body = created_event(&pid.to_string()).to_string();
+        assert_eq!(
+            ignored_by_type(body.as_bytes()),
+            Some(Answered {
+                id: "evt_created_1".into(),
+                kind: CREATED.into(),
+                outcome: Outcome::Ignored,
+                subject: Subject {
+                    payment_id: Some(pid),
+                    refund_id: None
+                },
+            })
+        );
+        // Without our payment id, or with one that is not, still ignored: it names none.
+        for metadata in [json!({}), json!({"payment_id": "not-a-uuid"}), Value::Null] {
+            let mut e = created_event("x");
+            e["data"]["object"]["metadata"] = metadata.clone();
+            let ignored = ignored_by_type(e.to_string().as_bytes()).expect("ignored");
+            assert_eq!(ignored.subject, Subject::default(), "{metadata}");
+        }
+        let mut bare = created_event("x");
+        bare.as_object_mut().unwrap().remove("data");
+        assert!(ignored_by_type(bare.to_string().as_bytes()).is_some());
+    }
+
+    #[test]
+    fn every_other_body_is_left_to_the_whole_read() {
+        let pid = paystream_core::PaymentId::generate().to_string();
+        let mut succeeded = created_event(&pid);
+        succeeded["type"] = json!("payment_intent.succeeded");
+        let mut odd_metadata = created_event(&pid);
+        odd_metadata["data"]["object"]["metadata"]["payment_id"] = json!(42);
+        let mut odd_object = created_event(&pid);
+        odd_object["data"]["object"] = json!("pi_1");
+        let repeated = format!(
+            r#"{{"id": "evt_1", "type": "payment_intent.created", "type": "payment_intent.succeeded", "data": {}}}"#,
+            created_event(&pid)["data"]
+        );
+        for body in [
+            succeeded.to_string(),
+            odd_metadata.to_string(),
+            odd_object.to_string(),
+            repeated,
+            r#"{"id": 1, "type": "payment_intent.created"}"#.into(),
+            r#"{"type": "payment_intent.created"}"#.into(),
+            r#"{"id": "evt_1", "type": "payment_intent.created""#.into(),
+            r#"{"id": "evt_1", "type": "payment_intent.created"} x"#.into(),
+            "[]".into(),
+        ] {
+            assert_eq!(ignored_by_type(body.as_bytes()), None, "{body}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the body, one answered from its head is one the whole read parses as
+        /// the same event, of a type that can change nothing.
+        #[test]
+        fn the_head_answers_only_what_the_whole_read_would_ignore(
+            at in 0usize..4096,
+            byte in proptest::prelude::any::<u8>(),
+            insert in proptest::prelude::any::<bool>(),
+        ) {
+            let mut body = created_event(&paystream_core::PaymentId::generate().to_string())
+                .to_string()
+                .into_bytes();
+            let at = at % body.len();
+            if insert { body.insert(at, byte) } else { body[at] = byte }
+            if let Some(ignored) = ignored_by_type(&body) {
+                let whole: Value = serde_json::from_slice(&body).expect("the whole read parses it");
+                proptest::prop_assert_eq!(whole["id"].as_str(), Some(ignored.id.as_str()));
+                proptest::prop_assert_eq!(whole["type"].as_str(), Some(CREATED));
+                proptest::prop_assert!(!can_change_anything(&whole, read(&whole).as_ref()));
+            }
+        }
+    }
 
     #[test]
     fn reads_payment_intent_events_leniently() {

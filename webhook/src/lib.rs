@@ -134,12 +134,33 @@ async fn receive(
         "Webhook requests with a valid signature",
         &[],
     );
-    let event: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) if v["id"].is_string() && v["type"].is_string() => v,
-        _ => return reject(&s.metrics, StatusCode::BAD_REQUEST, "event_malformed"),
+    let answered = match events::ignored_by_type(&body) {
+        Some(ignored) => Ok(ignored),
+        None => {
+            let event: Value = match serde_json::from_slice(&body) {
+                Ok(v @ Value::Object(_)) if v["id"].is_string() && v["type"].is_string() => v,
+                _ => return reject(&s.metrics, StatusCode::BAD_REQUEST, "event_malformed"),
+            };
+            events::process_for(&s.db, &event, Via::Webhook)
+                .await
+                .map(|(outcome, subject)| {
+                    let field = |name: &str| event[name].as_str().unwrap_or_default().to_owned();
+                    events::Answered {
+                        id: field("id"),
+                        kind: field("type"),
+                        outcome,
+                        subject,
+                    }
+                })
+        }
     };
-    match events::process_for(&s.db, &event, Via::Webhook).await {
-        Ok((outcome, subject)) => {
+    match answered {
+        Ok(events::Answered {
+            id: event_id,
+            kind,
+            outcome,
+            subject,
+        }) => {
             s.metrics.inc(
                 "webhook_events_total",
                 "Verified events by outcome",
@@ -152,8 +173,8 @@ async fn receive(
                 started.elapsed(),
             );
             tracing::info!(
-                event_id = event["id"].as_str().unwrap_or_default(),
-                kind = event["type"].as_str().unwrap_or_default(),
+                event_id,
+                kind,
                 outcome = outcome.as_str(),
                 payment_id = subject.payment_id.map(tracing::field::display),
                 refund_id = subject.refund_id.map(tracing::field::display),

@@ -64,15 +64,21 @@ impl Env {
         panic!("deliveries did not settle in 10 s");
     }
 
-    async fn catch_up(&self) -> usize {
+    fn gateway(&self) -> paystream_stripe::StripeApi {
         let api = StripeConfig {
             api_base: self.sim.clone(),
             secret_key: SIM_KEY.into(),
             timeout_ms: 5_000,
         };
-        catchup::run_once(&api.gateway().unwrap(), &self.primary, 0)
+        api.gateway().unwrap()
+    }
+
+    /// A catch-up pass over every undelivered event: how many were new to us.
+    async fn catch_up(&self) -> usize {
+        catchup::run_once(&self.gateway(), &self.primary, 0)
             .await
             .unwrap()
+            .new
     }
 }
 
@@ -352,6 +358,52 @@ async fn catch_up_heals_a_webhook_outage() {
     assert!(env.catch_up().await >= 1);
     assert_eq!(env.ours(id).await.0, "succeeded");
     assert_eq!(env.catch_up().await, 0, "a second pass finds nothing new");
+}
+
+/// A pass lists only the events created since the previous pass started (less the
+/// overlap), not every undelivered event of the lookback again.
+#[tokio::test]
+async fn a_catch_up_pass_reads_from_where_the_previous_one_started() {
+    let env = setup(json!({"webhook_drop_rate": 1.0})).await;
+    let (first, first_pi) = env.payment().await;
+    env.confirm(&first_pi, "pm_card_visa").await;
+    env.settle().await;
+    // Stripe's `created` is in whole seconds: the pass starts in a later second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stripe = env.gateway();
+    let hour = Duration::from_secs(3600);
+    let mut exact = catchup::Catchup::new(hour, Duration::ZERO);
+    let mut overlapping = catchup::Catchup::new(hour, catchup::OVERLAP);
+    let pass = exact.pass(&stripe, &env.primary).await.unwrap();
+    assert!(pass.new >= 1, "{pass:?}");
+    assert_eq!(env.ours(first).await.0, "succeeded");
+    let first_events = pass.listed;
+    assert_eq!(
+        overlapping.pass(&stripe, &env.primary).await.unwrap(),
+        catchup::Pass {
+            listed: first_events,
+            new: 0
+        },
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (second, second_pi) = env.payment().await;
+    env.confirm(&second_pi, "pm_card_visa").await;
+    env.settle().await;
+    let pass = exact.pass(&stripe, &env.primary).await.unwrap();
+    assert_eq!(env.ours(second).await.0, "succeeded");
+    assert!(pass.new >= 1, "{pass:?}");
+    assert_eq!(
+        pass.listed, first_events,
+        "only the second payment's events, as many as the first's"
+    );
+    // Within the overlap, both payments' events are read again (and are not new).
+    assert_eq!(
+        overlapping.pass(&stripe, &env.primary).await.unwrap(),
+        catchup::Pass {
+            listed: 2 * first_events,
+            new: 0
+        },
+    );
 }
 
 /// The primary down: 503 so that Stripe retries; the event is not lost (nothing was
