@@ -1,18 +1,24 @@
--- The floor of one webhook: find the payment by intent, lock it, change its status,
--- write history, store the event with its outcome (dedupe by id), in one transaction,
--- as `paystream_db::events::process` does. Payments pi_wfloor_1..n are made final by
--- the bench first; each client takes its own slice.
---   pgbench -n -f webhook.sql -D n=<payments per client>
-\set i :client_id * :n + random(1, :n)
+-- The floor of one webhook: the statements `paystream_db::events::process` issues for a
+-- payment_intent.succeeded event, in the same transaction, without HTTP, the signature,
+-- JSON or the webhook process. Each transaction resolves a pending payment of its own
+-- (pi_wfloor_<run>_<n>, made by the bench, n drawn from bench_wfloor_seq), as each event
+-- does, and stores the same event body ($payload), so the primary, the change stream and
+-- the reconciler do for the floor what they do for the events.
+--   pgbench -n -M prepared -f webhook.sql -D run=<id> -D payload=<event JSON>
 BEGIN;
-SELECT id FROM payments WHERE stripe_payment_intent_id = 'pi_wfloor_' || :i;
-SELECT * FROM payments WHERE stripe_payment_intent_id = 'pi_wfloor_' || :i FOR UPDATE;
-UPDATE payments SET stripe_status = 'succeeded', version = version + 1, updated_at = now()
- WHERE stripe_payment_intent_id = 'pi_wfloor_' || :i RETURNING *;
+SELECT id AS pid, stripe_payment_intent_id AS pi FROM (
+    SELECT id, stripe_payment_intent_id, 1 AS pref FROM payments
+     WHERE stripe_payment_intent_id = (SELECT 'pi_wfloor_' || :run || '_' || nextval('bench_wfloor_seq'))
+) found ORDER BY pref LIMIT 1 \gset
+SELECT * FROM payments WHERE id = :pid FOR UPDATE;
+UPDATE payments SET status = 'succeeded', stripe_status = 'succeeded', resolution_source = 'webhook',
+       resolved_at = now(), amount_captured = amount
+ WHERE id = :pid RETURNING *;
 INSERT INTO payment_status_history (payment_id, from_status, to_status, source, detail)
-SELECT id, 'pending', 'succeeded', 'webhook', '{}' FROM payments WHERE stripe_payment_intent_id = 'pi_wfloor_' || :i;
-INSERT INTO stripe_events (id, type, payment_intent_id, payload, source, outcome, stripe_created, processed_at)
-VALUES ('evt_floor_' || gen_random_uuid(), 'payment_intent.succeeded', 'pi_wfloor_' || :i,
-        '{"type": "payment_intent.succeeded"}', 'webhook', 'applied', 0, now())
+VALUES (:pid, 'pending', 'succeeded', 'webhook', jsonb_build_object('event', 'evt_' || :pi));
+INSERT INTO stripe_events (id, type, payment_intent_id, payload, source, stripe_created,
+                           outcome, payment_id, processed_at, attempts)
+VALUES ('evt_' || :pi, 'payment_intent.succeeded', :pi, :payload, 'webhook', 0,
+        'applied', :pid, now(), 0)
 ON CONFLICT (id) DO NOTHING;
 COMMIT;

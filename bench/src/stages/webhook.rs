@@ -20,10 +20,13 @@ pub async fn measure(ctx: &mut Ctx<'_>, client: Uuid) -> anyhow::Result<()> {
     let ids = Arc::new(pending_payments(&ctx.primary, client, &run).await?);
     // Shared by all runs, so no run resends an event an earlier one applied.
     let next = Arc::new(AtomicUsize::new(0));
+    let intent = Arc::new(succeeded_intent(ctx).await?);
+    // The same body as an event of the load (its intent id aside): the floor stores what
+    // the receiver stores.
+    let payload = webhook_event(&intent, "evt_floor", "pi_floor", Uuid::nil());
     let (http, api, counter, events) =
         (ctx.http.clone(), ctx.api.clone(), next.clone(), ids.clone());
     let secret = ctx.stack.var("STRIPE_WEBHOOK_SECRET").to_owned();
-    let intent = Arc::new(succeeded_intent(ctx).await?);
     let r = ctx
         .median_load(32, move |_, _| {
             let request = events
@@ -46,9 +49,20 @@ pub async fn measure(ctx: &mut Ctx<'_>, client: Uuid) -> anyhow::Result<()> {
         })
         .await;
     let sent = next.load(Ordering::Relaxed).min(ids.len());
-    check_applied(&ctx.primary, &run, sent, r.errors).await?;
-    floor_fixtures(&ctx.primary, client).await?;
-    let floor = ctx.floor("webhook.sql", 32, &[("n", "500".into())]).await?;
+    check_applied(&ctx.primary, "wh", &run, sent, r.errors).await?;
+    let floor_run = Uuid::now_v7().simple().to_string();
+    floor_fixtures(&ctx.primary, client, &floor_run).await?;
+    let floor = ctx
+        .floor(
+            "webhook.sql",
+            32,
+            &[("run", floor_run.clone()), ("payload", payload)],
+        )
+        .await?;
+    let resolved: i64 = sqlx::query_scalar("SELECT last_value FROM bench_wfloor_seq")
+        .fetch_one(&ctx.primary)
+        .await?;
+    check_applied(&ctx.primary, "wfloor", &floor_run, resolved as usize, 0).await?;
     ctx.report
         .against_floor("6. Webhook ingest, 32 senders", &r, " applied", floor);
     Ok(())
@@ -79,16 +93,19 @@ async fn pending_payments(
 }
 
 /// Fails if accepted events were not applied, then removes the fixtures no event reached.
+/// `prefix` tells the load's fixtures (`wh`) from the floor's (`wfloor`).
 async fn check_applied(
     primary: &PgPool,
+    prefix: &str,
     run: &str,
     sent: usize,
     errors: u64,
 ) -> anyhow::Result<()> {
+    let keys = format!("{prefix}-{run}-%");
     let applied: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM payments WHERE idempotency_key LIKE 'wh-' || $1 || '-%' AND status = 'succeeded'",
+        "SELECT count(*) FROM payments WHERE idempotency_key LIKE $1 AND status = 'succeeded'",
     )
-    .bind(run)
+    .bind(&keys)
     .fetch_one(primary)
     .await?;
     anyhow::ensure!(
@@ -97,26 +114,30 @@ async fn check_applied(
     );
     // Never shown to a client nor sent to Stripe, so removed rather than left pending for
     // the reconciler to poll.
-    sqlx::query(
-        "DELETE FROM payments WHERE idempotency_key LIKE 'wh-' || $1 || '-%' AND status = 'pending'",
-    )
-    .bind(run)
-    .execute(primary)
-    .await?;
+    sqlx::query("DELETE FROM payments WHERE idempotency_key LIKE $1 AND status = 'pending'")
+        .bind(&keys)
+        .execute(primary)
+        .await?;
     Ok(())
 }
 
-/// The floor's payments: final already, so the reconciler never polls them.
-async fn floor_fixtures(primary: &PgPool, client: Uuid) -> anyhow::Result<()> {
+/// The floor's payments: pending, like the load's, each resolved by one floor
+/// transaction, in the order of `bench_wfloor_seq` (restarted here).
+async fn floor_fixtures(primary: &PgPool, client: Uuid, run: &str) -> anyhow::Result<()> {
+    sqlx::query("CREATE SEQUENCE IF NOT EXISTS bench_wfloor_seq")
+        .execute(primary)
+        .await?;
+    sqlx::query("ALTER SEQUENCE bench_wfloor_seq RESTART WITH 1")
+        .execute(primary)
+        .await?;
     sqlx::query(
-        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, status, resolution_source,
-                               resolved_at, stripe_payment_intent_id, stripe_status)
-         SELECT gen_random_uuid(), $1, 'wfloor-' || g, 1250, 'usd', 'succeeded', 'webhook', now(),
-                'pi_wfloor_' || g, 'succeeded'
-         FROM generate_series(1, 32 * 500) g
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, stripe_payment_intent_id, stripe_status)
+         SELECT gen_random_uuid(), $1, 'wfloor-' || $2 || '-' || g, 1250, 'usd', 'pi_wfloor_' || $2 || '_' || g, 'requires_payment_method'
+         FROM generate_series(1, $3::bigint) g",
     )
     .bind(client)
+    .bind(run)
+    .bind(FIXTURES)
     .execute(primary)
     .await?;
     Ok(())
