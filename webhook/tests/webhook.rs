@@ -75,7 +75,8 @@ impl Env {
 
     /// A catch-up pass over every undelivered event: how many were new to us.
     async fn catch_up(&self) -> usize {
-        catchup::run_once(&self.gateway(), &self.primary, 0)
+        let mut pace = catchup::Pace::new(catchup::PAGES_PER_SEC);
+        catchup::run_once(&self.gateway(), &self.primary, 0, &mut pace)
             .await
             .unwrap()
             .new
@@ -404,6 +405,48 @@ async fn a_catch_up_pass_reads_from_where_the_previous_one_started() {
             new: 0
         },
     );
+}
+
+/// A 429 pauses a pass instead of ending it: under the limit, a pass still completes.
+#[tokio::test]
+async fn a_rate_limited_catch_up_pass_waits_and_completes() {
+    let env = setup(json!({"webhook_drop_rate": 1.0})).await;
+    let (id, pi) = env.payment().await;
+    env.confirm(&pi, "pm_card_visa").await;
+    env.settle().await;
+    // One event-list request a second: the pass's second pattern is refused at first.
+    let http = reqwest::Client::new();
+    let mut world: Value = http
+        .get(format!("{}/_sim/world", env.sim))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    world["per_endpoint_rate"] = json!(1);
+    let put = http
+        .put(format!("{}/_sim/world", env.sim))
+        .json(&world)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let stripe = env.gateway();
+    assert!(
+        matches!(
+            stripe
+                .list_events("refund.*", 0, true, None)
+                .await
+                .and(stripe.list_events("refund.*", 0, true, None).await),
+            Err(paystream_core::gateway::GatewayError::RateLimited)
+        ),
+        "two requests at once are over the limit"
+    );
+    let mut catchup = catchup::Catchup::new(Duration::from_secs(3600), catchup::OVERLAP);
+    let pass = catchup.pass(&stripe, &env.primary).await.unwrap();
+    assert!(pass.new >= 1, "{pass:?}");
+    assert_eq!(env.ours(id).await.0, "succeeded");
 }
 
 /// The primary down: 503 so that Stripe retries; the event is not lost (nothing was
