@@ -11,11 +11,15 @@ SELECT id AS pid, stripe_payment_intent_id AS pi FROM (
      WHERE stripe_payment_intent_id = (SELECT 'pi_wfloor_' || :run || '_' || nextval('bench_wfloor_seq'))
 ) found ORDER BY pref LIMIT 1 \gset
 SELECT * FROM payments WHERE id = :pid FOR UPDATE;
-UPDATE payments SET status = 'succeeded', stripe_status = 'succeeded', resolution_source = 'webhook',
-       resolved_at = now(), amount_captured = amount
- WHERE id = :pid RETURNING *;
-INSERT INTO payment_status_history (payment_id, from_status, to_status, source, detail)
-VALUES (:pid, 'pending', 'succeeded', 'webhook', jsonb_build_object('event', 'evt_' || :pi));
+WITH changed AS (
+    UPDATE payments SET status = 'succeeded', stripe_status = 'succeeded', resolution_source = 'webhook',
+           resolved_at = now(), amount_captured = amount
+     WHERE id = :pid RETURNING *
+), history AS (
+    INSERT INTO payment_status_history (payment_id, from_status, to_status, source, detail)
+    SELECT id, 'pending', 'succeeded', 'webhook', jsonb_build_object('event', 'evt_' || :pi) FROM changed
+)
+SELECT * FROM changed;
 INSERT INTO stripe_events (id, type, payment_intent_id, payload, source, stripe_created,
                            outcome, payment_id, processed_at, attempts)
 VALUES ('evt_' || :pi, 'payment_intent.succeeded', :pi, :payload, 'webhook', 0,

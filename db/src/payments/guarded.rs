@@ -257,26 +257,7 @@ pub async fn apply_status_in(
         Transition::Apply | Transition::Overturn => {
             let overturn = matches!(transition(from, obs.status), Transition::Overturn);
             let attention = overturn.then_some(Attention::ChargedAfterCancel.as_str());
-            let p: Payment = sqlx::query_as(&format!(
-                "UPDATE payments SET status = $2, stripe_status = coalesce($3, stripe_status),
-                        last_error = coalesce($4, last_error), resolution_source = $5,
-                        resolved_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END,
-                        attention = coalesce($6, attention),
-                        attention_at = CASE WHEN $6 IS NULL THEN attention_at ELSE now() END,
-                        amount_captured = CASE WHEN $2 = 'succeeded' THEN least(coalesce($7, amount), amount) END
-                 WHERE id = $1 RETURNING {COLUMNS}"
-            ))
-            .bind(id.as_uuid())
-            .bind(obs.status.as_str())
-            .bind(obs.stripe_status)
-            .bind(obs.error)
-            .bind(obs.source.as_str())
-            .bind(attention)
-            .bind(obs.amount_received)
-            .fetch_one(&mut *tx)
-            .await?;
             let detail = if overturn {
-                tracing::error!(payment_id = %id, from = from.as_str(), source = obs.source.as_str(), "stripe took the money after we said otherwise: now succeeded, flagged for an operator");
                 let mut d = obs
                     .detail
                     .clone()
@@ -292,18 +273,36 @@ pub async fn apply_status_in(
             } else {
                 obs.detail.clone()
             };
-            sqlx::query(
-                "INSERT INTO payment_status_history (payment_id, from_status, to_status, source, detail)
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
+            // The change and its history row in one statement: one round trip, for every
+            // status change (webhooks, polls, the API's own).
+            let p: Payment = sqlx::query_as(&format!(
+                "WITH changed AS (
+                     UPDATE payments SET status = $2, stripe_status = coalesce($3, stripe_status),
+                            last_error = coalesce($4, last_error), resolution_source = $5,
+                            resolved_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END,
+                            attention = coalesce($6, attention),
+                            attention_at = CASE WHEN $6 IS NULL THEN attention_at ELSE now() END,
+                            amount_captured = CASE WHEN $2 = 'succeeded' THEN least(coalesce($7, amount), amount) END
+                     WHERE id = $1 RETURNING {COLUMNS}
+                 ), history AS (
+                     INSERT INTO payment_status_history (payment_id, from_status, to_status, source, detail)
+                     SELECT id, $8, $2, $5, $9 FROM changed
+                 )
+                 SELECT {COLUMNS} FROM changed"
+            ))
             .bind(id.as_uuid())
-            .bind(from.as_str())
             .bind(obs.status.as_str())
+            .bind(obs.stripe_status)
+            .bind(obs.error)
             .bind(obs.source.as_str())
+            .bind(attention)
+            .bind(obs.amount_received)
+            .bind(from.as_str())
             .bind(&detail)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
             if overturn {
+                tracing::error!(payment_id = %id, from = from.as_str(), source = obs.source.as_str(), "stripe took the money after we said otherwise: now succeeded, flagged for an operator");
                 Applied::Overturned(p)
             } else {
                 Applied::Changed(p)
