@@ -8,8 +8,8 @@ use paystream_core::PaymentStatus;
 use paystream_core::gateway::StripeGateway;
 use paystream_service::Metrics;
 use paystream_testkit::Stack;
-use paystream_testkit::sim::{SIM_KEY, SimWorld};
-use paystream_webhook::catchup::{self, StripeConfig};
+use paystream_testkit::sim::SimWorld;
+use paystream_webhook::catchup;
 use paystream_webhook::{AppState, WebhookSettings, events, router};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -64,19 +64,10 @@ impl Env {
         panic!("deliveries did not settle in 10 s");
     }
 
-    fn gateway(&self) -> paystream_stripe::StripeApi {
-        let api = StripeConfig {
-            api_base: self.sim.clone(),
-            secret_key: SIM_KEY.into(),
-            timeout_ms: 5_000,
-        };
-        api.gateway().unwrap()
-    }
-
     /// A catch-up pass over every undelivered event: how many were new to us.
     async fn catch_up(&self) -> usize {
         let mut pace = catchup::Pace::new(catchup::PAGES_PER_SEC);
-        catchup::run_once(&self.gateway(), &self.primary, 0, &mut pace)
+        catchup::run_once(&self.stripe, &self.primary, 0, &mut pace)
             .await
             .unwrap()
             .new
@@ -371,16 +362,16 @@ async fn a_catch_up_pass_reads_from_where_the_previous_one_started() {
     env.settle().await;
     // Stripe's `created` is in whole seconds: the pass starts in a later second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let stripe = env.gateway();
+    let stripe = &env.stripe;
     let hour = Duration::from_secs(3600);
     let mut exact = catchup::Catchup::new(hour, Duration::ZERO);
     let mut overlapping = catchup::Catchup::new(hour, catchup::OVERLAP);
-    let pass = exact.pass(&stripe, &env.primary).await.unwrap();
+    let pass = exact.pass(stripe, &env.primary).await.unwrap();
     assert!(pass.new >= 1, "{pass:?}");
     assert_eq!(env.ours(first).await.0, "succeeded");
     let first_events = pass.listed;
     assert_eq!(
-        overlapping.pass(&stripe, &env.primary).await.unwrap(),
+        overlapping.pass(stripe, &env.primary).await.unwrap(),
         catchup::Pass {
             listed: first_events,
             new: 0
@@ -390,7 +381,7 @@ async fn a_catch_up_pass_reads_from_where_the_previous_one_started() {
     let (second, second_pi) = env.payment().await;
     env.confirm(&second_pi, "pm_card_visa").await;
     env.settle().await;
-    let pass = exact.pass(&stripe, &env.primary).await.unwrap();
+    let pass = exact.pass(stripe, &env.primary).await.unwrap();
     assert_eq!(env.ours(second).await.0, "succeeded");
     assert!(pass.new >= 1, "{pass:?}");
     assert_eq!(
@@ -399,7 +390,7 @@ async fn a_catch_up_pass_reads_from_where_the_previous_one_started() {
     );
     // Within the overlap, both payments' events are read again (and are not new).
     assert_eq!(
-        overlapping.pass(&stripe, &env.primary).await.unwrap(),
+        overlapping.pass(stripe, &env.primary).await.unwrap(),
         catchup::Pass {
             listed: 2 * first_events,
             new: 0
@@ -415,24 +406,8 @@ async fn a_rate_limited_catch_up_pass_waits_and_completes() {
     env.confirm(&pi, "pm_card_visa").await;
     env.settle().await;
     // One event-list request a second: the pass's second pattern is refused at first.
-    let http = reqwest::Client::new();
-    let mut world: Value = http
-        .get(format!("{}/_sim/world", env.sim))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    world["per_endpoint_rate"] = json!(1);
-    let put = http
-        .put(format!("{}/_sim/world", env.sim))
-        .json(&world)
-        .send()
-        .await
-        .unwrap();
-    assert!(put.status().is_success(), "{}", put.status());
-    let stripe = env.gateway();
+    env.set_world(json!({"per_endpoint_rate": 1})).await;
+    let stripe = &env.stripe;
     assert!(
         matches!(
             stripe
@@ -444,7 +419,7 @@ async fn a_rate_limited_catch_up_pass_waits_and_completes() {
         "two requests at once are over the limit"
     );
     let mut catchup = catchup::Catchup::new(Duration::from_secs(3600), catchup::OVERLAP);
-    let pass = catchup.pass(&stripe, &env.primary).await.unwrap();
+    let pass = catchup.pass(stripe, &env.primary).await.unwrap();
     assert!(pass.new >= 1, "{pass:?}");
     assert_eq!(env.ours(id).await.0, "succeeded");
 }
