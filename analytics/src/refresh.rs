@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use paystream_db::Primary;
-pub use paystream_db::analytics::{GRACE, Refreshed, refresh};
+pub use paystream_db::analytics::{Refreshed, refresh};
 
 /// One incremental refresh; a failure (the primary down) is logged and left for the next
 /// turn. Readers keep the rollups they have.

@@ -101,7 +101,7 @@ async fn get(http: &reqwest::Client, url: &str, key: &str) -> (StatusCode, Value
 async fn seed(primary: &PgPool, t0: DateTime<Utc>) {
     sqlx::query(
         "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, status,
-                               resolution_source, created_at, resolved_at, updated_at,
+                               resolution_source, created_at, resolved_at,
                                amount_captured, amount_refunded)
          SELECT gen_random_uuid(), gen_random_uuid(), 'seed-' || g, a.amount,
                 (ARRAY['usd', 'eur', 'jpy'])[1 + abs(hashtext('c' || g)) % 3],
@@ -112,8 +112,6 @@ async fn seed(primary: &PgPool, t0: DateTime<Utc>) {
                 CASE WHEN s.status <> 'pending' THEN $1 + g * interval '61 seconds'
                     + (abs(hashtext('t' || g)) % (10 ^ (1 + abs(hashtext('d' || g)) % 7))::int)
                       * interval '1 millisecond' END,
-                -- Long settled: only what changes later is dirty for the next refresh.
-                now() - interval '1 day',
                 CASE WHEN s.status = 'succeeded' AND abs(hashtext('k' || g)) % 3 = 0
                      THEN a.amount - a.amount / 10 END,
                 CASE WHEN s.status = 'succeeded' THEN
@@ -135,28 +133,30 @@ async fn seed(primary: &PgPool, t0: DateTime<Utc>) {
 /// third of them, a tenth for a fifth, and pending and failed ones that count nowhere.
 /// Made a day after their payment: they count in its hour all the same. Only the refunds
 /// table changes (the seed set the refunded sums), so for the rollups only the refunds'
-/// own `updated_at` can make their payments' hours dirty: `settled` ones are long
-/// settled, as the seeded payments.
-async fn seed_refunds(primary: &PgPool, from: i32, to: i32, settled: bool) {
+/// own status history makes their payments' hours dirty, as the app writes it.
+async fn seed_refunds(primary: &PgPool, from: i32, to: i32) {
     sqlx::query(
-        "INSERT INTO refunds (id, payment_id, requested_by, idempotency_key, amount, currency,
-                              status, resolution_source, resolved_at, created_at, updated_at)
-         SELECT gen_random_uuid(), p.id, p.client_id, 'refund-' || k.kind || '-' || p.idempotency_key,
-                p.amount / k.part, p.currency, k.status,
-                CASE WHEN k.status <> 'pending' THEN 'webhook' END,
-                CASE WHEN k.status <> 'pending' THEN p.created_at + interval '1 day 1 second' END,
-                p.created_at + interval '1 day',
-                CASE WHEN $3 THEN now() - interval '1 day' ELSE now() END
-         FROM payments p
-         CROSS JOIN (VALUES ('ra', 3, 4, 'succeeded'), ('rb', 5, 10, 'succeeded'),
-                            ('rc', 7, 5, 'pending'), ('rd', 11, 5, 'failed')) k(kind, every, part, status)
-         WHERE p.status = 'succeeded'
-           AND p.idempotency_key IN (SELECT 'seed-' || g FROM generate_series($1, $2) g)
-           AND abs(hashtext(k.kind || p.idempotency_key)) % k.every = 0",
+        "WITH made AS (
+            INSERT INTO refunds (id, payment_id, requested_by, idempotency_key, amount, currency,
+                                 status, resolution_source, resolved_at, created_at)
+            SELECT gen_random_uuid(), p.id, p.client_id, 'refund-' || k.kind || '-' || p.idempotency_key,
+                   p.amount / k.part, p.currency, k.status,
+                   CASE WHEN k.status <> 'pending' THEN 'webhook' END,
+                   CASE WHEN k.status <> 'pending' THEN p.created_at + interval '1 day 1 second' END,
+                   p.created_at + interval '1 day'
+            FROM payments p
+            CROSS JOIN (VALUES ('ra', 3, 4, 'succeeded'), ('rb', 5, 10, 'succeeded'),
+                               ('rc', 7, 5, 'pending'), ('rd', 11, 5, 'failed')) k(kind, every, part, status)
+            WHERE p.status = 'succeeded'
+              AND p.idempotency_key IN (SELECT 'seed-' || g FROM generate_series($1, $2) g)
+              AND abs(hashtext(k.kind || p.idempotency_key)) % k.every = 0
+            RETURNING id, payment_id, status
+         )
+         INSERT INTO refund_status_history (refund_id, payment_id, to_status, source)
+         SELECT id, payment_id, status, 'webhook' FROM made",
     )
     .bind(from)
     .bind(to)
-    .bind(settled)
     .execute(primary)
     .await
     .unwrap();
@@ -458,6 +458,83 @@ async fn check_series(
     assert!(refunded_buckets > 0, "the series must hold refunds");
 }
 
+/// A change whose transaction began before a refresh and committed after it is counted
+/// by the next refresh (however long it ran), and an hour is not recomputed again for a
+/// change a refresh already counted. (The earlier design took every payment whose
+/// `updated_at` was within a minute before the previous run: a long transaction was
+/// missed, and an hour was recomputed whole on every run for a minute after a change.)
+async fn long_transactions_count_once(primary: &PgPool) {
+    let db: paystream_db::Primary = primary.clone().into();
+    let (id, hour): (Uuid, DateTime<Utc>) = sqlx::query_as(
+        "SELECT id, date_trunc('hour', created_at, 'UTC') FROM payments
+         WHERE status = 'pending' AND idempotency_key LIKE 'seed-2%' ORDER BY created_at LIMIT 1",
+    )
+    .fetch_one(primary)
+    .await
+    .unwrap();
+    let succeeded_in_hour = || async move {
+        let rolled: Option<i64> = sqlx::query_scalar(
+            "SELECT sum(payments)::bigint FROM analytics_hourly WHERE hour = $1 AND status = 'succeeded'",
+        )
+        .bind(hour)
+        .fetch_one(primary)
+        .await
+        .unwrap();
+        rolled.unwrap_or(0)
+    };
+    let before = succeeded_in_hour().await;
+    let mut long = primary.begin().await.unwrap();
+    sqlx::query(
+        "WITH changed AS (
+            UPDATE payments SET status = 'succeeded', resolution_source = 'poll',
+                   resolved_at = created_at + interval '5 minutes'
+             WHERE id = $1 RETURNING id
+         )
+         INSERT INTO payment_status_history (payment_id, from_status, to_status, source)
+         SELECT id, 'pending', 'succeeded', 'poll' FROM changed",
+    )
+    .bind(id)
+    .execute(&mut *long)
+    .await
+    .unwrap();
+    // A later transaction completes first: the long one is then in the next snapshot's
+    // list of running transactions, below its end, not simply past it.
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(primary)
+        .await
+        .unwrap();
+    let during = paystream_analytics::refresh::refresh(&db, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(succeeded_in_hour().await, before, "{during:?}");
+    long.commit().await.unwrap();
+    let after = paystream_analytics::refresh::refresh(&db, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(after.hours >= 1, "{after:?}");
+    assert_eq!(succeeded_in_hour().await, before + 1, "{after:?}");
+
+    // Counted: the next run leaves the hour's rows as they are (same row versions).
+    let versions = || async move {
+        let v: Vec<String> = sqlx::query_scalar(
+            "SELECT xmin::text FROM analytics_hourly WHERE hour = $1 ORDER BY xmin::text",
+        )
+        .bind(hour)
+        .fetch_all(primary)
+        .await
+        .unwrap();
+        v
+    };
+    let counted = versions().await;
+    let again = paystream_analytics::refresh::refresh(&db, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(versions().await, counted, "recomputed again: {again:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     let cluster = ScratchCluster::new("analytics", 25533);
@@ -482,8 +559,8 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     seed(&primary, t0).await;
     // Refunds of every seeded payment but those in hours 33-34, refunded after the first
     // refresh.
-    seed_refunds(&primary, 1, 1999, true).await;
-    seed_refunds(&primary, 2061, 3000, true).await;
+    seed_refunds(&primary, 1, 1999).await;
+    seed_refunds(&primary, 2061, 3000).await;
     // A payment of this hour, which is still being filled: the rollups leave it to the rows.
     sqlx::query(
         "INSERT INTO payments (id, client_id, idempotency_key, amount, currency)
@@ -504,28 +581,37 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     .await
     .unwrap();
     assert_eq!(this_hour, 0, "the refresh computed the hour it ran in");
-    // Changes after the refresh: late resolutions and new payments in old hours. The next
-    // (incremental) refresh must find exactly those hours.
+    // Changes after the refresh: late resolutions and new payments in old hours, each with
+    // its history row as the app writes it. The next (incremental) refresh must find
+    // exactly those hours.
     sqlx::query(
-        "UPDATE payments SET status = 'succeeded', resolution_source = 'poll', updated_at = now(),
-                resolved_at = created_at + interval '2 hours 3 minutes'
-         WHERE status = 'pending' AND idempotency_key LIKE 'seed-1%'",
+        "WITH changed AS (
+            UPDATE payments SET status = 'succeeded', resolution_source = 'poll',
+                   resolved_at = created_at + interval '2 hours 3 minutes'
+             WHERE status = 'pending' AND idempotency_key LIKE 'seed-1%' RETURNING id
+         )
+         INSERT INTO payment_status_history (payment_id, from_status, to_status, source)
+         SELECT id, 'pending', 'succeeded', 'poll' FROM changed",
     )
     .execute(&primary)
     .await
     .unwrap();
     sqlx::query(
-        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, status,
-                               resolution_source, created_at, resolved_at)
-         SELECT gen_random_uuid(), gen_random_uuid(), 'late-' || g, 5000, 'usd', 'failed', 'webhook',
-                $1 + g * interval '17 minutes', $1 + g * interval '17 minutes' + interval '250 ms'
-         FROM generate_series(1, 40) g",
+        "WITH made AS (
+            INSERT INTO payments (id, client_id, idempotency_key, amount, currency, status,
+                                  resolution_source, created_at, resolved_at)
+            SELECT gen_random_uuid(), gen_random_uuid(), 'late-' || g, 5000, 'usd', 'failed', 'webhook',
+                   $1 + g * interval '17 minutes', $1 + g * interval '17 minutes' + interval '250 ms'
+            FROM generate_series(1, 40) g RETURNING id
+         )
+         INSERT INTO payment_status_history (payment_id, to_status, source)
+         SELECT id, 'failed', 'webhook' FROM made",
     )
     .bind(t0)
     .execute(&primary)
     .await
     .unwrap();
-    seed_refunds(&primary, 2000, 2060, false).await;
+    seed_refunds(&primary, 2000, 2060).await;
     let second = paystream_analytics::refresh::refresh(&primary.clone().into(), false)
         .await
         .unwrap()
@@ -553,6 +639,7 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
             .await
             .unwrap();
     assert_eq!((disagree, days >= 3), (0, true), "{days} days rolled up");
+    long_transactions_count_once(&primary).await;
     caught_up(&primary, &replica).await;
 
     // The SQL bucket function and its Rust twin agree: powers of two, each decade's
@@ -763,8 +850,12 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
         .await
         .unwrap();
     sqlx::query(
-        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, created_at)
-                 VALUES ($1, $1, 'lag', 100, 'usd', $2)",
+        "WITH made AS (
+            INSERT INTO payments (id, client_id, idempotency_key, amount, currency, created_at)
+            VALUES ($1, $1, 'lag', 100, 'usd', $2) RETURNING id
+         )
+         INSERT INTO payment_status_history (payment_id, to_status, source)
+         SELECT id, 'pending', 'api' FROM made",
     )
     .bind(Uuid::now_v7())
     .bind(t0)

@@ -276,6 +276,82 @@ async fn every_update_of_a_payment_bumps_its_version() {
     assert!(after.updated_at > before.updated_at);
 }
 
+/// A PaymentIntent belongs to one payment: the database refuses it on a second one, as the
+/// UNIQUE index on `payments` did before `payment_intents` took over (migration 0014).
+/// Attaching it is a HOT update, so no index of `payments` may cover a column the attach
+/// changes (the intent, `stripe_status`, and the trigger's `version` and `updated_at`).
+#[tokio::test]
+async fn an_intent_is_one_payments_and_attaching_it_touches_no_index() {
+    let app = spawn_app().await;
+    let (_, _, p) = app
+        .create(&idem(), &json!({"amount": 700, "currency": "usd"}))
+        .await;
+    let held = p["stripe_payment_intent_id"].as_str().unwrap().to_owned();
+    let held_by: PaymentId = p["id"].as_str().unwrap().parse().unwrap();
+
+    let mut tx = app.db.begin().await.unwrap();
+    let other: Uuid = sqlx::query_scalar(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency)
+         SELECT gen_random_uuid(), client_id, 'intent-test-' || gen_random_uuid(), 700, 'usd'
+           FROM payments WHERE id = $1
+         RETURNING id",
+    )
+    .bind(held_by.as_uuid())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let other = PaymentId::from_uuid(other);
+    let intent = format!("pi_hot_{}", other.as_uuid().simple());
+    let attached = payments::attach_intent_in(&mut tx, other, &intent, "requires_payment_method")
+        .await
+        .unwrap();
+    assert!(matches!(attached, payments::Attached::Attached(_)));
+    let (updated, hot): (i64, i64) = sqlx::query_as(
+        "SELECT pg_stat_get_xact_tuples_updated('payments'::regclass),
+                pg_stat_get_xact_tuples_hot_updated('payments'::regclass)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!((updated, hot), (1, 1), "the attach must be a HOT update");
+    assert_eq!(
+        payments::find_for_intent(&mut tx, &intent, None)
+            .await
+            .unwrap(),
+        Some(other)
+    );
+
+    // The held intent on a second payment: refused, whichever statement tries.
+    let other_without: Uuid = sqlx::query_scalar(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency)
+         SELECT gen_random_uuid(), client_id, 'intent-test-' || gen_random_uuid(), 700, 'usd'
+           FROM payments WHERE id = $1
+         RETURNING id",
+    )
+    .bind(held_by.as_uuid())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let e = payments::attach_intent_in(
+        &mut tx,
+        PaymentId::from_uuid(other_without),
+        &held,
+        "requires_payment_method",
+    )
+    .await
+    .expect_err("a second payment took a held intent");
+    assert!(e.to_string().contains("payment_intents_pkey"), "{e}");
+    tx.rollback().await.unwrap();
+
+    let mut conn = app.db.acquire().await.unwrap();
+    assert_eq!(
+        payments::find_for_intent(&mut conn, &held, None)
+            .await
+            .unwrap(),
+        Some(held_by)
+    );
+}
+
 /// Whatever statement tries, the database refuses what the code relies on never
 /// happening: a final payment going anywhere but the overturn to `succeeded`, a
 /// PaymentIntent replaced, an owner changed, a final payment without its resolver, a

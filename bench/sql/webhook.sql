@@ -6,9 +6,9 @@
 -- the reconciler do for the floor what they do for the events.
 --   pgbench -n -M prepared -f webhook.sql -D run=<id> -D payload=<event JSON>
 BEGIN;
-SELECT id AS pid, stripe_payment_intent_id AS pi FROM (
-    SELECT id, stripe_payment_intent_id, 1 AS pref FROM payments
-     WHERE stripe_payment_intent_id = (SELECT 'pi_wfloor_' || :run || '_' || nextval('bench_wfloor_seq'))
+SELECT id AS pid, intent_id AS pi FROM (
+    SELECT payment_id AS id, intent_id, 1 AS pref FROM payment_intents
+     WHERE intent_id = (SELECT 'pi_wfloor_' || :run || '_' || nextval('bench_wfloor_seq'))
 ) found ORDER BY pref LIMIT 1 \gset
 SELECT * FROM payments WHERE id = :pid FOR UPDATE;
 WITH changed AS (

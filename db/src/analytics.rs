@@ -4,21 +4,22 @@
 //! transaction: readers on the replicas see an hour either before or after, never
 //! half-made. Their reads are in `replica::analytics`.
 //!
+//! "Changed since the previous run" is exact, by transaction: every change the rollups
+//! count writes a status history row, and each history row holds its transaction's id
+//! (`xact`). A run stores the snapshot it started with; the next run recomputes the hours
+//! of the history rows that snapshot did not see. A long transaction committed late is
+//! picked up like any other, and an hour is not recomputed again for changes the previous
+//! run already counted.
+//!
 //! The hour a run happens in is left out: it is still being filled, so every run would
 //! recompute it whole (on a busy hour, hundreds of thousands of rows every few seconds:
 //! most of the primary's work during a load). Readers take it from the rows, as they take
 //! every hour from the one `refreshed_at` is in (`plan::Window::split`). Once it is
 //! over, the next run computes it.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 
 use crate::{DbError, Primary};
-
-/// A change committed up to this long after its `updated_at` (a long transaction) is
-/// still picked up by the next run. Longer ones need a full refresh.
-pub const GRACE: Duration = Duration::from_secs(60);
 
 /// The tables a refresh rewrites, hour by hour.
 const ROLLUPS: [&str; 3] = [
@@ -51,21 +52,32 @@ pub async fn refresh(primary: &Primary, full: bool) -> Result<Option<Refreshed>,
     if !locked {
         return Ok(None);
     }
-    let last: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT refreshed_at FROM analytics_refresh WHERE id = 1")
+    let last: Option<(DateTime<Utc>, Option<String>)> =
+        sqlx::query_as("SELECT refreshed_at, snapshot::text FROM analytics_refresh WHERE id = 1")
             .fetch_optional(&mut *tx)
             .await?;
-    let since = last.filter(|_| !full);
+    // Taken before anything is read, so every change it sees is in what this run reads.
+    let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(&mut *tx)
+        .await?;
+    // Without a stored snapshot (the first run after the migration that added it), the
+    // history rows before it carry no transaction id: recompute everything once.
+    let since = last
+        .and_then(|(at, seen)| Some((at, seen?)))
+        .filter(|_| !full);
     let hours: Vec<DateTime<Utc>> = match since {
-        Some(since) => {
+        Some((since, ref seen)) => {
             let hours = sqlx::query_scalar(
                 "SELECT h FROM (
-                    SELECT date_trunc('hour', created_at, 'UTC') AS h FROM payments
-                     WHERE updated_at >= $1 - make_interval(secs => $2)
+                    SELECT date_trunc('hour', p.created_at, 'UTC') AS h
+                      FROM payment_status_history s JOIN payments p ON p.id = s.payment_id
+                     WHERE s.xact >= pg_snapshot_xmin($2::pg_snapshot)
+                       AND NOT pg_visible_in_snapshot(s.xact, $2::pg_snapshot)
                     UNION
-                    SELECT date_trunc('hour', p.created_at, 'UTC') FROM refunds r
-                      JOIN payments p ON p.id = r.payment_id
-                     WHERE r.updated_at >= $1 - make_interval(secs => $2)
+                    SELECT date_trunc('hour', p.created_at, 'UTC')
+                      FROM refund_status_history s JOIN payments p ON p.id = s.payment_id
+                     WHERE s.xact >= pg_snapshot_xmin($2::pg_snapshot)
+                       AND NOT pg_visible_in_snapshot(s.xact, $2::pg_snapshot)
                     UNION
                     -- The hours the previous run left out, over since.
                     SELECT generate_series(date_trunc('hour', $1, 'UTC'),
@@ -74,7 +86,7 @@ pub async fn refresh(primary: &Primary, full: bool) -> Result<Option<Refreshed>,
                  ) touched WHERE h < date_trunc('hour', now(), 'UTC')",
             )
             .bind(since)
-            .bind(GRACE.as_secs_f64())
+            .bind(seen)
             .fetch_all(&mut *tx)
             .await?;
             for table in ROLLUPS.iter().filter(|_| !hours.is_empty()) {
@@ -171,10 +183,12 @@ pub async fn refresh(primary: &Primary, full: bool) -> Result<Option<Refreshed>,
         .await?;
     }
     sqlx::query(
-        "INSERT INTO analytics_refresh (id, refreshed_at, hours) VALUES (1, now(), $1)
-         ON CONFLICT (id) DO UPDATE SET refreshed_at = excluded.refreshed_at, hours = excluded.hours",
+        "INSERT INTO analytics_refresh (id, refreshed_at, hours, snapshot) VALUES (1, now(), $1, $2::pg_snapshot)
+         ON CONFLICT (id) DO UPDATE
+         SET refreshed_at = excluded.refreshed_at, hours = excluded.hours, snapshot = excluded.snapshot",
     )
     .bind(i64::try_from(hours.len()).unwrap_or(i64::MAX))
+    .bind(&snapshot)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

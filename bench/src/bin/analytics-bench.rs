@@ -152,12 +152,18 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .context("another refresh holds the lock")?;
     let full_took = started.elapsed();
-    // A realistic increment: 1,000 late resolutions spread over the last day.
+    // A realistic increment: 1,000 late resolutions spread over the last day, each with
+    // its history row as the app writes it (the refresh finds changes through them).
     sqlx::query(
-        "UPDATE payments SET status = 'succeeded', resolution_source = 'poll',
-                resolved_at = created_at + interval '10 minutes', updated_at = now(),
-                version = version + 1
-         WHERE id IN (SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at DESC LIMIT 1000)",
+        "WITH changed AS (
+            UPDATE payments SET status = 'succeeded', resolution_source = 'poll',
+                   resolved_at = created_at + interval '10 minutes', updated_at = now(),
+                   version = version + 1
+             WHERE id IN (SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at DESC LIMIT 1000)
+             RETURNING id
+         )
+         INSERT INTO payment_status_history (payment_id, from_status, to_status, source)
+         SELECT id, 'pending', 'succeeded', 'poll' FROM changed",
     )
     .execute(&primary)
     .await?;

@@ -45,7 +45,7 @@ pub async fn attach_intent(
 }
 
 /// `attach_intent` inside the caller's transaction.
-pub(crate) async fn attach_intent_in(
+pub async fn attach_intent_in(
     conn: &mut PgConnection,
     id: PaymentId,
     intent_id: &str,
@@ -323,7 +323,7 @@ pub async fn find_for_intent(
 ) -> Result<Option<PaymentId>, DbError> {
     let found: Option<Uuid> = sqlx::query_scalar(
         "SELECT id FROM (
-            SELECT id, 1 AS pref FROM payments WHERE stripe_payment_intent_id = $1
+            SELECT payment_id AS id, 1 AS pref FROM payment_intents WHERE intent_id = $1
             UNION ALL
             SELECT id, 2 FROM payments WHERE id = $2 AND stripe_payment_intent_id IS NULL
          ) found ORDER BY pref LIMIT 1",

@@ -11,10 +11,9 @@ use crate::{DbError, Primary};
 
 mod guarded;
 
-pub(crate) use guarded::attach_intent_in;
 pub use guarded::{
-    Applied, Attached, Observation, apply_status, apply_status_in, attach_intent, clear_attention,
-    find_for_intent, flag_attention,
+    Applied, Attached, Observation, apply_status, apply_status_in, attach_intent, attach_intent_in,
+    clear_attention, find_for_intent, flag_attention,
 };
 
 #[derive(Debug, Clone, PartialEq)]

@@ -438,7 +438,7 @@ pub async fn refund_books(
              UNION SELECT payment_id FROM refunds WHERE id = ANY($4)
              UNION (SELECT payment_id FROM refunds WHERE attention IS NOT NULL
                     ORDER BY attention_at LIMIT 10000)
-             UNION SELECT id FROM payments WHERE stripe_payment_intent_id = ANY($5)",
+             UNION SELECT payment_id FROM payment_intents WHERE intent_id = ANY($5)",
             &[&since, &until, &stripe_refund_ids, &refund_ids, &intents],
         )
         .await?
