@@ -458,13 +458,20 @@ async fn check_series(
     assert!(refunded_buckets > 0, "the series must hold refunds");
 }
 
+/// One incremental refresh, which must have taken the lock (nothing else refreshes here).
+async fn refreshed(primary: &PgPool) -> paystream_analytics::refresh::Refreshed {
+    paystream_analytics::refresh::refresh(&primary.clone().into(), false)
+        .await
+        .unwrap()
+        .expect("the refresh lock is free")
+}
+
 /// A change whose transaction began before a refresh and committed after it is counted
 /// by the next refresh (however long it ran), and an hour is not recomputed again for a
 /// change a refresh already counted. (The earlier design took every payment whose
 /// `updated_at` was within a minute before the previous run: a long transaction was
 /// missed, and an hour was recomputed whole on every run for a minute after a change.)
 async fn long_transactions_count_once(primary: &PgPool) {
-    let db: paystream_db::Primary = primary.clone().into();
     let (id, hour): (Uuid, DateTime<Utc>) = sqlx::query_as(
         "SELECT id, date_trunc('hour', created_at, 'UTC') FROM payments
          WHERE status = 'pending' AND idempotency_key LIKE 'seed-2%' ORDER BY created_at LIMIT 1",
@@ -503,16 +510,10 @@ async fn long_transactions_count_once(primary: &PgPool) {
         .execute(primary)
         .await
         .unwrap();
-    let during = paystream_analytics::refresh::refresh(&db, false)
-        .await
-        .unwrap()
-        .unwrap();
+    let during = refreshed(primary).await;
     assert_eq!(succeeded_in_hour().await, before, "{during:?}");
     long.commit().await.unwrap();
-    let after = paystream_analytics::refresh::refresh(&db, false)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = refreshed(primary).await;
     assert!(after.hours >= 1, "{after:?}");
     assert_eq!(succeeded_in_hour().await, before + 1, "{after:?}");
 
@@ -528,10 +529,7 @@ async fn long_transactions_count_once(primary: &PgPool) {
         v
     };
     let counted = versions().await;
-    let again = paystream_analytics::refresh::refresh(&db, false)
-        .await
-        .unwrap()
-        .unwrap();
+    let again = refreshed(primary).await;
     assert_eq!(versions().await, counted, "recomputed again: {again:?}");
 }
 
@@ -569,10 +567,7 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     .execute(&primary)
     .await
     .unwrap();
-    let first = paystream_analytics::refresh::refresh(&primary.clone().into(), false)
-        .await
-        .unwrap()
-        .unwrap();
+    let first = refreshed(&primary).await;
     assert!(first.full && first.hours >= 51, "{first:?}");
     let this_hour: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM analytics_hourly WHERE hour >= date_trunc('hour', now(), 'UTC')",
@@ -612,10 +607,7 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     .await
     .unwrap();
     seed_refunds(&primary, 2000, 2060).await;
-    let second = paystream_analytics::refresh::refresh(&primary.clone().into(), false)
-        .await
-        .unwrap()
-        .unwrap();
+    let second = refreshed(&primary).await;
     assert!(
         !second.full && second.hours > 0 && second.hours < first.hours,
         "{second:?}"

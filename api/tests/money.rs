@@ -276,6 +276,21 @@ async fn every_update_of_a_payment_bumps_its_version() {
     assert!(after.updated_at > before.updated_at);
 }
 
+/// A pending payment of `sibling`'s client that holds no intent yet, made in `tx`.
+async fn pending_without_intent(tx: &mut sqlx::PgConnection, sibling: PaymentId) -> PaymentId {
+    let id: Uuid = sqlx::query_scalar(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency)
+         SELECT gen_random_uuid(), client_id, 'intent-test-' || gen_random_uuid(), 700, 'usd'
+           FROM payments WHERE id = $1
+         RETURNING id",
+    )
+    .bind(sibling.as_uuid())
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    PaymentId::from_uuid(id)
+}
+
 /// A PaymentIntent belongs to one payment: the database refuses it on a second one, as the
 /// UNIQUE index on `payments` did before `payment_intents` took over (migration 0014).
 /// Attaching it is a HOT update, so no index of `payments` may cover a column the attach
@@ -290,17 +305,7 @@ async fn an_intent_is_one_payments_and_attaching_it_touches_no_index() {
     let held_by: PaymentId = p["id"].as_str().unwrap().parse().unwrap();
 
     let mut tx = app.db.begin().await.unwrap();
-    let other: Uuid = sqlx::query_scalar(
-        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency)
-         SELECT gen_random_uuid(), client_id, 'intent-test-' || gen_random_uuid(), 700, 'usd'
-           FROM payments WHERE id = $1
-         RETURNING id",
-    )
-    .bind(held_by.as_uuid())
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    let other = PaymentId::from_uuid(other);
+    let other = pending_without_intent(&mut tx, held_by).await;
     let intent = format!("pi_hot_{}", other.as_uuid().simple());
     let attached = payments::attach_intent_in(&mut tx, other, &intent, "requires_payment_method")
         .await
@@ -321,25 +326,11 @@ async fn an_intent_is_one_payments_and_attaching_it_touches_no_index() {
         Some(other)
     );
 
-    // The held intent on a second payment: refused, whichever statement tries.
-    let other_without: Uuid = sqlx::query_scalar(
-        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency)
-         SELECT gen_random_uuid(), client_id, 'intent-test-' || gen_random_uuid(), 700, 'usd'
-           FROM payments WHERE id = $1
-         RETURNING id",
-    )
-    .bind(held_by.as_uuid())
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    let e = payments::attach_intent_in(
-        &mut tx,
-        PaymentId::from_uuid(other_without),
-        &held,
-        "requires_payment_method",
-    )
-    .await
-    .expect_err("a second payment took a held intent");
+    // The held intent on a second payment: refused by the database.
+    let other_without = pending_without_intent(&mut tx, held_by).await;
+    let e = payments::attach_intent_in(&mut tx, other_without, &held, "requires_payment_method")
+        .await
+        .expect_err("a second payment took a held intent");
     assert!(e.to_string().contains("payment_intents_pkey"), "{e}");
     tx.rollback().await.unwrap();
 

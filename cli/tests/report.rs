@@ -271,13 +271,8 @@ async fn a_large_window_compares_our_books_with_stripes_report_run() {
     let since = chrono::DateTime::from_timestamp(since, 0)
         .unwrap()
         .to_rfc3339();
-    let run = report(
-        stack,
-        &world,
-        "json",
-        &["--bulk-from", "1", "--since", &since],
-    )
-    .await;
+    let bulk = ["--bulk-from", "1", "--since", &since];
+    let run = report(stack, &world, "json", &bulk).await;
     let v: Value = serde_json::from_str(&run.stdout).expect("json report");
     assert_eq!(v["stripe_source"], "report_run", "{}", run.log);
     assert!(
@@ -312,13 +307,7 @@ async fn a_large_window_compares_our_books_with_stripes_report_run() {
         found, want,
         "exactly the seeded classes, and the agreeing payments in none"
     );
-    let text = report(
-        stack,
-        &world,
-        "table",
-        &["--bulk-from", "1", "--since", &since],
-    )
-    .await;
+    let text = report(stack, &world, "table", &bulk).await;
     assert!(
         text.stdout.contains("balance changes, one report run"),
         "{}",
