@@ -1,6 +1,7 @@
 //! `/v1/payments`: create (idempotent), read, list, history, cancel.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -128,14 +129,16 @@ pub async fn create(
         metadata: &metadata,
         capture_method: valid.request.capture_method,
     };
-    let (payment, lease, fresh) =
-        match idempotency::begin(&s.db, &new, &request_hash, s.lease).await? {
-            Begin::Created(p, lease) => (p, lease, true),
-            Begin::Resume(p, lease) => (p, lease, false),
-            Begin::Replay { status, body } => return Ok(replayed(status, body)),
-            Begin::Mismatch => return Err(key_reused()),
-            Begin::InFlight => return Err(key_in_use()),
-        };
+    let recording = Instant::now();
+    let begun = idempotency::begin(&s.db, &new, &request_hash, s.lease).await;
+    create_phase(&s, "record", recording.elapsed());
+    let (payment, lease, fresh) = match begun? {
+        Begin::Created(p, lease) => (p, lease, true),
+        Begin::Resume(p, lease) => (p, lease, false),
+        Begin::Replay { status, body } => return Ok(replayed(status, body)),
+        Begin::Mismatch => return Err(key_reused()),
+        Begin::InFlight => return Err(key_in_use()),
+    };
     tracing::Span::current().record("payment_id", tracing::field::display(payment.id));
     tracing::info!(payment_id = %payment.id, client_id = %who.client_id, fresh, "payment pending; finding its PaymentIntent");
     match finish_create(&s, payment, fresh, &lease).await? {
@@ -219,7 +222,7 @@ async fn finish_create(
         return Ok(Finish::Final(StatusCode::OK, payment_json(&payment, None)));
     }
     let pid = payment.id.to_string();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let (operation, intent) = match &payment.stripe_payment_intent_id {
         Some(pi) => ("retrieve_intent", s.stripe.retrieve_intent(pi).await),
         None if fresh => ("create_intent", create_intent(s, &payment).await),
@@ -233,6 +236,7 @@ async fn finish_create(
             Err(e) => ("search_intent", Err(e)),
         },
     };
+    let stripe_took = started.elapsed();
     let outcome = match &intent {
         Ok(_) if operation == "create_intent" => "created",
         Ok(_) => "ok",
@@ -249,11 +253,17 @@ async fn finish_create(
         outcome,
         intent = intent.as_ref().map(|pi| pi.id.as_str()).unwrap_or_default(),
         // Its share of the request's own `latency_us`.
-        latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        latency_us = u64::try_from(stripe_took.as_micros()).unwrap_or(u64::MAX),
         "stripe call"
     );
+    create_phase(s, "stripe", stripe_took);
     match intent {
-        Ok(pi) => adopt(s, payment, pi, lease).await,
+        Ok(pi) => {
+            let storing = Instant::now();
+            let adopted = adopt(s, payment, pi, lease).await;
+            create_phase(s, "store", storing.elapsed());
+            adopted
+        }
         Err(GatewayError::Rejected {
             status,
             code,
@@ -292,6 +302,19 @@ async fn finish_create(
             ))
         }
     }
+}
+
+/// Where a create's time goes, for the single-client latency budget: `record` (the key
+/// and the pending row, one commit), `stripe` (the PaymentIntent call), `store` (the
+/// intent and the stored answer, one commit). The rest of `http_request_duration_seconds`
+/// is the request's own work (auth, validation, JSON).
+fn create_phase(s: &AppState, phase: &'static str, took: std::time::Duration) {
+    s.metrics.observe(
+        "payment_create_phase_seconds",
+        "Time spent by POST /v1/payments in each of its phases: record, stripe, store",
+        &[("phase", phase)],
+        took,
+    );
 }
 
 /// The PaymentIntent of a payment, with the payment's own create key (so every attempt,

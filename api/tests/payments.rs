@@ -530,7 +530,8 @@ async fn two_instances_behind_nginx_share_idempotency() {
 }
 
 /// A running instance counts requests by route and status, times them, counts Stripe
-/// calls by outcome, reports its pool, and echoes the request id nginx gave it.
+/// calls by outcome, times a create's phases, reports its pool, and echoes the request
+/// id nginx gave it.
 #[tokio::test]
 async fn an_instance_exposes_prometheus_metrics_and_request_ids() {
     let stack = Stack::get();
@@ -562,6 +563,17 @@ async fn an_instance_exposes_prometheus_metrics_and_request_ids() {
         "db_pool_connections ",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    // The create's phases, each timed at least once by the create above.
+    for phase in ["record", "stripe", "store"] {
+        let prefix = format!("payment_create_phase_seconds_count{{phase=\"{phase}\"}} ");
+        let count: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{prefix} missing from:\n{text}"))
+            .parse()
+            .unwrap();
+        assert!(count >= 1, "{prefix}{count}");
     }
     // Keys never reach the metrics (nor, by the same code path, the logs).
     assert!(!text.contains(stack.var("PAYSTREAM_CLIENT_KEY")));

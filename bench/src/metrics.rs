@@ -25,6 +25,58 @@ pub async fn sum(http: &reqwest::Client, base: &str, prefix: &str) -> anyhow::Re
     Ok(sum_series(&metrics(http, base).await?, prefix))
 }
 
+/// The API's time on creates so far, summed over its instances: seconds and count of
+/// the whole request (`http_request_duration_seconds`) and of each phase
+/// (`payment_create_phase_seconds`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CreateTime {
+    pub request: (f64, f64),
+    pub record: (f64, f64),
+    pub stripe: (f64, f64),
+    pub store: (f64, f64),
+}
+
+impl CreateTime {
+    pub async fn read(http: &reqwest::Client, instances: &[&str]) -> anyhow::Result<CreateTime> {
+        let mut t = CreateTime::default();
+        for base in instances {
+            let text = metrics(http, base).await?;
+            let add = |to: &mut (f64, f64), name: &str, labels: &str| {
+                to.0 += sum_series(&text, &format!("{name}_sum{{{labels}}} "));
+                to.1 += sum_series(&text, &format!("{name}_count{{{labels}}} "));
+            };
+            let (request, phase) = (
+                "http_request_duration_seconds",
+                "payment_create_phase_seconds",
+            );
+            add(
+                &mut t.request,
+                request,
+                r#"route="/v1/payments",method="POST""#,
+            );
+            add(&mut t.record, phase, r#"phase="record""#);
+            add(&mut t.stripe, phase, r#"phase="stripe""#);
+            add(&mut t.store, phase, r#"phase="store""#);
+        }
+        Ok(t)
+    }
+
+    /// Mean milliseconds of each part between `before` and `self`:
+    /// `(requests, request, record, stripe, store)`.
+    pub fn since(&self, before: &CreateTime) -> (f64, f64, f64, f64, f64) {
+        let mean = |now: (f64, f64), then: (f64, f64)| {
+            1000.0 * (now.0 - then.0) / (now.1 - then.1).max(1.0)
+        };
+        (
+            self.request.1 - before.request.1,
+            mean(self.request, before.request),
+            mean(self.record, before.record),
+            mean(self.stripe, before.stripe),
+            mean(self.store, before.store),
+        )
+    }
+}
+
 /// Stripe polls the reconciler has made, all outcomes.
 pub async fn polls_total(http: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
     let text = metrics(http, base).await?;

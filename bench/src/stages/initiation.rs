@@ -5,11 +5,12 @@
 //! first run at 128 clients is the table's peak; the first at 32 is where CPU per payment
 //! is sampled.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use paystream_testkit::Stack;
 
 use super::{Ctx, Keys, create_payment};
+use crate::metrics::CreateTime;
 use crate::report::summary;
 use crate::{load, procs};
 
@@ -41,10 +42,22 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
     }
     for clients in [1, 8, COST_CLIENTS, PEAK_CLIENTS] {
         println!("payment initiation, {clients} clients ...");
+        let instances = [ctx.stack.var("API_1_URL"), ctx.stack.var("API_2_URL")];
+        let (before, started) = (
+            CreateTime::read(&ctx.http, &instances).await?,
+            Instant::now(),
+        );
         let r = creates(ctx, keys, clients).await;
+        let took = started.elapsed();
+        let api_time = CreateTime::read(&ctx.http, &instances)
+            .await?
+            .since(&before);
         let two_commits = ctx
             .floor("two_commits.sql", clients, &two_commit_vars)
             .await?;
+        if clients == 1 {
+            single_client_budget(ctx, took, api_time, two_commits);
+        }
         let same_sql = ctx
             .floor("create_payment.sql", clients, &same_sql_vars)
             .await?;
@@ -62,6 +75,29 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
         sqlx::query(sql).execute(&ctx.primary).await?;
     }
     Ok(())
+}
+
+/// Where one client's request time goes (means over every run at 1 client): outside the
+/// API (the load generator, HTTP, nginx) and inside it, by phase (`CreateTime`), next to
+/// what the floor's two commits alone take.
+fn single_client_budget(
+    ctx: &mut Ctx<'_>,
+    took: Duration,
+    (requests, request, record, stripe, store): (f64, f64, f64, f64, f64),
+    two_commits_tps: f64,
+) {
+    // One client in a closed loop: the wall time is the sum of its requests.
+    let client = took.as_secs_f64() * 1000.0 / requests.max(1.0);
+    ctx.report.record(
+        "1. POST /v1/payments, 1 client, where the time goes (means)",
+        format!(
+            "{client:.2} ms = outside the API {:.2} + inside {request:.2}: record {record:.2}, Stripe {stripe:.2}, store {store:.2}, the rest {:.2}",
+            client - request,
+            request - record - stripe - store,
+        ),
+        format!("2 commits: {:.2} ms", 1000.0 / two_commits_tps),
+        "",
+    );
 }
 
 /// The median of the runs at `clients`. Not `Ctx::median_load`: the peak's resource use
