@@ -61,20 +61,21 @@ impl CreateTime {
         Ok(t)
     }
 
-    /// Mean milliseconds of each part between `before` and `self`:
-    /// `(requests, request, record, stripe, store)`.
-    pub fn since(&self, before: &CreateTime) -> (f64, f64, f64, f64, f64) {
-        let mean = |now: (f64, f64), then: (f64, f64)| {
-            1000.0 * (now.0 - then.0) / (now.1 - then.1).max(1.0)
-        };
-        (
-            self.request.1 - before.request.1,
-            mean(self.request, before.request),
-            mean(self.record, before.record),
-            mean(self.stripe, before.stripe),
-            mean(self.store, before.store),
-        )
+    /// What the API spent between `before` and `self`.
+    pub fn since(&self, before: &CreateTime) -> CreateTime {
+        let d = |now: (f64, f64), then: (f64, f64)| (now.0 - then.0, now.1 - then.1);
+        CreateTime {
+            request: d(self.request, before.request),
+            record: d(self.record, before.record),
+            stripe: d(self.stripe, before.stripe),
+            store: d(self.store, before.store),
+        }
     }
+}
+
+/// The mean of a `CreateTime` part, in milliseconds.
+pub fn mean_ms((seconds, count): (f64, f64)) -> f64 {
+    1000.0 * seconds / count.max(1.0)
 }
 
 /// Stripe polls the reconciler has made, all outcomes.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use paystream_testkit::Stack;
 
 use super::{Ctx, Keys, create_payment};
-use crate::metrics::CreateTime;
+use crate::metrics::{CreateTime, mean_ms};
 use crate::report::summary;
 use crate::{load, procs};
 
@@ -42,21 +42,17 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
     }
     for clients in [1, 8, COST_CLIENTS, PEAK_CLIENTS] {
         println!("payment initiation, {clients} clients ...");
-        let instances = [ctx.stack.var("API_1_URL"), ctx.stack.var("API_2_URL")];
-        let (before, started) = (
-            CreateTime::read(&ctx.http, &instances).await?,
-            Instant::now(),
-        );
-        let r = creates(ctx, keys, clients).await;
-        let took = started.elapsed();
-        let api_time = CreateTime::read(&ctx.http, &instances)
-            .await?
-            .since(&before);
+        let (r, in_the_api) = if clients == 1 {
+            let (r, took, api) = timed_in_the_api(ctx, keys).await?;
+            (r, Some((took, api)))
+        } else {
+            (creates(ctx, keys, clients).await, None)
+        };
         let two_commits = ctx
             .floor("two_commits.sql", clients, &two_commit_vars)
             .await?;
-        if clients == 1 {
-            single_client_budget(ctx, took, api_time, two_commits);
+        if let Some((took, api)) = in_the_api {
+            single_client_budget(ctx, took, &api, two_commits);
         }
         let same_sql = ctx
             .floor("create_payment.sql", clients, &same_sql_vars)
@@ -77,17 +73,31 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where one client's request time goes (means over every run at 1 client): outside the
-/// API (the load generator, HTTP, nginx) and inside it, by phase (`CreateTime`), next to
-/// what the floor's two commits alone take.
-fn single_client_budget(
+/// The 1-client runs with the API's own account of them: their wall time, and what the
+/// instances' create timings (`CreateTime`) grew by.
+async fn timed_in_the_api(
     ctx: &mut Ctx<'_>,
-    took: Duration,
-    (requests, request, record, stripe, store): (f64, f64, f64, f64, f64),
-    two_commits_tps: f64,
-) {
+    keys: &Keys,
+) -> anyhow::Result<(load::Run, Duration, CreateTime)> {
+    let instances = [ctx.stack.var("API_1_URL"), ctx.stack.var("API_2_URL")];
+    let before = CreateTime::read(&ctx.http, &instances).await?;
+    let started = Instant::now();
+    let r = creates(ctx, keys, 1).await;
+    let took = started.elapsed();
+    let api = CreateTime::read(&ctx.http, &instances)
+        .await?
+        .since(&before);
+    Ok((r, took, api))
+}
+
+/// Where one client's request time goes (means over every run at 1 client): outside the
+/// API (the load generator, HTTP, nginx) and inside it, by phase, next to what the
+/// floor's two commits alone take.
+fn single_client_budget(ctx: &mut Ctx<'_>, took: Duration, api: &CreateTime, two_commits_tps: f64) {
     // One client in a closed loop: the wall time is the sum of its requests.
-    let client = took.as_secs_f64() * 1000.0 / requests.max(1.0);
+    let client = took.as_secs_f64() * 1000.0 / api.request.1.max(1.0);
+    let [request, record, stripe, store] =
+        [api.request, api.record, api.stripe, api.store].map(mean_ms);
     ctx.report.record(
         "1. POST /v1/payments, 1 client, where the time goes (means)",
         format!(
