@@ -349,19 +349,13 @@ async fn adopt(
 ) -> Result<Finish, ApiError> {
     let stripe_final = pi.status().filter(|st| st.is_final());
     let secret = pi.client_secret.as_deref();
-    let (attached, answered) = idempotency::attach_and_complete(
-        &s.db,
-        lease,
-        payment.id,
-        &pi.id,
-        &pi.stripe_status,
-        |p| {
+    let (attached, answered) =
+        idempotency::attach_and_complete(&s.db, lease, &payment, &pi.id, &pi.stripe_status, |p| {
             stripe_final
                 .is_none()
                 .then(|| (StatusCode::CREATED.as_u16(), payment_json(p, secret)))
-        },
-    )
-    .await?;
+        })
+        .await?;
     match attached {
         Attached::Attached(p) => match (stripe_final, answered) {
             (None, Some((_, body))) => Ok(Finish::Stored(StatusCode::CREATED, body)),

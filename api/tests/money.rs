@@ -530,7 +530,7 @@ async fn a_lease_taken_over_cannot_overwrite_the_holders_answer() {
     let (attached, _) = idempotency::attach_and_complete(
         &app.primary,
         &first,
-        p.id,
+        &p,
         &intent,
         "requires_payment_method",
         |_| Some((201, json!({"stale": true}))),
@@ -551,6 +551,125 @@ async fn a_lease_taken_over_cannot_overwrite_the_holders_answer() {
             assert_eq!((status, body), (201, json!({"holder": true})))
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// I2, the replay half: a create's answer is stored by the statement that links its
+/// intent, made in advance from the row that statement will make. Whatever came between
+/// the key's record and the link, the answer stored (and replayed) is the linked row's:
+/// its version and `updated_at` are the row's as it is after the link.
+#[tokio::test]
+async fn the_stored_answer_is_the_linked_row_even_when_a_write_came_between() {
+    let app = spawn_app().await;
+    let (client_id, _) = keys::create(
+        &app.primary,
+        &format!("link-{}", Uuid::now_v7()),
+        Role::Client,
+    )
+    .await
+    .unwrap();
+    let answer = |p: &payments::Payment| {
+        Some((
+            201,
+            json!({"version": p.version, "updated_at": p.updated_at, "intent": p.stripe_payment_intent_id}),
+        ))
+    };
+    for write_between in [false, true] {
+        let key = idem();
+        let new = NewPayment {
+            client_id,
+            idempotency_key: &key,
+            money: Money::new(100, Currency::parse("usd").unwrap(), 1_000).unwrap(),
+            description: None,
+            customer_email: None,
+            metadata: &json!({}),
+            capture_method: paystream_core::CaptureMethod::Automatic,
+        };
+        let Begin::Created(p, lease) =
+            idempotency::begin(&app.primary, &new, b"h", Duration::from_secs(30))
+                .await
+                .unwrap()
+        else {
+            panic!("a new key")
+        };
+        if write_between {
+            // Any update bumps the version: here an operator's flag, as a webhook's
+            // status or another process's link would.
+            assert!(
+                payments::flag_attention(&app.primary, p.id, payments::Attention::UnknownAtStripe)
+                    .await
+                    .unwrap()
+            );
+        }
+        let intent = format!("pi_link_{}", Uuid::now_v7().simple());
+        let (attached, answered) = idempotency::attach_and_complete(
+            &app.primary,
+            &lease,
+            &p,
+            &intent,
+            "requires_payment_method",
+            answer,
+        )
+        .await
+        .unwrap();
+        let payments::Attached::Attached(linked) = attached else {
+            panic!("{attached:?}")
+        };
+        let row = payments::get(&app.primary, client_id, p.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(linked, row, "the row returned is the row stored");
+        assert_eq!(row.version, p.version + if write_between { 2 } else { 1 });
+        let expected = answer(&row);
+        assert_eq!(answered, expected, "write between: {write_between}");
+        match idempotency::begin(&app.primary, &new, b"h", Duration::from_secs(30))
+            .await
+            .unwrap()
+        {
+            Begin::Replay { status, body } => {
+                assert_eq!(Some((status, body)), expected, "replayed as answered")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// The database writes the `updated_at` of a stored answer itself; it must write it as
+/// the API's JSON does (chrono's serde), or a replay would differ from a read of the same
+/// row. Whole seconds, whole milliseconds and microseconds each take their own form.
+#[tokio::test]
+async fn stored_answers_write_timestamps_as_the_api_does() {
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
+    let app = spawn_app().await;
+    let micros = prop_oneof![
+        Just(0u32),
+        (0..1_000u32).prop_map(|ms| ms * 1_000),
+        0..1_000_000u32
+    ];
+    // 1970 to the end of 9999: the years RFC 3339 writes with four digits.
+    let at = (0..253_402_300_800i64, micros)
+        .prop_map(|(s, us)| DateTime::<Utc>::from_timestamp(s, us * 1_000).unwrap());
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut times: Vec<DateTime<Utc>> = (0..2_000)
+        .map(|_| at.new_tree(&mut runner).unwrap().current())
+        .collect();
+    times.extend(
+        [
+            "1970-01-01T00:00:00Z",
+            "2026-12-04T05:20:50.100Z",
+            "2026-12-04T05:20:50.000100Z",
+            "2026-12-31T23:59:59.999999Z",
+            "9999-12-31T23:59:59.999Z",
+        ]
+        .map(|s| s.parse::<DateTime<Utc>>().unwrap()),
+    );
+    let written = idempotency::json_times(&app.primary, &times).await.unwrap();
+    assert_eq!(written.len(), times.len());
+    for (at, sql) in times.iter().zip(&written) {
+        assert_eq!(json!(sql), json!(at), "{at:?}");
     }
 }
 

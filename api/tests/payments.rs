@@ -50,6 +50,11 @@ async fn create_returns_a_pending_payment_with_its_payment_intent() {
         Value::Null,
         "the client secret is only in the creation response"
     );
+    // The answer was stored by the statement that linked the intent, with the row's
+    // `updated_at` written in by the database: the same as a read of the row renders.
+    let mut created = p.clone();
+    created["client_secret"] = Value::Null;
+    assert_eq!(read, created);
     let (_, events) = app.get(&format!("/v1/payments/{id}/events")).await;
     assert_eq!(events["data"][0]["to_status"], "pending");
     assert_eq!(events["data"][0]["source"], "api");

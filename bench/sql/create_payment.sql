@@ -18,10 +18,28 @@ WITH claimed AS (
   SELECT id, 'pending', 'api' FROM payment
 )
 SELECT * FROM payment;
-BEGIN;
-UPDATE payments SET stripe_payment_intent_id = 'pi_floor_' || replace(:pid, '-', ''),
-       stripe_status = 'requires_payment_method'
- WHERE id = :pid AND status = 'pending' RETURNING *;
-UPDATE idempotency_keys SET response_status = 201, response_body = '{"id": "floor"}', locked_until = NULL, lease_token = NULL
- WHERE client_id = :client AND idempotency_key = :ikey AND response_status IS NULL;
-COMMIT;
+-- The link and the stored answer, one statement (idempotency::attach_and_complete). The
+-- time format quotes its colons, which pgbench would read as variables.
+WITH attached AS (
+  UPDATE payments SET stripe_payment_intent_id = 'pi_floor_' || replace(:pid, '-', ''),
+         stripe_status = CASE WHEN stripe_payment_intent_id IS NULL THEN 'requires_payment_method' ELSE stripe_status END
+   WHERE id = :pid AND status = 'pending'
+     AND (stripe_payment_intent_id IS NULL OR stripe_payment_intent_id = 'pi_floor_' || replace(:pid, '-', ''))
+   RETURNING *
+), answered AS (
+  UPDATE idempotency_keys k
+     SET response_status = 201,
+         response_body = jsonb_set('{"id": "floor", "updated_at": null}', '{updated_at}', to_jsonb(
+           (SELECT to_char(t, 'YYYY-MM-DD"T"HH24":"MI":"SS')
+                   || CASE WHEN to_char(t, 'US') = '000000' THEN ''
+                           WHEN to_char(t, 'US') LIKE '%000' THEN '.' || to_char(t, 'MS')
+                           ELSE '.' || to_char(t, 'US') END
+                   || 'Z'
+              FROM (SELECT a.updated_at AT TIME ZONE 'UTC' AS t) utc))),
+         locked_until = NULL, lease_token = NULL
+    FROM attached a
+   WHERE a.version = 2
+     AND k.client_id = :client AND k.idempotency_key = :ikey AND k.response_status IS NULL
+  RETURNING k.response_body
+)
+SELECT attached.*, (SELECT response_body FROM answered) AS stored_answer FROM attached;

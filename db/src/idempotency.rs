@@ -6,8 +6,9 @@
 //! was taken over by a retry) can do neither, so it never overwrites the holder's work.
 //! A cancel takes the same lease, so it never runs beside a create of its payment.
 
+use chrono::{DateTime, Utc};
 use paystream_core::{ClientId, PaymentId, RefundId};
-use sqlx::PgConnection;
+use sqlx::{FromRow, PgConnection, Row};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -323,25 +324,99 @@ pub async fn complete(
 /// makes the final response from the linked row, stores it for the key held by `lease`:
 /// both in one commit. Returns what the link did and the answer it made, if any (stored
 /// unless the lease was lost, as in `complete`).
+///
+/// `pending` is the row as `begin` returned it. The common case is one statement, one
+/// round trip: the answer is made in advance from the row the link will make
+/// (`as_attached`), and the statement stores it only if the linked row is that row (its
+/// version is the next one: no write came between), with the one field only the database
+/// knows, `updated_at`, written in by `json_time_sql`. The answer returned is the stored
+/// one, so a replay repeats it byte for byte. If another write came between, the answer is
+/// made from the linked row and stored by a second statement.
 pub async fn attach_and_complete(
     db: &Primary,
     lease: &Lease,
-    id: PaymentId,
+    pending: &Payment,
     intent_id: &str,
     stripe_status: &str,
-    answer: impl FnOnce(&Payment) -> Option<(u16, Value)>,
+    answer: impl Fn(&Payment) -> Option<(u16, Value)>,
 ) -> Result<(Attached, Option<(u16, Value)>), DbError> {
-    let mut tx = db.pool().begin().await?;
-    let attached = payments::attach_intent_in(&mut tx, id, intent_id, stripe_status).await?;
-    let answered = match &attached {
-        Attached::Attached(p) => answer(p),
-        _ => None,
+    let expected = payments::as_attached(pending, intent_id, stripe_status);
+    let Some((status, body)) = answer(&expected) else {
+        let attached = payments::attach_intent(db, pending.id, intent_id, stripe_status).await?;
+        return Ok((attached, None));
     };
-    if let Some((status, body)) = &answered {
-        complete_in(&mut *tx, lease, *status, body).await?;
+    let sql = format!(
+        "WITH attached AS ({attach}),
+         answered AS (
+             UPDATE idempotency_keys k
+                SET response_status = $7,
+                    response_body = jsonb_set($8, '{{updated_at}}', to_jsonb({updated_at})),
+                    locked_until = NULL, lease_token = NULL
+               FROM attached a
+              WHERE a.version = $9
+                AND k.client_id = $4 AND k.idempotency_key = $5 AND k.lease_token = $6
+                AND k.response_status IS NULL
+             RETURNING k.response_body
+         )
+         SELECT attached.*, (SELECT response_body FROM answered) AS stored_answer FROM attached",
+        attach = payments::attach_sql(),
+        updated_at = json_time_sql("a.updated_at"),
+    );
+    let row = sqlx::query(&sql)
+        .bind(pending.id.as_uuid())
+        .bind(intent_id)
+        .bind(stripe_status)
+        .bind(lease.client_id.as_uuid())
+        .bind(&lease.key)
+        .bind(lease.token)
+        .bind(i16::try_from(status).unwrap_or(500))
+        .bind(&body)
+        .bind(expected.version)
+        .fetch_optional(db.pool())
+        .await?;
+    let Some(row) = row else {
+        let not = payments::not_attached(&mut *db.pool().acquire().await?, pending.id).await?;
+        return Ok((not, None));
+    };
+    let linked = Payment::from_row(&row)?;
+    if let Some(stored) = row.try_get::<Option<Value>, _>("stored_answer")? {
+        return Ok((Attached::Attached(linked), Some((status, stored))));
     }
-    tx.commit().await?;
-    Ok((attached, answered))
+    // Another write came between `begin` and the link (a resumed create, a webhook), or the
+    // lease was lost: make the answer from the row as linked, and store it if the lease
+    // still holds.
+    let answered = answer(&linked);
+    if let Some((status, body)) = &answered {
+        complete_in(db.pool(), lease, *status, body).await?;
+    }
+    Ok((Attached::Attached(linked), answered))
+}
+
+/// A `timestamptz` expression as a JSON string exactly as the API writes one (chrono's
+/// serde: RFC 3339 in UTC with a `Z`, and as many fraction digits as needed, 0, 3 or 6,
+/// since PostgreSQL keeps microseconds). `json_times` runs it, for the tests that hold
+/// it to chrono's.
+fn json_time_sql(at: &str) -> String {
+    format!(
+        "(SELECT to_char(t, 'YYYY-MM-DD\"T\"HH24:MI:SS')
+                 || CASE WHEN to_char(t, 'US') = '000000' THEN ''
+                         WHEN to_char(t, 'US') LIKE '%000' THEN '.' || to_char(t, 'MS')
+                         ELSE '.' || to_char(t, 'US') END
+                 || 'Z'
+            FROM (SELECT ({at}) AT TIME ZONE 'UTC' AS t) utc)"
+    )
+}
+
+/// Each of `at` written as a stored answer writes its `updated_at` (`json_time_sql`).
+pub async fn json_times(db: &Primary, at: &[DateTime<Utc>]) -> Result<Vec<String>, DbError> {
+    let sql = format!(
+        "SELECT {} FROM unnest($1::timestamptz[]) WITH ORDINALITY AS x(at, n) ORDER BY n",
+        json_time_sql("x.at")
+    );
+    Ok(sqlx::query_scalar(&sql)
+        .bind(at)
+        .fetch_all(db.pool())
+        .await?)
 }
 
 async fn complete_in<'e, E: sqlx::PgExecutor<'e>>(

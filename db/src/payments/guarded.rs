@@ -51,22 +51,52 @@ pub async fn attach_intent_in(
     intent_id: &str,
     stripe_status: &str,
 ) -> Result<Attached, DbError> {
-    let attached: Option<Payment> = sqlx::query_as(&format!(
+    let attached: Option<Payment> = sqlx::query_as(&attach_sql())
+        .bind(id.as_uuid())
+        .bind(intent_id)
+        .bind(stripe_status)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match attached {
+        Some(p) => Ok(Attached::Attached(p)),
+        None => not_attached(conn, id).await,
+    }
+}
+
+/// The attach itself: links intent `$2` (Stripe's status of it `$3`) to payment `$1` if it
+/// is pending and holds no other intent, and returns the linked row. Written once, so the
+/// statement that also stores a create's answer (`idempotency::attach_and_complete`) links
+/// exactly as `attach_intent` does.
+pub(crate) fn attach_sql() -> String {
+    format!(
         "UPDATE payments SET stripe_payment_intent_id = $2,
                 stripe_status = CASE WHEN stripe_payment_intent_id IS NULL THEN $3 ELSE stripe_status END
          WHERE id = $1 AND status = 'pending'
            AND (stripe_payment_intent_id IS NULL OR stripe_payment_intent_id = $2)
          RETURNING {COLUMNS}"
-    ))
-    .bind(id.as_uuid())
-    .bind(intent_id)
-    .bind(stripe_status)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(p) = attached {
-        return Ok(Attached::Attached(p));
+    )
+}
+
+/// What `attach_sql` makes of `p`, if no other write comes between: the intent linked,
+/// Stripe's status of it kept only if it is the first, and the version the trigger gives
+/// the next update. Its `updated_at` is the trigger's to set, and left as it was.
+pub(crate) fn as_attached(p: &Payment, intent_id: &str, stripe_status: &str) -> Payment {
+    let mut next = p.clone();
+    if next.stripe_payment_intent_id.is_none() {
+        next.stripe_status = Some(stripe_status.to_owned());
     }
-    Ok(match by_id_in(&mut *conn, id).await? {
+    next.stripe_payment_intent_id = Some(intent_id.to_owned());
+    next.version += 1;
+    next
+}
+
+/// Why an attach matched no row: the payment is final or holds another intent, or it is
+/// not there.
+pub(crate) async fn not_attached(
+    conn: &mut PgConnection,
+    id: PaymentId,
+) -> Result<Attached, DbError> {
+    Ok(match by_id_in(conn, id).await? {
         Some(p) => Attached::Refused(p),
         None => Attached::NotFound,
     })

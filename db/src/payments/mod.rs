@@ -15,6 +15,7 @@ pub use guarded::{
     Applied, Attached, Observation, apply_status, apply_status_in, attach_intent, attach_intent_in,
     clear_attention, find_for_intent, flag_attention,
 };
+pub(crate) use guarded::{as_attached, attach_sql, not_attached};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Payment {
