@@ -1,7 +1,13 @@
 //! API keys at the door: who may even reach the database to have a key checked.
 //!
-//! Every request's key is checked against the database, so revocation takes effect at
-//! once. Keys that checked out recently go straight to that lookup; a key never seen
+//! A key checked on the primary is remembered, so most requests cost no lookup, for as
+//! long as the instance is told of every change to keys: the database announces each one
+//! as it commits (migration 0015) and `listen` makes the gate forget what changed. While
+//! the instance is not subscribed it remembers nothing and checks every request. So a
+//! revoked key is refused as soon as its instance hears of the revocation (milliseconds),
+//! and never later than `REMEMBER_FOR`.
+//!
+//! Keys that checked out recently go straight to that lookup; a key never seen
 //! valid waits for one of a few lookup permits. A flood of random bearer tokens thus holds
 //! at most `UNKNOWN_LOOKUPS` connections of the pool and answers 429 beyond that, while
 //! genuine clients keep their lane (I5 in docs/invariants.md). Concurrent requests with
@@ -11,11 +17,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use paystream_db::keys::{self, Principal};
+use paystream_db::Primary;
+use paystream_db::keys::{self, KeyChange, KeyChanges, Principal};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 
@@ -25,12 +33,59 @@ const UNKNOWN_LOOKUPS: usize = 2;
 const UNKNOWN_WAIT: Duration = Duration::from_millis(200);
 /// Keys remembered as recently valid (oldest forgotten first).
 const KNOWN_KEYS: usize = 10_000;
+/// The longest a remembered key is trusted without a lookup: a bound in case a change
+/// notice is lost without the subscription noticing.
+const REMEMBER_FOR: Duration = Duration::from_secs(60);
 
 pub struct KeyGate {
     known: Mutex<Known>,
     unknown: Semaphore,
     /// One queue per unknown key being looked up right now.
     pending: Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
+    remembered: Mutex<Remembered>,
+}
+
+/// Principals of keys the primary confirmed, trusted only while the gate is subscribed
+/// to key changes.
+#[derive(Default)]
+struct Remembered {
+    subscribed: bool,
+    /// Bumped by every change heard: a lookup that began before a change may have read the
+    /// key as it was, so its answer is not remembered.
+    epoch: u64,
+    keys: HashMap<Vec<u8>, (Principal, Instant)>,
+}
+
+impl Remembered {
+    fn get(&self, hash: &[u8], now: Instant) -> Option<Principal> {
+        let (p, at) = self.keys.get(hash)?;
+        (self.subscribed && now.duration_since(*at) < REMEMBER_FOR).then_some(*p)
+    }
+
+    fn forget(&mut self, change: &KeyChange) {
+        self.epoch += 1;
+        match change {
+            KeyChange::Key(hash) => {
+                self.keys.remove(hash);
+            }
+            KeyChange::All => self.keys.clear(),
+        }
+    }
+
+    fn remember(&mut self, hash: Vec<u8>, p: Principal, since_epoch: u64, now: Instant) {
+        if !self.subscribed || self.epoch != since_epoch {
+            return;
+        }
+        if self.keys.len() >= KNOWN_KEYS {
+            self.keys.clear();
+        }
+        self.keys.insert(hash, (p, now));
+    }
+
+    fn subscribed(&mut self, on: bool) {
+        self.forget(&KeyChange::All);
+        self.subscribed = on;
+    }
 }
 
 #[derive(Default)]
@@ -58,6 +113,7 @@ impl Default for KeyGate {
             known: Mutex::new(Known::default()),
             unknown: Semaphore::new(UNKNOWN_LOOKUPS),
             pending: Mutex::new(HashMap::new()),
+            remembered: Mutex::default(),
         }
     }
 }
@@ -67,14 +123,95 @@ impl KeyGate {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The key's principal through `lookup` (the database's answer), admitting unknown keys
-    /// only as fast as the lookup permits allow.
-    pub async fn check<F, Fut>(&self, key: &str, lookup: F) -> Result<Option<Principal>, ApiError>
+    fn remembered(&self) -> std::sync::MutexGuard<'_, Remembered> {
+        self.remembered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key's principal: remembered, or through `lookup` (the database's answer),
+    /// admitting unknown keys only as fast as the lookup permits allow. Only a lookup on
+    /// the primary may be remembered (`remember`): a replica may not have replayed a
+    /// revocation the gate already heard of.
+    pub async fn check<F, Fut>(
+        &self,
+        key: &str,
+        remember: bool,
+        lookup: F,
+    ) -> Result<Option<Principal>, ApiError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Principal>, ApiError>>,
     {
         let hash = keys::hash(key);
+        let epoch = {
+            let remembered = self.remembered();
+            if let Some(p) = remembered.get(&hash, Instant::now()) {
+                return Ok(Some(p));
+            }
+            remembered.epoch
+        };
+        let found = self.look_up(hash.clone(), lookup).await?;
+        if let (true, Some(p)) = (remember, found) {
+            self.remembered().remember(hash, p, epoch, Instant::now());
+        }
+        Ok(found)
+    }
+
+    /// Hears the database's key changes until `token` is canceled, resubscribing after a
+    /// lost subscription. The gate remembers keys only while subscribed.
+    pub async fn listen(&self, db: &Primary, token: CancellationToken) {
+        while !token.is_cancelled() {
+            match KeyChanges::subscribe(db).await {
+                Ok(mut changes) => {
+                    self.remembered().subscribed(true);
+                    loop {
+                        let next = tokio::select! {
+                            () = token.cancelled() => break,
+                            next = changes.next() => next,
+                        };
+                        match next {
+                            Ok(Some(change)) => self.remembered().forget(&change),
+                            Ok(None) => {
+                                tracing::warn!(
+                                    "key change subscription lost; checking every key until it is back"
+                                );
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "key change subscription failed; checking every key until it is back");
+                                break;
+                            }
+                        }
+                    }
+                    self.remembered().subscribed(false);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe to key changes; checking every key");
+                }
+            }
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Whether the gate hears key changes now, and so remembers keys.
+    pub fn is_subscribed(&self) -> bool {
+        self.remembered().subscribed
+    }
+
+    /// Whether `key` would pass now without a lookup.
+    pub fn remembers(&self, key: &str) -> bool {
+        self.remembered()
+            .get(&keys::hash(key), Instant::now())
+            .is_some()
+    }
+
+    async fn look_up<F, Fut>(&self, hash: Vec<u8>, lookup: F) -> Result<Option<Principal>, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<Principal>, ApiError>>,
+    {
         if self.known().set.contains(&hash) {
             return self.looked_up(hash, true, lookup().await?);
         }
@@ -158,7 +295,9 @@ mod tests {
         let gate = Arc::new(KeyGate::default());
         let p = principal();
         assert_eq!(
-            gate.check("good", || async { Ok(Some(p)) }).await.unwrap(),
+            gate.check("good", false, || async { Ok(Some(p)) })
+                .await
+                .unwrap(),
             Some(p)
         );
         // A flood of bad keys whose lookups hang: at most UNKNOWN_LOOKUPS run at once, the
@@ -169,7 +308,7 @@ mod tests {
             .map(|i| {
                 let (gate, running, peak) = (gate.clone(), running.clone(), peak.clone());
                 tokio::spawn(async move {
-                    gate.check(&format!("bad-{i}"), || async move {
+                    gate.check(&format!("bad-{i}"), false, || async move {
                         let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                         peak.fetch_max(now, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -184,7 +323,9 @@ mod tests {
         // Meanwhile the known key is looked up at once.
         let started = std::time::Instant::now();
         assert_eq!(
-            gate.check("good", || async { Ok(Some(p)) }).await.unwrap(),
+            gate.check("good", false, || async { Ok(Some(p)) })
+                .await
+                .unwrap(),
             Some(p)
         );
         assert!(started.elapsed() < Duration::from_millis(100));
@@ -202,10 +343,67 @@ mod tests {
         assert_eq!(busy, 20 - UNKNOWN_LOOKUPS, "the rest were turned away");
         // A known key that is revoked is refused at once and leaves the fast lane.
         assert_eq!(
-            gate.check("good", || async { Ok(None) }).await.unwrap(),
+            gate.check("good", false, || async { Ok(None) })
+                .await
+                .unwrap(),
             None
         );
         assert!(!gate.known().set.contains(&keys::hash("good")));
+    }
+
+    #[test]
+    fn a_key_is_remembered_only_while_subscribed_and_until_a_change_is_heard() {
+        let (p, now) = (principal(), Instant::now());
+        let (a, b) = (keys::hash("a"), keys::hash("b"));
+        let mut r = Remembered::default();
+        // Not subscribed: nothing is remembered.
+        r.remember(a.clone(), p, r.epoch, now);
+        assert_eq!(r.get(&a, now), None);
+        r.subscribed(true);
+        let epoch = r.epoch;
+        r.remember(a.clone(), p, epoch, now);
+        r.remember(b.clone(), p, epoch, now);
+        assert_eq!(r.get(&a, now), Some(p));
+        // Only up to REMEMBER_FOR.
+        assert_eq!(r.get(&a, now + REMEMBER_FOR), None);
+        // A change to one key forgets that key only...
+        r.forget(&KeyChange::Key(a.clone()));
+        assert_eq!((r.get(&a, now), r.get(&b, now)), (None, Some(p)));
+        // ...and a lookup that began before it is not remembered: it may have read the key
+        // as it was before the change.
+        r.remember(a.clone(), p, epoch, now);
+        assert_eq!(r.get(&a, now), None);
+        r.remember(a.clone(), p, r.epoch, now);
+        assert_eq!(r.get(&a, now), Some(p));
+        r.forget(&KeyChange::All);
+        assert_eq!((r.get(&a, now), r.get(&b, now)), (None, None));
+        // Losing the subscription forgets everything, and nothing is remembered until it
+        // is back.
+        r.remember(a.clone(), p, r.epoch, now);
+        r.subscribed(false);
+        assert_eq!(r.get(&a, now), None);
+        r.remember(a.clone(), p, r.epoch, now);
+        assert_eq!(r.get(&a, now), None);
+    }
+
+    #[tokio::test]
+    async fn a_remembered_key_costs_no_lookup_and_a_replica_answer_is_never_remembered() {
+        let gate = KeyGate::default();
+        gate.remembered().subscribed(true);
+        let p = principal();
+        let lookups = AtomicUsize::new(0);
+        let lookup = || async {
+            lookups.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(p))
+        };
+        for _ in 0..3 {
+            assert_eq!(gate.check("replica", false, lookup).await.unwrap(), Some(p));
+        }
+        assert_eq!(lookups.swap(0, Ordering::SeqCst), 3);
+        for _ in 0..3 {
+            assert_eq!(gate.check("primary", true, lookup).await.unwrap(), Some(p));
+        }
+        assert_eq!(lookups.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -217,7 +415,7 @@ mod tests {
             .map(|_| {
                 let (gate, lookups) = (gate.clone(), lookups.clone());
                 tokio::spawn(async move {
-                    gate.check("brand-new", || async move {
+                    gate.check("brand-new", false, || async move {
                         lookups.fetch_add(1, Ordering::SeqCst);
                         // Slower than the permit wait: separate permits would time out.
                         tokio::time::sleep(UNKNOWN_WAIT + Duration::from_millis(50)).await;

@@ -153,7 +153,8 @@ fn admit(state: &AppState, principal: Principal, now: Instant) -> Result<(), Api
 /// Where a route group looks its keys up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeysOn {
-    /// Payments and reports: revocation takes effect at once.
+    /// Payments and reports: revocation takes effect as soon as the instance hears of it
+    /// (see `auth`).
     Primary,
     /// Analytics: they keep answering with the primary down, and never load it. A key
     /// created or revoked on the primary takes effect once the replica has replayed it.
@@ -173,7 +174,7 @@ async fn authenticate(
     let key = key.as_str();
     let looked_up = state
         .keys
-        .check(key, || async {
+        .check(key, on == KeysOn::Primary, || async {
             match on {
                 KeysOn::Primary => Ok(paystream_db::keys::authenticate(&state.db, key).await?),
                 KeysOn::Replica => {

@@ -16,6 +16,16 @@ async fn main() -> anyhow::Result<()> {
         cfg.log_format,
     )?;
     let state = AppState::new(service.primary.clone(), &cfg, service.metrics.clone())?;
+    let (gate, primary) = (state.keys.clone(), service.primary.clone());
+    service
+        .runtime
+        .supervise("key_changes", OnExit::Restart, move |token| {
+            let (gate, primary) = (gate.clone(), primary.clone());
+            async move {
+                gate.listen(&primary, token).await;
+                Ok(())
+            }
+        });
     if cfg.analytics.refresh_ms > 0 {
         let every = std::time::Duration::from_millis(cfg.analytics.refresh_ms);
         let primary = service.primary.clone();

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{STRIPE_KEY, TestApp, idem, serve_api_with_key, spawn_app};
+use common::{STRIPE_KEY, TestApp, idem, serve_api_gated, spawn_app};
 use paystream_api::config::RateLimitConfig;
 use paystream_core::{ClientId, Currency, Money, PaymentId, PaymentStatus};
 use paystream_db::idempotency::{self, Begin};
@@ -726,17 +726,18 @@ async fn stripe_refusing_our_key_is_never_the_customers_fault() {
         per_second: 100,
         burst: 100,
     };
-    let wrong = serve_api_with_key(app.db.clone(), &strict, limit, "sk_test_revoked").await;
-    let right = serve_api_with_key(app.db.clone(), &strict, limit, STRIPE_KEY).await;
+    let wrong = serve_api_gated(app.db.clone(), &strict, limit, "sk_test_revoked").await;
+    let right = serve_api_gated(app.db.clone(), &strict, limit, STRIPE_KEY).await;
     let key = idem();
     let body = json!({"amount": 1000, "currency": "usd"});
-    let as_app = |base: String| TestApp {
+    let as_app = |(base, gate)| TestApp {
         base,
         key: app.key.clone(),
         db: app.db.clone(),
         primary: app.primary.clone(),
         stripe_base: strict.clone(),
         http: app.http.clone(),
+        gate,
     };
     let (status, _, res) = as_app(wrong).create(&key, &body).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{res}");

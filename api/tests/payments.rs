@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{STRIPE_KEY, idem, serve_api, spawn_app, spawn_app_with};
 use paystream_api::config::RateLimitConfig;
 use paystream_db::keys::{self, Role};
@@ -363,14 +365,27 @@ async fn keys_are_required_and_clients_only_see_their_own_payments() {
         app.get_as("/v1/payments", Some(&other)).await.status(),
         StatusCode::OK
     );
+    // The instance remembers the key it checked, so the next request costs no lookup...
+    assert!(app.gate.remembers(&other));
     let prefix: String = other.chars().take(16).collect();
     assert_eq!(keys::revoke(&app.primary, &prefix).await.unwrap(), other_id);
+    // ...until the database announces its revocation, which the instance hears as it
+    // commits. A bound, not a measurement: milliseconds on any machine.
+    let heard_by = std::time::Instant::now() + Duration::from_secs(2);
+    while app.gate.remembers(&other) {
+        assert!(
+            std::time::Instant::now() < heard_by,
+            "the revocation was never heard"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let res = app.get_as("/v1/payments", Some(&other)).await;
     assert_eq!(
         res.status(),
         StatusCode::UNAUTHORIZED,
         "a revoked key is refused"
     );
+    assert!(!app.gate.remembers(&other), "nor remembered again");
     let (status, _) = app.get("/v1/payments/not-a-uuid").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -172,6 +172,61 @@ pub async fn authenticate(db: &Primary, key: &str) -> Result<Option<Principal>, 
         .transpose()
 }
 
+/// What the database announced of the keys (migration 0015).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    /// This key (by its hash) was revoked, changed or deleted.
+    Key(Vec<u8>),
+    /// A client changed, or keys went in bulk: no key checked before may be trusted.
+    All,
+}
+
+impl KeyChange {
+    fn parse(payload: &str) -> KeyChange {
+        match decode_hex(payload) {
+            Some(hash) if !hash.is_empty() => KeyChange::Key(hash),
+            _ => KeyChange::All,
+        }
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A subscription to the key changes the database announces as they commit.
+pub struct KeyChanges(sqlx::postgres::PgListener);
+
+impl KeyChanges {
+    /// Subscribed when this returns: every change committed from now on is heard. The
+    /// subscription has a connection of its own, outside `db`'s pool, which it would hold
+    /// for good.
+    pub async fn subscribe(db: &Primary) -> Result<KeyChanges, DbError> {
+        let own = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with((*db.pool().connect_options()).clone());
+        let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
+        listener.listen("api_keys_changed").await?;
+        Ok(KeyChanges(listener))
+    }
+
+    /// The next change, or `None` once the subscription is lost (changes may have been
+    /// missed since; subscribe again).
+    pub async fn next(&mut self) -> Result<Option<KeyChange>, DbError> {
+        Ok(self
+            .0
+            .try_recv()
+            .await?
+            .map(|n| KeyChange::parse(n.payload())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +240,15 @@ mod tests {
         assert!(generate(Role::Operator).starts_with("psk_operator_"));
         assert_eq!(hash(&a).len(), 32);
         assert_ne!(hash(&a), hash(&b));
+    }
+
+    #[test]
+    fn a_change_names_its_key_or_every_key() {
+        let h = hash("psk_client_x");
+        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(KeyChange::parse(&hex), KeyChange::Key(h));
+        for all in ["", "abc", "zz", "0g"] {
+            assert_eq!(KeyChange::parse(all), KeyChange::All, "{all:?}");
+        }
     }
 }

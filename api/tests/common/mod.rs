@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use paystream_api::auth::KeyGate;
 use paystream_api::config::RateLimitConfig;
 use paystream_api::ratelimit::RateLimiter;
 use paystream_api::{AppState, router};
@@ -16,6 +17,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub struct TestApp {
@@ -27,6 +29,8 @@ pub struct TestApp {
     pub primary: Primary,
     pub stripe_base: String,
     pub http: reqwest::Client,
+    /// The instance's key gate, subscribed to key changes.
+    pub gate: Arc<KeyGate>,
 }
 
 pub const STRIPE_KEY: &str = "sk_test_api_tests";
@@ -47,6 +51,35 @@ pub async fn serve_api_with_key(
     limit: RateLimitConfig,
     stripe_key: &str,
 ) -> String {
+    serve(db, stripe_base, limit, stripe_key).await.0
+}
+
+/// The same, with the instance's key gate, once it hears key changes.
+pub async fn serve_api_gated(
+    db: impl Into<Primary>,
+    stripe_base: &str,
+    limit: RateLimitConfig,
+    stripe_key: &str,
+) -> (String, Arc<KeyGate>) {
+    let (base, gate) = serve(db, stripe_base, limit, stripe_key).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gate.is_subscribed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the key gate never subscribed to key changes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (base, gate)
+}
+
+/// The router and its key gate's subscription (as `main` runs them), on an ephemeral port.
+async fn serve(
+    db: impl Into<Primary>,
+    stripe_base: &str,
+    limit: RateLimitConfig,
+    stripe_key: &str,
+) -> (String, Arc<KeyGate>) {
     let state = AppState {
         db: db.into(),
         stripe: Arc::new(StripeApi::new(stripe_base, stripe_key, Duration::from_secs(2)).unwrap()),
@@ -61,10 +94,13 @@ pub async fn serve_api_with_key(
         },
         keys: Arc::default(),
     };
+    let gate = state.keys.clone();
+    let (listening, primary) = (gate.clone(), state.db.clone());
+    tokio::spawn(async move { listening.listen(&primary, CancellationToken::new()).await });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
-    base
+    (base, gate)
 }
 
 /// zero-to-production's spawn_app: the real router on an ephemeral port, a fresh client
@@ -78,7 +114,7 @@ pub async fn spawn_app_with(limit: RateLimitConfig) -> TestApp {
     let db = stack.pool("DATABASE_URL").await;
     let (_sim, stripe_base) = stripe_sim::spawn_ephemeral().await.unwrap();
 
-    let base = serve_api(db.clone(), &stripe_base, limit).await;
+    let (base, gate) = serve_api_gated(db.clone(), &stripe_base, limit, STRIPE_KEY).await;
     let primary = Primary::from(db.clone());
     let (_, key) = keys::create(&primary, &format!("test-{}", Uuid::now_v7()), Role::Client)
         .await
@@ -90,6 +126,7 @@ pub async fn spawn_app_with(limit: RateLimitConfig) -> TestApp {
         primary,
         stripe_base,
         http: reqwest::Client::new(),
+        gate,
     }
 }
 
