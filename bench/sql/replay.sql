@@ -1,9 +1,8 @@
--- The floor of an idempotent replay: key check, then the stored response read under its
--- row lock, in one transaction. Keys come from the replay stage's own payments.
---   pgbench -n -f replay.sql -D client=<id> -D keyhash=<hex> -D prefix=<key prefix> -D n=<keys>
+-- The floor of an idempotent replay: the stored response read under its row lock, in one
+-- transaction (no key check: an instance remembers the keys it checked). Keys come from
+-- the replay stage's own payments.
+--   pgbench -n -M prepared -f replay.sql -D client=<id> -D prefix=<key prefix> -D n=<keys>
 \set k random(1, :n)
-SELECT c.id, c.role FROM api_keys k JOIN api_clients c ON c.id = k.client_id
- WHERE k.key_hash = decode(:keyhash, 'hex') AND k.revoked_at IS NULL;
 BEGIN;
 INSERT INTO idempotency_keys (client_id, idempotency_key, request_hash, locked_until)
 VALUES (:client, :prefix::text || :k, '\x00', now()) ON CONFLICT DO NOTHING;

@@ -34,7 +34,6 @@ const FLOOR_TABLE: [&str; 6] = [
 pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
     let same_sql_vars = [
         ("client", keys.client.to_string()),
-        ("keyhash", keys.keyhash.clone()),
     ];
     let two_commit_vars = [("client", keys.client.to_string())];
     for sql in FLOOR_TABLE {

@@ -10,7 +10,6 @@ mod stripe;
 mod sweep;
 mod webhook;
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -162,8 +161,6 @@ pub struct Keys {
     /// The client of the first key; the fixtures the stages insert belong to it.
     pub client: Uuid,
     pub all: Arc<Vec<String>>,
-    /// The first key's hash as hex, for the floors' key check.
-    pub keyhash: String,
 }
 
 impl Keys {
@@ -182,21 +179,13 @@ impl Keys {
             first.get_or_insert(client);
             all.push(key);
         }
-        let keyhash = hex(&keys::hash(all.first().context("no keys")?));
         Ok(Keys {
             client: first.context("no keys")?.as_uuid(),
             all: Arc::new(all),
-            keyhash,
         })
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
 
 /// POST /v1/payments as a client sends it.
 fn post_payment(
@@ -228,10 +217,3 @@ fn create_payment(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hex_is_lowercase_and_zero_padded() {
-        assert_eq!(super::hex(&[0x00, 0x0a, 0xff]), "000aff");
-    }
-}

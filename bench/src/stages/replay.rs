@@ -35,7 +35,6 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
         .await;
     let vars = [
         ("client", keys.client.to_string()),
-        ("keyhash", keys.keyhash.clone()),
         ("prefix", prefix),
         ("n", REQUESTS.to_string()),
     ];
