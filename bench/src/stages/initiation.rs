@@ -32,10 +32,8 @@ const FLOOR_TABLE: [&str; 6] = [
 ];
 
 pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
-    let same_sql_vars = [
-        ("client", keys.client.to_string()),
-    ];
-    let two_commit_vars = [("client", keys.client.to_string())];
+    // Both floors' payments belong to the run's first client.
+    let vars = [("client", keys.client.to_string())];
     for sql in FLOOR_TABLE {
         sqlx::query(sql).execute(&ctx.primary).await?;
     }
@@ -47,15 +45,11 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
         } else {
             (creates(ctx, keys, clients).await, None)
         };
-        let two_commits = ctx
-            .floor("two_commits.sql", clients, &two_commit_vars)
-            .await?;
+        let two_commits = ctx.floor("two_commits.sql", clients, &vars).await?;
         if let Some((took, api)) = in_the_api {
             single_client_budget(ctx, took, &api, two_commits);
         }
-        let same_sql = ctx
-            .floor("create_payment.sql", clients, &same_sql_vars)
-            .await?;
+        let same_sql = ctx.floor("create_payment.sql", clients, &vars).await?;
         ctx.report.record(
             format!("1. POST /v1/payments, {clients} clients"),
             summary(&r, ""),

@@ -186,7 +186,6 @@ impl Keys {
     }
 }
 
-
 /// POST /v1/payments as a client sends it.
 fn post_payment(
     http: &reqwest::Client,
@@ -216,4 +215,3 @@ fn create_payment(
             .is_ok_and(|r| r.status() == reqwest::StatusCode::CREATED)
     }
 }
-
