@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use paystream_db::Primary;
 use paystream_db::keys::{self, KeyChange, KeyChanges, Principal};
+use paystream_service::Metrics;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -157,12 +158,23 @@ impl KeyGate {
     }
 
     /// Hears the database's key changes until `token` is canceled, resubscribing after a
-    /// lost subscription. The gate remembers keys only while subscribed.
-    pub async fn listen(&self, db: &Primary, token: CancellationToken) {
+    /// lost subscription. The gate remembers keys only while subscribed, which
+    /// `api_key_changes_subscribed` shows: at 0 every request costs a lookup.
+    pub async fn listen(&self, db: &Primary, metrics: &Metrics, token: CancellationToken) {
+        let subscribed = |on: bool| {
+            self.remembered().subscribed(on);
+            metrics.set_gauge(
+                "api_key_changes_subscribed",
+                "1 while this instance hears key changes and so remembers keys; 0 while it looks every key up",
+                &[],
+                i64::from(on),
+            );
+        };
+        subscribed(false);
         while !token.is_cancelled() {
             match KeyChanges::subscribe(db).await {
                 Ok(mut changes) => {
-                    self.remembered().subscribed(true);
+                    subscribed(true);
                     loop {
                         let next = tokio::select! {
                             () = token.cancelled() => break,
@@ -182,7 +194,7 @@ impl KeyGate {
                             }
                         }
                     }
-                    self.remembered().subscribed(false);
+                    subscribed(false);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot subscribe to key changes; checking every key");

@@ -16,13 +16,17 @@ async fn main() -> anyhow::Result<()> {
         cfg.log_format,
     )?;
     let state = AppState::new(service.primary.clone(), &cfg, service.metrics.clone())?;
-    let (gate, primary) = (state.keys.clone(), service.primary.clone());
+    let (gate, primary, metrics) = (
+        state.keys.clone(),
+        service.primary.clone(),
+        service.metrics.clone(),
+    );
     service
         .runtime
         .supervise("key_changes", OnExit::Restart, move |token| {
-            let (gate, primary) = (gate.clone(), primary.clone());
+            let (gate, primary, metrics) = (gate.clone(), primary.clone(), metrics.clone());
             async move {
-                gate.listen(&primary, token).await;
+                gate.listen(&primary, &metrics, token).await;
                 Ok(())
             }
         });

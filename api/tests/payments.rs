@@ -581,6 +581,8 @@ async fn an_instance_exposes_prometheus_metrics_and_request_ids() {
         "http_request_duration_seconds_bucket{le=\"+Inf\",route=\"/v1/payments\",method=\"POST\"}",
         "stripe_calls_total{operation=\"create_intent\",outcome=\"created\"}",
         "db_pool_connections ",
+        // The instance hears key changes, so it remembers the keys it checked.
+        "api_key_changes_subscribed 1",
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }

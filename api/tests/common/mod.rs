@@ -95,8 +95,12 @@ async fn serve(
         keys: Arc::default(),
     };
     let gate = state.keys.clone();
-    let (listening, primary) = (gate.clone(), state.db.clone());
-    tokio::spawn(async move { listening.listen(&primary, CancellationToken::new()).await });
+    let (listening, primary, metrics) = (gate.clone(), state.db.clone(), state.metrics.clone());
+    tokio::spawn(async move {
+        listening
+            .listen(&primary, &metrics, CancellationToken::new())
+            .await
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
