@@ -11,7 +11,7 @@ use common::{STRIPE_KEY, TestApp, idem, serve_api_gated, spawn_app};
 use paystream_api::config::RateLimitConfig;
 use paystream_core::{ClientId, Currency, Money, PaymentId, PaymentStatus};
 use paystream_db::idempotency::{self, Begin};
-use paystream_db::keys::{self, Role};
+use paystream_db::keys::Role;
 use paystream_db::payments::{self, NewPayment, Observation, Source};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -473,28 +473,27 @@ async fn an_intent_is_linked_only_to_a_payment_that_holds_none() {
     );
 }
 
+/// A 1.00 USD payment of `client_id` with idempotency key `key`, as `begin` takes it.
+fn one_dollar<'a>(client_id: ClientId, key: &'a str, metadata: &'a Value) -> NewPayment<'a> {
+    NewPayment {
+        client_id,
+        idempotency_key: key,
+        money: Money::new(100, Currency::parse("usd").unwrap(), 1_000).unwrap(),
+        description: None,
+        customer_email: None,
+        metadata,
+        capture_method: paystream_core::CaptureMethod::Automatic,
+    }
+}
+
 /// I2: a request whose lease ran out (and was taken over by a retry) can neither store
 /// nor release the key; the holder's answer stands.
 #[tokio::test]
 async fn a_lease_taken_over_cannot_overwrite_the_holders_answer() {
     let app = spawn_app().await;
-    let (client_id, _) = keys::create(
-        &app.primary,
-        &format!("lease-{}", Uuid::now_v7()),
-        Role::Client,
-    )
-    .await
-    .unwrap();
-    let key = idem();
-    let new = NewPayment {
-        client_id,
-        idempotency_key: &key,
-        money: Money::new(100, Currency::parse("usd").unwrap(), 1_000).unwrap(),
-        description: None,
-        customer_email: None,
-        metadata: &json!({}),
-        capture_method: paystream_core::CaptureMethod::Automatic,
-    };
+    let (client_id, _) = app.new_key("lease", Role::Client).await;
+    let (key, metadata) = (idem(), json!({}));
+    let new = one_dollar(client_id, &key, &metadata);
     // Long enough that the second `begin` below always runs within it on a loaded
     // machine (50 ms once did not, in CI).
     let lease = Duration::from_secs(2);
@@ -561,13 +560,7 @@ async fn a_lease_taken_over_cannot_overwrite_the_holders_answer() {
 #[tokio::test]
 async fn the_stored_answer_is_the_linked_row_even_when_a_write_came_between() {
     let app = spawn_app().await;
-    let (client_id, _) = keys::create(
-        &app.primary,
-        &format!("link-{}", Uuid::now_v7()),
-        Role::Client,
-    )
-    .await
-    .unwrap();
+    let (client_id, _) = app.new_key("link", Role::Client).await;
     let answer = |p: &payments::Payment| {
         Some((
             201,
@@ -575,16 +568,8 @@ async fn the_stored_answer_is_the_linked_row_even_when_a_write_came_between() {
         ))
     };
     for write_between in [false, true] {
-        let key = idem();
-        let new = NewPayment {
-            client_id,
-            idempotency_key: &key,
-            money: Money::new(100, Currency::parse("usd").unwrap(), 1_000).unwrap(),
-            description: None,
-            customer_email: None,
-            metadata: &json!({}),
-            capture_method: paystream_core::CaptureMethod::Automatic,
-        };
+        let (key, metadata) = (idem(), json!({}));
+        let new = one_dollar(client_id, &key, &metadata);
         let Begin::Created(p, lease) =
             idempotency::begin(&app.primary, &new, b"h", Duration::from_secs(30))
                 .await

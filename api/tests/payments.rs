@@ -334,13 +334,7 @@ async fn keys_are_required_and_clients_only_see_their_own_payments() {
         StatusCode::UNAUTHORIZED
     );
 
-    let (other_id, other) = keys::create(
-        &app.primary,
-        &format!("other-{}", Uuid::now_v7()),
-        Role::Client,
-    )
-    .await
-    .unwrap();
+    let (other_id, other) = app.new_key("other", Role::Client).await;
     let res = app.get_as(&path, Some(&other)).await;
     assert_eq!(
         res.status(),
@@ -744,13 +738,7 @@ async fn reconciliation_reports_are_for_operator_keys_only() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["code"], "operator_only");
 
-    let (_, operator) = keys::create(
-        &app.primary,
-        &format!("op-{}", Uuid::now_v7()),
-        Role::Operator,
-    )
-    .await
-    .unwrap();
+    let (_, operator) = app.new_key("op", Role::Operator).await;
     let res = report(&operator, &since, "json").await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(res.headers().get("x-discrepancies").is_some());
@@ -780,13 +768,7 @@ async fn reconciliation_reports_are_for_operator_keys_only() {
 #[tokio::test]
 async fn a_report_run_starts_at_once_and_is_followed_to_its_stored_result() {
     let app = spawn_app().await;
-    let (_, operator) = keys::create(
-        &app.primary,
-        &format!("op-{}", Uuid::now_v7()),
-        Role::Operator,
-    )
-    .await
-    .unwrap();
+    let (_, operator) = app.new_key("op", Role::Operator).await;
     let since = (chrono::Utc::now() - chrono::Duration::seconds(5))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let start = |key: &str, since: &str| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use paystream_api::config::RateLimitConfig;
 use paystream_core::PaymentStatus;
 use paystream_core::gateway::StripeGateway;
-use paystream_db::keys::{self, Role};
+use paystream_db::keys::Role;
 use paystream_db::payments::{self, Observation, Source};
 use paystream_stripe::StripeApi;
 use reqwest::StatusCode;
@@ -322,13 +322,7 @@ async fn operators_refund_any_payment_and_clients_only_their_own() {
     app.instant_refunds().await;
     let p = app.paid(600, "automatic", "pm_card_visa").await;
     let path = format!("/v1/payments/{}/refunds", p["id"].as_str().unwrap());
-    let (_, stranger) = keys::create(
-        &app.primary,
-        &format!("other-{}", Uuid::now_v7()),
-        Role::Client,
-    )
-    .await
-    .unwrap();
+    let (_, stranger) = app.new_key("other", Role::Client).await;
     let (status, _, _) = app
         .post_as(&app.base, &stranger, &path, &idem(), &json!({}))
         .await;
@@ -337,13 +331,7 @@ async fn operators_refund_any_payment_and_clients_only_their_own() {
         StatusCode::NOT_FOUND,
         "another client's payment does not exist for them"
     );
-    let (_, operator) = keys::create(
-        &app.primary,
-        &format!("ops-{}", Uuid::now_v7()),
-        Role::Operator,
-    )
-    .await
-    .unwrap();
+    let (_, operator) = app.new_key("ops", Role::Operator).await;
     let (status, _, r) = app
         .post_as(
             &app.base,

@@ -143,6 +143,13 @@ pub async fn spawn_app() -> TestApp {
 }
 
 impl TestApp {
+    /// A new client (or operator) named `name` plus a fresh suffix, and its key.
+    pub async fn new_key(&self, name: &str, role: Role) -> (paystream_core::ClientId, String) {
+        keys::create(&self.primary, &format!("{name}-{}", Uuid::now_v7()), role)
+            .await
+            .unwrap()
+    }
+
     pub async fn create(
         &self,
         idem: &str,
