@@ -9,6 +9,7 @@
 use chrono::{DateTime, Utc};
 use paystream_core::{ClientId, PaymentId, RefundId};
 use sqlx::{FromRow, PgConnection, Row};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -320,6 +321,29 @@ pub async fn complete(
     complete_in(db.pool(), lease, status, body).await
 }
 
+/// The link and the stored answer, one statement (`attach_and_complete`): `$1`-`$3` as in
+/// `payments::attach_sql`, then the lease (`$4` client, `$5` key, `$6` token), the answer
+/// (`$7` status, `$8` body) and the version the linked row must have (`$9`). Built once.
+static ATTACH_AND_COMPLETE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH attached AS ({attach}),
+         answered AS (
+             UPDATE idempotency_keys k
+                SET response_status = $7,
+                    response_body = jsonb_set($8, '{{updated_at}}', to_jsonb({updated_at})),
+                    locked_until = NULL, lease_token = NULL
+               FROM attached a
+              WHERE a.version = $9
+                AND k.client_id = $4 AND k.idempotency_key = $5 AND k.lease_token = $6
+                AND k.response_status IS NULL
+             RETURNING k.response_body
+         )
+         SELECT attached.*, (SELECT response_body FROM answered) AS stored_answer FROM attached",
+        attach = payments::attach_sql(),
+        updated_at = json_time_sql("a.updated_at"),
+    )
+});
+
 /// Links a new payment to its PaymentIntent (`payments::attach_intent`) and, when `answer`
 /// makes the final response from the linked row, stores it for the key held by `lease`:
 /// both in one commit. Returns what the link did and the answer it made, if any (stored
@@ -345,24 +369,7 @@ pub async fn attach_and_complete(
         let attached = payments::attach_intent(db, pending.id, intent_id, stripe_status).await?;
         return Ok((attached, None));
     };
-    let sql = format!(
-        "WITH attached AS ({attach}),
-         answered AS (
-             UPDATE idempotency_keys k
-                SET response_status = $7,
-                    response_body = jsonb_set($8, '{{updated_at}}', to_jsonb({updated_at})),
-                    locked_until = NULL, lease_token = NULL
-               FROM attached a
-              WHERE a.version = $9
-                AND k.client_id = $4 AND k.idempotency_key = $5 AND k.lease_token = $6
-                AND k.response_status IS NULL
-             RETURNING k.response_body
-         )
-         SELECT attached.*, (SELECT response_body FROM answered) AS stored_answer FROM attached",
-        attach = payments::attach_sql(),
-        updated_at = json_time_sql("a.updated_at"),
-    );
-    let row = sqlx::query(&sql)
+    let row = sqlx::query(&ATTACH_AND_COMPLETE)
         .bind(pending.id.as_uuid())
         .bind(intent_id)
         .bind(stripe_status)
