@@ -13,4 +13,4 @@ fi
 # A hot standby refuses to start with fewer of these than its primary has (see the
 # primary's command in docker-compose.yml): the values must match or exceed them.
 exec postgres -c hot_standby=on -c hot_standby_feedback=on -c max_standby_streaming_delay=30s \
-    -c max_wal_senders=16 -c max_replication_slots=16
+    -c max_wal_senders=16 -c max_replication_slots=16 -c max_connections=300 -c shared_buffers=512MB

@@ -147,7 +147,7 @@ fn every_rust_service_loads_its_config_from_the_compose_environment() {
 }
 
 /// `-c name=value` settings of a postgres command line.
-fn pg_settings(command: &str) -> HashMap<String, i64> {
+fn pg_flags(command: &str) -> HashMap<String, String> {
     command
         .split_whitespace()
         .collect::<Vec<_>>()
@@ -155,9 +155,76 @@ fn pg_settings(command: &str) -> HashMap<String, i64> {
         .filter(|w| w[0] == "-c")
         .filter_map(|w| {
             let (k, v) = w[1].split_once('=')?;
-            Some((k.to_owned(), v.parse().ok()?))
+            Some((k.to_owned(), v.to_owned()))
         })
         .collect()
+}
+
+/// The numeric ones of `pg_flags`.
+fn pg_settings(command: &str) -> HashMap<String, i64> {
+    pg_flags(command)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+        .collect()
+}
+
+/// `name = value` settings of one of the local stack's postgresql.conf includes.
+fn conf_settings(file: &str) -> HashMap<String, String> {
+    std::fs::read_to_string(root().join("postgres-replication").join(file))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split('#').next()?.split_once('=')?;
+            Some((k.trim().to_owned(), v.trim().trim_matches('\'').to_owned()))
+        })
+        .collect()
+}
+
+/// Compose's postgres runs as the local stack's does (the settings the benchmarks were
+/// measured with: memory, WAL, checkpoints, connections), apart from what only the local
+/// stack needs: its addresses, TLS files and logging.
+#[test]
+fn compose_postgres_runs_with_the_local_stacks_settings() {
+    let c = compose();
+    let primary = pg_flags(
+        c["services"]["postgres-primary"]["command"]
+            .as_str()
+            .unwrap(),
+    );
+    let local_only = [
+        "listen_addresses",
+        "port",
+        "unix_socket_directories",
+        "ssl",
+        "ssl_cert_file",
+        "ssl_key_file",
+        "password_encryption",
+        "log_line_prefix",
+        "log_min_duration_statement",
+    ];
+    let local = conf_settings("primary.conf");
+    assert!(local.contains_key("shared_buffers"), "{local:?}");
+    for (k, v) in &local {
+        if !local_only.contains(&k.as_str()) {
+            assert_eq!(primary.get(k), Some(v), "primary's {k}");
+        }
+    }
+    let replica_script =
+        std::fs::read_to_string(root().join("postgres-replication/docker-replica.sh"))
+            .unwrap()
+            .replace("\\\n", " ");
+    let standby = pg_flags(&replica_script);
+    let local = conf_settings("replica.conf");
+    for k in [
+        "shared_buffers",
+        "max_connections",
+        "hot_standby_feedback",
+        "max_standby_streaming_delay",
+        "max_wal_senders",
+        "max_replication_slots",
+    ] {
+        assert_eq!(standby.get(k), local.get(k), "replicas' {k}");
+    }
 }
 
 #[test]
