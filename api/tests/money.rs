@@ -291,6 +291,14 @@ async fn pending_without_intent(tx: &mut sqlx::PgConnection, sibling: PaymentId)
     PaymentId::from_uuid(id)
 }
 
+/// The payment an event about `intent` would lock.
+async fn locked_for(conn: &mut sqlx::PgConnection, intent: &str) -> Option<PaymentId> {
+    payments::lock_for_intent(conn, intent, None)
+        .await
+        .unwrap()
+        .map(|l| l.payment().id)
+}
+
 /// A PaymentIntent belongs to one payment: the database refuses it on a second one, as the
 /// UNIQUE index on `payments` did before `payment_intents` took over (migration 0014).
 /// Attaching it is a HOT update, so no index of `payments` may cover a column the attach
@@ -319,12 +327,7 @@ async fn an_intent_is_one_payments_and_attaching_it_touches_no_index() {
     .await
     .unwrap();
     assert_eq!((updated, hot), (1, 1), "the attach must be a HOT update");
-    assert_eq!(
-        payments::find_for_intent(&mut tx, &intent, None)
-            .await
-            .unwrap(),
-        Some(other)
-    );
+    assert_eq!(locked_for(&mut tx, &intent).await, Some(other));
 
     // The held intent on a second payment: refused by the database.
     let other_without = pending_without_intent(&mut tx, held_by).await;
@@ -335,12 +338,7 @@ async fn an_intent_is_one_payments_and_attaching_it_touches_no_index() {
     tx.rollback().await.unwrap();
 
     let mut conn = app.db.acquire().await.unwrap();
-    assert_eq!(
-        payments::find_for_intent(&mut conn, &held, None)
-            .await
-            .unwrap(),
-        Some(held_by)
-    );
+    assert_eq!(locked_for(&mut conn, &held).await, Some(held_by));
 }
 
 /// Whatever statement tries, the database refuses what the code relies on never

@@ -6,11 +6,12 @@
 -- the reconciler do for the floor what they do for the events.
 --   pgbench -n -M prepared -f webhook.sql -D run=<id> -D payload=<event JSON>
 BEGIN;
-SELECT id AS pid, intent_id AS pi FROM (
-    SELECT payment_id AS id, intent_id, 1 AS pref FROM payment_intents
-     WHERE intent_id = (SELECT 'pi_wfloor_' || :run || '_' || nextval('bench_wfloor_seq'))
-) found ORDER BY pref LIMIT 1 \gset
-SELECT * FROM payments WHERE id = :pid FOR UPDATE;
+SELECT p.*, p.id AS pid, p.stripe_payment_intent_id AS pi FROM payments p WHERE id = (
+    SELECT id FROM (
+        SELECT payment_id AS id, 1 AS pref FROM payment_intents
+         WHERE intent_id = (SELECT 'pi_wfloor_' || :run || '_' || nextval('bench_wfloor_seq'))
+    ) found ORDER BY pref LIMIT 1
+) FOR UPDATE \gset
 WITH changed AS (
     UPDATE payments SET status = 'succeeded', stripe_status = 'succeeded', resolution_source = 'webhook',
            resolved_at = now(), amount_captured = amount

@@ -222,7 +222,7 @@ async fn apply_intent(
     kind: &str,
     r: &IntentReading,
 ) -> Result<(Outcome, Option<PaymentId>), DbError> {
-    let Some(pid) = payments::find_for_intent(tx, &r.intent_id, r.payment_id).await? else {
+    let Some(locked) = payments::lock_for_intent(tx, &r.intent_id, r.payment_id).await? else {
         // Every intent we create carries our payment id: one without it is another
         // integration's on the same account, and will never match.
         let o = if r.payment_id.is_none() {
@@ -247,12 +247,14 @@ async fn apply_intent(
         detail: Some(serde_json::json!({"event": event_id})),
         amount_received: r.amount_received,
     };
-    let o = match payments::apply_status_in(tx, pid, &obs).await? {
+    let pid = locked.payment().id;
+    let o = match payments::apply_locked(tx, locked, &obs).await? {
         Applied::Changed(_) | Applied::Overturned(_) => Outcome::Applied,
         Applied::Unchanged(_) => Outcome::Unchanged,
         Applied::Conflict(_) => Outcome::Stale,
         // The payment took another intent between the lookup and the lock: retried like
         // an unmatched event, `orphaned` (and reported) if it never matches.
+        // (`apply_locked` never answers NotFound: it is given the row.)
         Applied::ForeignIntent(_) | Applied::NotFound => Outcome::Unmatched,
     };
     Ok((o, Some(pid)))

@@ -9,7 +9,6 @@ use paystream_core::status::{Transition, transition};
 use paystream_core::{IntentView, PaymentStatus};
 use serde_json::Value;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use super::{Attention, COLUMNS, Payment, Source, by_id_in};
 use crate::{DbError, Primary};
@@ -28,7 +27,7 @@ pub enum Attached {
 
 /// Records the PaymentIntent created for a payment: only onto a pending payment, never
 /// replacing a different one. The one UPDATE that sets an intent for a creator (the API,
-/// a cancel, the reconciler); an observed intent is linked in `apply_status_in`.
+/// a cancel, the reconciler); an observed intent is linked in `apply_locked`.
 pub async fn attach_intent(
     db: &Primary,
     id: PaymentId,
@@ -226,21 +225,73 @@ pub async fn apply_status(
 }
 
 /// The same inside the caller's transaction (e.g. with a webhook's dedupe insert): locks
-/// the row, asks the core's transition table, writes the change and its history row.
+/// the row, then `apply_locked`.
 pub async fn apply_status_in(
     tx: &mut PgConnection,
     id: PaymentId,
     obs: &Observation<'_>,
 ) -> Result<Applied, DbError> {
-    let current: Option<Payment> = sqlx::query_as(&format!(
+    let locked: Option<Payment> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM payments WHERE id = $1 FOR UPDATE"
     ))
     .bind(id.as_uuid())
     .fetch_optional(&mut *tx)
     .await?;
-    let Some(mut current) = current else {
-        return Ok(Applied::NotFound);
-    };
+    match locked {
+        Some(row) => apply_locked(tx, Locked(row), obs).await,
+        None => Ok(Applied::NotFound),
+    }
+}
+
+/// A payment row as the caller's transaction locked it (`FOR UPDATE`): what
+/// `apply_locked` decides from, so no status is decided on a row another transaction may
+/// be changing. Only this module's locking reads make one.
+#[derive(Debug)]
+pub struct Locked(Payment);
+
+impl Locked {
+    pub fn payment(&self) -> &Payment {
+        &self.0
+    }
+}
+
+/// Our payment for a PaymentIntent Stripe told us about (a signed event), locked: by the
+/// intent id we stored, else by the `metadata.payment_id` Stripe echoes if that payment
+/// holds no intent yet (the API may have died before storing it; `apply_locked` links
+/// it). The lookup and the lock are one statement, one round trip for every event. Only
+/// locks: every write of a payment goes through `apply_locked` or `attach_intent`.
+pub async fn lock_for_intent(
+    tx: &mut PgConnection,
+    intent_id: &str,
+    payment_id: Option<PaymentId>,
+) -> Result<Option<Locked>, DbError> {
+    // The lookup runs once, before the lock; a row changed meanwhile is locked as it is
+    // after that change (`apply_locked` then finds whether it took another intent).
+    let found: Option<Payment> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM payments WHERE id = (
+             SELECT id FROM (
+                 SELECT payment_id AS id, 1 AS pref FROM payment_intents WHERE intent_id = $1
+                 UNION ALL
+                 SELECT id, 2 FROM payments WHERE id = $2 AND stripe_payment_intent_id IS NULL
+             ) found ORDER BY pref LIMIT 1
+         ) FOR UPDATE"
+    ))
+    .bind(intent_id)
+    .bind(payment_id.map(PaymentId::as_uuid))
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(found.map(Locked))
+}
+
+/// Asks the core's transition table about a locked payment and writes the change with its
+/// history row: the one place a payment's status changes.
+pub async fn apply_locked(
+    tx: &mut PgConnection,
+    locked: Locked,
+    obs: &Observation<'_>,
+) -> Result<Applied, DbError> {
+    let Locked(mut current) = locked;
+    let id = current.id;
     if let (Some(held), Some(seen)) = (&current.stripe_payment_intent_id, obs.intent)
         && held != seen
     {
@@ -340,27 +391,4 @@ pub async fn apply_status_in(
         }
     };
     Ok(applied)
-}
-
-/// Our payment for a PaymentIntent Stripe told us about (a signed event): by the intent
-/// id we stored, else by the `metadata.payment_id` Stripe echoes if that payment holds no
-/// intent yet (the API may have died before storing it; `apply_status_in` links it). Only
-/// reads: every write of a payment goes through `apply_status_in` or `attach_intent`.
-pub async fn find_for_intent(
-    tx: &mut PgConnection,
-    intent_id: &str,
-    payment_id: Option<PaymentId>,
-) -> Result<Option<PaymentId>, DbError> {
-    let found: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM (
-            SELECT payment_id AS id, 1 AS pref FROM payment_intents WHERE intent_id = $1
-            UNION ALL
-            SELECT id, 2 FROM payments WHERE id = $2 AND stripe_payment_intent_id IS NULL
-         ) found ORDER BY pref LIMIT 1",
-    )
-    .bind(intent_id)
-    .bind(payment_id.map(PaymentId::as_uuid))
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(found.map(PaymentId::from_uuid))
 }

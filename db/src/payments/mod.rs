@@ -12,8 +12,8 @@ use crate::{DbError, Primary};
 mod guarded;
 
 pub use guarded::{
-    Applied, Attached, Observation, apply_status, apply_status_in, attach_intent, attach_intent_in,
-    clear_attention, find_for_intent, flag_attention,
+    Applied, Attached, Locked, Observation, apply_locked, apply_status, apply_status_in,
+    attach_intent, attach_intent_in, clear_attention, flag_attention, lock_for_intent,
 };
 pub(crate) use guarded::{as_attached, attach_sql, not_attached};
 
