@@ -146,6 +146,20 @@ fn every_rust_service_loads_its_config_from_the_compose_environment() {
     );
 }
 
+/// Compose's command line for the primary.
+fn primary_command(c: &Value) -> &str {
+    c["services"]["postgres-primary"]["command"]
+        .as_str()
+        .unwrap()
+}
+
+/// The replicas' entrypoint script, its continued lines joined: their command line.
+fn replica_command() -> String {
+    std::fs::read_to_string(root().join("postgres-replication/docker-replica.sh"))
+        .unwrap()
+        .replace("\\\n", " ")
+}
+
 /// `-c name=value` settings of a postgres command line.
 fn pg_flags(command: &str) -> HashMap<String, String> {
     command
@@ -186,11 +200,7 @@ fn conf_settings(file: &str) -> HashMap<String, String> {
 #[test]
 fn compose_postgres_runs_with_the_local_stacks_settings() {
     let c = compose();
-    let primary = pg_flags(
-        c["services"]["postgres-primary"]["command"]
-            .as_str()
-            .unwrap(),
-    );
+    let primary = pg_flags(primary_command(&c));
     let local_only = [
         "listen_addresses",
         "port",
@@ -209,10 +219,7 @@ fn compose_postgres_runs_with_the_local_stacks_settings() {
             assert_eq!(primary.get(k), Some(v), "primary's {k}");
         }
     }
-    let replica_script =
-        std::fs::read_to_string(root().join("postgres-replication/docker-replica.sh"))
-            .unwrap()
-            .replace("\\\n", " ");
+    let replica_script = replica_command();
     let standby = pg_flags(&replica_script);
     let local = conf_settings("replica.conf");
     for k in [
@@ -230,15 +237,8 @@ fn compose_postgres_runs_with_the_local_stacks_settings() {
 #[test]
 fn the_standbys_have_at_least_the_primarys_limits_and_healthchecks_that_can_pass() {
     let c = compose();
-    let primary = pg_settings(
-        c["services"]["postgres-primary"]["command"]
-            .as_str()
-            .unwrap(),
-    );
-    let replica_script =
-        std::fs::read_to_string(root().join("postgres-replication/docker-replica.sh"))
-            .unwrap()
-            .replace("\\\n", " ");
+    let primary = pg_settings(primary_command(&c));
+    let replica_script = replica_command();
     let standby = pg_settings(&replica_script);
     // PostgreSQL refuses to start a hot standby with less of these than its primary.
     for key in [
