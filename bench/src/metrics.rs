@@ -25,6 +25,37 @@ pub async fn sum(http: &reqwest::Client, base: &str, prefix: &str) -> anyhow::Re
     Ok(sum_series(&metrics(http, base).await?, prefix))
 }
 
+/// Seconds and count of each histogram of `series` (its name and label set, empty for
+/// none), summed over the services at `bases`: what they have spent so far, by part.
+pub async fn time_spent<const N: usize>(
+    http: &reqwest::Client,
+    bases: &[&str],
+    series: [(&str, &str); N],
+) -> anyhow::Result<[(f64, f64); N]> {
+    let mut spent = [(0.0, 0.0); N];
+    for base in bases {
+        let text = metrics(http, base).await?;
+        for ((seconds, count), (name, labels)) in spent.iter_mut().zip(series) {
+            let labels = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{labels}}}")
+            };
+            *seconds += sum_series(&text, &format!("{name}_sum{labels} "));
+            *count += sum_series(&text, &format!("{name}_count{labels} "));
+        }
+    }
+    Ok(spent)
+}
+
+/// What was spent between two readings of [`time_spent`].
+pub fn spent_since<const N: usize>(
+    now: [(f64, f64); N],
+    before: [(f64, f64); N],
+) -> [(f64, f64); N] {
+    std::array::from_fn(|i| (now[i].0 - before[i].0, now[i].1 - before[i].1))
+}
+
 /// The API's time on creates so far, summed over its instances: seconds and count of
 /// the whole request (`http_request_duration_seconds`) and of each phase
 /// (`payment_create_phase_seconds`).
@@ -37,43 +68,40 @@ pub struct CreateTime {
 }
 
 impl CreateTime {
+    const SERIES: [(&str, &str); 4] = [
+        (
+            "http_request_duration_seconds",
+            r#"route="/v1/payments",method="POST""#,
+        ),
+        ("payment_create_phase_seconds", r#"phase="record""#),
+        ("payment_create_phase_seconds", r#"phase="stripe""#),
+        ("payment_create_phase_seconds", r#"phase="store""#),
+    ];
+
     pub async fn read(http: &reqwest::Client, instances: &[&str]) -> anyhow::Result<CreateTime> {
-        let mut t = CreateTime::default();
-        for base in instances {
-            let text = metrics(http, base).await?;
-            let add = |to: &mut (f64, f64), name: &str, labels: &str| {
-                to.0 += sum_series(&text, &format!("{name}_sum{{{labels}}} "));
-                to.1 += sum_series(&text, &format!("{name}_count{{{labels}}} "));
-            };
-            let (request, phase) = (
-                "http_request_duration_seconds",
-                "payment_create_phase_seconds",
-            );
-            add(
-                &mut t.request,
-                request,
-                r#"route="/v1/payments",method="POST""#,
-            );
-            add(&mut t.record, phase, r#"phase="record""#);
-            add(&mut t.stripe, phase, r#"phase="stripe""#);
-            add(&mut t.store, phase, r#"phase="store""#);
-        }
-        Ok(t)
+        Ok(Self::from(time_spent(http, instances, Self::SERIES).await?))
     }
 
     /// What the API spent between `before` and `self`.
     pub fn since(&self, before: &CreateTime) -> CreateTime {
-        let d = |now: (f64, f64), then: (f64, f64)| (now.0 - then.0, now.1 - then.1);
+        Self::from(spent_since(self.parts(), before.parts()))
+    }
+
+    fn parts(&self) -> [(f64, f64); 4] {
+        [self.request, self.record, self.stripe, self.store]
+    }
+
+    fn from([request, record, stripe, store]: [(f64, f64); 4]) -> CreateTime {
         CreateTime {
-            request: d(self.request, before.request),
-            record: d(self.record, before.record),
-            stripe: d(self.stripe, before.stripe),
-            store: d(self.store, before.store),
+            request,
+            record,
+            stripe,
+            store,
         }
     }
 }
 
-/// The mean of a `CreateTime` part, in milliseconds.
+/// The mean of a [`time_spent`] part, in milliseconds.
 pub fn mean_ms((seconds, count): (f64, f64)) -> f64 {
     1000.0 * seconds / count.max(1.0)
 }

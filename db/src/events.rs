@@ -1,9 +1,11 @@
 //! Stripe's events as we received them (`stripe_events`): each stored once by its id and
 //! applied through the guarded status path in the same transaction.
 
+use std::time::{Duration, Instant};
+
 use paystream_core::{PaymentId, RefundId};
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{Acquire, PgConnection};
 
 use crate::payments::{self, Applied, Observation, Source};
 use crate::refunds::{self, RefundApplied, RefundObservation};
@@ -124,7 +126,28 @@ pub async fn stored(
 /// what the first did. A duplicate's writes roll back, its log lines do not: one that
 /// would overturn a payment logs that, and the retry that does it logs it again.
 pub async fn process(db: &Primary, e: &Received<'_>) -> Result<Outcome, DbError> {
-    let mut tx = db.pool().begin().await?;
+    Ok(process_timed(db, e).await?.0)
+}
+
+/// Where an event's time at the database went: waiting for one of the pool's
+/// connections, then holding it from BEGIN to COMMIT (or to the duplicate's rollback).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    pub waiting: Duration,
+    pub transaction: Duration,
+}
+
+/// [`process`], also answering where its time went: under load, a receiver's events wait
+/// for the pool longer than they hold a connection, which no statement count shows.
+pub async fn process_timed(db: &Primary, e: &Received<'_>) -> Result<(Outcome, Spent), DbError> {
+    let asked = Instant::now();
+    let mut conn = db.pool().acquire().await?;
+    let began = Instant::now();
+    let spent = || Spent {
+        waiting: began - asked,
+        transaction: began.elapsed(),
+    };
+    let mut tx = conn.begin().await?;
     let decided = decide(&mut tx, e.id, e.kind, e.reading.as_ref()).await?;
     // The first try's backoff is `apply_stored`'s with no attempt before: 1 second.
     let stored = sqlx::query(
@@ -151,10 +174,10 @@ pub async fn process(db: &Primary, e: &Received<'_>) -> Result<Outcome, DbError>
     .rows_affected();
     if stored == 0 {
         // Dropped without a commit: sqlx rolls the transaction back.
-        return Ok(Outcome::Duplicate);
+        return Ok((Outcome::Duplicate, spent()));
     }
     tx.commit().await?;
-    Ok(decided.outcome)
+    Ok((decided.outcome, spent()))
 }
 
 /// What applying an event did, and to which of our rows.

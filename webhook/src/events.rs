@@ -3,7 +3,7 @@
 
 use paystream_core::gateway::{IntentView, RefundView};
 use paystream_core::{PaymentId, PaymentStatus, RefundId, RefundStatus};
-use paystream_db::events::{self, Received, Via};
+use paystream_db::events::{self, Received, Spent, Via};
 pub use paystream_db::events::{IntentReading, Outcome, Reading, RefundReading, Retried};
 use paystream_db::{DbError, Primary};
 use paystream_stripe::{UntypedObject, intent_from_json, refund_from_json};
@@ -134,7 +134,7 @@ fn read_refund(object: &Value) -> Option<RefundReading> {
 
 /// Stores the event (dedupe by id) and applies it, in one transaction.
 pub async fn process(db: &Primary, event: &Value, via: Via) -> Result<Outcome, DbError> {
-    Ok(process_for(db, event, via).await?.0)
+    Ok(process_for(db, event, via).await?.outcome)
 }
 
 /// What an event was about, for its log line: our payment, and our refund for a refund
@@ -145,51 +145,63 @@ pub struct Subject {
     pub refund_id: Option<RefundId>,
 }
 
-/// [`process`], also answering which payment (and refund) the event named.
-pub async fn process_for(
-    db: &Primary,
-    event: &Value,
-    via: Via,
-) -> Result<(Outcome, Subject), DbError> {
+/// [`process`], answering also which payment (and refund) the event named, and where its
+/// time at the database went.
+pub async fn process_for(db: &Primary, event: &Value, via: Via) -> Result<Answered, DbError> {
+    let kind = event["type"].as_str().unwrap_or_default();
     let Some(id) = event["id"].as_str() else {
-        return Ok((Outcome::Ignored, Subject::default()));
+        return Ok(Answered {
+            id: String::new(),
+            kind: kind.to_owned(),
+            outcome: Outcome::Ignored,
+            subject: Subject::default(),
+            spent: None,
+        });
     };
     let reading = read(event);
-    let mut subject = match &reading {
-        Some(Reading::Intent(r)) => Subject {
-            payment_id: r.payment_id,
-            refund_id: None,
+    let mut answered = Answered {
+        id: id.to_owned(),
+        kind: kind.to_owned(),
+        outcome: Outcome::Ignored,
+        subject: match &reading {
+            Some(Reading::Intent(r)) => Subject {
+                payment_id: r.payment_id,
+                refund_id: None,
+            },
+            Some(Reading::Refund(r)) => Subject {
+                payment_id: None,
+                refund_id: r.refund_id,
+            },
+            None => Subject::default(),
         },
-        Some(Reading::Refund(r)) => Subject {
-            payment_id: None,
-            refund_id: r.refund_id,
-        },
-        None => Subject::default(),
+        spent: None,
     };
     if !can_change_anything(event, reading.as_ref()) {
-        return Ok((Outcome::Ignored, subject));
+        return Ok(answered);
     }
     let received = Received {
         id,
-        kind: event["type"].as_str().unwrap_or_default(),
+        kind,
         payload: event,
         via,
         stripe_created: event["created"].as_i64().unwrap_or_default(),
         reading,
     };
-    let outcome = events::process(db, &received).await?;
+    let (outcome, spent) = events::process_timed(db, &received).await?;
+    answered.outcome = outcome;
+    answered.spent = Some(spent);
     // A refund event names our refund only: its payment is the refund's (a read for the
     // log line; a failed one leaves the line without it).
-    if subject.payment_id.is_none()
-        && let Some(refund) = subject.refund_id
+    if answered.subject.payment_id.is_none()
+        && let Some(refund) = answered.subject.refund_id
     {
-        subject.payment_id = paystream_db::refunds::by_id(db, refund)
+        answered.subject.payment_id = paystream_db::refunds::by_id(db, refund)
             .await
             .ok()
             .flatten()
             .map(|r| r.payment_id);
     }
-    Ok((outcome, subject))
+    Ok(answered)
 }
 
 /// An event that can change nothing whatever its object says, answered from its body
@@ -243,6 +255,7 @@ pub fn ignored_by_type(body: &[u8]) -> Option<Answered> {
             payment_id,
             refund_id: None,
         },
+        spent: None,
     })
 }
 
@@ -253,6 +266,8 @@ pub struct Answered {
     pub kind: String,
     pub outcome: Outcome,
     pub subject: Subject,
+    /// Where its time at the database went, when it was stored.
+    pub spent: Option<Spent>,
 }
 
 const CREATED: &str = "payment_intent.created";
@@ -305,6 +320,7 @@ mod tests {
                     payment_id: Some(pid),
                     refund_id: None
                 },
+                spent: None,
             })
         );
         // Without our payment id, or with one that is not, still ignored: it names none.

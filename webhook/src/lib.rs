@@ -77,7 +77,16 @@ impl AppState {
 
 /// Serves the receiver on an ephemeral loopback port, for tests: its `/webhook/stripe` URL.
 pub async fn spawn(db: Primary, settings: &WebhookSettings) -> std::io::Result<String> {
-    let state = AppState::new(db, settings, Arc::new(Metrics::default()));
+    spawn_with(db, settings, Arc::new(Metrics::default())).await
+}
+
+/// [`spawn`], counting into `metrics`.
+pub async fn spawn_with(
+    db: Primary,
+    settings: &WebhookSettings,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<String> {
+    let state = AppState::new(db, settings, metrics);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/webhook/stripe", listener.local_addr()?);
     tokio::spawn(async move {
@@ -141,17 +150,7 @@ async fn receive(
                 Ok(v @ Value::Object(_)) if v["id"].is_string() && v["type"].is_string() => v,
                 _ => return reject(&s.metrics, StatusCode::BAD_REQUEST, "event_malformed"),
             };
-            events::process_for(&s.db, &event, Via::Webhook)
-                .await
-                .map(|(outcome, subject)| {
-                    let field = |name: &str| event[name].as_str().unwrap_or_default().to_owned();
-                    events::Answered {
-                        id: field("id"),
-                        kind: field("type"),
-                        outcome,
-                        subject,
-                    }
-                })
+            events::process_for(&s.db, &event, Via::Webhook).await
         }
     };
     match answered {
@@ -160,7 +159,18 @@ async fn receive(
             kind,
             outcome,
             subject,
+            spent,
         }) => {
+            if let Some(spent) = spent {
+                for (phase, took) in [("pool", spent.waiting), ("transaction", spent.transaction)] {
+                    s.metrics.observe(
+                        "webhook_event_phase_seconds",
+                        "Time a stored event spent at the database: waiting for a pooled connection (pool), then BEGIN to COMMIT (transaction)",
+                        &[("phase", phase)],
+                        took,
+                    );
+                }
+            }
             s.metrics.inc(
                 "webhook_events_total",
                 "Verified events by outcome",

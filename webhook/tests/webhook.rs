@@ -18,6 +18,7 @@ struct Env {
     world: SimWorld,
     hook: String,
     secret: String,
+    metrics: Arc<Metrics>,
 }
 
 impl std::ops::Deref for Env {
@@ -35,7 +36,8 @@ async fn setup(faults: Value) -> Env {
         secrets: format!("whsec_old_unused,{secret}"),
         tolerance_secs: 300,
     };
-    let hook = paystream_webhook::spawn(db.into(), &settings)
+    let metrics = Arc::new(Metrics::default());
+    let hook = paystream_webhook::spawn_with(db.into(), &settings, metrics.clone())
         .await
         .unwrap();
     world.add_webhook_endpoint(&hook, &secret).await;
@@ -44,6 +46,7 @@ async fn setup(faults: Value) -> Env {
         world,
         hook,
         secret,
+        metrics,
     }
 }
 
@@ -114,6 +117,16 @@ async fn with_faulty_deliveries_the_database_ends_equal_to_stripe() {
         .await
         .unwrap();
     assert!(by_webhook > 0, "webhooks resolved payments");
+    // Every event that reached the database says where its time went, in both phases.
+    let text = env.metrics.render(&[]);
+    let count = |phase: &str| {
+        let series = format!("webhook_event_phase_seconds_count{{phase=\"{phase}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("no {series}in {text}"))
+    };
+    assert!(count("pool") >= by_webhook, "{text}");
+    assert_eq!(count("pool"), count("transaction"), "{text}");
     // Deliveries that were forged or stale were refused (and Stripe keeps them pending):
     // catch-up reads those events from Stripe's list.
     assert!(

@@ -17,11 +17,9 @@ use crate::{load, procs};
 const PEAK_CLIENTS: usize = 128;
 const COST_CLIENTS: usize = 32;
 
-/// The two-commit floor's table: the payments table's columns, defaults, constraints,
-/// indexes and replica identity, without its rows, CDC or triggers.
-/// The floor's tables: `payments`' shape (LIKE copies columns, defaults, constraints and
-/// indexes, not storage parameters nor triggers), and the intent's uniqueness that the
-/// `payments_map_intent` trigger keeps in `payment_intents`.
+/// The two-commit floor's tables: `payments`' shape (LIKE copies columns, defaults,
+/// constraints and indexes, not storage parameters nor triggers), and the intent's
+/// uniqueness that the `payments_map_intent` trigger keeps in `payment_intents`.
 const FLOOR_TABLE: [&str; 6] = [
     "DROP TABLE IF EXISTS bench_floor_payments",
     "DROP TABLE IF EXISTS bench_floor_intents",

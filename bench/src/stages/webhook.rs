@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Ctx;
+use crate::metrics::{mean_ms, spent_since, time_spent};
 
 /// Enough for three 5 s runs at 1,300/s; the unused rest is deleted after the stage.
 const FIXTURES: i64 = 20_000;
@@ -27,6 +28,8 @@ pub async fn measure(ctx: &mut Ctx<'_>, client: Uuid) -> anyhow::Result<()> {
     let (http, api, counter, events) =
         (ctx.http.clone(), ctx.api.clone(), next.clone(), ids.clone());
     let secret = ctx.stack.var("STRIPE_WEBHOOK_SECRET").to_owned();
+    let receiver = [ctx.stack.var("WEBHOOK_URL")];
+    let before = time_spent(&ctx.http, &receiver, RECEIVER_TIME).await?;
     let r = ctx
         .median_load(32, move |_, _| {
             let request = events
@@ -48,6 +51,10 @@ pub async fn measure(ctx: &mut Ctx<'_>, client: Uuid) -> anyhow::Result<()> {
             }
         })
         .await;
+    let spent = spent_since(
+        time_spent(&ctx.http, &receiver, RECEIVER_TIME).await?,
+        before,
+    );
     let sent = next.load(Ordering::Relaxed).min(ids.len());
     check_applied(&ctx.primary, "wh", &run, sent, r.errors).await?;
     let floor_run = Uuid::now_v7().simple().to_string();
@@ -65,8 +72,27 @@ pub async fn measure(ctx: &mut Ctx<'_>, client: Uuid) -> anyhow::Result<()> {
     check_applied(&ctx.primary, "wfloor", &floor_run, resolved as usize, 0).await?;
     ctx.report
         .against_floor("6. Webhook ingest, 32 senders", &r, " applied", floor);
+    let [receiver, pool, transaction] = spent.map(mean_ms);
+    ctx.report.record(
+        "6. Webhook ingest, 32 senders, where the receiver's time goes (means)",
+        format!(
+            "{receiver:.1} ms from request to commit = waiting for a pooled connection {pool:.1} + BEGIN to COMMIT {transaction:.1} + the rest {:.1}",
+            receiver - pool - transaction
+        ),
+        format!("pgbench: {:.1} ms a transaction", 32_000.0 / floor),
+        "",
+    );
     Ok(())
 }
+
+/// The receiver's own account of its events: request to commit
+/// (`webhook_processing_seconds`), and at the database, waiting for a connection, then
+/// BEGIN to COMMIT (`webhook_event_phase_seconds`).
+const RECEIVER_TIME: [(&str, &str); 3] = [
+    ("webhook_processing_seconds", ""),
+    ("webhook_event_phase_seconds", r#"phase="pool""#),
+    ("webhook_event_phase_seconds", r#"phase="transaction""#),
+];
 
 /// The payments the events resolve: `(intent id, payment id)`.
 async fn pending_payments(
