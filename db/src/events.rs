@@ -138,7 +138,8 @@ pub struct Spent {
 }
 
 /// [`process`], also answering where its time went: under load, a receiver's events wait
-/// for the pool longer than they hold a connection, which no statement count shows.
+/// for the pool about as long as they then hold a connection, which no statement count
+/// shows.
 pub async fn process_timed(db: &Primary, e: &Received<'_>) -> Result<(Outcome, Spent), DbError> {
     let asked = Instant::now();
     let mut conn = db.pool().acquire().await?;
