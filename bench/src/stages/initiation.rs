@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use paystream_testkit::Stack;
+use sqlx::PgPool;
 
 use super::{Ctx, Keys, create_payment};
 use crate::metrics::{CreateTime, mean_ms};
@@ -40,6 +41,11 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
         let (r, in_the_api) = if clients == 1 {
             let (r, took, api) = timed_in_the_api(ctx, keys).await?;
             (r, Some((took, api)))
+        } else if clients == COST_CLIENTS {
+            let before = updates(&ctx.primary).await?;
+            let r = creates(ctx, keys, clients).await;
+            kept_on_their_page(ctx, before, updates(&ctx.primary).await?);
+            (r, None)
         } else {
             (creates(ctx, keys, clients).await, None)
         };
@@ -62,6 +68,51 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
         sqlx::query(sql).execute(&ctx.primary).await?;
     }
     Ok(())
+}
+
+/// The tables a create updates, each updated once per payment (the intent's link, the
+/// key's stored answer).
+const UPDATED: [&str; 2] = ["payments", "idempotency_keys"];
+
+/// Updates of each `UPDATED` table so far, and how many of them were HOT: PostgreSQL's
+/// counters, which each backend publishes about once a second, so a reading misses about
+/// the last second of the load; the share is what counts.
+async fn updates(primary: &PgPool) -> anyhow::Result<[(i64, i64); 2]> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+         WHERE schemaname = 'public' AND relname = ANY($1)",
+    )
+    .bind(UPDATED)
+    .fetch_all(primary)
+    .await?;
+    Ok(UPDATED.map(|table| {
+        rows.iter()
+            .find(|(name, _, _)| name == table)
+            .map_or((0, 0), |&(_, all, hot)| (all, hot))
+    }))
+}
+
+/// How many of the load's updates stayed on their row's page (HOT: no new index entries).
+/// A new index on a column the create updates, or pages too full for the new version,
+/// show here first.
+fn kept_on_their_page(ctx: &mut Ctx<'_>, before: [(i64, i64); 2], after: [(i64, i64); 2]) {
+    let shares: Vec<String> = UPDATED
+        .iter()
+        .zip(before.iter().zip(after))
+        .map(|(table, (&(all0, hot0), (all1, hot1)))| {
+            let (all, hot) = (all1 - all0, hot1 - hot0);
+            format!(
+                "{table} {:.1}% of {all}",
+                100.0 * hot as f64 / all.max(1) as f64
+            )
+        })
+        .collect();
+    ctx.report.record(
+        format!("1. POST /v1/payments, {COST_CLIENTS} clients, updates kept on their page (HOT)"),
+        shares.join(", "),
+        "",
+        "",
+    );
 }
 
 /// The 1-client runs with the API's own account of them: their wall time, and what the
