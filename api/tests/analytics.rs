@@ -538,7 +538,7 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
     let cluster = ScratchCluster::new("analytics", 25533);
     cluster.must("up");
     let primary = pool(&cluster.url("paystream", Node::Primary)).await;
-    sqlx::migrate!("../migrations").run(&primary).await.unwrap();
+    paystream_db::MIGRATOR.run(&primary).await.unwrap();
     // The API reads keys on the replica too, so it uses the app's role there.
     let replica_url = cluster.url("paystream", Node::Replica1);
     let replica = pool(&replica_url).await;

@@ -14,12 +14,12 @@ pub mod replica;
 pub mod runs;
 pub mod tls;
 
-pub use pool::{Primary, Replica, WalPosition};
+pub use pool::{MIGRATOR, Primary, Replica, WalPosition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database error: {0}")]
-    Sql(#[from] sqlx::Error),
+    Sql(sqlx::Error),
     /// tokio-postgres shows only "db error" or "error performing TLS handshake" and keeps
     /// the reason (a refusal, a certificate that failed) in its source: the message
     /// carries the whole chain, so no field is a source to print twice.
@@ -40,6 +40,13 @@ pub enum DbError {
     /// The request contradicts what is stored (e.g. a key for a client of another role).
     #[error("{0}")]
     Refused(String),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> DbError {
+        pool::retire_if_stale(&e);
+        DbError::Sql(e)
+    }
 }
 
 impl From<tokio_postgres::Error> for DbError {

@@ -7,9 +7,11 @@
 //! on the replicas (pipelined reads, row streaming for recovery, repeatable-read
 //! read-only snapshots for analytics).
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::DbError;
@@ -76,12 +78,11 @@ impl Primary {
     /// Applies the embedded migrations (the same ones `sqlx migrate run` would); returns
     /// how many the database now has.
     pub async fn migrate(&self) -> Result<usize, DbError> {
-        let migrator = sqlx::migrate!("../migrations");
-        migrator
+        MIGRATOR
             .run(&self.pool)
             .await
             .map_err(|e| DbError::Config(format!("migrations: {e}")))?;
-        Ok(migrator.iter().count())
+        Ok(MIGRATOR.iter().count())
     }
 
     /// The primary's current WAL position: a replica that has replayed this far has seen
@@ -92,6 +93,45 @@ impl Primary {
             .await?;
         Ok(WalPosition(lsn))
     }
+}
+
+/// The migrations, embedded at build time (`build.rs` rebuilds this crate when one is
+/// added). Tools and tests that prepare a database of their own run these too.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// When a connection opened before this instant is next acquired, it is closed instead.
+static RETIRED_BEFORE: Mutex<Option<Instant>> = Mutex::new(None);
+
+/// A migration that changes a column's type (0017 made columns domains) while services run
+/// makes PostgreSQL refuse every statement a connection prepared before it ("cached plan
+/// must not change result type"), on every use, for as long as the connection lives (sqlx
+/// keeps its prepared statements; a connection lives up to 30 minutes). The first refusal
+/// retires every connection open now, so their replacements prepare afresh: the requests
+/// already running on them can fail, later ones do not. PostgreSQL's message is matched in
+/// English, the language of the servers this project configures; its SQLSTATE (0A000) is
+/// shared with other refusals.
+pub(crate) fn retire_if_stale(e: &sqlx::Error) {
+    let stale = e.as_database_error().is_some_and(|d| {
+        d.code().as_deref() == Some("0A000")
+            && d.message()
+                .contains("cached plan must not change result type")
+    });
+    if stale {
+        tracing::warn!(
+            error = %e,
+            "a statement prepared before a schema change was refused; retiring the open connections"
+        );
+        *RETIRED_BEFORE.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+}
+
+fn retired(age: Duration) -> bool {
+    let before = *RETIRED_BEFORE.lock().unwrap_or_else(|p| p.into_inner());
+    before.is_some_and(|t| {
+        Instant::now()
+            .checked_sub(age)
+            .is_some_and(|opened| opened < t)
+    })
 }
 
 /// A connection idle longer than this is pinged before use.
@@ -108,6 +148,9 @@ fn pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOption
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
+                if retired(meta.age) {
+                    return Ok(false);
+                }
                 if meta.idle_for > PING_IDLE_OVER {
                     sqlx::Connection::ping(conn).await?;
                 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use paystream_db::Primary;
 use paystream_db::keys::{self, Role};
+use paystream_db::payments;
 use paystream_testkit::Stack;
 use paystream_testkit::cdc::{self, Record};
 use paystream_testkit::cluster::ScratchCluster;
@@ -516,4 +517,52 @@ async fn readiness_answers_while_every_pooled_connection_waits() {
         .await
         .unwrap()
         .expect("the revoke goes on once the lock is gone");
+}
+
+/// A migration that changes a column's type while services run (0017 turned columns into
+/// domains) makes PostgreSQL refuse each statement a connection prepared before it, on every
+/// use while that connection lives. The first refusal retires the pool's connections: one
+/// call fails, the next prepares afresh. Run on a copy of `payments` in a schema of its
+/// own, which the pool's search path puts first.
+#[tokio::test]
+async fn a_column_type_change_fails_one_call_not_every_later_one() {
+    let stack = Stack::get();
+    let admin = stack.pool("DATABASE_URL").await;
+    let schema = format!("stale_plans_{}", Uuid::now_v7().simple());
+    for sql in [
+        format!("CREATE SCHEMA {schema}"),
+        format!("CREATE TABLE {schema}.payments (LIKE public.payments INCLUDING DEFAULTS)"),
+    ] {
+        sqlx::query(&sql).execute(&admin).await.unwrap();
+    }
+    let url = stack.var("DATABASE_URL");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let primary = Primary::connect(&format!("{url}{sep}options=-csearch_path%3D{schema}"), 1)
+        .await
+        .unwrap();
+    let absent = paystream_core::PaymentId::generate();
+    assert!(payments::by_id(&primary, absent).await.unwrap().is_none());
+
+    sqlx::query(&format!(
+        "ALTER TABLE {schema}.payments ALTER COLUMN currency TYPE text"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let refused = payments::by_id(&primary, absent)
+        .await
+        .expect_err("a stale plan ran");
+    assert!(
+        refused
+            .to_string()
+            .contains("cached plan must not change result type"),
+        "{refused}"
+    );
+    for _ in 0..3 {
+        assert!(payments::by_id(&primary, absent).await.unwrap().is_none());
+    }
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
 }

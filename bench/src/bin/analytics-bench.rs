@@ -24,7 +24,7 @@ const DAYS: i64 = 30;
 /// Payments spread evenly over the last `DAYS` days (UTC midnight to midnight), shaped like
 /// production: time-ordered ids, three currencies, every status and resolution source.
 async fn fill(primary: &PgPool, n: i64, start: DateTime<Utc>) -> anyhow::Result<()> {
-    sqlx::migrate!("../migrations").run(primary).await?;
+    paystream_db::MIGRATOR.run(primary).await?;
     let have: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
         .fetch_one(primary)
         .await?;

@@ -27,7 +27,7 @@ fn rss_bytes() -> u64 {
 }
 
 async fn fill(primary: &PgPool, n: i64) -> anyhow::Result<()> {
-    sqlx::migrate!("../migrations").run(primary).await?;
+    paystream_db::MIGRATOR.run(primary).await?;
     let have: i64 = sqlx::query_scalar("SELECT count(*) FROM payments WHERE status = 'pending'")
         .fetch_one(primary)
         .await?;

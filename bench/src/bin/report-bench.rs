@@ -235,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     anyhow::ensure!(!sizes.is_empty(), "no window size");
     let primary = db::primary(admin, DB).await?;
-    sqlx::migrate!("../migrations").run(&primary).await?;
+    paystream_db::MIGRATOR.run(&primary).await?;
     let replica_url = db::url(admin, DB, Some(db::replica_port()?))?;
     let replica = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
