@@ -265,6 +265,16 @@ pub fn unreachable_primary() -> Primary {
     )
 }
 
+/// The value of one series (its name and labels exactly as rendered, e.g.
+/// `x_count{phase="pool"}`) in a Prometheus text page; panics, showing the page, when the
+/// series is missing or its value does not parse.
+pub fn sample<T: std::str::FromStr>(text: &str, series: &str) -> T {
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
 /// A value of `.stack/env` as a shell that sources the file sees it: values holding `&`
 /// (the database URLs) are single-quoted there.
 fn unquote(v: &str) -> &str {

@@ -119,11 +119,11 @@ async fn with_faulty_deliveries_the_database_ends_equal_to_stripe() {
     assert!(by_webhook > 0, "webhooks resolved payments");
     // Every event that reached the database says where its time went, in both phases.
     let text = env.metrics.render(&[]);
-    let count = |phase: &str| {
-        let series = format!("webhook_event_phase_seconds_count{{phase=\"{phase}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series.as_str())?.parse::<i64>().ok())
-            .unwrap_or_else(|| panic!("no {series}in {text}"))
+    let count = |phase: &str| -> i64 {
+        paystream_testkit::sample(
+            &text,
+            &format!("webhook_event_phase_seconds_count{{phase=\"{phase}\"}}"),
+        )
     };
     assert!(count("pool") >= by_webhook, "{text}");
     assert_eq!(count("pool"), count("transaction"), "{text}");
