@@ -106,6 +106,7 @@ async fn reconcilers(stack: &Stack, world: &SimWorld, name: &str) -> (Reconciler
         .push(("APP_KAFKA__REFUND_STATUS_TOPIC".into(), topic.clone()));
     let mut r = Reconciler::start(name, g.env.clone());
     r.wait_loaded().await;
+    r.wait_refunds_loaded().await;
     (r, topic)
 }
 
@@ -137,6 +138,7 @@ async fn with_webhooks_off_polls_resolve_refunds_and_a_sigkill_loses_none() {
         }
     }
     r.wait_loaded().await;
+    r.wait_refunds_loaded().await;
     wait_all(&world, &ids, "succeeded", Duration::from_secs(90)).await;
 
     let rows = ours(&world, &ids).await;

@@ -449,5 +449,11 @@ impl<G: StripeGateway + 'static> RefundWorker<G> {
             &[],
             i64::try_from(pending).unwrap_or(i64::MAX),
         );
+        self.metrics.set_gauge(
+            "reconciler_refund_partitions",
+            "refund CDC partitions this instance holds state for (0 for long: the group gave it none)",
+            &[],
+            i64::try_from(self.states.len()).unwrap_or(i64::MAX),
+        );
     }
 }

@@ -97,18 +97,35 @@ impl Reconciler {
 
     /// Until it holds state for at least one partition (a group join plus a state load).
     pub async fn wait_loaded(&mut self) {
+        self.wait_metrics("loaded no partition", |m| m.contains("reconciler_pending{"))
+            .await;
+    }
+
+    /// Until its refund worker holds at least one partition too. A partition new to a
+    /// group starts at the topic's end, so a refund resolved before that is never
+    /// published by this group.
+    pub async fn wait_refunds_loaded(&mut self) {
+        self.wait_metrics("loaded no refund partition", |m| {
+            m.lines()
+                .filter_map(|l| l.strip_prefix("reconciler_refund_partitions "))
+                .any(|v| v.parse::<i64>().is_ok_and(|n| n > 0))
+        })
+        .await;
+    }
+
+    async fn wait_metrics(&mut self, failure: &str, ready: impl Fn(&str) -> bool) {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             if let Some(s) = self.child.try_wait().expect("wait") {
                 panic!("{} exited {s}; see {}", self.name, self.log.display());
             }
-            if self.metrics().await.contains("reconciler_pending{") {
+            if ready(&self.metrics().await) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!(
-            "{} loaded no partition in 60 s; see {}",
+            "{} {failure} in 60 s; see {}",
             self.name,
             self.log.display()
         );
