@@ -7,8 +7,9 @@
 //! revoked key is refused as soon as its instance hears of the revocation (milliseconds),
 //! and never later than `REMEMBER_FOR`.
 //!
-//! Keys that checked out recently go straight to that lookup; a key never seen
-//! valid waits for one of a few lookup permits. A flood of random bearer tokens thus holds
+//! Keys that checked out recently, and the active keys the database held when the
+//! instance started (`keys::active_hashes`), go straight to that lookup; any other key
+//! waits for one of a few lookup permits. A flood of random bearer tokens thus holds
 //! at most `UNKNOWN_LOOKUPS` connections of the pool and answers 429 beyond that, while
 //! genuine clients keep their lane (I5 in docs/invariants.md). Concurrent requests with
 //! the same new key queue behind its first lookup rather than for permits of their own,
@@ -171,6 +172,17 @@ impl KeyGate {
             );
         };
         subscribed(false);
+        match keys::active_hashes(db, KNOWN_KEYS).await {
+            Ok(active) => {
+                let n = active.len();
+                self.learn(active);
+                tracing::info!(keys = n, "active keys loaded into the fast lane");
+            }
+            // Only the first request of each key waits in the strangers' line meanwhile.
+            Err(e) => {
+                tracing::warn!(error = %e, "active keys not loaded; new keys queue for lookups")
+            }
+        }
         while !token.is_cancelled() {
             match KeyChanges::subscribe(db).await {
                 Ok(mut changes) => {
@@ -204,6 +216,17 @@ impl KeyGate {
                 () = token.cancelled() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+        }
+    }
+
+    /// Puts `hashes` (keys the database holds as active, oldest first) in the fast lane:
+    /// their first check is still a lookup, but it does not queue for the few permits
+    /// kept for strangers. A restarted instance would otherwise take every client's first
+    /// request for a stranger's and answer a busy minute's burst with 429s.
+    pub fn learn(&self, hashes: impl IntoIterator<Item = Vec<u8>>) {
+        let mut known = self.known();
+        for hash in hashes {
+            known.insert(hash);
         }
     }
 
@@ -446,5 +469,42 @@ mod tests {
             50,
             "every request is still checked"
         );
+    }
+
+    /// A restarted instance under load: twenty clients' first requests at once, each
+    /// lookup slower than the strangers' wait. Without the active keys learned at start,
+    /// all but `UNKNOWN_LOOKUPS` of them would get 429.
+    #[tokio::test]
+    async fn active_keys_learned_at_start_skip_the_strangers_line() {
+        let gate = Arc::new(KeyGate::default());
+        let clients: Vec<String> = (0..20).map(|i| format!("client-{i}")).collect();
+        gate.learn(clients.iter().map(|k| keys::hash(k)));
+        let p = principal();
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let firsts: Vec<_> = clients
+            .into_iter()
+            .map(|key| {
+                let (gate, running, peak) = (gate.clone(), running.clone(), peak.clone());
+                tokio::spawn(async move {
+                    gate.check(&key, false, || async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(UNKNOWN_WAIT + Duration::from_millis(50)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(Some(p))
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for f in firsts {
+            assert_eq!(f.await.unwrap().unwrap(), Some(p), "no 429 for a known key");
+        }
+        assert_eq!(peak.load(Ordering::SeqCst), 20, "no queueing for permits");
+        // Strangers still share the few permits.
+        let stranger = gate.check("stranger", false, || async { Ok(None) }).await;
+        assert_eq!(stranger.unwrap(), None);
+        assert!(!gate.known().set.contains(&keys::hash("stranger")));
     }
 }

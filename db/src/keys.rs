@@ -172,6 +172,19 @@ pub async fn authenticate(db: &Primary, key: &str) -> Result<Option<Principal>, 
         .transpose()
 }
 
+/// Hashes of the newest `limit` keys not revoked, oldest first. The API's key gate loads
+/// them at start so the clients of the day are not queued as strangers behind a restart.
+pub async fn active_hashes(db: &Primary, limit: usize) -> Result<Vec<Vec<u8>>, DbError> {
+    let mut newest_first: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT key_hash FROM api_keys WHERE revoked_at IS NULL ORDER BY created_at DESC LIMIT $1",
+    )
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(db.pool())
+    .await?;
+    newest_first.reverse();
+    Ok(newest_first)
+}
+
 /// What the database announced of the keys (migration 0015).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyChange {

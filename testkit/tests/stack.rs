@@ -566,3 +566,37 @@ async fn a_column_type_change_fails_one_call_not_every_later_one() {
         .await
         .unwrap();
 }
+
+/// What an API instance loads into its key gate's fast lane at start: active keys, the
+/// newest last, never a revoked one.
+#[tokio::test]
+async fn active_key_hashes_are_the_newest_unrevoked_keys() {
+    let stack = Stack::get();
+    let primary = Primary::connect_lazy(stack.var("DATABASE_URL"), 2).unwrap();
+    let run = Uuid::now_v7();
+    let (_, older) = keys::create(&primary, &format!("active-a-{run}"), Role::Client)
+        .await
+        .unwrap();
+    let (_, revoked) = keys::create(&primary, &format!("active-r-{run}"), Role::Client)
+        .await
+        .unwrap();
+    keys::revoke(&primary, &revoked).await.unwrap();
+    keys::create(&primary, &format!("active-m-{run}"), Role::Client)
+        .await
+        .unwrap();
+    let (_, newest) = keys::create(&primary, &format!("active-n-{run}"), Role::Operator)
+        .await
+        .unwrap();
+    // Other tests make keys meanwhile: only this test's keys' order is asserted.
+    let all = keys::active_hashes(&primary, 1_000_000).await.unwrap();
+    let at = |key: &str| all.iter().position(|h| *h == keys::hash(key));
+    let (older_at, newest_at) = (at(&older).unwrap(), at(&newest).unwrap());
+    assert!(older_at < newest_at, "oldest first");
+    assert_eq!(at(&revoked), None, "a revoked key is never loaded");
+    let newest_two = keys::active_hashes(&primary, 2).await.unwrap();
+    assert_eq!(newest_two.len(), 2);
+    assert!(
+        !newest_two.contains(&keys::hash(&older)),
+        "a limit keeps the newest: two keys were made after this one"
+    );
+}
