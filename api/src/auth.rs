@@ -223,7 +223,7 @@ impl KeyGate {
     /// their first check is still a lookup, but it does not queue for the few permits
     /// kept for strangers. A restarted instance would otherwise take every client's first
     /// request for a stranger's and answer a busy minute's burst with 429s.
-    pub fn learn(&self, hashes: impl IntoIterator<Item = Vec<u8>>) {
+    fn learn(&self, hashes: impl IntoIterator<Item = Vec<u8>>) {
         let mut known = self.known();
         for hash in hashes {
             known.insert(hash);
@@ -318,6 +318,27 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Counts the lookups running at once, and the most that ever did.
+    #[derive(Clone, Default)]
+    struct Concurrency {
+        running: Arc<AtomicUsize>,
+        peak: Arc<AtomicUsize>,
+    }
+
+    impl Concurrency {
+        /// One lookup that takes `took`.
+        async fn lookup(&self, took: Duration) {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(took).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+        }
+
+        fn peak(&self) -> usize {
+            self.peak.load(Ordering::SeqCst)
+        }
+    }
+
     fn principal() -> Principal {
         Principal {
             client_id: paystream_core::ClientId::generate(),
@@ -337,17 +358,13 @@ mod tests {
         );
         // A flood of bad keys whose lookups hang: at most UNKNOWN_LOOKUPS run at once, the
         // others get 429 after UNKNOWN_WAIT.
-        let running = Arc::new(AtomicUsize::new(0));
-        let peak = Arc::new(AtomicUsize::new(0));
+        let lookups = Concurrency::default();
         let flood: Vec<_> = (0..20)
             .map(|i| {
-                let (gate, running, peak) = (gate.clone(), running.clone(), peak.clone());
+                let (gate, lookups) = (gate.clone(), lookups.clone());
                 tokio::spawn(async move {
                     gate.check(&format!("bad-{i}"), false, || async move {
-                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                        peak.fetch_max(now, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        running.fetch_sub(1, Ordering::SeqCst);
+                        lookups.lookup(Duration::from_millis(500)).await;
                         Ok(None)
                     })
                     .await
@@ -374,7 +391,7 @@ mod tests {
                 busy += 1;
             }
         }
-        assert_eq!(peak.load(Ordering::SeqCst), UNKNOWN_LOOKUPS);
+        assert_eq!(lookups.peak(), UNKNOWN_LOOKUPS);
         assert_eq!(busy, 20 - UNKNOWN_LOOKUPS, "the rest were turned away");
         // A known key that is revoked is refused at once and leaves the fast lane.
         assert_eq!(
@@ -480,18 +497,16 @@ mod tests {
         let clients: Vec<String> = (0..20).map(|i| format!("client-{i}")).collect();
         gate.learn(clients.iter().map(|k| keys::hash(k)));
         let p = principal();
-        let running = Arc::new(AtomicUsize::new(0));
-        let peak = Arc::new(AtomicUsize::new(0));
+        let lookups = Concurrency::default();
         let firsts: Vec<_> = clients
             .into_iter()
             .map(|key| {
-                let (gate, running, peak) = (gate.clone(), running.clone(), peak.clone());
+                let (gate, lookups) = (gate.clone(), lookups.clone());
                 tokio::spawn(async move {
                     gate.check(&key, false, || async move {
-                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                        peak.fetch_max(now, Ordering::SeqCst);
-                        tokio::time::sleep(UNKNOWN_WAIT + Duration::from_millis(50)).await;
-                        running.fetch_sub(1, Ordering::SeqCst);
+                        lookups
+                            .lookup(UNKNOWN_WAIT + Duration::from_millis(50))
+                            .await;
                         Ok(Some(p))
                     })
                     .await
@@ -501,7 +516,7 @@ mod tests {
         for f in firsts {
             assert_eq!(f.await.unwrap().unwrap(), Some(p), "no 429 for a known key");
         }
-        assert_eq!(peak.load(Ordering::SeqCst), 20, "no queueing for permits");
+        assert_eq!(lookups.peak(), 20, "no queueing for permits");
         // Strangers still share the few permits.
         let stranger = gate.check("stranger", false, || async { Ok(None) }).await;
         assert_eq!(stranger.unwrap(), None);
