@@ -3,8 +3,9 @@
 //! At 10 million payments a GROUP BY over the raw table takes seconds, so whole UTC hours
 //! are read from rollup tables (`analytics_hourly`, `analytics_resolution_hourly`,
 //! `analytics_money_hourly`; the resolution-time histogram also by day,
-//! `analytics_resolution_daily`) and only a window's partial edge hours from the raw
-//! rows, through covering indexes. The rollups are refreshed on the primary by
+//! `analytics_resolution_daily`), the hour in progress by the minute
+//! (`analytics_minutely`, ...), and only a window's partial edges from the raw rows,
+//! through covering indexes. The rollups are refreshed on the primary by
 //! [`refresh::refresh`] and replicate like any table. Every answer says how fresh it is
 //! ([`query::Freshness`]).
 //!
@@ -19,7 +20,7 @@ pub mod plan;
 pub mod query;
 pub mod refresh;
 
-pub use plan::{Bucket, Metric, QueryError, Window};
+pub use plan::{Bucket, Metric, QueryError, Split, Window};
 pub use query::{Freshness, Guard, OnLag, Point, Series, Summary, summary, timeseries};
 
 #[derive(Debug, thiserror::Error)]

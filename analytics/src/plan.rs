@@ -1,7 +1,8 @@
 //! The pure part of a query: its window, checked, and which parts of it come from the
-//! hourly rollups and which from raw rows.
+//! rollups (hourly, and by the minute for the hour in progress) and which from raw rows.
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
+pub use paystream_db::replica::analytics::Split;
 use serde::Serialize;
 
 /// Longest window served: a year of hourly points is 8,784 of them.
@@ -52,23 +53,51 @@ impl Window {
         Ok(Window { from, to, currency })
     }
 
-    /// Raw rows for `[from, rollup.0)` and `[rollup.1, to)`, rollups for the whole hours
-    /// in between. `refreshed_at` is the rollups' last refresh: they hold every hour
-    /// before the one it ran in (that hour was still being filled). Without rollups
-    /// (never refreshed) or without a whole hour, everything is raw: `rollup` is then the
-    /// empty `[to, to)`.
-    pub fn split(&self, refreshed_at: Option<DateTime<Utc>>) -> (DateTime<Utc>, DateTime<Utc>) {
-        let hour = Duration::hours(1);
-        let floor = |t: DateTime<Utc>| t.duration_trunc(hour).unwrap_or(t);
-        let first = if floor(self.from) == self.from {
-            self.from
-        } else {
-            floor(self.from) + hour
+    /// Which parts come from the rollups, given their last refresh (`refreshed_at`) and
+    /// whether it rolled up its hour's finished minutes (`minutes`). The rollups hold
+    /// every hour before the one the refresh ran in and, with `minutes`, that hour's
+    /// minutes before the one it ran in. Whole hours of the window come from the hourly
+    /// rollups, then whole minutes from the minute ones where they go on from there, and
+    /// the edges from rows. Without a refresh, or without a whole rolled-up hour or
+    /// minute in the window, everything is raw ([`Split::raw`]).
+    pub fn split(&self, refreshed_at: Option<DateTime<Utc>>, minutes: bool) -> Split {
+        let (h, m) = (Duration::hours(1), Duration::minutes(1));
+        let floor = |t: DateTime<Utc>, unit: Duration| t.duration_trunc(unit).unwrap_or(t);
+        let ceil = |t: DateTime<Utc>, unit: Duration| {
+            if floor(t, unit) == t {
+                t
+            } else {
+                floor(t, unit) + unit
+            }
         };
-        match refreshed_at.map(|r| floor(self.to).min(floor(r))) {
-            Some(last) if first < last => (first, last),
-            _ => (self.to, self.to),
+        let Some(r) = refreshed_at else {
+            return Split::raw(self.to);
+        };
+        // The minutes rolled up: from the refresh's hour to its minute.
+        let (rolled_minutes_from, rolled_minutes_to) =
+            (floor(r, h), if minutes { floor(r, m) } else { floor(r, h) });
+        let (first_hour, last_hour) = (ceil(self.from, h), floor(self.to, h).min(floor(r, h)));
+        let minutes_to = floor(self.to, m).min(rolled_minutes_to);
+        if first_hour < last_hour {
+            return Split {
+                start: first_hour,
+                hours_end: last_hour,
+                minutes_end: if last_hour == rolled_minutes_from {
+                    minutes_to.max(last_hour)
+                } else {
+                    last_hour
+                },
+            };
         }
+        let first_minute = ceil(self.from, m).max(rolled_minutes_from);
+        if first_minute < minutes_to {
+            return Split {
+                start: first_minute,
+                hours_end: first_minute,
+                minutes_end: minutes_to,
+            };
+        }
+        Split::raw(self.to)
     }
 }
 
@@ -218,30 +247,95 @@ mod tests {
         }
     }
 
+    fn split(start: &str, hours_end: &str, minutes_end: &str) -> Split {
+        Split {
+            start: t(start),
+            hours_end: t(hours_end),
+            minutes_end: t(minutes_end),
+        }
+    }
+
     #[test]
     fn whole_hours_come_from_rollups_and_edges_from_rows() {
         let later = Some(t("2026-02-01T00:00:00Z"));
         let w = Window::new(t("2026-01-01T10:20:00Z"), t("2026-01-01T15:05:00Z"), None).unwrap();
-        assert_eq!(
-            w.split(later),
-            (t("2026-01-01T11:00:00Z"), t("2026-01-01T15:00:00Z"))
+        let hours = split(
+            "2026-01-01T11:00:00Z",
+            "2026-01-01T15:00:00Z",
+            "2026-01-01T15:00:00Z",
         );
-        assert_eq!(w.split(None), (w.to, w.to));
-        // Refreshed at 13:40: the rollups end at 13:00, the rest is read from rows.
+        assert_eq!(w.split(later, true), hours);
+        assert_eq!(w.split(later, false), hours);
+        assert_eq!(w.split(None, true), Split::raw(w.to));
+        // Refreshed at 13:40: hours to 13:00, then that hour's minutes to 13:40.
+        let at_13_40 = Some(t("2026-01-01T13:40:30Z"));
         assert_eq!(
-            w.split(Some(t("2026-01-01T13:40:00Z"))),
-            (t("2026-01-01T11:00:00Z"), t("2026-01-01T13:00:00Z"))
+            w.split(at_13_40, true),
+            split(
+                "2026-01-01T11:00:00Z",
+                "2026-01-01T13:00:00Z",
+                "2026-01-01T13:40:00Z"
+            )
         );
-        assert_eq!(w.split(Some(t("2026-01-01T11:59:00Z"))), (w.to, w.to));
+        // A refresh of an earlier release rolled up no minutes: the hour is read from rows.
+        assert_eq!(
+            w.split(at_13_40, false),
+            split(
+                "2026-01-01T11:00:00Z",
+                "2026-01-01T13:00:00Z",
+                "2026-01-01T13:00:00Z"
+            )
+        );
+        // Refreshed at 11:59: no whole hour, but 11:00-11:59 as minutes (after 50 raw).
+        assert_eq!(
+            w.split(Some(t("2026-01-01T11:59:00Z")), true),
+            split(
+                "2026-01-01T11:00:00Z",
+                "2026-01-01T11:00:00Z",
+                "2026-01-01T11:59:00Z"
+            )
+        );
+        assert_eq!(
+            w.split(Some(t("2026-01-01T11:59:00Z")), false),
+            Split::raw(w.to)
+        );
         let aligned =
             Window::new(t("2026-01-01T10:00:00Z"), t("2026-01-01T12:00:00Z"), None).unwrap();
-        assert_eq!(aligned.split(later), (aligned.from, aligned.to));
+        assert_eq!(
+            aligned.split(later, true),
+            split(
+                "2026-01-01T10:00:00Z",
+                "2026-01-01T12:00:00Z",
+                "2026-01-01T12:00:00Z"
+            )
+        );
+        // Within an hour that is over: its hourly row is not read in part, so rows.
         let inside =
             Window::new(t("2026-01-01T10:10:00Z"), t("2026-01-01T10:50:00Z"), None).unwrap();
-        assert_eq!(inside.split(later), (inside.to, inside.to));
+        assert_eq!(inside.split(later, true), Split::raw(inside.to));
         let across =
             Window::new(t("2026-01-01T10:10:00Z"), t("2026-01-01T11:50:00Z"), None).unwrap();
-        assert_eq!(across.split(later), (across.to, across.to));
+        assert_eq!(across.split(later, true), Split::raw(across.to));
+        // Within the hour in progress: its finished minutes, the edges from rows.
+        let now = Some(t("2026-01-01T10:45:10Z"));
+        assert_eq!(
+            inside.split(now, true),
+            split(
+                "2026-01-01T10:10:00Z",
+                "2026-01-01T10:10:00Z",
+                "2026-01-01T10:45:00Z"
+            )
+        );
+        let last_hour =
+            Window::new(t("2026-01-01T09:45:10Z"), t("2026-01-01T10:45:10Z"), None).unwrap();
+        assert_eq!(
+            last_hour.split(now, true),
+            split(
+                "2026-01-01T10:00:00Z",
+                "2026-01-01T10:00:00Z",
+                "2026-01-01T10:45:00Z"
+            )
+        );
     }
 
     #[test]
@@ -289,28 +383,57 @@ mod tests {
     }
 
     proptest! {
-        /// Raw head + rollup hours + raw tail is exactly the window, with no overlap, and the
-        /// rollup part is whole hours.
+        /// Raw head + rolled-up hours + rolled-up minutes + raw tail is exactly the window,
+        /// in order; the hours are whole and finished before the refresh's hour, the
+        /// minutes whole, in that hour and finished before the refresh's minute, and
+        /// nothing the rollups hold inside the window is left to the rows.
         #[test]
-        fn the_split_partitions_the_window(from in 0i64..10_000_000, len in 1i64..1_000_000, refreshed in proptest::option::of(0i64..12_000_000)) {
+        fn the_split_partitions_the_window(
+            from in 0i64..10_000_000,
+            len in 1i64..1_000_000,
+            refreshed in proptest::option::of(0i64..12_000_000),
+            minutes: bool,
+        ) {
             let base = 1_800_000_000i64;
-            let w = Window::new(
-                DateTime::from_timestamp(base + from, 0).unwrap(),
-                DateTime::from_timestamp(base + from + len, 0).unwrap(),
-                None,
-            ).unwrap();
-            let refreshed = refreshed.map(|r| DateTime::from_timestamp(base + r, 0).unwrap());
-            let (a, b) = w.split(refreshed);
-            prop_assert!(w.from <= a && a <= b && b <= w.to);
-            if a < b {
-                // Only hours the refresh had finished.
-                prop_assert!(refreshed.is_some_and(|r| b <= r));
-                prop_assert_eq!(a.timestamp() % 3600, 0);
-                prop_assert_eq!(b.timestamp() % 3600, 0);
-                prop_assert!(a - w.from < Duration::hours(1));
-                prop_assert!(w.to - b < Duration::hours(1) || refreshed.is_some_and(|r| r - b < Duration::hours(1)));
-            } else {
-                prop_assert_eq!((a, b), (w.to, w.to));
+            let at = |s: i64| DateTime::from_timestamp(base + s, 0).unwrap();
+            let w = Window::new(at(from), at(from + len), None).unwrap();
+            let refreshed = refreshed.map(at);
+            let Split { start, hours_end, minutes_end } = w.split(refreshed, minutes);
+            prop_assert!(w.from <= start && start <= hours_end && hours_end <= minutes_end && minutes_end <= w.to);
+            let (h, m) = (Duration::hours(1), Duration::minutes(1));
+            let floor = |t: DateTime<Utc>, unit: Duration| t.duration_trunc(unit).unwrap();
+            let Some(r) = refreshed.filter(|_| start < minutes_end) else {
+                prop_assert_eq!(w.split(refreshed, minutes), Split::raw(w.to));
+                // Nothing whole was there to read: no rolled-up hour, and no rolled-up
+                // minute (then, if the refresh rolled up minutes, the window holds none of
+                // its hour's finished ones).
+                if let Some(r) = refreshed {
+                    let first_hour = w.from.duration_round_up(h).unwrap();
+                    prop_assert!(first_hour >= floor(w.to, h).min(floor(r, h)));
+                    if minutes {
+                        let first = w.from.duration_round_up(m).unwrap().max(floor(r, h));
+                        prop_assert!(first >= floor(w.to, m).min(floor(r, m)));
+                    }
+                }
+                return Ok(());
+            };
+            if start < hours_end {
+                prop_assert_eq!(floor(start, h), start);
+                prop_assert_eq!(floor(hours_end, h), hours_end);
+                prop_assert!(hours_end <= floor(r, h));
+                prop_assert!(start - w.from < h);
+            }
+            if hours_end < minutes_end {
+                prop_assert!(minutes);
+                prop_assert!(floor(r, h) <= hours_end && minutes_end <= floor(r, m));
+                prop_assert_eq!(floor(hours_end, m), hours_end);
+                prop_assert_eq!(floor(minutes_end, m), minutes_end);
+            }
+            // The tail holds no whole hour the hourly rollups have, nor a whole minute the
+            // minute rollups have.
+            prop_assert!(w.to - minutes_end < h || minutes_end >= floor(r, h));
+            if minutes && minutes_end >= floor(r, h) {
+                prop_assert!(w.to - minutes_end < m || minutes_end == floor(r, m));
             }
         }
     }

@@ -40,7 +40,7 @@ pub struct Freshness {
     pub data_as_of: Option<DateTime<Utc>>,
     /// `pg_last_xact_replay_timestamp()` on the replica that answered.
     pub replica_replayed_at: Option<DateTime<Utc>>,
-    /// When the hourly rollups were last refreshed; `null` when this answer used none.
+    /// When the rollups were last refreshed; `null` when this answer used none.
     pub rollups_as_of: Option<DateTime<Utc>>,
     /// 0 when the replica has replayed all it received, else how old its last replayed
     /// commit is; `null` when unknown.
@@ -282,13 +282,13 @@ async fn read(
                 max_ms,
             });
         }
-        Ok(w.split(f.rollups_refreshed_at))
+        Ok(w.split(f.rollups_refreshed_at, f.rollup_minutes))
     })
     .await?;
     let f = &answer.freshness;
     let rollups_as_of = f
         .rollups_refreshed_at
-        .filter(|_| answer.split.0 < answer.split.1);
+        .filter(|_| answer.split.uses_rollups());
     let data_as_of = match (f.replayed_at, rollups_as_of) {
         (Some(r), Some(u)) => Some(r.min(u)),
         (r, u) => r.or(u),

@@ -13,6 +13,7 @@ pub async fn refresh_once(primary: &Primary) {
     match refresh(primary, false).await {
         Ok(Some(r)) => tracing::debug!(
             hours = r.hours,
+            minutes = r.minutes,
             full = r.full,
             took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "analytics rollups refreshed"

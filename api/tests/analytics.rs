@@ -93,14 +93,16 @@ async fn get(http: &reqwest::Client, url: &str, key: &str) -> (StatusCode, Value
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// 3,000 payments over ~51 hours from `t0`, in three currencies, every status and source,
-/// resolution times spread over 1 ms to ~3 h. A third of the succeeded ones captured less
+/// Payments numbered `gs` (3,000 over ~51 hours from `t0` for the first seed), the g-th
+/// made at `t0 + g * step`, in three currencies, every status and source, resolution
+/// times spread over 1 ms to ~3 h, each with its history row as the app writes it. A third of the succeeded ones captured less
 /// than their amount (partial capture), the others as rows from before capture existed
 /// (`amount_captured` NULL: their amount). Their refunded sums follow `seed_refunds`'
 /// rules. Deterministic: derived from hashes of g.
-async fn seed(primary: &PgPool, t0: DateTime<Utc>) {
+async fn seed(primary: &PgPool, t0: DateTime<Utc>, gs: (i32, i32), step: chrono::Duration) {
     sqlx::query(
-        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency, status,
+        "WITH made AS (
+         INSERT INTO payments (id, client_id, idempotency_key, amount, currency, status,
                                resolution_source, created_at, resolved_at,
                                amount_captured, amount_refunded)
          SELECT gen_random_uuid(), gen_random_uuid(), 'seed-' || g, a.amount,
@@ -108,8 +110,8 @@ async fn seed(primary: &PgPool, t0: DateTime<Utc>) {
                 s.status,
                 CASE WHEN s.status <> 'pending' THEN
                     (ARRAY['api', 'webhook', 'poll', 'expiry', 'operator'])[1 + abs(hashtext('r' || g)) % 5] END,
-                $1 + g * interval '61 seconds',
-                CASE WHEN s.status <> 'pending' THEN $1 + g * interval '61 seconds'
+                $1 + g * $4 * interval '1 millisecond',
+                CASE WHEN s.status <> 'pending' THEN $1 + g * $4 * interval '1 millisecond'
                     + (abs(hashtext('t' || g)) % (10 ^ (1 + abs(hashtext('d' || g)) % 7))::int)
                       * interval '1 millisecond' END,
                 CASE WHEN s.status = 'succeeded' AND abs(hashtext('k' || g)) % 3 = 0
@@ -118,12 +120,19 @@ async fn seed(primary: &PgPool, t0: DateTime<Utc>) {
                     CASE WHEN abs(hashtext('ra' || 'seed-' || g)) % 3 = 0 THEN a.amount / 4 ELSE 0 END
                   + CASE WHEN abs(hashtext('rb' || 'seed-' || g)) % 5 = 0 THEN a.amount / 10 ELSE 0 END
                 ELSE 0 END
-         FROM generate_series(1, 3000) g,
+         FROM generate_series($2::int, $3::int) g,
          LATERAL (SELECT 100 + abs(hashtext('a' || g)) % 100000 AS amount) a,
          LATERAL (SELECT (ARRAY['pending', 'succeeded', 'succeeded', 'succeeded', 'failed', 'canceled'])
-                         [1 + abs(hashtext('s' || g)) % 6] AS status) s",
+                         [1 + abs(hashtext('s' || g)) % 6] AS status) s
+         RETURNING id, status, resolution_source
+         )
+         INSERT INTO payment_status_history (payment_id, to_status, source)
+         SELECT id, status, coalesce(resolution_source, 'api') FROM made",
     )
     .bind(t0)
+    .bind(gs.0)
+    .bind(gs.1)
+    .bind(step.num_milliseconds())
     .execute(primary)
     .await
     .unwrap();
@@ -458,6 +467,119 @@ async fn check_series(
     assert!(refunded_buckets > 0, "the series must hold refunds");
 }
 
+/// The hour in progress: its finished minutes are read from the minute rollups, and a
+/// change to one of them is counted by the next refresh; the minute the refresh ran in and
+/// after it, from the rows.
+async fn the_hour_in_progress(
+    http: &reqwest::Client,
+    base: &str,
+    analyst: &str,
+    primary: &PgPool,
+    replica: &PgPool,
+) {
+    // A finished minute needs the hour's second, and the reads below must end within the
+    // hour: a few seconds' work.
+    let hour = |t: DateTime<Utc>| {
+        chrono::DurationRound::duration_trunc(t, chrono::Duration::hours(1)).unwrap()
+    };
+    let minute_of_hour = (Utc::now() - hour(Utc::now())).num_minutes();
+    if !(1..58).contains(&minute_of_hour) {
+        let next =
+            hour(Utc::now()) + chrono::Duration::minutes(if minute_of_hour == 0 { 1 } else { 61 });
+        tokio::time::sleep(
+            (next - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(1),
+        )
+        .await;
+    }
+    let start = hour(Utc::now());
+    let step = (Utc::now() - start) / 121;
+    // Payments 5001-5120 over the hour so far, then their refunds.
+    seed(primary, start - step * 5000, (5001, 5120), step).await;
+    seed_refunds(primary, 5001, 5120).await;
+    let run = refreshed(primary).await;
+    let minutes: Vec<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT DISTINCT minute FROM analytics_minutely ORDER BY 1")
+            .fetch_all(primary)
+            .await
+            .unwrap();
+    let at: DateTime<Utc> = sqlx::query_scalar("SELECT refreshed_at FROM analytics_refresh")
+        .fetch_one(primary)
+        .await
+        .unwrap();
+    let finished = chrono::DurationRound::duration_trunc(at, chrono::Duration::minutes(1)).unwrap();
+    assert!(
+        run.minutes > 0
+            && !minutes.is_empty()
+            && minutes.iter().all(|m| start <= *m && *m < finished),
+        "{run:?}: {minutes:?}, refreshed at {at}"
+    );
+    // After the refresh: read from the rows.
+    sqlx::query(
+        "INSERT INTO payments (id, client_id, idempotency_key, amount, currency)
+         VALUES (gen_random_uuid(), gen_random_uuid(), 'after-the-refresh', 900, 'eur')",
+    )
+    .execute(primary)
+    .await
+    .unwrap();
+    caught_up(primary, replica).await;
+    let window = (
+        start - chrono::Duration::minutes(20),
+        Utc::now() + chrono::Duration::minutes(1),
+        None,
+    );
+    let got = check_summary(http, base, analyst, primary, window).await;
+    assert!(
+        got["rollups_as_of"].is_string(),
+        "the finished minutes come from the rollups: {got}"
+    );
+    // A change with no history row is invisible to the refresh: the answer still shows the
+    // rolled-up minute, which proves where it was read from. Its history row makes the
+    // next refresh recompute that minute.
+    let (id, amount): (Uuid, i64) = sqlx::query_as(
+        "UPDATE payments SET amount = amount + 1
+          WHERE idempotency_key = (SELECT min(idempotency_key) FROM payments
+                                    WHERE idempotency_key LIKE 'seed-5%' AND status = 'failed'
+                                      AND created_at >= $1 AND created_at < $2)
+          RETURNING id, amount",
+    )
+    .bind(start)
+    .bind(finished)
+    .fetch_one(primary)
+    .await
+    .unwrap();
+    caught_up(primary, replica).await;
+    let url = format!(
+        "{base}/v1/analytics/summary?from={}&to={}",
+        rfc(window.0),
+        rfc(window.1)
+    );
+    let (_, stale) = get(http, &url, analyst).await;
+    let failed_volume = |v: &Value| -> i64 {
+        v["by_status"]["failed"]["volume"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|x| x.as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(failed_volume(&stale), failed_volume(&got), "{stale}");
+    sqlx::query(
+        "INSERT INTO payment_status_history (payment_id, to_status, source) VALUES ($1, 'failed', 'operator')",
+    )
+    .bind(id)
+    .execute(primary)
+    .await
+    .unwrap();
+    refreshed(primary).await;
+    caught_up(primary, replica).await;
+    let fresh = check_summary(http, base, analyst, primary, window).await;
+    assert_eq!(
+        failed_volume(&fresh),
+        failed_volume(&got) + 1,
+        "payment {id} now {amount}"
+    );
+}
+
 /// One incremental refresh, which must have taken the lock (nothing else refreshes here).
 async fn refreshed(primary: &PgPool) -> paystream_analytics::refresh::Refreshed {
     paystream_analytics::refresh::refresh(&primary.clone().into(), false)
@@ -554,7 +676,7 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
         .await
         .unwrap();
     let t0: DateTime<Utc> = "2026-03-01T00:00:00Z".parse().unwrap();
-    seed(&primary, t0).await;
+    seed(&primary, t0, (1, 3000), chrono::Duration::seconds(61)).await;
     // Refunds of every seeded payment but those in hours 33-34, refunded after the first
     // refresh.
     seed_refunds(&primary, 1, 1999).await;
@@ -800,6 +922,8 @@ async fn analytics_match_the_primary_bound_their_lag_and_outlive_the_primary() {
         "day",
     )
     .await;
+
+    the_hour_in_progress(&http, &base, &analyst, &primary, &replica).await;
 
     // Freshness: the replica's replay time, and the rollups' refresh when older.
     let replayed: DateTime<Utc> = whole["replica_replayed_at"]

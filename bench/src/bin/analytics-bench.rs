@@ -1,8 +1,11 @@
 //! Analytics at 10 million payments: refresh costs, query times through the replicas
 //! against the naive GROUP BY over the raw rows (the baseline, same run), and the query
-//! plans, checked: no answer may scan the payments table.
+//! plans, checked: no answer may scan the payments table. Then the hour in progress of a
+//! busy stack: its finished minutes read from the minute rollups, against the same hour
+//! read from the rows (as before they existed), in the same run.
 //!
 //!   analytics-bench <admin url of the primary> [payments, default 10000000] [runs, default 5]
+//!                   [payments this hour, default 400000]
 //!
 //! It works in its own database (`paystream_analytics_bench`),
 //! filled once and kept, and reads a replica on `REPLICA_PORT` (default 6432, the stack's
@@ -13,17 +16,22 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use paystream_analytics::{Bucket, Guard, Metric, OnLag, Window};
 use paystream_bench::db;
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 const DB: &str = "paystream_analytics_bench";
 const DAYS: i64 = 30;
 
-/// Payments spread evenly over the last `DAYS` days (UTC midnight to midnight), shaped like
-/// production: time-ordered ids, three currencies, every status and resolution source.
-async fn fill(primary: &PgPool, n: i64, start: DateTime<Utc>) -> anyhow::Result<()> {
+/// Payments spread evenly over `span` from `start`, shaped like production: time-ordered
+/// ids, three currencies, every status and resolution source.
+async fn fill(
+    primary: &PgPool,
+    n: i64,
+    start: DateTime<Utc>,
+    span: chrono::Duration,
+) -> anyhow::Result<()> {
     paystream_db::MIGRATOR.run(primary).await?;
     let have: i64 = sqlx::query_scalar("SELECT count(*) FROM payments")
         .fetch_one(primary)
@@ -31,7 +39,7 @@ async fn fill(primary: &PgPool, n: i64, start: DateTime<Utc>) -> anyhow::Result<
     if have >= n {
         return Ok(());
     }
-    let step_us = DAYS * 86_400_000_000 / n;
+    let step_us = span.num_microseconds().context("span")? / n;
     let chunk = 1_000_000;
     let mut from = have + 1;
     while from <= n {
@@ -133,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         .context("usage: analytics-bench ADMIN_URL [N] [RUNS]")?;
     let n: i64 = args.get(2).map_or(Ok(10_000_000), |s| s.parse())?;
     let runs: usize = args.get(3).map_or(Ok(5), |s| s.parse())?;
+    let busy: i64 = args.get(4).map_or(Ok(400_000), |s| s.parse())?;
 
     let primary = db::primary(admin, DB).await?;
     // The data's days are fixed once filled: read them back rather than from the clock.
@@ -141,7 +150,13 @@ async fn main() -> anyhow::Result<()> {
         .and_hms_opt(0, 0, 0)
         .context("midnight")?
         .and_utc();
-    fill(&primary, n, today - chrono::Duration::days(DAYS)).await?;
+    fill(
+        &primary,
+        n,
+        today - chrono::Duration::days(DAYS),
+        chrono::Duration::days(DAYS),
+    )
+    .await?;
     let (first, last): (DateTime<Utc>, DateTime<Utc>) =
         sqlx::query_as("SELECT min(created_at), max(created_at) FROM payments")
             .fetch_one(&primary)
@@ -262,13 +277,23 @@ async fn main() -> anyhow::Result<()> {
     // The plans, on the replica, with the 30-day window's parameters.
     let w = Window::new(windows[0].1, windows[0].2, None)?;
     // As right after a refresh: every whole hour of the window is in the rollups.
-    let (a, b) = w.split(Some(chrono::Utc::now()));
+    let split = w.split(Some(chrono::Utc::now()), true);
     println!("\nplans (30-day window):");
     let mut violations = Vec::new();
     for (name, sql) in paystream_analytics::query::sql_for_explain() {
         let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}");
         let row = client
-            .query_one(&explain, &[&w.from, &a, &b, &w.to, &None::<String>])
+            .query_one(
+                &explain,
+                &[
+                    &w.from,
+                    &split.start,
+                    &split.hours_end,
+                    &w.to,
+                    &None::<String>,
+                    &split.minutes_end,
+                ],
+            )
             .await?;
         let json: serde_json::Value = row.get(0);
         let mut nodes = Vec::new();
@@ -285,5 +310,139 @@ async fn main() -> anyhow::Result<()> {
         bail!("analytics plans scan the payments table: {violations:?}");
     }
     println!("  no plan scans the payments table");
-    Ok(())
+    drop(client);
+    busy_hour(admin, busy, runs).await
+}
+
+/// The hour in progress on a busy stack: `n` payments made so far this hour, in a database
+/// of their own (dropped after), as after `make test` and `make bench` (409,000 in one
+/// hour). The summaries of the last hour and of 30 days, read with the hour's finished
+/// minutes from the minute rollups, against the same windows with the hour read from
+/// the rows, as before those rollups existed. Both must give the same answer.
+async fn busy_hour(admin: &str, n: i64, runs: usize) -> anyhow::Result<()> {
+    const BUSY: &str = "paystream_analytics_busy";
+    let drop_db = || async {
+        let mut conn =
+            sqlx::PgConnection::connect_with(&paystream_db::tls::connect_options(admin)?).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {BUSY} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await?;
+        anyhow::Ok(())
+    };
+    drop_db().await?;
+    let hour = |t: DateTime<Utc>| t.duration_trunc(chrono::Duration::hours(1));
+    // Finished minutes to read: at least two.
+    let start = hour(Utc::now())?;
+    if Utc::now() - start < chrono::Duration::minutes(2) {
+        tokio::time::sleep((start + chrono::Duration::minutes(2) - Utc::now()).to_std()?).await;
+    }
+    let primary = db::primary(admin, BUSY).await?;
+    fill(&primary, n, start, Utc::now() - start).await?;
+    let refresh = |full| {
+        let primary: paystream_db::Primary = primary.clone().into();
+        async move {
+            let t = Instant::now();
+            let r = paystream_analytics::refresh::refresh(&primary, full)
+                .await?
+                .context("another refresh holds the lock")?;
+            anyhow::Ok((r, t.elapsed()))
+        }
+    };
+    let (full, full_took) = refresh(true).await?;
+    // A minute of a busy hour's late resolutions, each with its history row.
+    sqlx::query(
+        "WITH changed AS (
+            UPDATE payments SET status = 'succeeded', resolution_source = 'poll',
+                   resolved_at = now(), updated_at = now(), version = version + 1
+             WHERE id IN (SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at DESC LIMIT $1)
+             RETURNING id
+         )
+         INSERT INTO payment_status_history (payment_id, from_status, to_status, source)
+         SELECT id, 'pending', 'succeeded', 'poll' FROM changed",
+    )
+    .bind(n / 60)
+    .execute(&primary)
+    .await?;
+    let (inc, inc_took) = refresh(false).await?;
+
+    let replica_url = db::url(admin, BUSY, Some(db::replica_port()?))?;
+    let answers = paystream_db::Replica::new(&replica_url, 1)?;
+    let (pg, tls) = paystream_db::tls::tokio_postgres_config(&replica_url)?;
+    let replica = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(pg, tls))
+        .max_size(1)
+        .build()?;
+    caught_up(&primary, &replica).await?;
+    drop(replica);
+    println!(
+        "\nthe hour in progress: {n} payments since {start}, read on a replica, {runs} runs each"
+    );
+    println!(
+        "rollup refresh: full ({} minutes) in {} ms; after a minute of late resolutions ({}): {} minutes in {} ms",
+        full.minutes,
+        ms(full_took),
+        n / 60,
+        inc.minutes,
+        ms(inc_took)
+    );
+    println!(
+        "\n{:<34} {:>16} {:>16} {:>8}",
+        "query", "minute rollups", "hour from rows", "speedup"
+    );
+    let now = Utc::now();
+    for (name, from) in [
+        ("1 hour", now - chrono::Duration::hours(1)),
+        ("30 days", now - chrono::Duration::days(DAYS)),
+    ] {
+        let req = paystream_db::replica::analytics::Request {
+            from,
+            to: now,
+            currency: None,
+            trunc: None,
+            resolution_times: true,
+        };
+        let w = Window::new(from, now, None)?;
+        let (mut times, mut answers_seen) = ([Vec::new(), Vec::new()], [None, None]);
+        for _ in 0..runs {
+            for (i, minutes) in [true, false].into_iter().enumerate() {
+                let t = Instant::now();
+                let a =
+                    paystream_db::replica::analytics::read::<anyhow::Error>(&answers, &req, |f| {
+                        Ok(w.split(f.rollups_refreshed_at, minutes && f.rollup_minutes))
+                    })
+                    .await?;
+                times[i].push(t.elapsed());
+                if minutes && a.split.hours_end == a.split.minutes_end {
+                    bail!("{name}: the minute rollups were not read ({:?})", a.split);
+                }
+                answers_seen[i] = Some(comparable(a));
+            }
+        }
+        if answers_seen[0] != answers_seen[1] {
+            bail!("{name}: the minute rollups and the rows disagree");
+        }
+        let [with, without] = times.map(median);
+        println!(
+            "{:<34} {:>16} {:>16} {:>7.0}x",
+            format!("summary, {name}"),
+            ms(with),
+            ms(without),
+            without.as_secs_f64() / with.as_secs_f64()
+        );
+    }
+    primary.close().await;
+    drop(answers);
+    drop_db().await
+}
+
+/// An answer's figures in a fixed order (rows come in no particular one).
+fn comparable(a: paystream_db::replica::analytics::Answer) -> Vec<String> {
+    let mut out: Vec<String> = a
+        .groups
+        .iter()
+        .map(|g| format!("{g:?}"))
+        .chain(a.money.iter().map(|m| format!("{m:?}")))
+        .chain(a.resolution_ms.iter().map(|r| format!("{r:?}")))
+        .collect();
+    out.sort();
+    out
 }

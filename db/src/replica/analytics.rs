@@ -1,6 +1,7 @@
-//! The analytics reads: rollups for whole hours, raw rows for a window's partial edges,
-//! all in one repeatable-read snapshot so that the freshness reported, the rollups and
-//! the raw edges agree.
+//! The analytics reads: rollups for whole hours and for the finished minutes of the hour
+//! the rollups were refreshed in, raw rows for a window's partial edges, all in one
+//! repeatable-read snapshot so that the freshness reported, the rollups and the raw edges
+//! agree.
 
 use chrono::{DateTime, Utc};
 use paystream_core::PaymentStatus;
@@ -36,6 +37,37 @@ pub struct Freshness {
     pub lag_ms: Option<i64>,
     pub streaming: bool,
     pub rollups_refreshed_at: Option<DateTime<Utc>>,
+    /// That refresh also rolled up its hour's finished minutes (one of an earlier
+    /// release did not).
+    pub rollup_minutes: bool,
+}
+
+/// Which part of a window is read from where. With `from` and `to` the window's bounds,
+/// `from <= start <= hours_end <= minutes_end <= to`:
+/// - `[from, start)`: raw rows;
+/// - `[start, hours_end)`: the hourly rollups, whole hours;
+/// - `[hours_end, minutes_end)`: the minute rollups, whole minutes;
+/// - `[minutes_end, to)`: raw rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    pub start: DateTime<Utc>,
+    pub hours_end: DateTime<Utc>,
+    pub minutes_end: DateTime<Utc>,
+}
+
+impl Split {
+    /// Everything from the rows.
+    pub fn raw(to: DateTime<Utc>) -> Split {
+        Split {
+            start: to,
+            hours_end: to,
+            minutes_end: to,
+        }
+    }
+
+    pub fn uses_rollups(&self) -> bool {
+        self.start < self.minutes_end
+    }
 }
 
 /// One group of payments: bucket start (series only), currency, status, resolution source.
@@ -79,8 +111,8 @@ pub struct Request<'a> {
 
 pub struct Answer {
     pub freshness: Freshness,
-    /// The whole hours read from the rollups (`start == end`: none).
-    pub split: (DateTime<Utc>, DateTime<Utc>),
+    /// What was read from the rollups.
+    pub split: Split,
     pub groups: Vec<Group>,
     /// Succeeded payments' captured and refunded money, per bucket (series) and currency.
     pub money: Vec<MoneyGroup>,
@@ -93,7 +125,7 @@ pub struct Answer {
 pub async fn read<E: From<DbError>>(
     replica: &Replica,
     req: &Request<'_>,
-    plan: impl FnOnce(&Freshness) -> Result<(DateTime<Utc>, DateTime<Utc>), E>,
+    plan: impl FnOnce(&Freshness) -> Result<Split, E>,
 ) -> Result<Answer, E> {
     let mut client = replica.client().await?;
     let tx = client
@@ -126,6 +158,7 @@ async fn freshness(tx: &Transaction<'_>) -> Result<Freshness, DbError> {
         lag_ms: row.try_get(2)?,
         streaming: row.try_get(3)?,
         rollups_refreshed_at: row.try_get(4)?,
+        rollup_minutes: row.try_get::<_, Option<bool>>(5)?.unwrap_or(false),
     })
 }
 
@@ -133,9 +166,9 @@ async fn freshness(tx: &Transaction<'_>) -> Result<Freshness, DbError> {
 async fn totals(
     tx: &Transaction<'_>,
     req: &Request<'_>,
-    split: (DateTime<Utc>, DateTime<Utc>),
+    split: Split,
 ) -> Result<(Vec<Group>, Vec<(i64, i64)>), DbError> {
-    let params: [&(dyn ToSql + Sync); 5] = [&req.from, &split.0, &split.1, &req.to, &req.currency];
+    let params = params(req, &split);
     let groups = tx
         .query(&totals_sql(req.trunc), &params)
         .await?
@@ -170,9 +203,9 @@ async fn totals(
 async fn money(
     tx: &Transaction<'_>,
     req: &Request<'_>,
-    split: (DateTime<Utc>, DateTime<Utc>),
+    split: Split,
 ) -> Result<Vec<MoneyGroup>, DbError> {
-    let params: [&(dyn ToSql + Sync); 5] = [&req.from, &split.0, &split.1, &req.to, &req.currency];
+    let params = params(req, &split);
     tx.query(&money_sql(req.trunc), &params)
         .await?
         .iter()
@@ -199,54 +232,73 @@ SELECT pg_is_in_recovery(),
                                    - pg_last_xact_replay_timestamp()) * 1000))::bigint
        END,
        EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming'),
-       (SELECT refreshed_at FROM analytics_refresh WHERE id = 1)";
+       (SELECT refreshed_at FROM analytics_refresh WHERE id = 1),
+       (SELECT minutes_at = refreshed_at FROM analytics_refresh WHERE id = 1)";
 
-/// `$1` from, `$2`/`$3` the rollups' whole hours, `$4` to, `$5` the currency or null.
-/// Each part reads through an index range: rollups by hour, raw rows by `created_at`
-/// (index-only, the index covers every column read).
+/// The parameters of every part's SQL: `$1` from, `$2` the rollups' start, `$3` the end of
+/// their hours, `$4` to, `$5` the currency or null, `$6` the end of their minutes.
+fn params<'a>(req: &'a Request<'_>, split: &'a Split) -> [&'a (dyn ToSql + Sync); 6] {
+    [
+        &req.from,
+        &split.start,
+        &split.hours_end,
+        &req.to,
+        &req.currency,
+        &split.minutes_end,
+    ]
+}
+
+/// A bucket's start from a time column: null for a summary's one bucket.
+fn bucket(trunc: Option<Trunc>, column: &str) -> String {
+    match trunc {
+        None => "NULL::timestamptz".to_owned(),
+        Some(t) => format!("date_trunc('{}', {column}, 'UTC')", t.unit()),
+    }
+}
+
+/// Parameters as [`params`]. Each part reads through an index range: rollups by hour or
+/// minute, raw rows by `created_at` (index-only, the index covers every column read).
 fn totals_sql(trunc: Option<Trunc>) -> String {
-    let (rolled, raw) = match trunc {
-        None => (
-            "NULL::timestamptz".to_owned(),
-            "NULL::timestamptz".to_owned(),
-        ),
-        Some(t) => (
-            format!("date_trunc('{}', hour, 'UTC')", t.unit()),
-            format!("date_trunc('{}', created_at, 'UTC')", t.unit()),
-        ),
-    };
     let cur = "($5::text IS NULL OR currency = $5::text)";
+    let rolled = |table: &str, unit: &str, lo: &str, hi: &str| {
+        format!(
+            "SELECT {}, currency, status, resolution_source, payments, volume
+              FROM {table} WHERE {unit} >= {lo} AND {unit} < {hi} AND {cur}",
+            bucket(trunc, unit)
+        )
+    };
+    let raw = |lo: &str, hi: &str| {
+        format!(
+            "SELECT {}, currency, status, coalesce(resolution_source, ''), 1, amount
+              FROM payments WHERE created_at >= {lo} AND created_at < {hi} AND {cur}",
+            bucket(trunc, "created_at")
+        )
+    };
     format!(
         "SELECT start, currency, status, resolution_source, sum(payments)::bigint, sum(volume)::bigint
-         FROM (
-            SELECT {rolled} AS start, currency, status, resolution_source, payments, volume
-              FROM analytics_hourly WHERE hour >= $2 AND hour < $3 AND {cur}
-            UNION ALL
-            SELECT {raw}, currency, status, coalesce(resolution_source, ''), 1, amount
-              FROM payments WHERE created_at >= $1 AND created_at < $2 AND {cur}
-            UNION ALL
-            SELECT {raw}, currency, status, coalesce(resolution_source, ''), 1, amount
-              FROM payments WHERE created_at >= $3 AND created_at < $4 AND {cur}
-         ) parts GROUP BY 1, 2, 3, 4"
+         FROM ({} UNION ALL {} UNION ALL {} UNION ALL {}) parts (start, currency, status, resolution_source, payments, volume)
+         GROUP BY 1, 2, 3, 4",
+        rolled("analytics_hourly", "hour", "$2", "$3"),
+        rolled("analytics_minutely", "minute", "$3", "$6"),
+        raw("$1", "$2"),
+        raw("$6", "$4"),
     )
 }
 
-/// Parameters as `totals_sql`. The raw edges read succeeded payments through their
+/// Parameters as [`params`]. The raw edges read succeeded payments through their
 /// partial covering index and each one's succeeded refunds through theirs (migration
 /// 0010); captured is `amount_captured`, or the amount for payments that succeeded before
 /// it existed.
 fn money_sql(trunc: Option<Trunc>) -> String {
-    let (rolled, raw) = match trunc {
-        None => (
-            "NULL::timestamptz".to_owned(),
-            "NULL::timestamptz".to_owned(),
-        ),
-        Some(t) => (
-            format!("date_trunc('{}', hour, 'UTC')", t.unit()),
-            format!("date_trunc('{}', p.created_at, 'UTC')", t.unit()),
-        ),
-    };
     let cur = "($5::text IS NULL OR currency = $5::text)";
+    let rolled = |table: &str, unit: &str, lo: &str, hi: &str| {
+        format!(
+            "SELECT {}, currency, payments, captured, refunded_payments, refunds, refunded
+              FROM {table} WHERE {unit} >= {lo} AND {unit} < {hi} AND {cur}",
+            bucket(trunc, unit)
+        )
+    };
+    let raw = bucket(trunc, "p.created_at");
     let raw_part = |lo: &str, hi: &str| {
         format!(
             "SELECT {raw}, p.currency, 1::bigint, coalesce(p.amount_captured, p.amount),
@@ -263,16 +315,13 @@ fn money_sql(trunc: Option<Trunc>) -> String {
     format!(
         "SELECT start, currency, sum(payments)::bigint, sum(captured)::bigint,
                 sum(refunded_payments)::bigint, sum(refunds)::bigint, sum(refunded)::bigint
-         FROM (
-            SELECT {rolled} AS start, currency, payments, captured, refunded_payments, refunds, refunded
-              FROM analytics_money_hourly WHERE hour >= $2 AND hour < $3 AND {cur}
-            UNION ALL
-            {}
-            UNION ALL
-            {}
-         ) parts GROUP BY 1, 2",
+         FROM ({} UNION ALL {} UNION ALL {} UNION ALL {})
+              parts (start, currency, payments, captured, refunded_payments, refunds, refunded)
+         GROUP BY 1, 2",
+        rolled("analytics_money_hourly", "hour", "$2", "$3"),
+        rolled("analytics_money_minutely", "minute", "$3", "$6"),
         raw_part("$1", "$2"),
-        raw_part("$3", "$4"),
+        raw_part("$6", "$4"),
     )
 }
 
@@ -297,13 +346,16 @@ SELECT lo_ms, sum(payments)::bigint FROM (
      WHERE hour >= (SELECT greatest(first, last) FROM analytics_whole_days($2, $3)) AND hour < $3
        AND ($5::text IS NULL OR currency = $5::text)
     UNION ALL
+    SELECT lo_ms, payments FROM analytics_resolution_minutely
+     WHERE minute >= $3 AND minute < $6 AND ($5::text IS NULL OR currency = $5::text)
+    UNION ALL
     SELECT analytics_ms_bucket(ms), 1 FROM (
         SELECT analytics_resolution_ms(created_at, resolved_at) FROM payments
          WHERE created_at >= $1 AND created_at < $2 AND resolved_at IS NOT NULL
            AND ($5::text IS NULL OR currency = $5::text)
         UNION ALL
         SELECT analytics_resolution_ms(created_at, resolved_at) FROM payments
-         WHERE created_at >= $3 AND created_at < $4 AND resolved_at IS NOT NULL
+         WHERE created_at >= $6 AND created_at < $4 AND resolved_at IS NOT NULL
            AND ($5::text IS NULL OR currency = $5::text)
         OFFSET 0
     ) raw_edges (ms)
