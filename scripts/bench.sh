@@ -18,6 +18,10 @@ set +a
 "$bin/paystream-bench" "$@"
 if [ "${1:-}" = --quick ]; then exit 0; fi
 
+log "a pooled statement: released without a ping (third_party/sqlx-core), then with sqlx's ping"
+"$bin/pool-bench"
+PAYSTREAM_SQLX_PING_ON_RELEASE=1 "$bin/pool-bench"
+
 log "reconciler throughput: 1,000,000 changes (the first run fills the topic)"
 "$bin/throughput-bench" "$KAFKA_BROKERS" 1000000 3 20
 

@@ -140,7 +140,8 @@ const PING_IDLE_OVER: Duration = Duration::from_secs(1);
 /// sqlx pings every connection on acquire by default: a round trip before each
 /// statement of a busy service. Only a connection idle long enough to have been dropped
 /// unnoticed (a primary restart) is checked here. A busy one that broke fails its
-/// statement, and sqlx's ping on release closes it.
+/// statement, and its release closes it: the release reads the answers the connection
+/// still owes, and sqlx's ping there is patched out (third_party/sqlx-core).
 fn pool_options(max_connections: u32, acquire_timeout: Duration) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)

@@ -600,3 +600,101 @@ async fn active_key_hashes_are_the_newest_unrevoked_keys() {
         "a limit keeps the newest: two keys were made after this one"
     );
 }
+
+/// One connection, pooled as the services pool theirs (no ping before acquire), so that
+/// every statement below runs on the connection the one before released.
+async fn one_connection(stack: &Stack) -> PgPool {
+    let options = paystream_db::tls::connect_options(stack.var("DATABASE_URL")).unwrap();
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+async fn backend(pool: &PgPool) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The patched release (third_party/sqlx-core) flushes instead of pinging; what the ping
+/// did still happens. A transaction dropped uncommitted is rolled back, and a statement
+/// dropped mid-way is drained, before the connection serves anyone else.
+#[tokio::test]
+async fn a_released_connection_is_rolled_back_and_drained_before_its_next_use() {
+    let stack = Stack::get();
+    let pool = one_connection(stack).await;
+    let pid = backend(&pool).await;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("CREATE TEMPORARY TABLE dropped_uncommitted (x int)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    drop(tx);
+    let (same, in_tx, table): (i32, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT pg_backend_pid(), pg_current_xact_id_if_assigned()::text,
+                to_regclass('pg_temp.dropped_uncommitted')::text",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((same, in_tx, table), (pid, None, None));
+
+    // Dropped while PostgreSQL is still working on it: its answer must not reach the next
+    // statement on that connection.
+    let slow = tokio::time::timeout(
+        Duration::from_millis(100),
+        sqlx::query_scalar::<_, i32>("SELECT 7 FROM pg_sleep(0.6)").fetch_one(&pool),
+    )
+    .await;
+    assert!(slow.is_err(), "the slow statement should have been dropped");
+    let (same, answer): (i32, i32) = sqlx::query_as("SELECT pg_backend_pid(), 42")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((same, answer), (pid, 42));
+}
+
+/// A connection whose backend dies mid-statement is closed on release, not handed out
+/// again: the next statement runs on a new connection.
+#[tokio::test]
+async fn a_connection_broken_mid_statement_is_not_handed_out_again() {
+    let stack = Stack::get();
+    let admin = stack.pool("DATABASE_ADMIN_URL").await;
+    let pool = one_connection(stack).await;
+    let pid = backend(&pool).await;
+    let sleeping = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            sqlx::query("SELECT pg_sleep(30)")
+                .execute(&pool)
+                .await
+                .map(|_| ())
+        })
+    };
+    let mut terminated = false;
+    for _ in 0..100 {
+        terminated = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE pid = $1 AND query LIKE 'SELECT pg_sleep(30)%'",
+        )
+        .bind(pid)
+        .fetch_optional(&admin)
+        .await
+        .unwrap()
+        .unwrap_or(false);
+        if terminated {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(terminated, "backend {pid} never ran the sleep");
+    let failed = sleeping.await.unwrap();
+    assert!(failed.is_err(), "the statement's backend was terminated");
+    let next = backend(&pool).await;
+    assert_ne!(next, pid, "the broken connection was handed out again");
+}
