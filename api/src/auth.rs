@@ -7,8 +7,9 @@
 //! revoked key is refused as soon as its instance hears of the revocation (milliseconds),
 //! and never later than `REMEMBER_FOR`.
 //!
-//! Keys that checked out recently, and the active keys the database held when the
-//! instance started (`keys::active_hashes`), go straight to that lookup; any other key
+//! Keys that checked out recently, the active keys the database held when the instance
+//! started (`keys::active_hashes`) and those it announced as added since (migration
+//! 0019) go straight to that lookup; any other key
 //! waits for one of a few lookup permits. A flood of random bearer tokens thus holds
 //! at most `UNKNOWN_LOOKUPS` connections of the pool and answers 429 beyond that, while
 //! genuine clients keep their lane (I5 in docs/invariants.md). Concurrent requests with
@@ -65,13 +66,15 @@ impl Remembered {
     }
 
     fn forget(&mut self, change: &KeyChange) {
-        self.epoch += 1;
         match change {
             KeyChange::Key(hash) => {
                 self.keys.remove(hash);
             }
             KeyChange::All => self.keys.clear(),
+            // Nothing remembered can be wrong about a key that did not exist.
+            KeyChange::Added(_) => return,
         }
+        self.epoch += 1;
     }
 
     fn remember(&mut self, hash: Vec<u8>, p: Principal, since_epoch: u64, now: Instant) {
@@ -193,6 +196,7 @@ impl KeyGate {
                             next = changes.next() => next,
                         };
                         match next {
+                            Ok(Some(KeyChange::Added(hash))) => self.learn([hash]),
                             Ok(Some(change)) => self.remembered().forget(&change),
                             Ok(None) => {
                                 tracing::warn!(
@@ -219,7 +223,8 @@ impl KeyGate {
         }
     }
 
-    /// Puts `hashes` (keys the database holds as active, oldest first) in the fast lane:
+    /// Puts `hashes` (keys the database holds: the active ones at start, oldest first, and
+    /// each one it announces as added) in the fast lane:
     /// their first check is still a lookup, but it does not queue for the few permits
     /// kept for strangers. A restarted instance would otherwise take every client's first
     /// request for a stranger's and answer a busy minute's burst with 429s.
@@ -228,6 +233,12 @@ impl KeyGate {
         for hash in hashes {
             known.insert(hash);
         }
+    }
+
+    /// Whether `key`'s first lookup skips the strangers' line: the database held it as
+    /// active when this instance started, or announced it since.
+    pub fn expects(&self, key: &str) -> bool {
+        self.known().set.contains(&keys::hash(key))
     }
 
     /// Whether the gate hears key changes now, and so remembers keys.

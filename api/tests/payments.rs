@@ -334,7 +334,27 @@ async fn keys_are_required_and_clients_only_see_their_own_payments() {
         StatusCode::UNAUTHORIZED
     );
 
+    // Once subscribed, the instance has loaded the keys active at its start: only the
+    // database's announcement can teach it a key made now.
+    let subscribed_by = std::time::Instant::now() + Duration::from_secs(10);
+    while !app.gate.is_subscribed() {
+        assert!(
+            std::time::Instant::now() < subscribed_by,
+            "never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let (other_id, other) = app.new_key("other", Role::Client).await;
+    // The database announces a new key: its first lookup skips the strangers' line. A
+    // bound, not a measurement: milliseconds on any machine.
+    let heard_by = std::time::Instant::now() + Duration::from_secs(2);
+    while !app.gate.expects(&other) {
+        assert!(
+            std::time::Instant::now() < heard_by,
+            "the new key was never announced"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let res = app.get_as(&path, Some(&other)).await;
     assert_eq!(
         res.status(),

@@ -192,10 +192,18 @@ pub enum KeyChange {
     Key(Vec<u8>),
     /// A client changed, or keys went in bulk: no key checked before may be trusted.
     All,
+    /// This key (by its hash) was added: nothing checked before changes, and its first
+    /// lookup need not queue with strangers' keys.
+    Added(Vec<u8>),
 }
 
 impl KeyChange {
     fn parse(payload: &str) -> KeyChange {
+        if let Some(hash) = payload.strip_prefix("added:").and_then(decode_hex)
+            && !hash.is_empty()
+        {
+            return KeyChange::Added(hash);
+        }
         match decode_hex(payload) {
             Some(hash) if !hash.is_empty() => KeyChange::Key(hash),
             _ => KeyChange::All,
@@ -259,8 +267,13 @@ mod tests {
     fn a_change_names_its_key_or_every_key() {
         let h = hash("psk_client_x");
         let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(KeyChange::parse(&hex), KeyChange::Key(h));
-        for all in ["", "abc", "zz", "0g"] {
+        assert_eq!(KeyChange::parse(&hex), KeyChange::Key(h.clone()));
+        assert_eq!(
+            KeyChange::parse(&format!("added:{hex}")),
+            KeyChange::Added(h)
+        );
+        // Anything else is read as the safe side: forget every key.
+        for all in ["", "abc", "zz", "0g", "added:", "added:zz", "removed:00"] {
             assert_eq!(KeyChange::parse(all), KeyChange::All, "{all:?}");
         }
     }
