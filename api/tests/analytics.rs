@@ -257,13 +257,10 @@ fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-async fn check_summary(
-    http: &reqwest::Client,
+fn summary_url(
     base: &str,
-    key: &str,
-    primary: &PgPool,
     (from, to, currency): (DateTime<Utc>, DateTime<Utc>, Option<&str>),
-) -> Value {
+) -> String {
     let mut url = format!(
         "{base}/v1/analytics/summary?from={}&to={}",
         rfc(from).replace('+', "%2B"),
@@ -272,7 +269,17 @@ async fn check_summary(
     if let Some(c) = currency {
         url.push_str(&format!("&currency={c}"));
     }
-    let (status, got) = get(http, &url, key).await;
+    url
+}
+
+async fn check_summary(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    primary: &PgPool,
+    (from, to, currency): (DateTime<Utc>, DateTime<Utc>, Option<&str>),
+) -> Value {
+    let (status, got) = get(http, &summary_url(base, (from, to, currency)), key).await;
     assert_eq!(status, StatusCode::OK, "{got}");
     let want = expected_summary(primary, from, to, currency).await;
     assert_eq!(
@@ -548,12 +555,7 @@ async fn the_hour_in_progress(
     .await
     .unwrap();
     caught_up(primary, replica).await;
-    let url = format!(
-        "{base}/v1/analytics/summary?from={}&to={}",
-        rfc(window.0),
-        rfc(window.1)
-    );
-    let (_, stale) = get(http, &url, analyst).await;
+    let (_, stale) = get(http, &summary_url(base, window), analyst).await;
     let failed_volume = |v: &Value| -> i64 {
         v["by_status"]["failed"]["volume"]
             .as_object()

@@ -162,41 +162,14 @@ async fn main() -> anyhow::Result<()> {
             .fetch_one(&primary)
             .await?;
 
-    let started = Instant::now();
-    let full = paystream_analytics::refresh::refresh(&primary.clone().into(), true)
-        .await?
-        .context("another refresh holds the lock")?;
-    let full_took = started.elapsed();
-    // A realistic increment: 1,000 late resolutions spread over the last day, each with
-    // its history row as the app writes it (the refresh finds changes through them).
-    sqlx::query(
-        "WITH changed AS (
-            UPDATE payments SET status = 'succeeded', resolution_source = 'poll',
-                   resolved_at = created_at + interval '10 minutes', updated_at = now(),
-                   version = version + 1
-             WHERE id IN (SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at DESC LIMIT 1000)
-             RETURNING id
-         )
-         INSERT INTO payment_status_history (payment_id, from_status, to_status, source)
-         SELECT id, 'pending', 'succeeded', 'poll' FROM changed",
-    )
-    .execute(&primary)
-    .await?;
-    let started = Instant::now();
-    let inc = paystream_analytics::refresh::refresh(&primary.clone().into(), false)
-        .await?
-        .context("another refresh holds the lock")?;
-    let inc_took = started.elapsed();
+    let (full, full_took) = timed_refresh(&primary, true).await?;
+    // A realistic increment: 1,000 late resolutions spread over the last day.
+    resolve_late(&primary, 1000, "created_at + interval '10 minutes'").await?;
+    let (inc, inc_took) = timed_refresh(&primary, false).await?;
 
-    let replica_url = db::url(admin, DB, Some(db::replica_port()?))?;
     // The answers go through the project's replica reads; the naive baseline and the
     // plans through a connection of their own.
-    let answers = paystream_db::Replica::new(&replica_url, 1)?;
-    let (pg, tls) = paystream_db::tls::tokio_postgres_config(&replica_url)?;
-    let replica = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(pg, tls))
-        // One connection for the answers, one for the naive baseline and the plans.
-        .max_size(2)
-        .build()?;
+    let (answers, replica) = replica_pools(admin, DB)?;
     caught_up(&primary, &replica).await?;
     let guard = Guard {
         max_lag: Duration::from_secs(3600),
@@ -338,39 +311,12 @@ async fn busy_hour(admin: &str, n: i64, runs: usize) -> anyhow::Result<()> {
     }
     let primary = db::primary(admin, BUSY).await?;
     fill(&primary, n, start, Utc::now() - start).await?;
-    let refresh = |full| {
-        let primary: paystream_db::Primary = primary.clone().into();
-        async move {
-            let t = Instant::now();
-            let r = paystream_analytics::refresh::refresh(&primary, full)
-                .await?
-                .context("another refresh holds the lock")?;
-            anyhow::Ok((r, t.elapsed()))
-        }
-    };
-    let (full, full_took) = refresh(true).await?;
-    // A minute of a busy hour's late resolutions, each with its history row.
-    sqlx::query(
-        "WITH changed AS (
-            UPDATE payments SET status = 'succeeded', resolution_source = 'poll',
-                   resolved_at = now(), updated_at = now(), version = version + 1
-             WHERE id IN (SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at DESC LIMIT $1)
-             RETURNING id
-         )
-         INSERT INTO payment_status_history (payment_id, from_status, to_status, source)
-         SELECT id, 'pending', 'succeeded', 'poll' FROM changed",
-    )
-    .bind(n / 60)
-    .execute(&primary)
-    .await?;
-    let (inc, inc_took) = refresh(false).await?;
+    let (full, full_took) = timed_refresh(&primary, true).await?;
+    // A minute of a busy hour's late resolutions.
+    resolve_late(&primary, n / 60, "now()").await?;
+    let (inc, inc_took) = timed_refresh(&primary, false).await?;
 
-    let replica_url = db::url(admin, BUSY, Some(db::replica_port()?))?;
-    let answers = paystream_db::Replica::new(&replica_url, 1)?;
-    let (pg, tls) = paystream_db::tls::tokio_postgres_config(&replica_url)?;
-    let replica = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(pg, tls))
-        .max_size(1)
-        .build()?;
+    let (answers, replica) = replica_pools(admin, BUSY)?;
     caught_up(&primary, &replica).await?;
     drop(replica);
     println!(
@@ -432,6 +378,52 @@ async fn busy_hour(admin: &str, n: i64, runs: usize) -> anyhow::Result<()> {
     primary.close().await;
     drop(answers);
     drop_db().await
+}
+
+/// One refresh of the rollups, timed.
+async fn timed_refresh(
+    primary: &PgPool,
+    full: bool,
+) -> anyhow::Result<(paystream_analytics::refresh::Refreshed, Duration)> {
+    let started = Instant::now();
+    let r = paystream_analytics::refresh::refresh(&primary.clone().into(), full)
+        .await?
+        .context("another refresh holds the lock")?;
+    Ok((r, started.elapsed()))
+}
+
+/// The newest `limit` pending payments succeed (resolved at `resolved_at`, an SQL
+/// expression), each with its history row as the app writes it: the refresh finds
+/// changes through them.
+async fn resolve_late(primary: &PgPool, limit: i64, resolved_at: &str) -> anyhow::Result<()> {
+    sqlx::query(&format!(
+        "WITH changed AS (
+            UPDATE payments SET status = 'succeeded', resolution_source = 'poll',
+                   resolved_at = {resolved_at}, updated_at = now(), version = version + 1
+             WHERE id IN (SELECT id FROM payments WHERE status = 'pending' ORDER BY created_at DESC LIMIT $1)
+             RETURNING id
+         )
+         INSERT INTO payment_status_history (payment_id, from_status, to_status, source)
+         SELECT id, 'pending', 'succeeded', 'poll' FROM changed"
+    ))
+    .bind(limit)
+    .execute(primary)
+    .await?;
+    Ok(())
+}
+
+/// `db` on the replica: through the project's replica reads (one connection, for the
+/// answers), and a pool of its own (two connections: the naive baseline and the plans).
+fn replica_pools(
+    admin: &str,
+    db: &str,
+) -> anyhow::Result<(paystream_db::Replica, deadpool_postgres::Pool)> {
+    let url = db::url(admin, db, Some(db::replica_port()?))?;
+    let (pg, tls) = paystream_db::tls::tokio_postgres_config(&url)?;
+    let pool = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(pg, tls))
+        .max_size(2)
+        .build()?;
+    Ok((paystream_db::Replica::new(&url, 1)?, pool))
 }
 
 /// An answer's figures in a fixed order (rows come in no particular one).
