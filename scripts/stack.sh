@@ -127,8 +127,11 @@ start_service() {
     if port_open "$port"; then die "$name: port $port is taken by a process this stack did not start"; fi
     if [ "$name" = stripe-sim ]; then
         # Keys come from the environment (STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET), not argv.
+        # The endpoint is subscribed to what the receiver reads, as a production one is.
+        local events
+        events=$("$(service_bin webhook)" enabled-events | paste -sd,) || die "paystream-webhook enabled-events failed"
         start_bg "$name" "$ROOT" "$bin" --addr "127.0.0.1:$port" ${STRIPE_SIM_SEED:+--seed "$STRIPE_SIM_SEED"} \
-            --webhook-url "http://127.0.0.1:$NGINX_HTTP_PORT/webhook/stripe"
+            --webhook-url "http://127.0.0.1:$NGINX_HTTP_PORT/webhook/stripe" --enabled-events "$events"
     else
         # Secrets through the environment of a subshell, never argv (which `ps` shows).
         (

@@ -90,16 +90,20 @@ impl Sim {
         self.inner.idem.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a webhook endpoint for every event type, with a known secret if given.
+    /// Registers a webhook endpoint for `events` (as Stripe's `enabled_events`), with a
+    /// known secret if given.
     pub fn add_endpoint(
         &self,
         url: &str,
         secret: Option<String>,
+        events: &[String],
     ) -> Result<serde_json::Value, error::StripeError> {
-        let form = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("url", url)
-            .append_pair("enabled_events[]", "*")
-            .finish();
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.append_pair("url", url);
+        for kind in events {
+            form.append_pair("enabled_events[]", kind);
+        }
+        let form = form.finish();
         let ctx = state::Ctx {
             now_ms: self.inner.clock.now_ms(),
             ..state::Ctx::default()

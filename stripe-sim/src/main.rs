@@ -39,6 +39,10 @@ struct Args {
     webhook_url: Option<String>,
     #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+    /// The event types that endpoint is subscribed to, comma-separated (Stripe's
+    /// `enabled_events`: types, prefixes such as `refund.*`, or `*`).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    enabled_events: Vec<String>,
 }
 
 #[tokio::main]
@@ -68,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
         world,
     });
     if let Some(url) = &args.webhook_url {
-        sim.add_endpoint(url, args.webhook_secret.clone())
+        sim.add_endpoint(url, args.webhook_secret.clone(), &args.enabled_events)
             .map_err(|e| anyhow::anyhow!(e.message))?;
     }
     let listener = tokio::net::TcpListener::bind(args.addr).await?;

@@ -88,7 +88,10 @@ impl SimWorld {
         self.control(
             reqwest::Method::POST,
             "/_sim/webhook_endpoints",
-            &json!({"url": url, "secret": secret}),
+            // Subscribed as a production endpoint is: the tests that converge through
+            // webhooks and the catch-up also prove the list misses no event they need.
+            &json!({"url": url, "secret": secret,
+                    "enabled_events": paystream_core::gateway::WEBHOOK_EVENTS}),
         )
         .await;
     }

@@ -321,6 +321,12 @@ fn ports_listeners_mounts_and_the_build_context_agree() {
             }
         }
     }
+    // stripe-sim's endpoint is subscribed to what the receiver reads, as the stack's is.
+    let sim = services["stripe-sim"]["command"].to_string();
+    assert!(
+        sim.contains("--enabled-events") && sim.contains("paystream-webhook enabled-events"),
+        "stripe-sim's command: {sim}"
+    );
     // nginx: the official image has the stream module compiled in; nothing may load it.
     let conf = std::fs::read_to_string(root().join("nginx/nginx.conf")).unwrap();
     assert!(

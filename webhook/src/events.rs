@@ -386,6 +386,39 @@ mod tests {
         }
     }
 
+    /// The endpoint's subscription and the reader agree: every subscribed type, carrying
+    /// the object Stripe sends with it, is read and may change a row of ours, and
+    /// `payment_intent.created`, the one such type left out, is not subscribed.
+    #[test]
+    fn every_subscribed_event_type_is_one_the_receiver_acts_on() {
+        use paystream_core::gateway::WEBHOOK_EVENTS;
+        let pid = paystream_core::PaymentId::generate().to_string();
+        let rid = paystream_core::RefundId::generate().to_string();
+        for kind in WEBHOOK_EVENTS {
+            let object = if kind.starts_with("payment_intent.") {
+                json!({"object": "payment_intent", "id": "pi_1", "status": "processing",
+                       "metadata": {"payment_id": pid}})
+            } else {
+                json!({"object": "refund", "id": "re_1", "status": "pending",
+                       "metadata": {"refund_id": rid}})
+            };
+            let event = json!({"id": "evt_1", "type": kind, "data": {"object": object}});
+            assert_eq!(
+                ignored_by_type(event.to_string().as_bytes()),
+                None,
+                "{kind}"
+            );
+            let reading = read(&event);
+            assert!(reading.is_some(), "{kind} is read");
+            assert!(can_change_anything(&event, reading.as_ref()), "{kind}");
+        }
+        assert!(!WEBHOOK_EVENTS.contains(&CREATED));
+        let mut created = created_event(&pid);
+        assert!(!can_change_anything(&created, read(&created).as_ref()));
+        created["type"] = json!("payment_intent.processing");
+        assert!(can_change_anything(&created, read(&created).as_ref()));
+    }
+
     #[test]
     fn reads_payment_intent_events_leniently() {
         let pid = paystream_core::PaymentId::generate();

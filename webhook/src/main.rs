@@ -1,5 +1,8 @@
 //! Webhook receiver server. Settings: `APP_*` variables, e.g. `APP_WEBHOOK__SECRETS`
 //! (comma-separated), `APP_STRIPE__API_BASE`, `APP_STRIPE__SECRET_KEY`.
+//!
+//! `paystream-webhook enabled-events` prints the event types its Stripe endpoint must be
+//! subscribed to, one a line, and exits.
 
 use std::time::Duration;
 
@@ -10,6 +13,14 @@ use paystream_webhook::{AppState, router, unmatched_loop};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("enabled-events") {
+        // A command's output, not a log line: to stdout, for scripts to read.
+        let mut out = std::io::stdout().lock();
+        for kind in paystream_core::gateway::WEBHOOK_EVENTS {
+            std::io::Write::write_all(&mut out, format!("{kind}\n").as_bytes())?;
+        }
+        return Ok(());
+    }
     let cfg: WebhookConfig = load_config()?;
     let service = Service::start(
         "webhook",
