@@ -13,6 +13,7 @@
     clippy::cast_precision_loss
 )]
 
+mod lag;
 mod load;
 mod metrics;
 mod pgbench;

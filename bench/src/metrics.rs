@@ -137,6 +137,19 @@ fn cdc_buckets(text: &str) -> Vec<(f64, u64)> {
         .collect()
 }
 
+/// The reconciler's consumer lag on the CDC topic (messages, summed over partitions) and
+/// its CDC latency histogram, from one reading.
+pub async fn reconciler_lag(
+    http: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<(f64, Vec<(f64, u64)>)> {
+    let text = metrics(http, base).await?;
+    Ok((
+        sum_series(&text, "reconciler_consumer_lag{"),
+        cdc_buckets(&text),
+    ))
+}
+
 /// Waits until the reconciler has consumed everything on the CDC topic (its lag metric,
 /// summed over partitions, reads 0); returns how long that took.
 pub async fn drained(http: &reqwest::Client, base: &str) -> anyhow::Result<Duration> {
@@ -149,6 +162,14 @@ pub async fn drained(http: &reqwest::Client, base: &str) -> anyhow::Result<Durat
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     anyhow::bail!("the reconciler did not catch up with the CDC topic in 300 s")
+}
+
+/// A histogram's counts between two cumulative readings.
+pub fn histogram_since(now: &[(f64, u64)], before: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    now.iter()
+        .zip(before)
+        .map(|((le, a), (_, b))| (*le, a.saturating_sub(*b)))
+        .collect()
 }
 
 /// Prometheus' histogram_quantile: linear within the bucket holding the rank.
@@ -210,5 +231,17 @@ reconciler_polls_total{outcome=\"ok\"} 7
         assert_eq!(quantile(&b, 0.99), Some(0.5));
         assert_eq!(quantile(&[(0.1, 0), (f64::INFINITY, 0)], 0.5), None);
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn histogram_counts_between_readings_never_go_negative() {
+        let before = [(0.01, 5), (0.1, 8), (f64::INFINITY, 9)];
+        let now = [(0.01, 7), (0.1, 12), (f64::INFINITY, 13)];
+        assert_eq!(
+            histogram_since(&now, &before),
+            vec![(0.01, 2), (0.1, 4), (f64::INFINITY, 4)]
+        );
+        // A restarted reconciler starts its histogram again.
+        assert_eq!(histogram_since(&before, &now)[0], (0.01, 0));
     }
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use rdkafka::Message;
 
 use super::Ctx;
-use crate::metrics::{cdc_histogram, drained, quantile};
+use crate::metrics::{cdc_histogram, drained, histogram_since, quantile};
 
 pub async fn measure(ctx: &mut Ctx<'_>, client: Uuid) -> anyhow::Result<()> {
     // 0: as fast as one connection goes.
@@ -37,11 +37,7 @@ async fn at_rate(ctx: &mut Ctx<'_>, client: Uuid, rate: u32) -> anyhow::Result<(
     let hops = probe.finish(written).await;
     let mut probed: Vec<i64> = hops.iter().map(|h| h.total).collect();
     probed.sort_unstable();
-    let delta: Vec<(f64, u64)> = after
-        .iter()
-        .zip(&before)
-        .map(|((le, a), (_, b))| (*le, a - b))
-        .collect();
+    let delta = histogram_since(&after, &before);
     let q =
         |p: f64| quantile(&delta, p).map_or("-".to_owned(), |v| format!("{:.0} ms", v * 1000.0));
     let exact = |p: f64| exact_quantile(&probed, p).map_or("-".to_owned(), |v| format!("{v} ms"));

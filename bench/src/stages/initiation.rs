@@ -3,7 +3,8 @@
 //! table of the payments table's shape (`two_commits.sql`). pgbench running the API's own
 //! SQL (`create_payment.sql`) is shown beside it: that floor moves with the code. The
 //! first run at 128 clients is the table's peak; the first at 32 is where CPU per payment
-//! is sampled.
+//! is sampled, and the runs at 32 are where the change stream's and the replicas' lag are
+//! read.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use sqlx::PgPool;
 use super::{Ctx, Keys, create_payment};
 use crate::metrics::{CreateTime, mean_ms};
 use crate::report::summary;
-use crate::{load, procs};
+use crate::{lag, load, procs};
 
 const PEAK_CLIENTS: usize = 128;
 const COST_CLIENTS: usize = 32;
@@ -43,7 +44,19 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
             (r, Some((took, api)))
         } else if clients == COST_CLIENTS {
             let before = updates(&ctx.primary).await?;
+            let lag = lag::Sampler::start(
+                ctx.primary.clone(),
+                ctx.http.clone(),
+                ctx.reconciler.clone(),
+            );
             let r = creates(ctx, keys, clients).await;
+            let lags = lag.finish().await?;
+            ctx.report.record(
+                format!("1. Lag through POST /v1/payments, {clients} clients"),
+                lags,
+                "",
+                "",
+            );
             kept_on_their_page(ctx, before, updates(&ctx.primary).await?);
             (r, None)
         } else {
