@@ -10,11 +10,11 @@
 //! Keys that checked out recently, the active keys the database held when the instance
 //! started (`keys::active_hashes`) and those it announced as added since (migration
 //! 0019) go straight to that lookup; any other key waits for one of a few lookup
-//! permits. A flood of random bearer tokens thus holds
-//! at most `UNKNOWN_LOOKUPS` connections of the pool and answers 429 beyond that, while
-//! genuine clients keep their lane (I5 in docs/invariants.md). Concurrent requests with
-//! the same new key queue behind its first lookup rather than for permits of their own,
-//! so a new client's first burst is not mistaken for a flood.
+//! permits. A flood of random bearer tokens thus holds at most `UNKNOWN_LOOKUPS`
+//! connections of the pool and answers 429 beyond that, while genuine clients keep their
+//! lane (I5 in docs/invariants.md). Concurrent requests with the same new key queue behind
+//! its first lookup rather than for permits of their own, so a new client's first burst
+//! is not mistaken for a flood.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -225,8 +225,9 @@ impl KeyGate {
 
     /// Puts `hashes` (keys the database holds: the active ones at start, oldest first, and
     /// each one it announces as added) in the fast lane: their first check is still a
-    /// lookup, but it does not queue for the few permits kept for strangers. A restarted instance would otherwise take every client's first
-    /// request for a stranger's and answer a busy minute's burst with 429s.
+    /// lookup, but it does not queue for the few permits kept for strangers. A restarted
+    /// instance would otherwise take every client's first request for a stranger's and
+    /// answer a busy minute's burst with 429s.
     fn learn(&self, hashes: impl IntoIterator<Item = Vec<u8>>) {
         let mut known = self.known();
         for hash in hashes {

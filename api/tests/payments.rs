@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{STRIPE_KEY, idem, serve_api, spawn_app, spawn_app_with};
+use common::{STRIPE_KEY, idem, serve_api, spawn_app, spawn_app_with, within};
 use paystream_api::config::RateLimitConfig;
 use paystream_db::keys::{self, Role};
 use paystream_testkit::Stack;
@@ -334,27 +334,17 @@ async fn keys_are_required_and_clients_only_see_their_own_payments() {
         StatusCode::UNAUTHORIZED
     );
 
-    // Once subscribed, the instance has loaded the keys active at its start: only the
-    // database's announcement can teach it a key made now.
-    let subscribed_by = std::time::Instant::now() + Duration::from_secs(10);
-    while !app.gate.is_subscribed() {
-        assert!(
-            std::time::Instant::now() < subscribed_by,
-            "never subscribed"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // spawn_app waits for the instance to subscribe, by when it has loaded the keys
+    // active at its start: only the database's announcement can teach it a key made now.
     let (other_id, other) = app.new_key("other", Role::Client).await;
     // The database announces a new key: its first lookup skips the strangers' line. A
     // bound, not a measurement: milliseconds on any machine.
-    let heard_by = std::time::Instant::now() + Duration::from_secs(2);
-    while !app.gate.expects(&other) {
-        assert!(
-            std::time::Instant::now() < heard_by,
-            "the new key was never announced"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    within(
+        Duration::from_secs(2),
+        "the new key was never announced",
+        || app.gate.expects(&other),
+    )
+    .await;
     let res = app.get_as(&path, Some(&other)).await;
     assert_eq!(
         res.status(),
@@ -385,14 +375,12 @@ async fn keys_are_required_and_clients_only_see_their_own_payments() {
     assert_eq!(keys::revoke(&app.primary, &prefix).await.unwrap(), other_id);
     // ...until the database announces its revocation, which the instance hears as it
     // commits. A bound, not a measurement: milliseconds on any machine.
-    let heard_by = std::time::Instant::now() + Duration::from_secs(2);
-    while app.gate.remembers(&other) {
-        assert!(
-            std::time::Instant::now() < heard_by,
-            "the revocation was never heard"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    within(
+        Duration::from_secs(2),
+        "the revocation was never heard",
+        || !app.gate.remembers(&other),
+    )
+    .await;
     let res = app.get_as("/v1/payments", Some(&other)).await;
     assert_eq!(
         res.status(),

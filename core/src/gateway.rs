@@ -39,10 +39,11 @@ pub fn attempt_key(
 /// `payment_intent.created` is left out: it says what the intent was when the API made it,
 /// which the API stores from Stripe's answer, so it can change nothing (the receiver
 /// acknowledges one without a write, should an endpoint subscribed to `*` send it), and
-/// delivering one per payment costs both Stripe's side and ours a request. `charge.*` events carry the charge, whose refunded total names no
-/// refund of ours, except `charge.refund.updated`, which carries the refund. Stripe
-/// recommends subscribing only to what an integration reads; an event type not listed
-/// here is never delivered, and never listed as undelivered for the catch-up either.
+/// delivering one per payment costs both Stripe's side and ours a request. `charge.*`
+/// events carry the charge, whose refunded total names no refund of ours, except
+/// `charge.refund.updated`, which carries the refund. Stripe recommends subscribing only
+/// to what an integration reads; an event type not listed here is never delivered, and
+/// never listed as undelivered for the catch-up either.
 pub const WEBHOOK_EVENTS: &[&str] = &[
     "payment_intent.amount_capturable_updated",
     "payment_intent.canceled",

@@ -62,15 +62,22 @@ pub async fn serve_api_gated(
     stripe_key: &str,
 ) -> (String, Arc<KeyGate>) {
     let (base, gate) = serve(db, stripe_base, limit, stripe_key).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !gate.is_subscribed() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the key gate never subscribed to key changes"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    within(
+        Duration::from_secs(10),
+        "the key gate never subscribed to key changes",
+        || gate.is_subscribed(),
+    )
+    .await;
     (base, gate)
+}
+
+/// Waits until `done()`, checked every 5 ms; fails the test with `never` after `limit`.
+pub async fn within(limit: Duration, never: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// The router and its key gate's subscription (as `main` runs them), on an ephemeral port.
