@@ -164,6 +164,55 @@ pub async fn drained(http: &reqwest::Client, base: &str) -> anyhow::Result<Durat
     anyhow::bail!("the reconciler did not catch up with the CDC topic in 300 s")
 }
 
+/// How many CDC changes the reconciler has applied to its state so far.
+pub async fn changes_applied(http: &reqwest::Client, base: &str) -> anyhow::Result<f64> {
+    sum(http, base, "reconciler_changes_total{").await
+}
+
+/// Waits until the reconciler has applied `n` changes more than it had at `mark` (a
+/// reading of [`changes_applied`]), has consumed everything on the topic, and has applied
+/// nothing for a second: the change stream is at rest, so the next run does not pay for
+/// an earlier one's changes. The count is for a write Debezium may not have published
+/// yet (the lag alone would read 0 then). A stream that never rests (a busy poller) is
+/// waited for at most a minute, and said so.
+pub async fn settled(
+    http: &reqwest::Client,
+    base: &str,
+    mark: f64,
+    n: u64,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let applied = changes_applied(http, base).await? - mark;
+        if applied >= n as f64 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "the reconciler applied {applied} of {n} changes in 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drained(http, base).await?;
+    let resting = Instant::now();
+    let mut last = changes_applied(http, base).await?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = changes_applied(http, base).await?;
+        if now == last {
+            return Ok(started.elapsed());
+        }
+        if resting.elapsed() > Duration::from_secs(60) {
+            println!(
+                "  (the change stream did not rest in 60 s: {:.0} changes in the last second)",
+                now - last
+            );
+            return Ok(started.elapsed());
+        }
+        last = now;
+    }
+}
+
 /// A histogram's counts between two cumulative readings.
 pub fn histogram_since(now: &[(f64, u64)], before: &[(f64, u64)]) -> Vec<(f64, u64)> {
     now.iter()

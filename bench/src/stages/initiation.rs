@@ -39,6 +39,7 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
     }
     for clients in [1, 8, COST_CLIENTS, PEAK_CLIENTS] {
         println!("payment initiation, {clients} clients ...");
+        ctx.quiet().await?;
         let (r, in_the_api) = if clients == 1 {
             let (r, took, api) = timed_in_the_api(ctx, keys).await?;
             (r, Some((took, api)))

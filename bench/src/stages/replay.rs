@@ -21,6 +21,7 @@ pub async fn measure(ctx: &mut Ctx<'_>, keys: &Keys) -> anyhow::Result<()> {
         keys.all.clone(),
         prefix.clone(),
     );
+    ctx.quiet().await?;
     let r = ctx
         .median_load(32, move |c, n| {
             let k = 1 + (c * 7 + n as usize) % REQUESTS;
