@@ -25,10 +25,6 @@ PAYSTREAM_SQLX_PING_ON_RELEASE=1 "$bin/pool-bench"
 log "reconciler throughput: 1,000,000 changes (the first run fills the topic)"
 "$bin/throughput-bench" "$KAFKA_BROKERS" 1000000 3 20
 
-bench_cluster() {
-    STACK_DIR=$STACK_DIR/bench-cluster PG_PRIMARY_PORT=25633 PG_REPLICA1_PORT=25634 \
-        PG_REPLICA2_PORT=25635 "$ROOT/postgres-replication/cluster.sh" "$@"
-}
 bench_cluster up
 pw=$(sed -n 's/^PG_SUPERUSER_PASSWORD=//p' "$STACK_DIR/bench-cluster/secrets.env")
 admin="postgres://postgres:$pw@127.0.0.1:25633/postgres?sslmode=verify-full&sslrootcert=$STACK_DIR/bench-cluster/tls/ca.crt"

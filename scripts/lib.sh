@@ -119,6 +119,12 @@ pg_owned_dir() {
     if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$1"; fi
 }
 
+# make bench's cluster for bulk fills (scripts/bench.sh): cluster.sh on ports of its own.
+bench_cluster() {
+    STACK_DIR=$STACK_DIR/bench-cluster PG_PRIMARY_PORT=25633 PG_REPLICA1_PORT=25634 \
+        PG_REPLICA2_PORT=25635 "$ROOT/postgres-replication/cluster.sh" "$@"
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND every 0.2 s.

@@ -317,6 +317,8 @@ down) down ;;
 clean)
     down
     "$ROOT/postgres-replication/cluster.sh" clean
+    # make bench leaves its bulk cluster running between runs: stopped before its files go.
+    if [ -d "$STACK_DIR/bench-cluster" ]; then bench_cluster down; fi
     rm -rf "$STACK_DIR"
     log "removed $STACK_DIR"
     ;;
