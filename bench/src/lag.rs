@@ -2,7 +2,7 @@
 //! read every half second through it. A stage that keeps up holds its lag at some level;
 //! one that falls behind shows it growing from the first third of the load to the last.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -50,7 +50,7 @@ impl Sampler {
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             let mut readings = Vec::new();
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             loop {
                 let at = started.elapsed();
                 let (consumer, cdc) = metrics::reconciler_lag(&http, &reconciler).await?;

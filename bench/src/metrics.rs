@@ -1,5 +1,6 @@
 //! What the bench reads from a service's Prometheus exposition (`/metrics`).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// A service's Prometheus exposition.
@@ -150,18 +151,33 @@ pub async fn reconciler_lag(
     ))
 }
 
+/// Polls `missing` every 200 ms until it answers `None`, and returns how long that took;
+/// fails after 300 s with its last answer (what never happened).
+async fn until<F, Fut>(mut missing: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<String>>>,
+{
+    let started = Instant::now();
+    loop {
+        match missing().await? {
+            None => return Ok(started.elapsed()),
+            Some(what) if started.elapsed() >= Duration::from_secs(300) => {
+                anyhow::bail!("{what} in 300 s")
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// Waits until the reconciler has consumed everything on the CDC topic (its lag metric,
 /// summed over partitions, reads 0); returns how long that took.
 pub async fn drained(http: &reqwest::Client, base: &str) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(300) {
-        let text = metrics(http, base).await?;
-        if sum_series(&text, "reconciler_consumer_lag{") == 0.0 {
-            return Ok(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    anyhow::bail!("the reconciler did not catch up with the CDC topic in 300 s")
+    until(|| async move {
+        let lag = sum(http, base, "reconciler_consumer_lag{").await?;
+        Ok((lag != 0.0).then(|| "the reconciler did not catch up with the CDC topic".to_owned()))
+    })
+    .await
 }
 
 /// How many CDC changes the reconciler has applied to its state so far.
@@ -169,34 +185,34 @@ pub async fn changes_applied(http: &reqwest::Client, base: &str) -> anyhow::Resu
     sum(http, base, "reconciler_changes_total{").await
 }
 
-/// A change stream applying fewer changes a second than this is at rest: a poller's
-/// trickle, not a backlog being drained.
-const AT_REST_PER_SEC: f64 = 20.0;
-
 /// Waits until the reconciler has applied `n` changes more than it had at `mark` (a
-/// reading of [`changes_applied`]), has consumed everything on the topic, and applies
-/// fewer than [`AT_REST_PER_SEC`]: the change stream is at rest, so the next run does not
-/// pay for an earlier one's changes. The count is for a write Debezium may not have
-/// published yet (the lag alone would read 0 then). A stream that never rests is waited
-/// for at most 30 s, and said so.
-pub async fn settled(
+/// reading of [`changes_applied`]): for a write Debezium may not have published yet,
+/// which the lag alone would not show.
+pub async fn applied_since(
     http: &reqwest::Client,
     base: &str,
     mark: f64,
     n: u64,
 ) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    loop {
+    until(|| async move {
         let applied = changes_applied(http, base).await? - mark;
-        if applied >= n as f64 {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "the reconciler applied {applied} of {n} changes in 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Ok(
+            (applied < n as f64)
+                .then(|| format!("the reconciler applied {applied} of {n} changes")),
+        )
+    })
+    .await
+}
+
+/// A change stream applying fewer changes a second than this is at rest: a poller's
+/// trickle, not a backlog being drained.
+const AT_REST_PER_SEC: f64 = 20.0;
+
+/// Waits until the reconciler has consumed everything on the topic and applies fewer
+/// than [`AT_REST_PER_SEC`]: the change stream is at rest, so the next run does not pay
+/// for an earlier one's changes. A stream that never rests is waited for at most 30 s,
+/// and said so.
+pub async fn at_rest(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     drained(http, base).await?;
     let resting = Instant::now();
     let mut last = changes_applied(http, base).await?;
@@ -204,14 +220,14 @@ pub async fn settled(
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = changes_applied(http, base).await?;
         if now - last < AT_REST_PER_SEC {
-            return Ok(started.elapsed());
+            return Ok(());
         }
         if resting.elapsed() > Duration::from_secs(30) {
             println!(
                 "  (the change stream did not rest in 30 s: {:.0} changes in the last second)",
                 now - last
             );
-            return Ok(started.elapsed());
+            return Ok(());
         }
         last = now;
     }

@@ -22,7 +22,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::metrics::settled;
+use crate::metrics::at_rest;
 use crate::report::Report;
 use crate::{load, pgbench, procs};
 
@@ -134,15 +134,14 @@ impl<'a> Ctx<'a> {
     /// write are vacuumed, as pgbench vacuums its own tables before a run: an autovacuum
     /// that earlier runs set off is seconds of CPU on a table of a million payments, and
     /// would land in one side's runs and not the other's. Then the change stream applies
-    /// what earlier runs wrote (`metrics::settled`).
+    /// what earlier runs wrote (`metrics::at_rest`).
     pub async fn quiet(&self) -> anyhow::Result<()> {
         sqlx::query(
             "VACUUM (ANALYZE) payments, payment_intents, payment_status_history, stripe_events, idempotency_keys",
         )
         .execute(&self.primary)
         .await?;
-        settled(&self.http, &self.reconciler, 0.0, 0).await?;
-        Ok(())
+        at_rest(&self.http, &self.reconciler).await
     }
 
     /// The median tps of `s.runs` pgbench runs of `bench/sql/<script>` at `clients`, from

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::Ctx;
 use crate::load;
-use crate::metrics::{changes_applied, mean_ms, settled, spent_since, time_spent};
+use crate::metrics::{applied_since, changes_applied, mean_ms, spent_since, time_spent};
 
 /// Each side's fixtures, split between the rounds: enough for three 5 s runs at 1,300/s.
 /// The unused rest is deleted after the stage.
@@ -26,7 +26,8 @@ pub async fn measure(ctx: &mut Ctx<'_>, client: Uuid) -> anyhow::Result<()> {
     let mark = changes_applied(&ctx.http, &ctx.reconciler).await?;
     let ids = pending_payments(&ctx.primary, client, &run).await?;
     floor_fixtures(&ctx.primary, client, &floor_run).await?;
-    settled(&ctx.http, &ctx.reconciler, mark, 2 * FIXTURES as u64).await?;
+    // Through the change stream before the first round's `quiet` waits for it to rest.
+    applied_since(&ctx.http, &ctx.reconciler, mark, 2 * FIXTURES as u64).await?;
     let intent = succeeded_intent(ctx).await?;
     // The same body as an event of the load (its intent id aside): the floor stores what
     // the receiver stores.
