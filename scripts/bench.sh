@@ -8,6 +8,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+if [ "${1:-}" != --quick ]; then bench_disk_check; fi
 PAYSTREAM_PROFILE=release "$ROOT/scripts/stack.sh" up --no-demo
 bin=$CARGO_TARGET_DIR/release
 set -a

@@ -125,6 +125,24 @@ bench_cluster() {
         PG_REPLICA2_PORT=25635 "$ROOT/postgres-replication/cluster.sh" "$@"
 }
 
+# Fails unless the disk has room for make bench's bulk fills: a first run took 34 GB
+# (2026-12-05), a cluster kept from an earlier run needs less. Checked before the run,
+# not found out minutes into the 10 M fill with the shared disk full.
+bench_disk_check() {
+    local need_gb=${BENCH_FREE_GB:-40} held_gb=0 avail_gb where=$STACK_DIR
+    if [ -d "$STACK_DIR/bench-cluster" ]; then
+        held_gb=$(du -s -BG "$STACK_DIR/bench-cluster" | cut -f1 | tr -dc 0-9)
+    fi
+    [ -d "$where" ] || where=$ROOT
+    avail_gb=$(df -BG --output=avail "$where" | tail -1 | tr -dc 0-9)
+    need_gb=$((need_gb - held_gb))
+    if [ "$need_gb" -lt 10 ]; then need_gb=10; fi
+    if [ "$avail_gb" -lt "$need_gb" ]; then
+        die "make bench's bulk fills need about $need_gb GB free on $where, and it has $avail_gb GB (the bulk cluster holds $held_gb GB). Free some disk, or run make bench BENCH_ARGS=--quick (the stack stages only)."
+    fi
+    log "disk: $avail_gb GB free for the bulk fills (about $need_gb GB needed)"
+}
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND every 0.2 s.
